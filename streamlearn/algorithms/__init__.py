@@ -1,0 +1,50 @@
+"""Algorithm and model registry: ``--algorithm NAME`` and snapshot loading look names up here."""
+from __future__ import annotations
+
+from streamlearn.algorithms.base import Algorithm, Model, ParamError
+
+_ALGORITHMS: dict[str, type[Algorithm]] = {}
+_MODELS: dict[str, type[Model]] = {}
+
+
+def register(algorithm: type[Algorithm], model: type[Model]) -> None:
+    _ALGORITHMS[algorithm.name] = algorithm
+    _MODELS[model.algorithm] = model
+
+
+def _load_builtins() -> None:
+    for optional in ("median", "linear_learner", "factorization_machines", "kmeans", "pca"):
+        try:
+            __import__(f"streamlearn.algorithms.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"streamlearn.algorithms.{optional}":
+                raise
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    _load_builtins()
+    try:
+        return _ALGORITHMS[name]
+    except KeyError:
+        raise ParamError(f"unknown algorithm {name!r}; available: {sorted(_ALGORITHMS)}") from None
+
+
+def model_class(name: str) -> type[Model]:
+    _load_builtins()
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ParamError(f"no model type for algorithm {name!r}; available: {sorted(_MODELS)}") from None
+
+
+def make_algorithm(name: str, params: dict) -> Algorithm:
+    """The configured, validated algorithm ``name`` (params may be strings from the CLI)."""
+    return algorithm_class(name).from_params(params)
+
+
+def available() -> list[str]:
+    _load_builtins()
+    return sorted(_ALGORITHMS)
+
+
+__all__ = ["Algorithm", "Model", "ParamError", "register", "algorithm_class", "model_class", "make_algorithm", "available"]

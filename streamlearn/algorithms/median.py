@@ -1,0 +1,77 @@
+"""The paper's Algorithm 1: the median of a stream by SGD on sum |x - z|.
+
+State: ``median`` (the current guess) and ``n`` (items seen), both sum-aggregated, so
+any number of workers can push their batch's step concurrently. The step is the
+paper's ``inc / sqrt(n + batch_size)`` times ``learning_rate`` (1.0 = the paper).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from streamlearn.algorithms import register
+from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.batch import Batch
+from streamlearn.statestore.base import State
+
+
+class Median(Algorithm):
+    name = "median"
+
+    def __init__(self, learning_rate: float = 1.0, initial_guess: float = 0.0, synchronized: bool = False):
+        self.learning_rate = learning_rate
+        self.initial_guess = initial_guess
+        self.synchronized = synchronized
+
+    def check_params(self) -> None:
+        require(np.isfinite(self.learning_rate) and self.learning_rate > 0, self.name, "learning_rate must be > 0")
+        require(np.isfinite(self.initial_guess), self.name, "initial_guess must be finite")
+
+    def n_features(self) -> int:
+        return 1
+
+    def initialize(self, state: State) -> None:
+        state.initialize("median", float(self.initial_guess))
+        state.initialize("n", 0.0)
+
+    def update(self, state: State, batch: Batch) -> None:
+        x = batch.dense()[:, 0].astype(np.float64)
+        current = float(state.pull("median"))
+        n = float(state.pull("n"))
+        inc = float(np.sum(np.where(x > current, 1.0, -1.0)))
+        state.push("n", float(len(x)))
+        state.push("median", self.learning_rate * inc / np.sqrt(n + len(x)))
+        if self.synchronized:
+            state.barrier()
+
+    def finalize(self, state: State) -> "MedianModel":
+        return MedianModel(float(state.pull("median")), int(state.pull("n")))
+
+
+class MedianModel(Model):
+    algorithm = "median"
+
+    def __init__(self, median: float, n: int):
+        self.median = median
+        self.n = n
+
+    def evaluate(self, batch: Batch) -> np.ndarray:
+        """The median estimate, once per example (a constant predictor)."""
+        return np.full(len(batch), self.median)
+
+    def score(self, batch: Batch, metric: str | None = None) -> float:
+        """Mean absolute deviation from the estimate (the objective the SGD minimizes)."""
+        if metric not in (None, "mae"):
+            raise ValueError(f"median: unknown metric {metric!r}; use 'mae'")
+        return float(np.mean(np.abs(batch.dense()[:, 0] - self.median)))
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"median": np.array([self.median])}, {"n": self.n}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> "MedianModel":
+        return cls(float(arrays["median"][0]), int(attrs["n"]))
+
+
+register(Median, MedianModel)

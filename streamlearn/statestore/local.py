@@ -1,0 +1,53 @@
+"""In-process state: the same semantics as Redis, for local training and unit tests.
+
+Used by ``train_local`` (fit an algorithm on in-memory batches) and by the conformance
+suite's fast checks. Jobs on Kafka always use :class:`~streamlearn.statestore.redis_state.RedisState`.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+
+from streamlearn.statestore.base import KeySpec
+from streamlearn.statestore.buffered import BufferedState, CommitInfo, Reader, Writes
+
+
+class MemoryBackend:
+    def __init__(self) -> None:
+        self._specs: dict[str, KeySpec] = {}
+        self._chunks: dict[str, dict[int, np.ndarray]] = {}
+        self.offsets: dict[int, int] = {}
+        self.records_applied = 0
+        self.records_dead_lettered = 0
+        self._lock = threading.Lock()
+
+    def specs(self) -> dict[str, KeySpec]:
+        return dict(self._specs)
+
+    def declare(self, spec: KeySpec, chunks: dict[int, np.ndarray]) -> None:
+        self._specs[spec.name] = spec
+        self._chunks[spec.name] = {i: np.array(c, dtype=spec.dtype) for i, c in chunks.items()}
+
+    def read(self, key: str, chunk_ids: list[int]) -> dict[int, np.ndarray]:
+        return {i: self._chunks[key][i].copy() for i in chunk_ids}
+
+    def transact(self, touched: dict[str, list[int]], compute: Callable[[Reader], Writes], info: CommitInfo) -> None:
+        with self._lock:
+            for key, chunks in compute(self.read).items():
+                self._chunks[key].update(chunks)
+            self.offsets.update(info.offsets)
+            self.records_applied += info.records_applied
+            self.records_dead_lettered += info.records_dead_lettered
+
+    def barrier(self) -> None:
+        """A single in-process member is always at the barrier."""
+
+
+class LocalState(BufferedState):
+    """A :class:`BufferedState` over memory. Several LocalStates may share one backend
+    to imitate several workers in a unit test."""
+
+    def __init__(self, backend: MemoryBackend | None = None):
+        super().__init__(backend or MemoryBackend())
