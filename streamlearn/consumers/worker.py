@@ -1,0 +1,243 @@
+"""The worker: one member of a job's Kafka consumer group.
+
+Loop: consume a mini-batch of messages → decode into numpy arrays (bad messages go to the
+dead-letter topic) → ``algorithm.update`` → commit the pushes together with the batch's
+offsets in one atomic Redis transaction. Offsets in Redis are authoritative: on every
+partition assignment the worker bumps the partition's epoch (fencing out any previous
+owner that might still hold a stale batch) and seeks to the stored offset. Kafka's own
+group offsets are committed too, but only as a lag indicator for operators.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from streamlearn.config import Settings
+from streamlearn.jobs import JobSpec, load_spec
+from streamlearn.snapshots.finalize import maybe_finalize, periodic_snapshot
+from streamlearn.statestore.base import FencedError
+from streamlearn.statestore.buffered import CommitInfo
+from streamlearn.statestore.keys import JobKeys
+from streamlearn.statestore.redis_state import RedisState
+from streamlearn.streams.decode import decode_messages
+
+log = logging.getLogger("streamlearn.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker batches and talks to the group (a small policy object, not flags)."""
+
+    max_messages: int = 500  # messages per consume call = per update step
+    poll_timeout_s: float = 0.2
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    control_interval_s: float = 0.25  # how often the job's status (pause/finish) is read
+
+    @classmethod
+    def from_env(cls) -> "WorkerConfig":
+        env = os.environ
+        return cls(
+            max_messages=int(env.get("STREAMLEARN_WORKER_MAX_MESSAGES", cls.max_messages)),
+            session_timeout_ms=int(env.get("STREAMLEARN_SESSION_TIMEOUT_MS", cls.session_timeout_ms)),
+        )
+
+
+class Worker:
+    def __init__(self, job: str, settings: Settings, config: WorkerConfig | None = None, member: str | None = None):
+        self.settings = settings
+        self.config = config or WorkerConfig.from_env()
+        self.client = settings.redis_client()
+        self.spec: JobSpec = load_spec(self.client, job)
+        self.algorithm = self.spec.algorithm_instance()
+        self.member = member or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.keys = JobKeys(job)
+        self.state = RedisState(self.client, job, self.member)
+        self.fence: dict[int, int] = {}  # partition -> epoch we own it under
+        self.done_partitions: set[int] = set()  # reached the job's end offset
+        self._stop = threading.Event()
+        self._paused = False
+        self.records_applied = 0
+        self._consumer: Consumer | None = None
+        self._dlq: Producer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self) -> str:
+        """Work until the job finishes (bounded jobs) or ``stop`` is called; returns the
+        job's state as last seen."""
+        conf = self.settings.kafka_client_conf(**{
+            "group.id": self.spec.group_id,
+            "client.id": self.member,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.config.session_timeout_ms,
+            "heartbeat.interval.ms": self.config.heartbeat_interval_ms,
+            "partition.assignment.strategy": "roundrobin",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        })
+        self._consumer = Consumer(conf)
+        self._dlq = Producer(self.settings.kafka_client_conf(**{"enable.idempotence": True, "linger.ms": 5}))
+        self._consumer.subscribe([self.spec.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+        status = "running"
+        next_control = 0.0
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= next_control:
+                    status = self._control()
+                    next_control = time.monotonic() + self.config.control_interval_s
+                    if status == "finished":
+                        break
+                if self._paused:
+                    self._consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)  # serves rebalances
+                    continue
+                msgs = self._consumer.consume(num_messages=self.config.max_messages, timeout=self.config.poll_timeout_s)
+                if msgs:
+                    self._process(msgs)
+                elif self.spec.until == "end":
+                    maybe_finalize(self.settings, self.client, self.spec, self.member)
+        finally:
+            self._close()
+        return status
+
+    def _close(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.close()  # leaves the group now, so the others rebalance at once
+        finally:
+            self.state.backend.leave()
+            if self._dlq is not None:
+                self._dlq.flush(10)
+
+    def _control(self) -> str:
+        """Heartbeat, and react to the job's status (pause / resume / finished)."""
+        self.state.backend.heartbeat()
+        status = (self.client.get(self.keys.status) or b"running").decode()
+        want_paused = status == "paused"
+        if want_paused != self._paused:
+            assignment = self._consumer.assignment()
+            (self._consumer.pause if want_paused else self._consumer.resume)(assignment)
+            self._paused = want_paused
+            log.info("%s: job %s", self.member, status)
+        if status == "running" and self.spec.snapshot_every:
+            periodic_snapshot(self.settings, self.client, self.spec, self.member)
+        return status
+
+    # -- rebalance callbacks --------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ids = [tp.partition for tp in partitions]
+        pipe = self.client.pipeline(transaction=True)
+        for p in ids:  # bump first, then read offsets: a fenced writer's last commit is visible
+            pipe.hincrby(self.keys.epochs, str(p), 1)
+        pipe.hmget(self.keys.offsets, [str(p) for p in ids]) if ids else None
+        results = pipe.execute()
+        epochs, stored = results[: len(ids)], (results[len(ids)] if ids else [])
+        for tp, epoch, offset in zip(partitions, epochs, stored):
+            self.fence[tp.partition] = int(epoch)
+            tp.offset = int(offset) if offset is not None else OFFSET_BEGINNING
+            end = self.spec.end_offsets.get(tp.partition)
+            if end is not None and offset is not None and int(offset) >= end:
+                self.done_partitions.add(tp.partition)
+        consumer.assign(partitions)
+        paused = [tp for tp in partitions if self._paused or tp.partition in self.done_partitions]
+        if paused:
+            consumer.pause(paused)
+        log.info("%s: assigned %s", self.member, {tp.partition: tp.offset for tp in partitions})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.fence.pop(tp.partition, None)
+            self.done_partitions.discard(tp.partition)
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_revoke(consumer, partitions)
+
+    # -- the update step ------------------------------------------------------------------
+    def _process(self, msgs) -> None:
+        good, next_offsets = [], {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consume error %s", self.member, err)
+                continue
+            p, off = m.partition(), m.offset()
+            if p not in self.fence:
+                continue  # revoked while this message was in flight
+            end = self.spec.end_offsets.get(p)
+            if end is not None and off >= end:
+                self._mark_done(p)
+                continue
+            good.append(m)
+            next_offsets[p] = off + 1
+        if not good:
+            return
+        result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
+                                 self.algorithm.accepts_sparse, self.algorithm.needs_label)
+        dead = self._dead_letter(good, result.rejected)
+        if len(result.batch):
+            self.algorithm.update(self.state, result.batch)
+        info = CommitInfo(offsets=next_offsets, fence={p: self.fence[p] for p in next_offsets},
+                          records_applied=len(result.batch), records_dead_lettered=dead)
+        try:
+            self.state.commit(info)
+        except FencedError as exc:
+            log.warning("%s: %s", self.member, exc)
+            self.state.discard()
+            return
+        self.records_applied += len(result.batch)
+        self._consumer.commit(offsets=[TopicPartition(self.spec.topic, p, o) for p, o in next_offsets.items()],
+                              asynchronous=True)
+        for p, o in next_offsets.items():
+            end = self.spec.end_offsets.get(p)
+            if end is not None and o >= end:
+                self._mark_done(p)
+
+    def _mark_done(self, partition: int) -> None:
+        if partition not in self.done_partitions:
+            self.done_partitions.add(partition)
+            self._consumer.pause([TopicPartition(self.spec.topic, partition)])
+
+    def _dead_letter(self, msgs, rejected) -> int:
+        """Send rejected messages to ``<topic>.dlq`` with the reason; wait for delivery so
+        the commit that counts them never precedes them."""
+        if not rejected:
+            return 0
+        errors: list[str] = []
+        for r in rejected:
+            m = msgs[r.index]
+            headers = [("streamlearn.reason", r.reason.encode()), ("streamlearn.job", self.spec.name.encode()),
+                       ("streamlearn.source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()),
+                       ("streamlearn.records", str(r.n_records).encode())]
+            self._dlq.produce(self.spec.dlq_topic, value=m.value(), key=m.key(), headers=headers,
+                              on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
+        if self._dlq.flush(30) or errors:
+            raise RuntimeError(f"dead-letter topic {self.spec.dlq_topic} did not take the records: {errors[:3]}")
+        return sum(r.n_records for r in rejected)
+
+
+def run_worker(job: str, settings: Settings | None = None) -> str:
+    """Entry point of ``streamlearn worker NAME``."""
+    worker = Worker(job, settings or Settings.resolve())
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+__all__ = ["Worker", "WorkerConfig", "run_worker"]

@@ -1,0 +1,52 @@
+"""``streamlearn predict``: score a file with a job's snapshot, one JSON line per record."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from streamlearn.algorithms.base import Model, ParamError
+from streamlearn.batch import Batch
+from streamlearn.jobs import JobError, load_spec
+from streamlearn.snapshots.format import decode_snapshot, load_model
+from streamlearn.snapshots.store import ModelStore
+from streamlearn.streams.files import read_examples
+
+
+def load_job_model(client: redis.Redis, job: str, version: int | None = None) -> Model:
+    """The job's newest (or given) snapshot from the model store, verified and loaded."""
+    load_spec(client, job)
+    store = ModelStore(client)
+    if version is None and store.latest_version(job) is None:
+        raise JobError(f"job {job!r} has no snapshot yet (it publishes one when it finishes, "
+                       f"or run `streamlearn snapshot {job}`)")
+    return load_model(decode_snapshot(store.get(job, version)))
+
+
+def with_options(model: Model, params: dict[str, str]) -> Model:
+    """Apply predict-time options (e.g. ``k`` for a k-means model) where the model has them."""
+    if not params:
+        return model
+    configure = getattr(model, "with_options", None)
+    if configure is None:
+        raise ParamError(f"{model.algorithm} models take no predict options (got {sorted(params)})")
+    return configure(**params)
+
+
+def predict_file(client: redis.Redis, job: str, path: Path, output: Path | None = None,
+                 version: int | None = None, params: dict[str, str] | None = None) -> int:
+    model = with_options(load_job_model(client, job, version), params or {})
+    out = open(output, "w") if output else sys.stdout
+    n = 0
+    try:
+        for X, _y in read_examples(path):
+            for row in model.predict_records(Batch(np.asarray(X, dtype=np.float32) if not hasattr(X, "indptr") else X)):
+                out.write(json.dumps(row) + "\n")
+                n += 1
+    finally:
+        if output:
+            out.close()
+    return n

@@ -1,0 +1,103 @@
+"""Finalize: turn the job's state into a model and publish it as a versioned snapshot.
+
+Bounded jobs finalize exactly once, after every partition reached its end offset: the
+elected worker (a Redis lock) reads one consistent cut of the state, runs ``finalize``,
+and in one transaction stores the snapshot, counts the finalize and marks the job
+finished — guarded by WATCH on the status, so a second finalizer can never publish a
+second "final" model. Unbounded jobs publish periodically (``--snapshot-every``) or on
+request (``streamlearn snapshot NAME``); finalize only reads the state, so it may run in
+any process, concurrently with training.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+
+import numpy as np
+import redis
+
+from streamlearn.config import Settings
+from streamlearn.jobs import JobError, JobSpec, is_complete
+from streamlearn.snapshots.format import encode_snapshot
+from streamlearn.snapshots.publisher import produce_snapshot
+from streamlearn.snapshots.store import ModelStore
+from streamlearn.statestore.keys import JobKeys
+from streamlearn.statestore.redis_state import RedisState
+
+log = logging.getLogger("streamlearn.finalize")
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def maybe_finalize(settings: Settings, client: redis.Redis, spec: JobSpec, member: str) -> int | None:
+    """Finalize a bounded job if all of its data is applied and nobody else is doing it."""
+    keys = JobKeys(spec.name)
+    if client.get(keys.status) == b"finished":
+        return None
+    offsets = {int(p): int(o) for p, o in client.hgetall(keys.offsets).items()}
+    if not is_complete(spec, offsets):
+        return None
+    if not client.set(keys.finalize_lock, member, nx=True, px=300_000):
+        return None
+    try:
+        return publish(settings, client, spec, final=True)
+    finally:
+        client.eval(_RELEASE, 1, keys.finalize_lock, member)
+
+
+def periodic_snapshot(settings: Settings, client: redis.Redis, spec: JobSpec, member: str) -> int | None:
+    """Publish if ``snapshot_every`` seconds passed since the last periodic snapshot (one
+    worker wins the interval's lock; the lock's expiry is the period)."""
+    keys = JobKeys(spec.name)
+    if not client.set(keys.snapshot_lock, member, nx=True, px=int(spec.snapshot_every * 1000)):
+        return None
+    return publish(settings, client, spec, final=False)
+
+
+def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool) -> int | None:
+    """Finalize the current state into a new snapshot version, store it, publish it.
+
+    Returns the version, or None when ``final`` and another finalizer already finished the job.
+    """
+    keys = JobKeys(spec.name)
+    state = RedisState(client, spec.name)
+    offsets, counters = state.load_consistent()
+    if final and not is_complete(spec, offsets):
+        raise JobError(f"job {spec.name!r}: finalize called before all data was applied")
+    model = spec.algorithm_instance().finalize(state)
+    store = ModelStore(client)
+    version = store.next_version(spec.name)
+    metadata = {
+        "job": spec.name,
+        "algorithm": spec.algorithm,
+        "params": spec.params,
+        "topic": spec.topic,
+        "version": version,
+        "final": final,
+        "offsets": {str(p): o for p, o in sorted(offsets.items())},
+        "records_applied": counters.get("records_applied", 0),
+        "records_dead_lettered": counters.get("records_dead_lettered", 0),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "library_versions": {"numpy": np.__version__, "python": platform.python_version()},
+    }
+    data = encode_snapshot(model, metadata)
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            if final:
+                pipe.watch(keys.status)
+                if pipe.get(keys.status) == b"finished":
+                    return None
+            pipe.multi()
+            store.put(spec.name, data, metadata, pipe=pipe)
+            pipe.hset(keys.counters, "snapshot_version", version)
+            if final:
+                pipe.hincrby(keys.counters, "finalize_calls", 1)
+                pipe.set(keys.status, "finished")
+            pipe.execute()
+        except redis.WatchError:
+            return None  # the status changed under us: another finalizer won
+    produce_snapshot(settings.kafka_client_conf(), spec.name, data, metadata)
+    client.hset(keys.counters, "published_version", version)
+    log.info("job %s: published snapshot version %d%s", spec.name, version, " (final)" if final else "")
+    return version

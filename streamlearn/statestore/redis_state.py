@@ -1,0 +1,167 @@
+"""The job's state in Redis, with the commit point as one optimistic transaction.
+
+Redis has no vector add, so a push is aggregated by the committing worker inside a
+WATCH / MULTI / EXEC transaction: it reads the touched chunks, combines its buffered
+deltas with them, and writes them back together with the batch's partition offsets and
+counters. If any other writer changed a watched chunk, or a partition's epoch moved
+(the partition was reassigned), EXEC fails and the commit is retried or fenced. The
+outcome equals server-side aggregation: every delta is applied exactly once, to the
+newest value, atomically with the offsets of the records that produced it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import redis
+
+from streamlearn.statestore.base import FencedError, KeySpec, StateError
+from streamlearn.statestore.buffered import BufferedState, CommitInfo, Reader, Writes, decode_chunk, encode_chunk
+from streamlearn.statestore.keys import JobKeys
+
+#: a member that has not sent a heartbeat for this long has left the job (barrier, status)
+MEMBER_TIMEOUT_MS = 10_000
+
+_BARRIER = """
+local gen = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[4]) < gen then return 1 end
+local arrived = KEYS[3] .. gen
+redis.call('SADD', arrived, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if redis.call('SISMEMBER', arrived, m) == 0 then return 0 end
+end
+redis.call('SET', KEYS[1], gen + 1)
+redis.call('DEL', arrived)
+return 1
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RedisBackend:
+    def __init__(self, client: redis.Redis, job: str, member: str | None = None):
+        self.client = client
+        self.keys = JobKeys(job)
+        self.member = member
+        self._specs: dict[str, KeySpec] | None = None
+        self._barrier = client.register_script(_BARRIER)
+        self.conflicts = 0  # optimistic retries, for benchmarks
+
+    def specs(self) -> dict[str, KeySpec]:
+        if self._specs is None:
+            raw = self.client.hgetall(self.keys.keyspecs)
+            self._specs = {k.decode(): KeySpec.from_json(json.loads(v)) for k, v in raw.items()}
+        return dict(self._specs)
+
+    def declare(self, spec: KeySpec, chunks: dict[int, np.ndarray]) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(self.keys.keyspecs, spec.name, json.dumps(spec.to_json()))
+        pipe.hset(self.keys.state(spec.name), mapping={cid: encode_chunk(spec, c) for cid, c in chunks.items()})
+        created, _ = pipe.execute()
+        if not created:
+            raise StateError(f"state key {spec.name!r} is already initialized")
+        if self._specs is not None:
+            self._specs[spec.name] = spec
+
+    def read(self, key: str, chunk_ids: list[int], client=None) -> dict[int, np.ndarray]:
+        spec = self.specs()[key]
+        values = (client or self.client).hmget(self.keys.state(key), chunk_ids)
+        return {cid: decode_chunk(spec, cid, v) for cid, v in zip(chunk_ids, values)}
+
+    def transact(self, touched: dict[str, list[int]], compute: Callable[[Reader], Writes], info: CommitInfo) -> None:
+        k = self.keys
+        watched = [k.epochs] + [k.state(key) for key in touched]
+        parts = sorted(info.fence)
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(*watched)
+                    if parts:
+                        epochs = pipe.hmget(k.epochs, parts)
+                        stale = [p for p, e in zip(parts, epochs) if e is None or int(e) != info.fence[p]]
+                        if stale:
+                            raise FencedError(f"partitions {stale} were reassigned; batch dropped")
+                    writes = compute(lambda key, ids: self.read(key, ids, pipe))
+                    pipe.multi()
+                    for key, chunks in writes.items():
+                        spec = self.specs()[key]
+                        pipe.hset(k.state(key), mapping={cid: encode_chunk(spec, c) for cid, c in chunks.items()})
+                    if info.offsets:
+                        pipe.hset(k.offsets, mapping={str(p): o for p, o in info.offsets.items()})
+                    if info.records_applied:
+                        pipe.hincrby(k.counters, "records_applied", info.records_applied)
+                    if info.records_dead_lettered:
+                        pipe.hincrby(k.counters, "records_dead_lettered", info.records_dead_lettered)
+                    pipe.hincrby(k.counters, "commits", 1)
+                    if info.offsets:
+                        pipe.lpush(k.rate, f"{now_ms()}:{info.records_applied + info.records_dead_lettered}")
+                        pipe.ltrim(k.rate, 0, 199)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    self.conflicts += 1
+                    continue
+
+    def read_consistent(self) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, int], dict[str, int]]:
+        """Every chunk of every key, the offsets and counters, as of one instant (MULTI)."""
+        specs = self.specs()
+        names = sorted(specs)
+        pipe = self.client.pipeline(transaction=True)
+        for name in names:
+            pipe.hgetall(self.keys.state(name))
+        pipe.hgetall(self.keys.offsets)
+        pipe.hgetall(self.keys.counters)
+        *raw_states, raw_offsets, raw_counters = pipe.execute()
+        chunks = {
+            name: {int(cid): decode_chunk(specs[name], int(cid), data) for cid, data in raw.items()}
+            for name, raw in zip(names, raw_states)
+        }
+        offsets = {int(p): int(o) for p, o in raw_offsets.items()}
+        counters = {c.decode(): int(v) for c, v in raw_counters.items()}
+        return chunks, offsets, counters
+
+    def heartbeat(self) -> None:
+        if self.member:
+            self.client.zadd(self.keys.members, {self.member: now_ms()})
+
+    def leave(self) -> None:
+        if self.member:
+            self.client.zrem(self.keys.members, self.member)
+
+    def barrier(self, poll_s: float = 0.01, timeout_s: float = 600.0) -> None:
+        """Wait until every live member of the job has arrived (members that stop sending
+        heartbeats drop out, so a member leaving never deadlocks the others)."""
+        if not self.member:
+            return
+        gen = int(self.client.get(self.keys.barrier_gen) or 0)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.heartbeat()
+            done = self._barrier(keys=[self.keys.barrier_gen, self.keys.members, self.keys.barrier_arrived],
+                                 args=[self.member, now_ms(), MEMBER_TIMEOUT_MS, gen])
+            if int(done):
+                return
+            if time.monotonic() > deadline:
+                raise StateError(f"barrier: not every member arrived within {timeout_s} s")
+            time.sleep(poll_s)
+
+
+class RedisState(BufferedState):
+    """The State of job ``job`` in Redis, as one worker (``member``) sees it."""
+
+    backend: RedisBackend
+
+    def __init__(self, client: redis.Redis, job: str, member: str | None = None):
+        super().__init__(RedisBackend(client, job, member))
+
+    def load_consistent(self) -> tuple[dict[int, int], dict[str, int]]:
+        """Fill the cache with one consistent cut of the whole state (for finalize) and
+        return the offsets and counters of that cut."""
+        chunks, offsets, counters = self.backend.read_consistent()
+        self._cache = chunks
+        return offsets, counters
