@@ -126,6 +126,13 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from streamlearn.demo import run_demo
+
+    run_demo()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -182,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--job")
     md.add_argument("--algorithm")
     md.set_defaults(func=cmd_models)
+
+    dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
+    dm.set_defaults(func=cmd_demo)
     return p
 
 
