@@ -1,0 +1,113 @@
+"""Small helpers shared by the built-in algorithms (vectorized; no per-record loops)."""
+from __future__ import annotations
+
+import numpy as np
+
+from streamlearn.batch import Batch, SparseRows
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer, element-wise on a uint64 array (wraps modulo 2**64)."""
+    h = h.astype(np.uint64, copy=True)
+    h ^= h >> np.uint64(30)
+    h *= _M1
+    h ^= h >> np.uint64(27)
+    h *= _M2
+    h ^= h >> np.uint64(31)
+    return h
+
+
+def row_hash(batch: Batch, salt: int = 0) -> np.ndarray:
+    """A 64-bit hash of every record's content (features and label), vectorized.
+
+    Depends only on the record, never on its position in a batch or on which worker
+    reads it, so a holdout slice chosen from it is the same on every run and resume.
+    """
+    n = len(batch)
+    X = batch.X
+    if isinstance(X, SparseRows):
+        el = mix64(X.indices.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+                   ^ np.ascontiguousarray(X.values, dtype=np.float32).view(np.uint32).astype(np.uint64))
+        cs = np.concatenate([np.zeros(1, np.uint64), np.cumsum(el, dtype=np.uint64)])
+        h = cs[X.indptr[1:]] - cs[X.indptr[:-1]]
+    else:
+        bits = np.ascontiguousarray(X, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        mult = mix64(np.arange(1, bits.shape[1] + 1, dtype=np.uint64)) | np.uint64(1)
+        h = (bits * mult[None, :]).sum(axis=1, dtype=np.uint64) if bits.shape[1] else np.zeros(n, np.uint64)
+    if batch.y is not None:
+        h = h ^ mix64(np.asarray(batch.y, dtype=np.float64).view(np.uint64))
+    return mix64(h ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+
+
+def holdout_mask(batch: Batch, fraction: float, salt: int = 0) -> np.ndarray:
+    """Deterministic, content-based selection of about ``fraction`` of the records."""
+    if fraction <= 0:
+        return np.zeros(len(batch), dtype=bool)
+    u = (row_hash(batch, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return u < fraction
+
+
+def csr_local(X: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique columns, local column of every stored value, row of every stored value)."""
+    cols, local = np.unique(X.indices, return_inverse=True)
+    return cols, local.astype(np.int64), X.row_ids()
+
+
+def sparse_matmul(X: SparseRows, local: np.ndarray, Wl: np.ndarray) -> np.ndarray:
+    """``X @ W`` where ``Wl`` holds only the rows of W for X's unique columns."""
+    n = len(X)
+    out = np.zeros((n,) + Wl.shape[1:], dtype=np.float64)
+    if len(local) == 0:
+        return out
+    contrib = Wl[local] * (X.values[:, None] if Wl.ndim == 2 else X.values).astype(np.float64)
+    nonempty = np.flatnonzero(np.diff(X.indptr) > 0)
+    out[nonempty] = np.add.reduceat(contrib, X.indptr[nonempty], axis=0)
+    return out
+
+
+def group_sum(keys: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum ``values`` (m, ...) into ``n_groups`` rows by integer ``keys`` (sort + reduceat)."""
+    out = np.zeros((n_groups,) + values.shape[1:], dtype=np.float64)
+    if len(keys) == 0:
+        return out
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+    out[k[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def as_pair(value, name: str) -> tuple[float, float]:
+    """A (low, high) range from a number, a 2-list or a 2-tuple."""
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    lo, hi = value
+    return float(lo), float(hi)
+
+
+class FeatureCount(int):
+    """An ``n_features`` parameter value that is also callable, so ``algo.n_features``
+    is the parameter (an int, JSON-able) and ``algo.n_features()`` the base-class query."""
+
+    def __call__(self) -> int:
+        return int(self)
+
+
+def feature_count(value):
+    """Wrap an integer ``n_features`` parameter (anything else is kept for check_params)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return FeatureCount(int(value))
+    return value

@@ -1,0 +1,470 @@
+"""Linear learner with model packing (the paper's Section 3 and "Expressive State").
+
+``num_models`` linear models with different learning rates and l1/l2 strengths are
+trained at once, as columns of one weight matrix ``w`` (n_features x num_models*C, C = 1
+or num_classes), one pass, mini-batch Adagrad (or plain SGD). A holdout slice chosen
+from each record's content (a vectorized hash, never trained on, the same on every run
+and resume) accumulates every packed model's validation loss and metric; finalize keeps
+the best one and records every model's score in the model's attrs.
+
+State keys (all ``sum``-aggregated: every push is a delta, so concurrent workers' pushes
+add up exactly, as in asynchronous SGD):
+
+====================  ===========================  ======================================
+key                   shape                        meaning
+====================  ===========================  ======================================
+``w``, ``b``          (d, M*C), (M*C,)             weights, in normalized feature space
+``g2_w``, ``g2_b``    like ``w``, ``b``            Adagrad sums of squared gradients
+``u_w``, ``u_b``      like ``w``, ``b``            averaging: sum of tau * step (see below)
+``n``                 ()                           training examples (weighted) seen
+``feat_n/sum/sq``     (), (d,), (d,)               dense inputs: streaming mean/variance
+``y_n/sum/sq``        ()                           regressor: label mean/variance
+``val``               (3, M)                       holdout: [weight, metric a, metric b] sums
+====================  ===========================  ======================================
+
+Sparse input (``SparseRows``, e.g. 2**20 hashed features): only the rows of the columns a
+batch touched are pulled and pushed (``rows=``); the per-feature keys are declared with
+``chunk_rows = SPARSE_CHUNK_ROWS`` and, when ``n_features >= BIG_FEATURES``, float32.
+Sparse features are not centered or scaled (that would densify them; Adagrad's per-
+coordinate step already adapts to feature scale); l2/l1 act lazily on touched rows.
+
+Averaged SGD without a dense push: with ``tau`` = examples seen before a step and
+``delta`` the step, the example-weighted average of the iterates is
+``w_avg = w - u / n`` where ``u = sum(tau * delta)`` — a sum, pushed row-sparsely.
+
+Normalization is estimated on the fly (sum of x and x**2 over training rows) and the
+weights live in the normalized space; finalize folds mean and scale back into raw-space
+weights, so the model needs no separate preprocessing step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from streamlearn.algorithms import register
+from streamlearn.algorithms import _metrics as metrics
+from streamlearn.algorithms._common import (as_pair, csr_local, feature_count, group_sum, holdout_mask, sigmoid,
+                                            softmax, sparse_matmul)
+from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.batch import Batch, SparseRows
+from streamlearn.statestore.base import State
+
+SPARSE_CHUNK_ROWS = 256
+BIG_FEATURES = 1 << 16
+
+PREDICTOR_TYPES = ("binary_classifier", "multiclass_classifier", "regressor")
+LOSSES = {"binary_classifier": ("logistic", "hinge"), "multiclass_classifier": ("softmax",),
+          "regressor": ("squared", "absolute")}
+#: the two validation metrics accumulated per predictor type (rows 1 and 2 of ``val``)
+VAL_METRICS = {"binary_classifier": ("log_loss", "accuracy"), "multiclass_classifier": ("log_loss", "accuracy"),
+               "regressor": ("mse", "mae")}
+SCORE_METRICS = {"binary_classifier": ("accuracy", "log_loss", "auc", "hinge"),
+                 "multiclass_classifier": ("accuracy", "log_loss"),
+                 "regressor": ("mse", "rmse", "mae", "r2")}
+
+
+class LinearLearner(Algorithm):
+    name = "linear_learner"
+    accepts_sparse = True
+    needs_label = True
+
+    def __init__(self, n_features: int, predictor_type: str = "binary_classifier", num_classes: int = 2,
+                 loss: str = "auto", num_models: int = 32, learning_rate: tuple = (0.02, 2.0),
+                 l1: tuple = (0.0, 0.0), l2: tuple = (0.0, 1e-3), pack: str = "random",
+                 optimizer: str = "adagrad", averaging: bool = True, normalize: bool = True,
+                 holdout_fraction: float = 0.05, validation_metric: str = "auto", seed: int = 0):
+        self.n_features = feature_count(n_features)
+        self.predictor_type = predictor_type
+        self.num_classes = num_classes
+        self.loss = loss
+        self.num_models = num_models
+        self.learning_rate = learning_rate
+        self.l1 = l1
+        self.l2 = l2
+        self.pack = pack
+        self.optimizer = optimizer
+        self.averaging = averaging
+        self.normalize = normalize
+        self.holdout_fraction = holdout_fraction
+        self.validation_metric = validation_metric
+        self.seed = seed
+
+    # -- parameters -----------------------------------------------------------------------
+    def check_params(self) -> None:
+        n = self.name
+        require(isinstance(self.n_features, (int, np.integer)) and not isinstance(self.n_features, bool)
+                and self.n_features > 0, n, f"n_features must be a positive integer, got {self.n_features!r}")
+        require(self.predictor_type in PREDICTOR_TYPES, n, f"predictor_type must be one of {PREDICTOR_TYPES}, "
+                f"got {self.predictor_type!r}")
+        require(isinstance(self.num_classes, (int, np.integer)) and self.num_classes >= 2, n,
+                "num_classes must be an integer >= 2")
+        require(self.loss == "auto" or self.loss in LOSSES.get(self.predictor_type, ()), n,
+                f"loss {self.loss!r} does not fit predictor_type {self.predictor_type!r}; use 'auto' or one of "
+                f"{LOSSES.get(self.predictor_type, ())}")
+        require(isinstance(self.num_models, (int, np.integer)) and 1 <= self.num_models <= 1024, n,
+                "num_models must be an integer in [1, 1024]")
+        for pname in ("learning_rate", "l1", "l2"):
+            try:
+                lo, hi = as_pair(getattr(self, pname), pname)
+            except (TypeError, ValueError):
+                require(False, n, f"{pname} must be a number or a [low, high] range, got {getattr(self, pname)!r}")
+            require(np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi, n,
+                    f"{pname} range must satisfy 0 <= low <= high, got {getattr(self, pname)!r}")
+        require(as_pair(self.learning_rate, "learning_rate")[0] > 0, n, "learning_rate must be > 0")
+        require(self.pack in ("random", "grid"), n, "pack must be 'random' or 'grid'")
+        require(self.optimizer in ("adagrad", "sgd"), n, "optimizer must be 'adagrad' or 'sgd'")
+        require(0.0 <= self.holdout_fraction < 1.0, n, "holdout_fraction must be in [0, 1)")
+        require(self.validation_metric == "auto" or self.validation_metric in VAL_METRICS.get(self.predictor_type, ()),
+                n, f"validation_metric must be 'auto' or one of {VAL_METRICS.get(self.predictor_type, ())}")
+
+    # -- derived settings --------------------------------------------------------------------
+    @property
+    def _d(self) -> int:
+        return int(self.n_features)
+
+    @property
+    def _C(self) -> int:
+        return int(self.num_classes) if self.predictor_type == "multiclass_classifier" else 1
+
+    @property
+    def _loss(self) -> str:
+        if self.loss != "auto":
+            return self.loss
+        return {"binary_classifier": "logistic", "multiclass_classifier": "softmax", "regressor": "squared"}[
+            self.predictor_type]
+
+    @property
+    def _metric(self) -> str:
+        if self.validation_metric != "auto":
+            return self.validation_metric
+        return {"logistic": "log_loss", "softmax": "log_loss", "hinge": "accuracy", "squared": "mse",
+                "absolute": "mae"}[self._loss]
+
+    def hyperparameters(self) -> dict[str, np.ndarray]:
+        """Per packed model: learning rate, l1, l2 (seeded; the same for every worker)."""
+        M = int(self.num_models)
+        rng = np.random.default_rng([int(self.seed), 0x11])
+        lr_lo, lr_hi = as_pair(self.learning_rate, "learning_rate")
+        out = {}
+        if self.pack == "grid":
+            regs = [_levels(*as_pair(self.l1, "l1")), _levels(*as_pair(self.l2, "l2"))]
+            n_lr = max(1, -(-M // (len(regs[0]) * len(regs[1]))))
+            lrs = np.geomspace(lr_lo, lr_hi, n_lr) if n_lr > 1 else np.array([np.sqrt(lr_lo * lr_hi)])
+            grid = np.array(np.meshgrid(lrs, regs[0], regs[1], indexing="ij")).reshape(3, -1)[:, :M]
+            if grid.shape[1] < M:
+                grid = np.concatenate([grid] * (-(-M // grid.shape[1])), axis=1)[:, :M]
+            out = {"learning_rate": grid[0], "l1": grid[1], "l2": grid[2]}
+        else:
+            lr = np.exp(rng.uniform(np.log(lr_lo), np.log(lr_hi), M))
+            out = {"learning_rate": lr, "l1": _draw(rng, *as_pair(self.l1, "l1"), M),
+                   "l2": _draw(rng, *as_pair(self.l2, "l2"), M)}
+            # model 0 is always the "plain" one: mid learning rate, lowest regularization
+            out["learning_rate"][0] = np.sqrt(lr_lo * lr_hi)
+            out["l1"][0] = as_pair(self.l1, "l1")[0]
+            out["l2"][0] = as_pair(self.l2, "l2")[0]
+        return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+    def _sparse_keys(self) -> tuple[int, str]:
+        big = self._d >= BIG_FEATURES
+        return SPARSE_CHUNK_ROWS, ("float32" if big else "float64")
+
+    # -- the three functions ------------------------------------------------------------------
+    def initialize(self, state: State) -> None:
+        d, MC, M = self._d, int(self.num_models) * self._C, int(self.num_models)
+        chunk, dtype = self._sparse_keys()
+        for key in ("w", "g2_w") + (("u_w",) if self.averaging else ()):
+            state.initialize(key, np.zeros((d, MC)), dtype=dtype, chunk_rows=chunk)
+        for key in ("b", "g2_b") + (("u_b",) if self.averaging else ()):
+            state.initialize(key, np.zeros(MC))
+        state.initialize("n", 0.0)
+        if self.normalize:
+            state.initialize("feat_n", 0.0)
+            state.initialize("feat_sum", np.zeros(d), dtype=dtype, chunk_rows=chunk)
+            state.initialize("feat_sq", np.zeros(d), dtype=dtype, chunk_rows=chunk)
+        if self.predictor_type == "regressor":
+            for key in ("y_n", "y_sum", "y_sq"):
+                state.initialize(key, 0.0)
+        state.initialize("val", np.zeros((3, M)))
+
+    def update(self, state: State, batch: Batch) -> None:
+        n_rows = len(batch)
+        if n_rows == 0:
+            return
+        hp = self._hp()
+        C, M = self._C, int(self.num_models)
+        y = np.asarray(batch.y, dtype=np.float64)
+        sw = batch.weights * np.isfinite(y)
+        y = np.where(np.isfinite(y), y, 0.0)
+        hold = holdout_mask(batch, float(self.holdout_fraction), salt=int(self.seed))
+        tr_w = np.where(hold, 0.0, sw)
+        ho_w = np.where(hold, sw, 0.0)
+        sparse = isinstance(batch.X, SparseRows)
+        tau = float(state.pull("n"))
+
+        # --- features in normalized space; pull only what the batch touches
+        if sparse:
+            X: SparseRows = batch.X
+            rows, local, _ = csr_local(X)
+            W = state.pull("w", rows=rows).astype(np.float64)
+            mean = inv_std = None
+        else:
+            X = np.asarray(batch.X, dtype=np.float64)
+            rows = None
+            W = state.pull("w").astype(np.float64)
+            if self.normalize:
+                state.push("feat_n", float(tr_w.sum()))
+                state.push("feat_sum", tr_w @ X)
+                state.push("feat_sq", tr_w @ (X * X))
+                mean, inv_std = _moments(state.pull("feat_n"), state.pull("feat_sum"), state.pull("feat_sq"))
+                X = (X - mean) * inv_std
+        b = state.pull("b")
+        if self.predictor_type == "regressor":
+            state.push("y_n", float(tr_w.sum()))
+            state.push("y_sum", float(tr_w @ y))
+            state.push("y_sq", float(tr_w @ (y * y)))
+            y_mu, y_sd = _label_moments(state)
+            t = (y - y_mu) / y_sd
+        else:
+            y_mu, y_sd, t = 0.0, 1.0, y
+
+        def matmul(Wm):
+            return (sparse_matmul(X, local, Wm) if sparse else X @ Wm)
+
+        # --- holdout: every packed model's loss, with the weights the model would ship
+        if ho_w.any():
+            h = ho_w > 0
+            if self.averaging and tau > 0:
+                Wa = W - state.pull("u_w", rows=rows) / tau if sparse else W - state.pull("u_w") / tau
+                ba = b - state.pull("u_b") / tau
+            else:
+                Wa, ba = W, b
+            Zh = (matmul(Wa) + ba)[h]
+            a, c = self._val_metrics(Zh, y[h], t[h], y_mu, y_sd)
+            wv = ho_w[h] * (tau + 1.0)  # later evaluations weigh more: they describe the final model better
+            state.push("val", np.stack([np.full(M, wv.sum()), wv @ a, wv @ c]))
+
+        wsum = float(tr_w.sum())
+        if wsum <= 0:
+            return
+        # --- gradient of the mean training loss for every packed model at once
+        Z = matmul(W) + b
+        R = self._dloss(Z, y, t) * (tr_w / wsum)[:, None]  # (n, M*C)
+        if sparse:
+            vals = X.values.astype(np.float64)
+            gW = group_sum(local, vals[:, None] * R[X.row_ids()], len(rows))
+        else:
+            gW = X.T @ R
+        gb = R.sum(axis=0)
+        l1c, l2c, lrc = (np.repeat(hp[k], C) for k in ("l1", "l2", "learning_rate"))
+        gW += l2c * W
+        self._step(state, "w", W, gW, lrc, l1c, tau, rows)
+        self._step(state, "b", b, gb, lrc, 0.0 * l1c, tau, None)
+        state.push("n", wsum)
+
+    def _step(self, state: State, key: str, P, g, lr, l1, tau: float, rows) -> None:
+        if self.optimizer == "adagrad":
+            G = (state.pull("g2_" + key, rows=rows) if rows is not None else state.pull("g2_" + key)) + g * g
+            scale = lr / (np.sqrt(G) + 1e-8)
+            state.push("g2_" + key, g * g, rows=rows)
+        else:
+            scale = lr / np.sqrt(1.0 + tau / 10_000.0) * np.ones_like(P)
+        new = P - scale * g
+        if np.any(l1 > 0):
+            thr = scale * l1
+            new = np.sign(new) * np.maximum(np.abs(new) - thr, 0.0)
+        delta = new - P
+        state.push(key, delta, rows=rows)
+        if self.averaging:
+            state.push("u_" + key, tau * delta, rows=rows)
+
+    def _hp(self) -> dict[str, np.ndarray]:
+        cache = self.__dict__.get("_hp_cache")
+        sig = (self.num_models, repr(self.learning_rate), repr(self.l1), repr(self.l2), self.pack, self.seed)
+        if cache is None or cache[0] != sig:
+            cache = (sig, self.hyperparameters())
+            self.__dict__["_hp_cache"] = cache
+        return cache[1]
+
+    # -- losses ---------------------------------------------------------------------------
+    def _dloss(self, Z: np.ndarray, y: np.ndarray, t: np.ndarray) -> np.ndarray:
+        loss = self._loss
+        if loss == "logistic":
+            return sigmoid(Z) - y[:, None]
+        if loss == "hinge":
+            s = 2.0 * y[:, None] - 1.0
+            return np.where(s * Z < 1.0, -s, 0.0)
+        if loss == "softmax":
+            n, C = len(y), self._C
+            P = softmax(Z.reshape(n, -1, C))
+            P[np.arange(n), :, y.astype(np.int64)] -= 1.0
+            return P.reshape(n, -1)
+        if loss == "squared":
+            return Z - t[:, None]
+        return np.sign(Z - t[:, None])  # absolute
+
+    def _val_metrics(self, Z, y, t, y_mu, y_sd) -> tuple[np.ndarray, np.ndarray]:
+        """Per-example values of the two validation metrics, (n, M) each."""
+        if self.predictor_type == "binary_classifier":
+            p = np.clip(sigmoid(Z), 1e-15, 1 - 1e-15)
+            ll = -(y[:, None] * np.log(p) + (1 - y[:, None]) * np.log(1 - p))
+            return ll, ((Z > 0) == (y[:, None] > 0.5)).astype(np.float64)
+        if self.predictor_type == "multiclass_classifier":
+            n, C = len(y), self._C
+            Z3 = Z.reshape(n, -1, C)
+            P = softmax(Z3)
+            yi = y.astype(np.int64)
+            ll = -np.log(np.clip(P[np.arange(n), :, yi], 1e-15, 1.0))
+            return ll, (Z3.argmax(axis=2) == yi[:, None]).astype(np.float64)
+        err = (Z * y_sd + y_mu) - y[:, None]
+        return err * err, np.abs(err)
+
+    # -- finalize -------------------------------------------------------------------------
+    def finalize(self, state: State) -> "LinearModel":
+        d, C, M = self._d, self._C, int(self.num_models)
+        W = state.pull("w").astype(np.float64)
+        b = state.pull("b").astype(np.float64)
+        n = float(state.pull("n"))
+        if self.averaging and n > 0:
+            W = W - state.pull("u_w") / n
+            b = b - state.pull("u_b") / n
+        if self.normalize and "feat_n" in state.keys():
+            mean, inv_std = _moments(state.pull("feat_n"), state.pull("feat_sum"), state.pull("feat_sq"))
+            W = W * inv_std[:, None]
+            b = b - mean @ W
+        y_mu, y_sd = _label_moments(state) if self.predictor_type == "regressor" else (0.0, 1.0)
+        val = state.pull("val")
+        names = VAL_METRICS[self.predictor_type]
+        metric = self._metric
+        have = val[0] > 0
+        scores = {nm: (val[i + 1] / np.where(have, val[0], 1.0)) for i, nm in enumerate(names)}
+        chosen = scores[metric]
+        if have.any() and np.all(np.isfinite(chosen)):
+            best = int(np.argmax(chosen) if metrics.higher_is_better(metric) else np.argmin(chosen))
+        else:
+            best = 0
+        cols = slice(best * C, (best + 1) * C)
+        hp = self._hp()
+        attrs = {
+            "predictor_type": self.predictor_type, "loss": self._loss, "num_classes": C if C > 1 else 2,
+            "n_features": d, "selected_model": best, "validation_metric": metric,
+            "validation_weight": float(val[0].max()) if have.any() else 0.0,
+            "models": [{"learning_rate": float(hp["learning_rate"][i]), "l1": float(hp["l1"][i]),
+                        "l2": float(hp["l2"][i]),
+                        **{nm: (float(scores[nm][i]) if have[i] else None) for nm in names}} for i in range(M)],
+            "examples_seen": n, "params": _jsonable_params(self.get_params()),
+        }
+        weights = W[:, cols] * y_sd
+        bias = b[cols] * y_sd + (y_mu if self.predictor_type == "regressor" else 0.0)
+        return LinearModel(weights, bias, attrs)
+
+
+def _levels(lo: float, hi: float) -> list[float]:
+    return [lo] if hi == lo else [lo, hi]
+
+
+def _draw(rng, lo: float, hi: float, M: int) -> np.ndarray:
+    if hi == 0:
+        return np.zeros(M)
+    base = lo if lo > 0 else hi * 1e-3
+    v = np.exp(rng.uniform(np.log(base), np.log(hi), M))
+    if lo == 0:
+        v[rng.random(M) < 0.25] = 0.0  # a quarter of the pack unregularized
+    return v
+
+
+def _moments(n, s, sq) -> tuple[np.ndarray, np.ndarray]:
+    n = max(float(n), 1.0)
+    mean = np.asarray(s, np.float64) / n
+    var = np.maximum(np.asarray(sq, np.float64) / n - mean * mean, 0.0)
+    inv = np.where(var > 1e-12, 1.0 / np.sqrt(np.where(var > 1e-12, var, 1.0)), 1.0)
+    return mean, inv
+
+
+def _label_moments(state: State) -> tuple[float, float]:
+    n = max(float(state.pull("y_n")), 1.0)
+    mu = float(state.pull("y_sum")) / n
+    var = max(float(state.pull("y_sq")) / n - mu * mu, 0.0)
+    return mu, (np.sqrt(var) if var > 1e-12 else 1.0)
+
+
+def _jsonable_params(p: dict) -> dict:
+    out = {}
+    for k, v in p.items():
+        if isinstance(v, tuple):
+            v = list(v)
+        if isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+class LinearModel(Model):
+    algorithm = "linear_learner"
+
+    def __init__(self, weights: np.ndarray, bias: np.ndarray, attrs: dict[str, Any]):
+        self.weights = np.asarray(weights, dtype=np.float64)  # (d, C)
+        self.bias = np.asarray(bias, dtype=np.float64)  # (C,)
+        self.attrs = attrs
+
+    @property
+    def predictor_type(self) -> str:
+        return self.attrs["predictor_type"]
+
+    def decision_function(self, batch: Batch) -> np.ndarray:
+        X = batch.X
+        Z = X.dot(self.weights) if isinstance(X, SparseRows) else np.asarray(X, np.float64) @ self.weights
+        return Z + self.bias
+
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        Z = self.decision_function(batch)
+        if self.predictor_type == "binary_classifier":
+            return sigmoid(Z[:, 0])
+        if self.predictor_type == "multiclass_classifier":
+            return softmax(Z)
+        raise ValueError("linear_learner: a regressor has no class probabilities")
+
+    def evaluate(self, batch: Batch) -> np.ndarray:
+        """Predicted class (classifiers) or value (regressor) for every example."""
+        Z = self.decision_function(batch)
+        if self.predictor_type == "binary_classifier":
+            return (Z[:, 0] > 0).astype(np.int64)
+        if self.predictor_type == "multiclass_classifier":
+            return Z.argmax(axis=1)
+        return Z[:, 0]
+
+    def score(self, batch: Batch, metric: str | None = None) -> float:
+        pt = self.predictor_type
+        metric = metrics.check_metric(self.algorithm, metric or self.attrs["validation_metric"], SCORE_METRICS[pt])
+        y, w = batch.y, batch.w
+        if metric == "accuracy":
+            return metrics.accuracy(y, self.evaluate(batch), w)
+        if metric == "log_loss":
+            return metrics.log_loss(y, self.predict_proba(batch), w)
+        if metric == "auc":
+            return metrics.auc(y, self.decision_function(batch)[:, 0], w)
+        if metric == "hinge":
+            return metrics.hinge(y, self.decision_function(batch)[:, 0], w)
+        return getattr(metrics, metric)(y, self.evaluate(batch), w)
+
+    def predict_records(self, batch: Batch) -> list[dict[str, Any]]:
+        pt = self.predictor_type
+        pred = self.evaluate(batch)
+        if pt == "binary_classifier":
+            p = self.predict_proba(batch)
+            return [{"prediction": int(a), "score": float(s)} for a, s in zip(pred.tolist(), p.tolist())]
+        if pt == "multiclass_classifier":
+            P = self.predict_proba(batch)
+            return [{"prediction": int(a), "score": float(r[a]), "scores": r}
+                    for a, r in zip(pred.tolist(), P.tolist())]
+        return [{"prediction": float(v)} for v in pred.tolist()]
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"weights": self.weights.copy(), "bias": self.bias.copy()}, dict(self.attrs)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> "LinearModel":
+        return cls(np.array(arrays["weights"]), np.array(arrays["bias"]), dict(attrs))
+
+
+register(LinearLearner, LinearModel)
