@@ -1,0 +1,227 @@
+"""Producing training data: a small Python API around ``confluent_kafka.Producer``.
+
+Messages are Avro single-object encoded ``training_batch`` (many rows, the fast path) or
+``training_record`` (one example) values. Idempotence is on, compression is lz4 and
+messages linger briefly for throughput. Delivery errors are raised (at the next send or at
+:meth:`Producer.flush`), never swallowed.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import KafkaException
+from confluent_kafka import Producer as _KafkaProducer
+
+from streamlearn.batch import SparseRows
+from streamlearn.streams.serde import encode_training_batch, encode_training_record
+
+#: Upper bound for one message's uncompressed value (the broker default limit is ~1 MB).
+MAX_MESSAGE_BYTES = 900_000
+
+DEFAULTS = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+}
+
+
+class ProduceError(RuntimeError):
+    """Kafka did not take a message."""
+
+
+class Producer:
+    """``Producer(bootstrap, extra_conf)`` — use as a context manager (flushes on exit)."""
+
+    def __init__(self, bootstrap, extra_conf: dict | None = None, batch_size: int = 1000):
+        conf = dict(DEFAULTS)
+        if isinstance(bootstrap, dict):
+            conf.update(bootstrap)
+        else:
+            conf["bootstrap.servers"] = bootstrap
+        conf.update(extra_conf or {})
+        self.conf = conf
+        self.batch_size = int(batch_size)
+        self._producer = _KafkaProducer(conf)
+        self._errors: list[str] = []
+        self._partitions: dict[str, int] = {}
+        self._next: dict[str, int] = {}
+        self.messages_sent = 0
+        self.records_sent = 0
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _on_delivery(self, err, _msg) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise ProduceError(f"{len(errors)} message(s) not delivered: {errors[:3]}")
+
+    def n_partitions(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            md = self._producer.list_topics(timeout=10)  # by name would auto-create it
+            t = md.topics.get(topic)
+            if t is None or not t.partitions:
+                raise ProduceError(f"topic {topic!r} does not exist (create it with ensure_topic)")
+            n = self._partitions[topic] = len(t.partitions)
+        return n
+
+    def _round_robin(self, topic: str) -> int:
+        n = self.n_partitions(topic)
+        p = self._next.get(topic, 0)
+        self._next[topic] = (p + 1) % n
+        return p
+
+    def _produce(self, topic: str, value: bytes, key=None, partition: int | None = None, headers=None) -> None:
+        self._raise_errors()
+        kwargs = {"value": value, "on_delivery": self._on_delivery}
+        if key is not None:
+            kwargs["key"] = key.encode() if isinstance(key, str) else key
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                break
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                raise ProduceError(f"cannot produce to {topic!r}: {exc}") from None
+        self._producer.poll(0)
+        self.messages_sent += 1
+
+    # -- public API -----------------------------------------------------------------------
+    def send_batch(self, topic: str, X, y=None, w=None, keys=None, batch_size: int | None = None) -> int:
+        """Send the rows of ``X`` (dense array or SparseRows) as ``training_batch`` messages of
+        at most ``batch_size`` rows (fewer when a message would exceed ~900 kB). Without keys
+        messages go round-robin over the partitions; with per-row ``keys`` rows are grouped by
+        a stable hash of their key (the same key always lands in the same partition).
+        Returns the number of records sent."""
+        batch_size = int(batch_size or self.batch_size)
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        sparse = isinstance(X, SparseRows)
+        if not sparse:
+            X = np.asarray(X, dtype=np.float32)
+            if X.ndim == 1:
+                X = X[:, None]
+        n = len(X) if sparse else X.shape[0]
+        y = None if y is None else np.asarray(y, dtype=np.float64).reshape(-1)
+        w = None if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
+        for name, a in (("y", y), ("w", w), ("keys", keys)):
+            if a is not None and len(a) != n:
+                raise ValueError(f"{name} has {len(a)} entries for {n} rows")
+        if keys is None:
+            groups = [(None, np.arange(n))]
+        else:
+            keys = [None if k is None else str(k) for k in keys]
+            nparts = self.n_partitions(topic)
+            part = np.array([0 if k is None else zlib.crc32(k.encode()) % nparts for k in keys], dtype=np.int64)
+            groups = [(int(p), np.flatnonzero(part == p)) for p in np.unique(part)]
+        for partition, rows in groups:
+            if sparse:
+                nnz_per_row = np.diff(X.indptr)
+                step_bytes = None
+            else:
+                step_bytes = X.shape[1] * 4 + 16
+            start = 0
+            while start < len(rows):
+                stop = min(start + batch_size, len(rows))
+                if sparse:
+                    sub = rows[start:stop]
+                    while stop - start > 1 and int(nnz_per_row[sub].sum()) * 12 + len(sub) * 24 > MAX_MESSAGE_BYTES:
+                        stop = start + max(1, (stop - start) // 2)
+                        sub = rows[start:stop]
+                elif (stop - start) * step_bytes > MAX_MESSAGE_BYTES:
+                    stop = start + max(1, MAX_MESSAGE_BYTES // step_bytes)
+                sel = rows[start:stop]
+                contiguous = keys is None
+                Xs = (X.take(sel) if sparse else (X[sel[0]:sel[-1] + 1] if contiguous else X[sel]))
+                value = encode_training_batch(
+                    Xs,
+                    None if y is None else y[sel],
+                    None if w is None else w[sel],
+                    None if keys is None else [keys[i] for i in sel])
+                self._produce(topic, value, partition=self._round_robin(topic) if partition is None else partition)
+                self.records_sent += len(sel)
+                start = stop
+        return n
+
+    def send_record(self, topic: str, features, label=None, weight: float = 1.0, key: str | None = None,
+                    event_time: int | None = None) -> None:
+        """One ``training_record`` message. ``features`` is a dense vector or an
+        ``(indices, values, n_features)`` tuple. With a ``key`` Kafka's key hashing picks the
+        partition, else round-robin."""
+        if isinstance(features, tuple) and len(features) == 3:
+            indices, values, n_features = features
+            value = encode_training_record(indices=indices, values=values, n_features=n_features, label=label,
+                                           weight=weight, key=key, event_time=event_time)
+        else:
+            value = encode_training_record(features, label=label, weight=weight, key=key, event_time=event_time)
+        self._produce(topic, value, key=key, partition=None if key is not None else self._round_robin(topic))
+        self.records_sent += 1
+
+    def send_raw(self, topic: str, value: bytes, headers=None, key=None, partition: int | None = None) -> None:
+        """Send ``value`` as-is (for tests of bad input)."""
+        self._produce(topic, value, key=key, partition=partition, headers=headers)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait for every message's delivery; raise :class:`ProduceError` on any failure."""
+        left = self._producer.flush(timeout)
+        self._raise_errors()
+        if left:
+            raise ProduceError(f"{left} message(s) still undelivered after {timeout}s")
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            self._producer.flush(10)
+
+
+def produce_file(bootstrap, topic: str, path, label_column: str | None = None, partitions: int | None = None,
+                 batch_size: int = 1000, n_features: int | None = None, feature_columns: list[str] | None = None,
+                 extra_conf: dict | None = None) -> int:
+    """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``; returns the number
+    of records. ``partitions``: create the topic with that many partitions if missing
+    (otherwise a missing topic is created with one). ``batch_size`` rows per message; 1 sends
+    one ``training_record`` message per example. ``bootstrap`` is a bootstrap string or a
+    client configuration dict."""
+    from streamlearn.streams.files import read_examples
+    from streamlearn.streams.topics import ensure_topic
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
+    chunks = read_examples(Path(path), label_column=label_column, feature_columns=feature_columns,
+                           n_features=n_features)
+    ensure_topic(conf, topic, partitions or 1)
+    n = 0
+    with Producer(conf, extra_conf, batch_size=batch_size) as producer:
+        for X, y in chunks:
+            if batch_size == 1:
+                for i in range(len(X)):
+                    label = None if y is None or np.isnan(y[i]) else float(y[i])
+                    if isinstance(X, SparseRows):
+                        s, e = X.indptr[i], X.indptr[i + 1]
+                        producer.send_record(topic, (X.indices[s:e], X.values[s:e], X.n_features), label=label)
+                    else:
+                        producer.send_record(topic, X[i], label=label)
+                n += len(X)
+            else:
+                n += producer.send_batch(topic, X, y, batch_size=batch_size)
+    return n
+
+
+__all__ = ["Producer", "ProduceError", "produce_file", "MAX_MESSAGE_BYTES"]
