@@ -27,7 +27,7 @@ from streamlearn.statestore.base import FencedError
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.keys import JobKeys
 from streamlearn.statestore.redis_state import RedisState
-from streamlearn.streams.decode import decode_messages
+from streamlearn.streams.decode import decode_messages, rejection_headers
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -223,9 +223,8 @@ class Worker:
         errors: list[str] = []
         for r in rejected:
             m = msgs[r.index]
-            headers = [("streamlearn.reason", r.reason.encode()), ("streamlearn.job", self.spec.name.encode()),
-                       ("streamlearn.source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode()),
-                       ("streamlearn.records", str(r.n_records).encode())]
+            headers = rejection_headers(r) + [("streamlearn.job", self.spec.name.encode()),
+                                              ("streamlearn.source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode())]
             self._dlq.produce(self.spec.dlq_topic, value=m.value(), key=m.key(), headers=headers,
                               on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
         if self._dlq.flush(30) or errors:

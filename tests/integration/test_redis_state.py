@@ -42,7 +42,7 @@ def test_concurrent_pushes_sum_exactly(stack, job):
     state = RedisState(client, job)
     np.testing.assert_array_equal(state.pull("v"), np.full(5000, 160.0))
     rows = state.pull("rows")
-    assert rows[999, 0] == 160 and rows[500:540, 0].tolist() == [4.0] * 40 and rows[:4, 0].tolist() == [1.0] * 4
+    assert rows[999, 0] == 160 and rows[500:540, 0].tolist() == [4.0] * 40 and rows[:4, 0].tolist() == [40.0] * 4
     assert {int(k): int(v) for k, v in client.hgetall(JobKeys(job).offsets).items()} == {0: 40, 1: 40, 2: 40, 3: 40}
     assert int(client.hget(JobKeys(job).counters, "records_applied")) == 160
 
