@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 N_RECORDS = 200_000
 PARTITIONS = 6
 # small update steps so the job lasts long enough for members to join and leave mid-job
-SLOW = {"STREAMLEARN_WORKER_MAX_MESSAGES": "4"}
+SLOW = {"STREAMLEARN_WORKER_MAX_MESSAGES": "1"}
 
 
 def unique(prefix: str) -> str:
@@ -30,12 +30,12 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def median_topic(stack):
-    """200,000 values (median ≈ 100) in 6 partitions, as batch messages of 50 records."""
+    """200,000 values (median ≈ 100) in 6 partitions, as batch messages of 20 records."""
     topic = unique("median")
     ensure_topic(stack.kafka_client_conf(), topic, partitions=PARTITIONS)
     values = np.random.default_rng(7).normal(100.0, 15.0, N_RECORDS).astype(np.float32)
     with Producer(stack.kafka, stack.kafka_conf) as producer:
-        producer.send_batch(topic, values[:, None], batch_size=50)
+        producer.send_batch(topic, values[:, None], batch_size=20)
     return topic, float(np.median(values))
 
 
