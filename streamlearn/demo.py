@@ -49,7 +49,7 @@ def run_demo() -> float:
     run = uuid.uuid4().hex[:6]
     topic, job = f"demo-events-{run}", f"demo-{run}"
 
-    X, y = dense_classification(N_TRAIN + N_TEST, n_features=N_FEATURES, seed=1)
+    X, y = dense_classification(N_TRAIN + N_TEST, d=N_FEATURES, seed=1)
     ensure_topic(settings.kafka_client_conf(), topic, partitions=4)
     t0 = time.perf_counter()
     with Producer(settings.kafka, settings.kafka_conf) as producer:

@@ -36,7 +36,8 @@ log = logging.getLogger("streamlearn.worker")
 class WorkerConfig:
     """How a worker batches and talks to the group (a small policy object, not flags)."""
 
-    max_messages: int = 500  # messages per consume call = per update step
+    max_messages: int = 500  # messages per consume call = per commit
+    update_rows: int = 500  # at most this many examples per update step (SGD needs steps, not one huge batch)
     poll_timeout_s: float = 0.2
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
@@ -47,6 +48,7 @@ class WorkerConfig:
         env = os.environ
         return cls(
             max_messages=int(env.get("STREAMLEARN_WORKER_MAX_MESSAGES", cls.max_messages)),
+            update_rows=int(env.get("STREAMLEARN_WORKER_UPDATE_ROWS", cls.update_rows)),
             session_timeout_ms=int(env.get("STREAMLEARN_SESSION_TIMEOUT_MS", cls.session_timeout_ms)),
         )
 
@@ -192,8 +194,8 @@ class Worker:
         result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
                                  self.algorithm.accepts_sparse, self.algorithm.needs_label)
         dead = self._dead_letter(good, result.rejected)
-        if len(result.batch):
-            self.algorithm.update(self.state, result.batch)
+        for part in result.batch.slices(self.config.update_rows) if len(result.batch) else []:
+            self.algorithm.update(self.state, part)
         info = CommitInfo(offsets=next_offsets, fence={p: self.fence[p] for p in next_offsets},
                           records_applied=len(result.batch), records_dead_lettered=dead)
         try:

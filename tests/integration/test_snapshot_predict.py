@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_subscriber_model_predicts_like_the_finalized_model(stack, tmp_path):
-    X, y = dense_classification(6000, n_features=10, seed=3)
+    X, y = dense_classification(6000, d=10, seed=3)
     X_train, y_train, X_test = X[:5000], y[:5000], X[5000:]
     topic = f"ll-{uuid.uuid4().hex[:8]}"
     ensure_topic(stack.kafka_client_conf(), topic, partitions=3)
@@ -43,7 +43,10 @@ def test_subscriber_model_predicts_like_the_finalized_model(stack, tmp_path):
         assert sub.version == status["snapshot_version"]
     np.testing.assert_array_equal(model.evaluate(test_batch), finalized.evaluate(test_batch))
     accuracy = float(np.mean(model.evaluate(test_batch) == y[5000:]))
-    assert accuracy > 0.8
+    from sklearn.linear_model import LogisticRegression
+
+    peer = LogisticRegression().fit(X_train, y_train).score(X_test, y[5000:])
+    assert accuracy >= peer - 0.04, (accuracy, peer)  # one streaming pass over 5,000 records
 
     csv = tmp_path / "test.csv"
     csv.write_text("\n".join([",".join(f"f{i}" for i in range(10))] +
