@@ -44,7 +44,7 @@ def run_demo() -> float:
         print("starting the local stack (Kafka KRaft + Redis)...", flush=True)
         settings = stack.up()
     env = {**os.environ, **dict(line.split("=", 1) for line in settings.shell_lines()),
-           "STREAMLEARN_WORKER_MAX_MESSAGES": "2"}
+           "STREAMLEARN_WORKER_MAX_MESSAGES": "1"}  # one 100-event message per commit: a job long enough to watch
     client = settings.redis_client()
     run = uuid.uuid4().hex[:6]
     topic, job = f"demo-events-{run}", f"demo-{run}"
@@ -53,7 +53,7 @@ def run_demo() -> float:
     ensure_topic(settings.kafka_client_conf(), topic, partitions=4)
     t0 = time.perf_counter()
     with Producer(settings.kafka, settings.kafka_conf) as producer:
-        producer.send_batch(topic, X[:N_TRAIN], y[:N_TRAIN], batch_size=500)
+        producer.send_batch(topic, X[:N_TRAIN], y[:N_TRAIN], batch_size=100)
     print(f"produced {N_TRAIN} events to {topic} (4 partitions) in {time.perf_counter() - t0:.1f} s")
 
     create_job(client, settings.kafka_client_conf(), job, "linear_learner", topic,
@@ -65,6 +65,9 @@ def run_demo() -> float:
     status = _wait(client, job, lambda s: s["records_applied"] >= N_TRAIN // 4 or s["state"] == "finished", 300)
     print(f"2 workers applied {status['records_applied']} records; a 3rd worker joins")
     workers.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    status = _wait(client, job, lambda s: len(s["members"]) == 3 or s["state"] == "finished", 120)
+    print(f"{len(status['members'])} members at {status['records_applied']} records applied "
+          f"({status['records_per_second']:.0f} records/s)")
     status = _wait(client, job, lambda s: s["state"] == "finished", 600)
     for w in workers:
         w.wait(60)
