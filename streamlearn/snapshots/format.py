@@ -1,0 +1,456 @@
+"""The snapshot format: a model's numeric arrays + JSON metadata, and nothing that can run code.
+
+A snapshot is one Avro record (``streamlearn/schemas/snapshot.avsc``) in Avro *single-object
+encoding*::
+
+    C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema | Avro body
+
+The body holds ``format_version``, ``metadata_json``, the arrays (``name``, ``dtype`` from a
+fixed whitelist, ``shape``, little-endian C-order ``data``), a sha256 ``checksum`` and an
+optional HMAC-SHA256 ``signature``. Both digests cover the same canonical byte string (see
+:func:`_canonical_chunks`): a domain tag, the metadata JSON, and every array's name, dtype,
+shape and data, each length-prefixed so that no two different snapshots share it.
+
+Loading never uses pickle, ``eval`` or ``np.load``: arrays are ``np.frombuffer`` views over
+validated byte strings, with ``shape x itemsize == len(data)`` checked before any array is
+built, and the model is rebuilt by the algorithm's own ``Model.from_arrays``.
+
+Old formats keep loading (the GluonTS rule): every format version that was ever written
+stays registered in :data:`_SCHEMA_FILES` with a reader that upgrades its records to the
+current shape; the writer schema's fingerprint in the header selects the reader.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import platform
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import fastavro
+import numpy as np
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "DTYPES",
+    "KEY_ENV",
+    "Snapshot",
+    "SnapshotError",
+    "snapshot_of",
+    "encode",
+    "encode_snapshot",
+    "decode_snapshot",
+    "load_model",
+]
+
+#: The format version new snapshots are written in.
+FORMAT_VERSION = 1
+#: Environment variable holding the HMAC key; when set, snapshots are signed on encode and
+#: unsigned or badly signed snapshots are rejected on decode.
+KEY_ENV = "STREAMLEARN_SNAPSHOT_KEY"
+#: The only element types a snapshot may hold (no object, no structured, no strings).
+DTYPES = ("float32", "float64", "int32", "int64", "uint8", "bool")
+
+MAGIC = b"\xc3\x01"
+HEADER_LEN = 10
+#: Refuse inputs larger than this before parsing anything (snapshots are tens of MB).
+MAX_SNAPSHOT_BYTES = 1 << 30
+MAX_METADATA_BYTES = 16 << 20
+MAX_ARRAYS = 4096
+MAX_NDIM = 32
+MAX_NAME_LEN = 1024
+
+_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+#: format version -> schema file. A new format version gets a new file; the old file is
+#: kept (renamed to ``snapshot_v<N>.avsc``) so that its snapshots still decode.
+_SCHEMA_FILES = {1: "snapshot.avsc"}
+
+_FROM_ENV: Any = object()  # sentinel: "read the key from STREAMLEARN_SNAPSHOT_KEY"
+
+
+class SnapshotError(ValueError):
+    """The bytes are not a valid, intact (and, when a key is set, authentic) snapshot."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A decoded snapshot: JSON metadata and read-only numeric arrays."""
+
+    metadata: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int | None:
+        return self.metadata.get("version")
+
+    @property
+    def job(self) -> str | None:
+        return self.metadata.get("job")
+
+    @property
+    def algorithm(self) -> str:
+        return self.metadata["algorithm"]
+
+
+# -- schema registry (one reader per format version ever written) ----------------------
+
+
+@dataclass(frozen=True)
+class _Reader:
+    format_version: int
+    schema: Any  # parsed
+    fingerprint: bytes
+    upgrade: Callable[[dict], dict]  # record of this version -> record of the current shape
+    prescan: Callable[[bytes, int], None] | None = None  # bounds check before fastavro parses
+
+
+def _load_schema(filename: str) -> tuple[Any, bytes]:
+    with open(_SCHEMA_DIR / filename, encoding="utf-8") as f:
+        parsed = fastavro.parse_schema(json.load(f), _write_hint=False)
+    # fastavro returns the CRC-64-AVRO fingerprint as the hex of its little-endian bytes,
+    # which is exactly what single-object encoding puts on the wire.
+    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+    return parsed, fp
+
+
+def _upgrade_v1(record: dict) -> dict:
+    return record  # v1 is the current shape
+
+
+class _Scan:
+    """Walks Avro framing (varints, lengths, block counts) without building anything."""
+
+    def __init__(self, data: bytes, pos: int):
+        self.data, self.pos = data, pos
+
+    def long(self) -> int:
+        shift = result = 0
+        for _ in range(10):
+            if self.pos >= len(self.data):
+                raise SnapshotError("malformed snapshot body: truncated")
+            b = self.data[self.pos]
+            self.pos += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return (result >> 1) ^ -(result & 1)
+            shift += 7
+        raise SnapshotError("malformed snapshot body: varint too long")
+
+    def skip_bytes(self, what: str, limit: int) -> None:
+        n = self.long()
+        if n < 0 or n > limit or self.pos + n > len(self.data):
+            raise SnapshotError(f"malformed snapshot body: bad {what} length {n}")
+        self.pos += n
+
+    def blocks(self, what: str, limit: int) -> Iterator[None]:
+        total = 0
+        while True:
+            count = self.long()
+            if count == 0:
+                return
+            if count < 0:
+                count = -count
+                self.long()  # block size in bytes
+            total += count
+            if total > limit:
+                raise SnapshotError(f"malformed snapshot body: more than {limit} {what}")
+            for _ in range(count):
+                yield None
+
+
+def _prescan_v1(data: bytes, pos: int) -> None:
+    """Reject absurd counts (arrays, dims) and lengths before fastavro materializes lists,
+    so a small hostile message cannot make the parser build a huge one."""
+    s = _Scan(data, pos)
+    s.long()  # format_version
+    s.skip_bytes("metadata", MAX_METADATA_BYTES)
+    for _ in s.blocks("arrays", MAX_ARRAYS):
+        s.skip_bytes("array name", MAX_NAME_LEN * 4)
+        s.long()  # dtype enum index (range-checked by the parser and the whitelist)
+        for _ in s.blocks("dims", MAX_NDIM):
+            s.long()
+        s.skip_bytes("array data", MAX_SNAPSHOT_BYTES)
+
+
+_UPGRADES: dict[int, Callable[[dict], dict]] = {1: _upgrade_v1}
+_PRESCANS: dict[int, Callable[[bytes, int], None]] = {1: _prescan_v1}
+_READERS: dict[bytes, _Reader] = {}
+for _version, _file in _SCHEMA_FILES.items():
+    _schema, _fp = _load_schema(_file)
+    _READERS[_fp] = _Reader(_version, _schema, _fp, _UPGRADES[_version], _PRESCANS.get(_version))
+_WRITER = next(r for r in _READERS.values() if r.format_version == FORMAT_VERSION)
+SUPPORTED_FORMAT_VERSIONS = tuple(sorted(r.format_version for r in _READERS.values()))
+
+
+# -- digests ---------------------------------------------------------------------------
+
+_DOMAIN = b"streamlearn.snapshot.v1\n"
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+
+
+def _canonical_chunks(metadata_json: str, arrays: list[dict]) -> Iterator[bytes]:
+    """The byte string both the checksum and the signature cover, in pieces (no 32 MB join)."""
+    yield _DOMAIN
+    meta = metadata_json.encode("utf-8")
+    yield _U64.pack(len(meta))
+    yield meta
+    yield _U64.pack(len(arrays))
+    for a in arrays:
+        name = a["name"].encode("utf-8")
+        dtype = a["dtype"].encode("ascii")
+        yield _U64.pack(len(name)) + name + _U64.pack(len(dtype)) + dtype
+        yield _U64.pack(len(a["shape"])) + b"".join(_I64.pack(d) for d in a["shape"])
+        yield _U64.pack(len(a["data"]))
+        yield a["data"]
+
+
+def _digests(metadata_json: str, arrays: list[dict], key: bytes | None) -> tuple[str, str | None]:
+    sha = hashlib.sha256()
+    mac = hmac.new(key, digestmod=hashlib.sha256) if key else None
+    for chunk in _canonical_chunks(metadata_json, arrays):
+        sha.update(chunk)
+        if mac is not None:
+            mac.update(chunk)
+    return sha.hexdigest(), (mac.hexdigest() if mac is not None else None)
+
+
+def _resolve_key(key: Any) -> bytes | None:
+    if key is _FROM_ENV:
+        key = os.environ.get(KEY_ENV) or None
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if key is not None and not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"snapshot key must be bytes or str, not {type(key).__name__}")
+    return bytes(key) if key else None
+
+
+# -- encoding --------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"snapshot metadata value of type {type(value).__name__} is not JSON-serializable")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _library_versions() -> dict[str, str]:
+    try:
+        from importlib.metadata import version
+
+        streamlearn_version = version("streamlearn")
+    except Exception:  # running from a source checkout that is not installed
+        streamlearn_version = "unknown"
+    return {"streamlearn": streamlearn_version, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _checked_array(name: Any, value: Any) -> np.ndarray:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN:
+        raise SnapshotError(f"array name {name!r} must be a non-empty string of at most {MAX_NAME_LEN} chars")
+    arr = np.asarray(value)
+    if arr.dtype.name not in DTYPES:
+        raise SnapshotError(f"array {name!r} has dtype {arr.dtype}; snapshots hold only {', '.join(DTYPES)}")
+    if arr.ndim > MAX_NDIM:
+        raise SnapshotError(f"array {name!r} has {arr.ndim} dimensions (max {MAX_NDIM})")
+    return np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # (ascontiguousarray makes 0-d 1-d)
+
+
+def snapshot_of(model: Any, metadata: dict[str, Any] | None = None) -> Snapshot:
+    """The :class:`Snapshot` of ``model``: its arrays and the full metadata, normalized
+    exactly as :func:`decode_snapshot` will return it (JSON round trip)."""
+    arrays, attrs = model.to_arrays()
+    md = dict(metadata or {})
+    algorithm = getattr(model, "algorithm", "") or md.get("algorithm")
+    if not algorithm:
+        raise SnapshotError(f"{type(model).__name__} has no algorithm name")
+    if md.get("algorithm", algorithm) != algorithm:
+        raise SnapshotError(f"metadata says algorithm {md['algorithm']!r} but the model is {algorithm!r}")
+    md["algorithm"] = algorithm
+    md["model_attrs"] = attrs
+    md["format_version"] = FORMAT_VERSION
+    md.setdefault("job", None)
+    md.setdefault("params", {})
+    md.setdefault("version", None)
+    md.setdefault("offsets", {})
+    md.setdefault("records_applied", None)
+    md.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    md.setdefault("library_versions", _library_versions())
+    if md["version"] is not None and (isinstance(md["version"], bool) or not isinstance(md["version"], (int, np.integer))):
+        raise SnapshotError(f"metadata version must be an int, not {md['version']!r}")
+    normalized = json.loads(_dumps(md))
+    checked = {name: _checked_array(name, arrays[name]) for name in sorted(arrays)}
+    for a in checked.values():
+        a.flags.writeable = False
+    return Snapshot(normalized, checked)
+
+
+def encode(snapshot: Snapshot, *, key: bytes | str | None = _FROM_ENV) -> bytes:
+    """Serialize ``snapshot``; signed when ``key`` (default: ``$STREAMLEARN_SNAPSHOT_KEY``) is set."""
+    key = _resolve_key(key)
+    metadata_json = _dumps(snapshot.metadata)
+    if len(metadata_json) > MAX_METADATA_BYTES:
+        raise SnapshotError(f"snapshot metadata is {len(metadata_json)} bytes (max {MAX_METADATA_BYTES})")
+    if len(snapshot.arrays) > MAX_ARRAYS:
+        raise SnapshotError(f"snapshot has {len(snapshot.arrays)} arrays (max {MAX_ARRAYS})")
+    records = []
+    for name in sorted(snapshot.arrays):
+        arr = _checked_array(name, snapshot.arrays[name])
+        records.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tobytes()})
+    checksum, signature = _digests(metadata_json, records, key)
+    out = io.BytesIO()
+    out.write(MAGIC)
+    out.write(_WRITER.fingerprint)
+    fastavro.schemaless_writer(
+        out,
+        _WRITER.schema,
+        {
+            "format_version": FORMAT_VERSION,
+            "metadata_json": metadata_json,
+            "arrays": records,
+            "checksum": checksum,
+            "signature": signature,
+        },
+    )
+    data = out.getvalue()
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"snapshot is {len(data)} bytes (max {MAX_SNAPSHOT_BYTES})")
+    return data
+
+
+def encode_snapshot(model: Any, metadata: dict[str, Any] | None = None, *, key: bytes | str | None = _FROM_ENV) -> bytes:
+    """``model`` + ``metadata`` (job, params, version, offsets, records_applied, lineage,
+    scores, ...) as snapshot bytes. Fills algorithm, model_attrs, format_version,
+    created_at and library_versions."""
+    return encode(snapshot_of(model, metadata), key=key)
+
+
+# -- decoding --------------------------------------------------------------------------
+
+
+def _read_record(data: bytes) -> tuple[_Reader, dict]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SnapshotError(f"a snapshot is bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"snapshot is {len(data)} bytes (max {MAX_SNAPSHOT_BYTES})")
+    if len(data) < HEADER_LEN or data[:2] != MAGIC:
+        raise SnapshotError("not a streamlearn snapshot (no Avro single-object header)")
+    reader = _READERS.get(data[2:HEADER_LEN])
+    if reader is None:
+        raise SnapshotError(
+            f"unknown snapshot schema fingerprint {data[2:HEADER_LEN].hex()}: written by a newer or foreign "
+            f"writer; this reader supports format versions {list(SUPPORTED_FORMAT_VERSIONS)}"
+        )
+    if reader.prescan is not None:
+        reader.prescan(data, HEADER_LEN)
+    buf = io.BytesIO(data)
+    buf.seek(HEADER_LEN)
+    try:
+        record = fastavro.schemaless_reader(buf, reader.schema)
+    except Exception as exc:  # truncated / malformed Avro: any parser error is a format error
+        raise SnapshotError(f"malformed snapshot body: {type(exc).__name__}: {exc}"[:300]) from None
+    if buf.tell() != len(data):
+        raise SnapshotError(f"{len(data) - buf.tell()} trailing bytes after the snapshot body")
+    if not isinstance(record, dict) or record.get("format_version") != reader.format_version:
+        raise SnapshotError(f"format_version field disagrees with the schema (format {reader.format_version})")
+    try:
+        return reader, reader.upgrade(record)
+    except SnapshotError:
+        raise
+    except Exception as exc:
+        raise SnapshotError(f"cannot upgrade a format-{reader.format_version} snapshot: {exc}") from None
+
+
+def _check_arrays(records: Any) -> None:
+    if not isinstance(records, list) or len(records) > MAX_ARRAYS:
+        raise SnapshotError(f"a snapshot holds at most {MAX_ARRAYS} arrays")
+    seen: set[str] = set()
+    for a in records:
+        name, dtype, shape, data = a.get("name"), a.get("dtype"), a.get("shape"), a.get("data")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LEN or name in seen:
+            raise SnapshotError(f"bad or duplicate array name {str(name)[:80]!r}")
+        seen.add(name)
+        if dtype not in DTYPES:  # the Avro enum already restricts this; never trust one layer
+            raise SnapshotError(f"array {name!r}: dtype {str(dtype)[:40]!r} is not allowed (allowed: {', '.join(DTYPES)})")
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+            raise SnapshotError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} dims")
+        if not isinstance(data, bytes):
+            raise SnapshotError(f"array {name!r}: data must be bytes")
+        n = 1
+        for d in shape:
+            if not isinstance(d, int) or d < 0:
+                raise SnapshotError(f"array {name!r}: bad dimension {d!r} in shape")
+            n *= d  # Python ints: no overflow, and nothing is allocated from the claim
+        expected = n * np.dtype(dtype).itemsize
+        if expected != len(data):
+            raise SnapshotError(
+                f"array {name!r}: shape {shape[:8]}{'...' if len(shape) > 8 else ''} x {dtype} needs "
+                f"{expected} bytes but the snapshot holds {len(data)}"
+            )
+
+
+def decode_snapshot(data: bytes, key: bytes | str | None = _FROM_ENV) -> Snapshot:
+    """Parse and verify snapshot bytes; raise :class:`SnapshotError` for anything invalid.
+
+    ``key`` defaults to ``$STREAMLEARN_SNAPSHOT_KEY``; when a key is configured the
+    snapshot must carry a valid HMAC signature. ``key=None`` skips authentication (the
+    checksum is always verified)."""
+    key = _resolve_key(key)
+    _reader, record = _read_record(data)
+    metadata_json, records = record.get("metadata_json"), record.get("arrays")
+    if not isinstance(metadata_json, str) or len(metadata_json) > MAX_METADATA_BYTES:
+        raise SnapshotError(f"metadata must be a JSON string of at most {MAX_METADATA_BYTES} bytes")
+    _check_arrays(records)
+    checksum, signature = _digests(metadata_json, records, key)
+    stored_checksum = record.get("checksum")
+    if not isinstance(stored_checksum, str) or not hmac.compare_digest(checksum, stored_checksum):
+        raise SnapshotError("checksum mismatch: snapshot is corrupted or tampered")
+    if key is not None:
+        stored_signature = record.get("signature")
+        if stored_signature is None:
+            raise SnapshotError(f"snapshot is unsigned but {KEY_ENV} is set")
+        if not isinstance(stored_signature, str) or not hmac.compare_digest(signature, stored_signature):
+            raise SnapshotError("bad signature: snapshot was not signed with the configured key (or was tampered)")
+    try:
+        metadata = json.loads(metadata_json)
+    except (ValueError, RecursionError) as exc:
+        raise SnapshotError(f"metadata is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(metadata, dict):
+        raise SnapshotError("metadata must be a JSON object")
+    if not isinstance(metadata.get("algorithm"), str) or not isinstance(metadata.get("model_attrs"), dict):
+        raise SnapshotError("metadata must name the algorithm and carry model_attrs")
+    arrays: dict[str, np.ndarray] = {}
+    for a in records:
+        dtype = np.dtype(a["dtype"]).newbyteorder("<")
+        arr = np.frombuffer(a["data"], dtype=dtype).reshape(a["shape"])  # bytes -> read-only view
+        if a["dtype"] == "bool" and a["data"] and int(np.frombuffer(a["data"], np.uint8).max()) > 1:
+            raise SnapshotError(f"array {a['name']!r}: bool data holds bytes other than 0 and 1")
+        if not dtype.isnative:
+            arr = arr.astype(dtype.newbyteorder("="))
+        arr.flags.writeable = False
+        arrays[a["name"]] = arr
+    return Snapshot(metadata, arrays)
+
+
+def load_model(snapshot: Snapshot) -> Any:
+    """The :class:`~streamlearn.algorithms.base.Model` a snapshot holds, rebuilt by its
+    algorithm's ``from_arrays`` (no code comes from the snapshot itself)."""
+    from streamlearn.algorithms import model_class
+
+    return model_class(snapshot.metadata["algorithm"]).from_arrays(dict(snapshot.arrays), snapshot.metadata["model_attrs"])

@@ -1,0 +1,154 @@
+"""Publish a snapshot: the model store first (durable, by version), then the snapshot topic.
+
+The topic ``streamlearn.snapshots`` is keyed by job, so one job's snapshots stay in order
+within a partition; it carries 64 MiB messages (``max.message.bytes``) zstd-compressed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from streamlearn.snapshots.format import SnapshotError, decode_snapshot
+from streamlearn.snapshots.store import ModelStore
+
+__all__ = ["SNAPSHOT_TOPIC", "MAX_MESSAGE_BYTES", "SnapshotPublishError", "ensure_snapshot_topic", "publish_snapshot", "produce_snapshot"]
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_TOPIC = "streamlearn.snapshots"
+MAX_MESSAGE_BYTES = 64 << 20  # 67108864
+TOPIC_CONFIG = {
+    "max.message.bytes": str(MAX_MESSAGE_BYTES),
+    "compression.type": "zstd",
+}
+PRODUCER_DEFAULTS = {
+    "message.max.bytes": MAX_MESSAGE_BYTES,
+    "compression.type": "zstd",
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 0,
+}
+
+
+class SnapshotPublishError(RuntimeError):
+    """The snapshot could not be stored or delivered."""
+
+
+def _admin_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    keep = ("bootstrap.servers", "security.protocol", "client.id")
+    return {k: v for k, v in conf.items() if k in keep or k.startswith(("sasl.", "ssl."))}
+
+
+def ensure_snapshot_topic(kafka_conf: dict[str, Any], partitions: int = 1, timeout: float = 30.0) -> None:
+    """Create ``streamlearn.snapshots`` when missing; raise its ``max.message.bytes`` to
+    64 MiB when it exists with less (e.g. auto-created with broker defaults)."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+    admin = AdminClient(_admin_conf(kafka_conf))
+    metadata = admin.list_topics(timeout=timeout)
+    if SNAPSHOT_TOPIC not in metadata.topics:
+        futures = admin.create_topics(
+            [NewTopic(SNAPSHOT_TOPIC, num_partitions=partitions, replication_factor=-1, config=dict(TOPIC_CONFIG))],
+            request_timeout=timeout,
+        )
+        try:
+            futures[SNAPSHOT_TOPIC].result(timeout)
+            return
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise SnapshotPublishError(f"cannot create topic {SNAPSHOT_TOPIC}: {exc}") from exc
+    resource = ConfigResource(ConfigResource.Type.TOPIC, SNAPSHOT_TOPIC)
+    try:
+        current = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+        entry = current.get("max.message.bytes")
+        if entry is not None and int(entry.value) < MAX_MESSAGE_BYTES:
+            fix = ConfigResource(
+                ConfigResource.Type.TOPIC,
+                SNAPSHOT_TOPIC,
+                incremental_configs=[
+                    ConfigEntry("max.message.bytes", str(MAX_MESSAGE_BYTES), incremental_operation=AlterConfigOpType.SET)
+                ],
+            )
+            admin.incremental_alter_configs([fix])[fix].result(timeout)
+            log.info("raised %s max.message.bytes from %s to %d", SNAPSHOT_TOPIC, entry.value, MAX_MESSAGE_BYTES)
+    except Exception as exc:  # the produce below reports a real size problem precisely
+        log.warning("could not check/raise max.message.bytes of %s: %s", SNAPSHOT_TOPIC, exc)
+
+
+def _jsonable_equal(a: Any, b: Any) -> bool:
+    return json.loads(json.dumps(a, sort_keys=True, default=str)) == json.loads(json.dumps(b, sort_keys=True, default=str))
+
+
+def publish_snapshot(
+    producer_conf: dict[str, Any],
+    redis_client: Any,
+    job: str,
+    data: bytes,
+    metadata: dict[str, Any],
+    *,
+    timeout: float = 60.0,
+) -> None:
+    """Store ``data`` in the :class:`ModelStore` under ``metadata["version"]``, then produce it
+    to ``streamlearn.snapshots`` (key = job, headers version/algorithm) and wait for the
+    broker's acknowledgement. Raises :class:`SnapshotPublishError` (or :class:`SnapshotError`
+    for bytes that are not a valid snapshot of this job/version) on any failure.
+
+    The bytes are decoded and verified first, so nothing unloadable is ever published;
+    the registry entry is the snapshot's own metadata plus any extra keys of ``metadata``
+    (which must not contradict it)."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise SnapshotPublishError(f"snapshot is {len(data)} bytes; the topic carries at most {MAX_MESSAGE_BYTES}")
+    snap = decode_snapshot(data)
+    entry = dict(snap.metadata)
+    for k, v in metadata.items():
+        if k in entry and not _jsonable_equal(entry[k], v):
+            raise SnapshotError(f"metadata[{k!r}]={v!r} contradicts the snapshot's own {entry[k]!r}")
+        entry.setdefault(k, v)
+    if entry.get("job") not in (None, job):
+        raise SnapshotError(f"snapshot belongs to job {entry.get('job')!r}, not {job!r}")
+    entry["job"] = job
+    version = entry.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise SnapshotError(f"snapshot metadata has no int version (got {version!r})")
+
+    ModelStore(redis_client).put(job, data, entry)
+    produce_snapshot(producer_conf, job, data, entry, timeout=timeout)
+
+
+def produce_snapshot(
+    producer_conf: dict[str, Any], job: str, data: bytes, metadata: dict[str, Any], *, timeout: float = 60.0
+) -> None:
+    """Produce already-stored snapshot bytes to ``streamlearn.snapshots`` (key = job, headers
+    version/algorithm), creating the topic when missing, and wait for the acknowledgement."""
+    from confluent_kafka import KafkaException, Producer
+
+    version = metadata.get("version")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise SnapshotPublishError(f"snapshot is {len(data)} bytes; the topic carries at most {MAX_MESSAGE_BYTES}")
+    conf = {**PRODUCER_DEFAULTS, **producer_conf}
+    conf["message.max.bytes"] = max(int(conf.get("message.max.bytes", 0)), MAX_MESSAGE_BYTES + (1 << 20))
+    ensure_snapshot_topic(conf)
+    producer = Producer(conf)
+    outcome: dict[str, Any] = {}
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        outcome["err"], outcome["msg"] = err, msg
+
+    headers = [("version", str(version).encode())]
+    if metadata.get("algorithm") is not None:
+        headers.append(("algorithm", str(metadata["algorithm"]).encode()))
+    try:
+        producer.produce(SNAPSHOT_TOPIC, key=job.encode("utf-8"), value=data, headers=headers, on_delivery=on_delivery)
+        remaining = producer.flush(timeout)
+    except (KafkaException, BufferError) as exc:
+        raise SnapshotPublishError(f"cannot produce snapshot {job}@{version}: {exc}") from exc
+    if remaining or "err" not in outcome:
+        raise SnapshotPublishError(f"snapshot {job}@{version} not delivered within {timeout}s")
+    if outcome["err"] is not None:
+        raise SnapshotPublishError(f"snapshot {job}@{version} delivery failed: {outcome['err']}")
+    log.info(
+        "published snapshot %s@%s (%d bytes) to %s[%d]@%d",
+        job, version, len(data), SNAPSHOT_TOPIC, outcome["msg"].partition(), outcome["msg"].offset(),
+    )

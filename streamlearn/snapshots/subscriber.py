@@ -1,0 +1,222 @@
+"""Follow a job's snapshots on Kafka and hot-swap to the newest model, in a background thread.
+
+Every partition of ``streamlearn.snapshots`` is assigned manually (no consumer-group
+rebalances, no commits: each subscriber reads independently). Messages of other jobs are
+skipped by key before anything is decoded; each of this job's snapshots is decoded and
+verified (checksum, and signature when ``STREAMLEARN_SNAPSHOT_KEY`` is set) and swapped in
+only when its version is higher than the current one, so duplicates and out-of-order
+deliveries never move the model backwards. The current (model, version, metadata) is one
+immutable tuple replaced in a single assignment, so a reader never sees a mix of two.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import uuid
+from typing import Any, NamedTuple
+
+from streamlearn.snapshots.format import _FROM_ENV, SnapshotError, decode_snapshot, load_model
+from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, SNAPSHOT_TOPIC
+
+__all__ = ["ModelSubscriber", "LoadedModel"]
+
+log = logging.getLogger(__name__)
+
+_FETCH_BYTES = MAX_MESSAGE_BYTES + (4 << 20)
+_REFRESH_PARTITIONS_S = 10.0
+
+
+class LoadedModel(NamedTuple):
+    model: Any
+    version: int
+    metadata: dict[str, Any]
+
+
+class ModelSubscriber:
+    """The newest verified model of ``job``, kept current from the snapshot topic.
+
+    ``from_beginning=True`` replays the topic (so the latest retained snapshot is loaded at
+    start); ``False`` only follows snapshots published after the subscriber starts."""
+
+    def __init__(
+        self,
+        job: str,
+        bootstrap: str,
+        kafka_conf: dict[str, Any] | None = None,
+        from_beginning: bool = True,
+        *,
+        key: bytes | str | None = _FROM_ENV,
+        poll_interval: float = 0.5,
+    ):
+        from confluent_kafka import Consumer
+
+        self.job = job
+        self._job_key = job.encode("utf-8")
+        self._key = key
+        self._poll_interval = poll_interval
+        self._from_beginning = from_beginning
+        self._current: LoadedModel | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.rejected = 0  # snapshots of this job that failed verification
+        conf = {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"streamlearn-subscriber-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "fetch.max.bytes": _FETCH_BYTES,
+            "max.partition.fetch.bytes": _FETCH_BYTES,
+            # librdkafka sizes its zstd output buffer at 2x the compressed batch and gives up
+            # (_BAD_COMPRESSION) when that exceeds receive.message.max.bytes: leave room.
+            "receive.message.max.bytes": 4 * _FETCH_BYTES,
+            "queued.max.messages.kbytes": 2 * _FETCH_BYTES // 1024,
+            "topic.metadata.refresh.interval.ms": 5000,
+        }
+        conf.update(kafka_conf or {})
+        self._consumer = Consumer(conf)
+        self._assigned: set[int] = set()
+        self._thread = threading.Thread(target=self._run, name=f"snapshot-subscriber-{job}", daemon=True)
+        self._thread.start()
+
+    # -- public view -----------------------------------------------------------------------
+    @property
+    def current(self) -> LoadedModel | None:
+        """(model, version, metadata) of the newest verified snapshot, read consistently."""
+        return self._current
+
+    @property
+    def model(self) -> Any:
+        cur = self._current
+        return cur.model if cur else None
+
+    @property
+    def version(self) -> int | None:
+        cur = self._current
+        return cur.version if cur else None
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        cur = self._current
+        return copy.deepcopy(cur.metadata) if cur else None
+
+    def wait_for(self, version: int | None = None, timeout: float = 30.0) -> Any:
+        """Block until a model (of at least ``version``, when given) is loaded; return it.
+        Raises :class:`TimeoutError`, or the error that stopped the background thread."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                cur = self._current
+                if cur is not None and (version is None or cur.version >= version):
+                    return cur.model
+                if self._error is not None:
+                    raise RuntimeError(f"snapshot subscriber for {self.job!r} stopped") from self._error
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    have = None if cur is None else cur.version
+                    raise TimeoutError(f"no snapshot of job {self.job!r} >= version {version} within {timeout}s (have {have})")
+                self._cond.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+        with self._cond:
+            self._cond.notify_all()
+
+    def __enter__(self) -> "ModelSubscriber":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- background thread -----------------------------------------------------------------
+    def _assign_new_partitions(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+        topic = self._consumer.list_topics(SNAPSHOT_TOPIC, timeout=5).topics.get(SNAPSHOT_TOPIC)
+        if topic is None or topic.error is not None:
+            return  # not created yet: nothing published so far
+        new = sorted(set(topic.partitions) - self._assigned)
+        if not new:
+            return
+        # Partitions that appear after start are read from their beginning: all they hold is new.
+        start = OFFSET_BEGINNING if (self._from_beginning or self._assigned) else OFFSET_END
+        self._consumer.incremental_assign([TopicPartition(SNAPSHOT_TOPIC, p, start) for p in new])
+        self._assigned.update(new)
+
+    def _run(self) -> None:
+        try:
+            last_refresh = float("-inf")
+            last_error: str | None = None
+            while not self._stop.is_set():
+                if time.monotonic() - last_refresh >= (_REFRESH_PARTITIONS_S if self._assigned else 1.0):
+                    last_refresh = time.monotonic()
+                    try:
+                        self._assign_new_partitions()
+                    except Exception as exc:  # broker briefly unavailable: retry later
+                        log.warning("snapshot subscriber %s: cannot read topic metadata: %s", self.job, exc)
+                if not self._assigned:
+                    self._stop.wait(self._poll_interval)
+                    continue
+                msg = self._consumer.poll(self._poll_interval)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().fatal():
+                        raise RuntimeError(f"fatal consumer error: {msg.error()}")
+                    if str(msg.error()) != last_error:  # once per distinct error, not per poll
+                        last_error = str(msg.error())
+                        log.warning("snapshot subscriber %s: %s", self.job, last_error)
+                    continue
+                last_error = None
+                if msg.key() != self._job_key:
+                    continue
+                self._consider(msg)
+        except BaseException as exc:  # surfaced by wait_for
+            log.exception("snapshot subscriber %s stopped", self.job)
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+        finally:
+            try:
+                self._consumer.close()
+            except Exception:
+                pass
+
+    def _consider(self, msg: Any) -> None:
+        cur = self._current
+        header_version = None
+        for k, v in msg.headers() or []:
+            if k == "version":
+                try:
+                    header_version = int(v)
+                except (TypeError, ValueError):
+                    pass
+        # Cheap skip of a duplicate/older snapshot. The header is not authenticated, so it can
+        # only ever make us skip; what gets swapped in is decided by the verified metadata.
+        if cur is not None and header_version is not None and header_version <= cur.version:
+            return
+        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        try:
+            snap = decode_snapshot(msg.value() or b"", key=self._key)
+            version = snap.metadata.get("version")
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise SnapshotError(f"snapshot has no int version ({version!r})")
+            if snap.metadata.get("job") != self.job:
+                raise SnapshotError(f"snapshot belongs to job {snap.metadata.get('job')!r}")
+            if cur is not None and version <= cur.version:
+                return
+            model = load_model(snap)
+        except Exception as exc:
+            self.rejected += 1
+            log.error("snapshot subscriber %s: rejected snapshot at %s: %s", self.job, where, exc)
+            return
+        with self._cond:
+            if self._current is None or version > self._current.version:
+                self._current = LoadedModel(model, version, snap.metadata)
+                log.info("snapshot subscriber %s: now serving version %d (from %s)", self.job, version, where)
+            self._cond.notify_all()

@@ -1,0 +1,212 @@
+"""Snapshots on the real stack: the Redis model store/registry, the Kafka publisher and the
+hot-swapping subscriber (newest version wins; bad snapshots never swapped in)."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from streamlearn.algorithms import register
+from streamlearn.algorithms.base import Algorithm, Model
+from streamlearn.algorithms.median import MedianModel
+from streamlearn.batch import Batch
+from streamlearn.snapshots import (
+    ModelStore,
+    ModelSubscriber,
+    SnapshotConflict,
+    SnapshotNotFound,
+    decode_snapshot,
+    encode_snapshot,
+    load_model,
+    produce_snapshot,
+    publish_snapshot,
+)
+from streamlearn.snapshots.format import KEY_ENV
+
+pytestmark = pytest.mark.integration
+
+
+class _WideAlgorithm(Algorithm):
+    name = "_test_wide"
+
+
+class WideModel(Model):
+    """A linear model with a big 2-D weight matrix (tens of MB)."""
+
+    algorithm = "_test_wide"
+
+    def __init__(self, W: np.ndarray, b: np.ndarray):
+        self.W, self.b = W, b
+
+    def evaluate(self, batch: Batch) -> np.ndarray:
+        return batch.dense() @ self.W + self.b
+
+    def to_arrays(self):
+        return {"W": self.W, "b": self.b}, {"n_features": int(self.W.shape[0])}
+
+    @classmethod
+    def from_arrays(cls, arrays, attrs):
+        return cls(arrays["W"], arrays["b"])
+
+
+register(_WideAlgorithm, WideModel)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+
+
+def _job() -> str:
+    return f"snap-{uuid.uuid4().hex[:10]}"
+
+
+def _publish(stack, client, job, model, version, **extra) -> bytes:
+    metadata = {"job": job, "version": version, "params": {"learning_rate": 1.0},
+                "offsets": {"0": 100 * version}, "records_applied": 100 * version, **extra}
+    data = encode_snapshot(model, metadata)
+    publish_snapshot(stack.kafka_client_conf(), client, job, data, metadata)
+    return data
+
+
+def _eventually(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_subscriber_ends_on_newest_and_predicts_like_the_original(stack):
+    client = stack.redis_client()
+    job, other = _job(), _job()
+    v1, v2 = MedianModel(1.5, 10), MedianModel(2.75, 20)
+    _publish(stack, client, job, v1, 1)
+    d2 = _publish(stack, client, job, v2, 2, parent={"job": job, "version": 1}, metrics={"mae": 0.25})
+    _publish(stack, client, other, MedianModel(99.0, 1), 7)  # another job's, newer version: ignored
+
+    batch = Batch(np.linspace(-3, 3, 17, dtype=np.float32).reshape(-1, 1))
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf) as sub:
+        model = sub.wait_for(2, timeout=60)
+        assert sub.version == 2 and sub.metadata["job"] == job
+        np.testing.assert_array_equal(model.evaluate(batch), v2.evaluate(batch))
+        assert model.predict_records(batch) == v2.predict_records(batch)
+
+        # Out of order / duplicated: v1 again, then v2 again. Never goes back.
+        produce_snapshot(stack.kafka_client_conf(), job, ModelStore(client).get(job, 1), {"version": 1})
+        produce_snapshot(stack.kafka_client_conf(), job, d2, {"version": 2})
+        # Tampered (one data byte flipped, headers say v3): rejected, not swapped in.
+        bad = bytearray(encode_snapshot(MedianModel(-5.0, 30), {"job": job, "version": 3}))
+        at = bytes(bad).find(np.array([-5.0]).tobytes())
+        bad[at] ^= 0xFF
+        produce_snapshot(stack.kafka_client_conf(), job, bytes(bad), {"version": 3})
+        _eventually(lambda: sub.rejected == 1, 30, "the tampered snapshot to be rejected")
+        assert sub.version == 2 and sub.model.median == 2.75
+
+        # Still alive: a good v4 is picked up live.
+        _publish(stack, client, job, MedianModel(4.0, 40), 4, parent={"job": job, "version": 2})
+        assert sub.wait_for(4, timeout=30).median == 4.0
+        assert sub.version == 4
+    client.close()
+
+
+def test_subscriber_only_new_snapshots_and_timeout(stack):
+    client = stack.redis_client()
+    job = _job()
+    _publish(stack, client, job, MedianModel(1.0, 1), 1)
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf, from_beginning=False) as sub:
+        with pytest.raises(TimeoutError):
+            sub.wait_for(timeout=3)
+        assert sub.model is None and sub.version is None
+        _publish(stack, client, job, MedianModel(2.0, 2), 2)
+        assert sub.wait_for(timeout=30).median == 2.0
+    client.close()
+
+
+def test_store_versions_registry_and_lineage(stack):
+    client = stack.redis_client()
+    store = ModelStore(client)
+    job = _job()
+    assert store.versions(job) == [] and store.latest_version(job) is None
+    with pytest.raises(SnapshotNotFound):
+        store.get(job)
+    n1, n2 = store.next_version(job), store.next_version(job)
+    assert (n1, n2) == (1, 2)
+    d1 = _publish(stack, client, job, MedianModel(1.0, 5), n1)
+    d2 = _publish(stack, client, job, MedianModel(2.0, 9), n2, parent={"job": job, "version": n1},
+                  metrics={"mae": 0.125})
+
+    assert store.versions(job) == [1, 2] and store.latest_version(job) == 2
+    assert store.get(job) == d2 and store.get(job, 1) == d1
+    assert load_model(decode_snapshot(store.get(job))).median == 2.0
+    assert job in store.jobs()
+
+    md = store.metadata(job, 2)
+    assert md["version"] == 2 and md["algorithm"] == "median" and md["metrics"] == {"mae": 0.125}
+    assert md["params"] == {"learning_rate": 1.0} and md["offsets"] == {"0": 200}
+    assert md["model_attrs"] == {"n": 9} and md["snapshot_bytes"] == len(d2)
+    assert set(md["library_versions"]) == {"streamlearn", "numpy", "python"}
+    assert [e["version"] for e in store.lineage(job)] == [2, 1]
+
+    rows = store.list_models(job=job)
+    assert [(r["job"], r["version"]) for r in rows] == [(job, 1), (job, 2)]
+    assert all("arrays" not in r for r in rows)
+    assert (job, 2) in [(r["job"], r["version"]) for r in store.list_models(algorithm="median")]
+    assert store.list_models(job=job, algorithm="kmeans") == []
+
+    # Versions are immutable; an identical re-put is a no-op; the counter never hands out a used one.
+    store.put(job, d2, decode_snapshot(d2).metadata)
+    with pytest.raises(SnapshotConflict):
+        store.put(job, d1, {"job": job, "version": 2})
+    store.put(job, encode_snapshot(MedianModel(3.0, 1), {"job": job, "version": 10}), {"job": job, "version": 10})
+    assert store.next_version(job) == 11
+    client.close()
+
+
+def test_tens_of_megabytes_through_kafka_and_consistent_reads(stack):
+    client = stack.redis_client()
+    job = _job()
+    rng = np.random.default_rng(0)
+    big = WideModel(rng.standard_normal((2048, 2560)), rng.standard_normal(2560))  # 40 MiB of float64
+    t0 = time.perf_counter()
+    data = encode_snapshot(big, {"job": job, "version": 1})
+    t1 = time.perf_counter()
+    publish_snapshot(stack.kafka_client_conf(), client, job, data, {"version": 1})
+    t2 = time.perf_counter()
+    print(f"\n40 MiB snapshot: {len(data) / 2**20:.1f} MiB, encode {t1 - t0:.3f}s, store+publish {t2 - t1:.3f}s")
+
+    X = rng.standard_normal((6, 2048)).astype(np.float32)
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf) as sub:
+        model = sub.wait_for(1, timeout=120)
+        print(f"received and loaded after {time.perf_counter() - t2:.3f}s")
+        np.testing.assert_array_equal(model.evaluate(Batch(X)), big.evaluate(Batch(X)))
+        assert not model.W.flags.writeable
+
+        # Readers during swaps always see a (model, version, metadata) that belong together.
+        seen, stop = [], threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                cur = sub.current
+                if cur is not None:
+                    same = cur.version == cur.metadata["version"]
+                    seen.append((cur.version, same and (cur.version == 1 or float(cur.model.b[0]) == float(cur.version))))
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            for v in (2, 3, 4):
+                small = WideModel(np.zeros((4, 3)), np.full(3, float(v)))
+                _publish(stack, client, job, small, v)
+            sub.wait_for(4, timeout=60)
+        finally:
+            stop.set()
+            thread.join()
+        assert seen and all(ok for _, ok in seen)
+        versions = [v for v, _ in seen]
+        assert versions == sorted(versions)  # never backwards
+    client.close()
