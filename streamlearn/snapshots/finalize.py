@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import platform
-
-import numpy as np
 import redis
 
 from streamlearn.config import Settings
 from streamlearn.jobs import JobError, JobSpec, is_complete
-from streamlearn.snapshots.format import encode_snapshot
+from streamlearn.snapshots.format import encode, snapshot_of
 from streamlearn.snapshots.publisher import produce_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.keys import JobKeys
@@ -79,9 +76,12 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
         "records_applied": counters.get("records_applied", 0),
         "records_dead_lettered": counters.get("records_dead_lettered", 0),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "library_versions": {"numpy": np.__version__, "python": platform.python_version()},
+        # lineage: the job's previous snapshot (the registry follows these links)
+        "parent": {"job": spec.name, "version": counters["snapshot_version"]} if "snapshot_version" in counters else None,
     }
-    data = encode_snapshot(model, metadata)
+    snapshot = snapshot_of(model, metadata)  # the metadata exactly as a loader will see it
+    data = encode(snapshot)
+    metadata = snapshot.metadata
     with client.pipeline(transaction=True) as pipe:
         try:
             if final:
