@@ -1,0 +1,86 @@
+"""The CLI on the real stack: produce a file, create/list/status, unbounded jobs with periodic
+and on-demand snapshots, and clear errors (exit status 2) for user mistakes."""
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+
+import numpy as np
+import pytest
+
+from streamlearn.snapshots.store import ModelStore
+from tests.integration.procs import cli, start_worker, stop_all, wait_for, wait_status
+
+pytestmark = pytest.mark.integration
+
+STATUS_KEYS = {"state", "records_applied", "records_dead_lettered", "partitions", "end_offsets", "members",
+               "snapshot_version", "records_per_second"}
+
+
+def test_produce_file_create_status_and_list(stack, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 3))
+    y = (X @ [1.0, -2.0, 0.5] > 0).astype(int)
+    csv = tmp_path / "train.csv"
+    csv.write_text("a,b,c,label\n" + "\n".join(f"{r[0]:.6f},{r[1]:.6f},{r[2]:.6f},{t}" for r, t in zip(X, y)) + "\n")
+    topic, job = f"cli-{uuid.uuid4().hex[:8]}", f"cli-{uuid.uuid4().hex[:8]}"
+    out = cli("produce", topic, "--from", str(csv), "--label-column", "label", "--partitions", "3", "--batch-size", "100")
+    assert "3000" in out.stdout
+    cli("job", "create", job, "--algorithm", "linear_learner", "--topic", topic,
+        "--param", "n_features=3", "--param", "predictor_type=binary_classifier")
+    status = json.loads(cli("job", "status", job, "--json").stdout)
+    assert STATUS_KEYS <= set(status) and status["state"] == "running"
+    assert sum(status["end_offsets"].values()) == 30  # 30 messages of 100 records
+    assert any(j["job"] == job for j in json.loads(cli("job", "list", "--json").stdout))
+    procs = [start_worker(job, tmp_path)]
+    final = wait_status(stack.redis_client(), job, lambda s: s["state"] == "finished", 120, "job to finish")
+    assert stop_all(procs) == [0]
+    assert final["records_applied"] == 3000 and final["partitions"] == final["end_offsets"]
+    models = json.loads(cli("models", "--job", job).stdout)
+    assert [m["version"] for m in models] == [final["snapshot_version"]]
+    assert models[0]["algorithm"] == "linear_learner" and models[0]["records_applied"] == 3000
+
+
+def test_unbounded_job_snapshots_periodically_and_on_demand(stack, tmp_path):
+    from streamlearn.streams.producer import Producer
+    from streamlearn.streams.topics import ensure_topic
+
+    topic, job = f"unb-{uuid.uuid4().hex[:8]}", f"unb-{uuid.uuid4().hex[:8]}"
+    ensure_topic(stack.kafka_client_conf(), topic, partitions=2)
+    with Producer(stack.kafka, stack.kafka_conf) as p:
+        p.send_batch(topic, np.full((500, 1), 5.0, dtype=np.float32), batch_size=50)
+    cli("job", "create", job, "--algorithm", "median", "--topic", topic, "--until", "never", "--snapshot-every", "1")
+    client = stack.redis_client()
+    store = ModelStore(client)
+    procs = [start_worker(job, tmp_path)]
+    wait_status(client, job, lambda s: s["records_applied"] == 500, 60, "first records")
+    with Producer(stack.kafka, stack.kafka_conf) as p:  # data keeps arriving: the job keeps training
+        p.send_batch(topic, np.full((300, 1), 5.0, dtype=np.float32), batch_size=50)
+    wait_status(client, job, lambda s: s["records_applied"] == 800, 60, "later records")
+    wait_for(lambda: len(store.versions(job)) >= 2, 30, "two periodic snapshots")
+    out = cli("snapshot", job)
+    version = int(out.stdout.split("version")[1].split()[0])
+    assert store.latest_version(job) >= version
+    assert store.metadata(job, version)["records_applied"] == 800
+    assert store.metadata(job, version)["parent"]["version"] == version - 1
+    assert json.loads(cli("job", "status", job, "--json").stdout)["state"] == "running"
+    procs[0].send_signal(signal.SIGTERM)
+    assert stop_all(procs) == [0]
+    assert json.loads(cli("job", "status", job, "--json").stdout)["members"] == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (("job", "status", "no-such-job"), "unknown job"),
+    (("worker", "no-such-job"), "unknown job"),
+    (("job", "create", "j1", "--algorithm", "nope", "--topic", "t"), "unknown algorithm"),
+    (("job", "create", "j2", "--algorithm", "median", "--topic", "t", "--param", "learning_rate=abc"), "learning_rate"),
+    (("job", "create", "j3", "--algorithm", "median", "--topic", "t", "--param", "colour=red"), "unknown parameter"),
+    (("job", "create", "j4", "--algorithm", "median", "--topic", "missing-topic-xyz"), "missing-topic-xyz"),
+    (("job", "create", "bad name!", "--algorithm", "median", "--topic", "t"), "invalid job name"),
+    (("predict", "no-such-job", "--from", "x.csv"), "unknown job"),
+])
+def test_user_errors_are_one_clear_line(stack, args, message):
+    res = cli(*args, check=False)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
