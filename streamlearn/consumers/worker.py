@@ -18,11 +18,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from streamlearn.config import Settings
 from streamlearn.jobs import JobSpec, load_spec
-from streamlearn.snapshots.finalize import maybe_finalize, periodic_snapshot
+from streamlearn.snapshots.finalize import ensure_published, maybe_finalize, periodic_snapshot
+from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.statestore.base import FencedError
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.keys import JobKeys
@@ -30,6 +32,14 @@ from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.decode import decode_messages, rejection_headers
 
 log = logging.getLogger("streamlearn.worker")
+
+
+class DeadLetterUnavailable(RuntimeError):
+    """The dead-letter topic did not acknowledge rejected records (broker down)."""
+
+
+#: failures a worker outlives: it drops the batch in hand and goes back to the stored offsets
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, DeadLetterUnavailable, SnapshotPublishError)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class WorkerConfig:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     control_interval_s: float = 0.25  # how often the job's status (pause/finish) is read
+    outage_limit_s: float = 300.0  # how long Redis may be unreachable before the worker gives up
 
     @classmethod
     def from_env(cls) -> "WorkerConfig":
@@ -101,22 +112,56 @@ class Worker:
         next_control = 0.0
         try:
             while not self._stop.is_set():
-                if time.monotonic() >= next_control:
-                    status = self._control()
-                    next_control = time.monotonic() + self.config.control_interval_s
-                    if status == "finished":
-                        break
-                if self._paused:
-                    self._consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)  # serves rebalances
-                    continue
-                msgs = self._consumer.consume(num_messages=self.config.max_messages, timeout=self.config.poll_timeout_s)
-                if msgs:
-                    self._process(msgs)
-                elif self.spec.until == "end":
-                    maybe_finalize(self.settings, self.client, self.spec, self.member)
+                try:
+                    if time.monotonic() >= next_control:
+                        status = self._control()
+                        next_control = time.monotonic() + self.config.control_interval_s
+                        if status == "finished":
+                            ensure_published(self.settings, self.client, self.spec.name)
+                            break
+                    self._step()
+                except _OUTAGES as exc:
+                    self._recover(exc)
         finally:
             self._close()
         return status
+
+    def _step(self) -> None:
+        if self._paused:
+            self._consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)  # serves rebalances
+            return
+        msgs = self._consumer.consume(num_messages=self.config.max_messages, timeout=self.config.poll_timeout_s)
+        if msgs:
+            self._process(msgs)
+        elif self.spec.until == "end":
+            maybe_finalize(self.settings, self.client, self.spec, self.member)
+
+    def _retry(self, fn, what: str):
+        """Call ``fn`` until Redis answers (an outage of up to ``outage_limit_s``)."""
+        deadline, delay = time.monotonic() + self.config.outage_limit_s, 0.1
+        while True:
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                log.warning("%s: Redis unavailable during %s (%s); retrying", self.member, what, exc)
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+
+    def _recover(self, exc: Exception) -> None:
+        """After an outage the batch in hand may or may not have been committed; the stored
+        offsets say which. Drop the batch and seek every partition to its stored offset, so
+        each record is applied exactly once either way."""
+        log.warning("%s: %s; dropping the batch in hand and resuming from the stored offsets", self.member, exc)
+        self.state.discard()
+        assigned = [tp.partition for tp in self._consumer.assignment()]
+        if not assigned:
+            return
+        stored = self._retry(lambda: self.client.hmget(self.keys.offsets, [str(p) for p in assigned]), "recovery")
+        for p, offset in zip(assigned, stored):
+            if offset is not None and p in self.fence:
+                self._consumer.seek(TopicPartition(self.spec.topic, p, int(offset)))
 
     def _close(self) -> None:
         try:
@@ -144,11 +189,16 @@ class Worker:
     # -- rebalance callbacks --------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
-        pipe = self.client.pipeline(transaction=True)
-        for p in ids:  # bump first, then read offsets: a fenced writer's last commit is visible
-            pipe.hincrby(self.keys.epochs, str(p), 1)
-        pipe.hmget(self.keys.offsets, [str(p) for p in ids]) if ids else None
-        results = pipe.execute()
+
+        def claim():  # bump first, then read offsets: a fenced writer's last commit is visible
+            pipe = self.client.pipeline(transaction=True)
+            for p in ids:
+                pipe.hincrby(self.keys.epochs, str(p), 1)
+            if ids:
+                pipe.hmget(self.keys.offsets, [str(p) for p in ids])
+            return pipe.execute()
+
+        results = self._retry(claim, "partition assignment")
         epochs, stored = results[: len(ids)], (results[len(ids)] if ids else [])
         for tp, epoch, offset in zip(partitions, epochs, stored):
             self.fence[tp.partition] = int(epoch)
@@ -230,7 +280,7 @@ class Worker:
             self._dlq.produce(self.spec.dlq_topic, value=m.value(), key=m.key(), headers=headers,
                               on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
         if self._dlq.flush(30) or errors:
-            raise RuntimeError(f"dead-letter topic {self.spec.dlq_topic} did not take the records: {errors[:3]}")
+            raise DeadLetterUnavailable(f"dead-letter topic {self.spec.dlq_topic} did not take the records: {errors[:3]}")
         return sum(r.n_records for r in rejected)
 
 

@@ -97,7 +97,24 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
             pipe.execute()
         except redis.WatchError:
             return None  # the status changed under us: another finalizer won
-    produce_snapshot(settings.kafka_client_conf(), spec.name, data, metadata)
-    client.hset(keys.counters, "published_version", version)
-    log.info("job %s: published snapshot version %d%s", spec.name, version, " (final)" if final else "")
+    log.info("job %s: stored snapshot version %d%s", spec.name, version, " (final)" if final else "")
+    ensure_published(settings, client, spec.name)
     return version
+
+
+def ensure_published(settings: Settings, client: redis.Redis, job: str) -> None:
+    """Produce the job's newest stored snapshot to the topic unless that already happened.
+
+    Storing (in the finalize transaction) and producing are two systems; if the producer
+    failed or the process died in between, the next worker or CLI call to see the job
+    publishes it. Subscribers only move to higher versions, so a repeat is harmless.
+    """
+    keys = JobKeys(job)
+    stored, published = client.hmget(keys.counters, ["snapshot_version", "published_version"])
+    if stored is None or (published is not None and int(published) >= int(stored)):
+        return
+    version = int(stored)
+    store = ModelStore(client)
+    produce_snapshot(settings.kafka_client_conf(), job, store.get(job, version), store.metadata(job, version))
+    client.hset(keys.counters, "published_version", version)
+    log.info("job %s: published snapshot version %d", job, version)
