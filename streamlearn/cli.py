@@ -76,7 +76,8 @@ def cmd_job(args) -> int:
     client = s.redis_client()
     if args.action == "create":
         spec = jobs.create_job(client, s.kafka_client_conf(), args.name, args.algorithm, args.topic,
-                               _parse_params(args.param), until=args.until, snapshot_every=args.snapshot_every)
+                               _parse_params(args.param), until=args.until, snapshot_every=args.snapshot_every,
+                               from_snapshot=args.from_snapshot)
         print(f"created job {spec.name} ({spec.algorithm} on {spec.topic}, until {spec.until})")
     elif args.action == "list":
         _print(jobs.list_jobs(client), args.json)
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     c.add_argument("--until", choices=["end", "never"], default="end")
     c.add_argument("--snapshot-every", type=float, metavar="SECONDS")
+    c.add_argument("--from-snapshot", metavar="JOB[@VERSION]",
+                   help="incremental training: start from that snapshot's model instead of initialize")
     ls = jsub.add_parser("list")
     ls.add_argument("--json", action="store_true")
     for action in ("status", "pause", "resume"):

@@ -34,6 +34,7 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     until: str = "end"  # "end": finish at the end offsets recorded at creation; "never": unbounded
     snapshot_every: float | None = None  # seconds between periodic snapshots (unbounded jobs)
+    parent: dict[str, Any] | None = None  # {"job", "version"} of the snapshot it was trained from
     start_offsets: dict[int, int] = field(default_factory=dict)
     end_offsets: dict[int, int] = field(default_factory=dict)
     created_at: float = 0.0
@@ -75,8 +76,12 @@ def load_spec(client: redis.Redis, name: str) -> JobSpec:
 
 def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str, topic: str,
                params: dict[str, Any] | None = None, until: str = "end",
-               snapshot_every: float | None = None) -> JobSpec:
-    """Validate, record the topic's offsets, run ``initialize`` once and mark the job running."""
+               snapshot_every: float | None = None, from_snapshot: str | None = None) -> JobSpec:
+    """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
+
+    ``from_snapshot`` ("JOB" or "JOB@VERSION") trains incrementally: the state starts from
+    that snapshot's model (``Algorithm.initialize_from``) and the lineage records it.
+    """
     from streamlearn.streams.topics import ensure_topic, watermarks
 
     check_name(name)
@@ -85,9 +90,10 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     if snapshot_every is not None and not snapshot_every > 0:
         raise JobError("--snapshot-every must be a positive number of seconds")
     algo = make_algorithm(algorithm, params or {})
+    parent, parent_model = _parent_model(client, from_snapshot, algorithm) if from_snapshot else (None, None)
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,
-                   snapshot_every=snapshot_every, start_offsets={p: lo for p, (lo, _) in marks.items()},
+                   snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
                    created_at=time.time())
     keys = JobKeys(name)
@@ -95,7 +101,10 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         raise JobError(f"job {name!r} already exists")
     client.sadd(JOBS, name)
     state = RedisState(client, name)
-    algo.initialize(state)
+    if parent_model is None:
+        algo.initialize(state)
+    else:
+        algo.initialize_from(state, parent_model)
     state.commit()
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.offsets, mapping={str(p): o for p, o in spec.start_offsets.items()})
@@ -105,6 +114,26 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     pipe.execute()
     ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
     return spec
+
+
+def _parent_model(client: redis.Redis, ref: str, algorithm: str):
+    """Resolve "JOB[@VERSION]" to (lineage link, verified model) for incremental training."""
+    from streamlearn.snapshots.format import decode_snapshot, load_model
+    from streamlearn.snapshots.store import ModelStore
+
+    job, _, version_text = ref.partition("@")
+    check_name(job)
+    store = ModelStore(client)
+    try:
+        version = int(version_text) if version_text else store.latest_version(job)
+    except ValueError:
+        raise JobError(f"--from-snapshot takes JOB or JOB@VERSION, got {ref!r}") from None
+    if version is None:
+        raise JobError(f"--from-snapshot: job {job!r} has no snapshot")
+    snapshot = decode_snapshot(store.get(job, version))
+    if snapshot.metadata.get("algorithm") != algorithm:
+        raise JobError(f"--from-snapshot: {ref} is a {snapshot.metadata.get('algorithm')} model, not {algorithm}")
+    return {"job": job, "version": version}, load_model(snapshot)
 
 
 def set_paused(client: redis.Redis, name: str, paused: bool) -> str:

@@ -9,6 +9,7 @@ def _collect() -> tuple[type[BaseException], ...]:
 
     found: list[type[BaseException]] = [ParamError, JobError, StateError, FileNotFoundError]
     for module, name in (("streamlearn.config", "ConfigError"), ("streamlearn.snapshots.format", "SnapshotError"),
+                         ("streamlearn.snapshots.store", "SnapshotNotFound"),
                          ("streamlearn.streams.topics", "TopicError"), ("streamlearn.streams.files", "FileFormatError")):
         found.append(getattr(__import__(module, fromlist=[name]), name))
     return tuple(found)

@@ -42,6 +42,12 @@ class Algorithm:
     def finalize(self, state: State) -> "Model":
         raise NotImplementedError
 
+    def initialize_from(self, state: State, model: "Model") -> None:
+        """Incremental training: declare the state like ``initialize`` but start from a
+        published model (``job create --from-snapshot``). Algorithms that can continue
+        from their model override this; the rest say so clearly."""
+        raise ParamError(f"{self.name}: incremental training from a snapshot is not supported")
+
     # -- parameters -------------------------------------------------------------------
     @classmethod
     def param_names(cls) -> list[str]:

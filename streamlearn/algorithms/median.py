@@ -35,6 +35,12 @@ class Median(Algorithm):
         state.initialize("median", float(self.initial_guess))
         state.initialize("n", 0.0)
 
+    def initialize_from(self, state: State, model: Model) -> None:
+        """Continue from a published estimate: the guess and the count carry over, so the
+        step size goes on shrinking as if the old data had been part of this stream."""
+        state.initialize("median", float(model.median))
+        state.initialize("n", float(model.n))
+
     def update(self, state: State, batch: Batch) -> None:
         x = batch.dense()[:, 0].astype(np.float64)
         current = float(state.pull("median"))

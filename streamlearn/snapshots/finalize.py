@@ -76,8 +76,9 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
         "records_applied": counters.get("records_applied", 0),
         "records_dead_lettered": counters.get("records_dead_lettered", 0),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        # lineage: the job's previous snapshot (the registry follows these links)
-        "parent": {"job": spec.name, "version": counters["snapshot_version"]} if "snapshot_version" in counters else None,
+        # lineage: the job's previous snapshot, else the snapshot it was trained from
+        "parent": ({"job": spec.name, "version": counters["snapshot_version"]} if "snapshot_version" in counters
+                   else spec.parent),
     }
     snapshot = snapshot_of(model, metadata)  # the metadata exactly as a loader will see it
     data = encode(snapshot)

@@ -84,3 +84,32 @@ def test_user_errors_are_one_clear_line(stack, args, message):
     res = cli(*args, check=False)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_incremental_training_from_a_snapshot_keeps_lineage(stack, tmp_path):
+    from streamlearn.statestore.redis_state import RedisState
+    from streamlearn.streams.producer import Producer
+    from streamlearn.streams.topics import ensure_topic
+
+    client = stack.redis_client()
+    names = {k: f"inc-{k}-{uuid.uuid4().hex[:6]}" for k in ("t1", "t2", "j1", "j2")}
+    for topic, n in ((names["t1"], 600), (names["t2"], 400)):
+        ensure_topic(stack.kafka_client_conf(), topic, partitions=2)
+        with Producer(stack.kafka, stack.kafka_conf) as p:
+            p.send_batch(topic, np.full((n, 1), 7.0, dtype=np.float32), batch_size=50)
+    cli("job", "create", names["j1"], "--algorithm", "median", "--topic", names["t1"])
+    stop_all([start_worker(names["j1"], tmp_path)])
+    first = RedisState(client, names["j1"]).pull("median")
+
+    wrong = cli("job", "create", "inc-wrong", "--algorithm", "linear_learner", "--topic", names["t2"],
+                "--param", "n_features=1", "--from-snapshot", names["j1"], check=False)
+    assert wrong.returncode == 2 and "is a median model" in wrong.stderr
+
+    cli("job", "create", names["j2"], "--algorithm", "median", "--topic", names["t2"], "--from-snapshot", names["j1"])
+    assert float(RedisState(client, names["j2"]).pull("median")) == float(first)  # starts where j1 ended
+    stop_all([start_worker(names["j2"], tmp_path)])
+    status = json.loads(cli("job", "status", names["j2"], "--json").stdout)
+    assert status["state"] == "finished" and status["records_applied"] == 400
+    assert float(RedisState(client, names["j2"]).pull("n")) == 1000  # 600 from the parent + 400 new
+    chain = ModelStore(client).lineage(names["j2"])
+    assert [(m["job"], m["version"]) for m in chain] == [(names["j2"], 1), (names["j1"], 1)]
