@@ -250,10 +250,11 @@ def _alive(pid: int | None, marker: str | None = None) -> bool:
     if not pid:
         return False
     child = _CHILDREN.get(pid)
-    if child is not None:
+    if child is not None:  # our own child: waitpid is authoritative (and reaps it)
         if child.poll() is not None:
             _CHILDREN.pop(pid, None)
             return False
+        return True
     else:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)  # reap if it happens to be our (unregistered) child
@@ -274,7 +275,8 @@ def _alive(pid: int | None, marker: str | None = None) -> bool:
                 "utf-8", "replace")
         except OSError:
             return True
-        return marker in cmdline
+        # redis-server rewrites its title (setproctitle): cmdline can be briefly empty then
+        return not cmdline.strip() or marker in cmdline
     return True
 
 
