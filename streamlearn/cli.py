@@ -51,7 +51,7 @@ def cmd_stack(args) -> int:
 
     if args.action == "up":
         settings = stack.up()
-        print("\n".join(settings.shell_lines()))
+        print("\n".join(settings.shell_lines(reveal=True)))  # meant for `eval $(streamlearn stack up)`
     elif args.action == "down":
         stack.down()
     else:

@@ -43,7 +43,7 @@ def run_demo() -> float:
 
         print("starting the local stack (Kafka KRaft + Redis)...", flush=True)
         settings = stack.up()
-    env = {**os.environ, **dict(line.split("=", 1) for line in settings.shell_lines()),
+    env = {**os.environ, **settings.env(),
            "STREAMLEARN_WORKER_MAX_MESSAGES": "1"}  # one 100-event message per commit: a job long enough to watch
     client = settings.redis_client()
     run = uuid.uuid4().hex[:6]
