@@ -193,12 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--algorithm")
     md.set_defaults(func=cmd_models)
 
+    sub.add_parser("ingest", add_help=False,
+                   help="faust app: validate JSON events of a raw topic into Avro training records "
+                        "(`streamlearn ingest RAW --to TOPIC --n-features D [--label-required] [--batch-size B]`)")
+
     dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
     dm.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ingest"]:  # the ingest app parses its own arguments (and --help)
+        from streamlearn.streams.ingest import main as ingest_main
+
+        return ingest_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
