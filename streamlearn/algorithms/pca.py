@@ -191,7 +191,7 @@ class PCAModel(Model):
         return float(((Z * Z).sum(1) @ w) / max(((Xc * Xc).sum(1) @ w), 1e-300))
 
     def predict_records(self, batch: Batch) -> list[dict[str, Any]]:
-        return [{"projection": row} for row in self.evaluate(batch).tolist()]
+        return [{"prediction": row} for row in self.evaluate(batch).tolist()]  # the projection
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return ({"components": self.components.copy(), "explained_variance": self.explained_variance.copy(),
