@@ -77,6 +77,8 @@ class RedisBackend:
         k = self.keys
         watched = [k.epochs] + [k.state(key) for key in touched]
         parts = sorted(info.fence)
+        mine = sorted(p for p in info.offsets if p in info.fence)
+        retry = False
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -86,6 +88,14 @@ class RedisBackend:
                         stale = [p for p, e in zip(parts, epochs) if e is None or int(e) != info.fence[p]]
                         if stale:
                             raise FencedError(f"partitions {stale} were reassigned; batch dropped")
+                    if retry and mine and info.offsets.keys() <= info.fence.keys():
+                        # redis-py turns a connection lost during EXEC into a WatchError, but
+                        # that EXEC may have been applied (reply lost). Only the fence holder
+                        # moves these offsets, so if they already equal ours it was: done.
+                        stored = pipe.hmget(k.offsets, [str(p) for p in mine])
+                        if all(o is not None and int(o) == info.offsets[p] for p, o in zip(mine, stored)):
+                            pipe.unwatch()
+                            return
                     writes = compute(lambda key, ids: self.read(key, ids, pipe))
                     pipe.multi()
                     for key, chunks in writes.items():
@@ -105,6 +115,7 @@ class RedisBackend:
                     return
                 except redis.WatchError:
                     self.conflicts += 1
+                    retry = True
                     continue
 
     def read_consistent(self) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, int], dict[str, int]]:
