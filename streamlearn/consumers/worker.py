@@ -53,6 +53,7 @@ class WorkerConfig:
     heartbeat_interval_ms: int = 1_000
     control_interval_s: float = 0.25  # how often the job's status (pause/finish) is read
     outage_limit_s: float = 300.0  # how long Redis may be unreachable before the worker gives up
+    close_timeout_s: float = 10.0  # how long leaving the group may take on shutdown
 
     @classmethod
     def from_env(cls) -> "WorkerConfig":
@@ -166,7 +167,15 @@ class Worker:
     def _close(self) -> None:
         try:
             if self._consumer is not None:
-                self._consumer.close()  # leaves the group now, so the others rebalance at once
+                # leaves the group now, so the others rebalance at once; but librdkafka's close
+                # blocks for as long as the broker is unreachable, so bound it (the group then
+                # drops this member after its session timeout)
+                closer = threading.Thread(target=self._consumer.close, daemon=True)
+                closer.start()
+                closer.join(self.config.close_timeout_s)
+                if closer.is_alive():
+                    log.warning("%s: the broker did not answer the leave within %.0f s; exiting without it",
+                                self.member, self.config.close_timeout_s)
         finally:
             self.state.backend.leave()
             if self._dlq is not None:
@@ -286,7 +295,18 @@ class Worker:
 
 def run_worker(job: str, settings: Settings | None = None) -> str:
     """Entry point of ``streamlearn worker NAME``."""
-    worker = Worker(job, settings or Settings.resolve())
+    settings = settings or Settings.resolve()
+    config = WorkerConfig.from_env()
+    deadline = time.monotonic() + config.outage_limit_s
+    while True:  # a worker (re)started while Redis restarts waits for it instead of crashing
+        try:
+            worker = Worker(job, settings, config)
+            break
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis unavailable at start (%s); retrying", exc)
+            time.sleep(1.0)
     worker.install_signal_handlers()
     return worker.run()
 
