@@ -36,7 +36,9 @@ def maybe_finalize(settings: Settings, client: redis.Redis, spec: JobSpec, membe
     if not is_complete(spec, offsets):
         return None
     if not client.set(keys.finalize_lock, member, nx=True, px=300_000):
-        return None
+        # redis-py retries a SET whose reply was lost (Redis restart): the lock may be ours
+        if client.get(keys.finalize_lock) != member.encode():
+            return None
     try:
         return publish(settings, client, spec, final=True)
     finally:
