@@ -13,7 +13,7 @@ def register(algorithm: type[Algorithm], model: type[Model]) -> None:
 
 
 def _load_builtins() -> None:
-    for optional in ("median", "linear_learner", "factorization_machines", "kmeans", "pca"):
+    for optional in ("median", "linear_learner", "factorization_machines", "kmeans", "pca", "counter"):
         try:
             __import__(f"streamlearn.algorithms.{optional}")
         except ModuleNotFoundError as exc:

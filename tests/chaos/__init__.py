@@ -1,0 +1,1 @@
+"""Chaos suite: real faults (signals, Redis/Kafka restarts) against real worker processes."""
