@@ -28,9 +28,11 @@ batch touched are pulled and pushed (``rows=``); the per-feature keys are declar
 Sparse features are not centered or scaled (that would densify them; Adagrad's per-
 coordinate step already adapts to feature scale); l2/l1 act lazily on touched rows.
 
-Averaged SGD without a dense push: with ``tau`` = examples seen before a step and
-``delta`` the step, the example-weighted average of the iterates is
-``w_avg = w - u / n`` where ``u = sum(tau * delta)`` — a sum, pushed row-sparsely.
+Averaged SGD without a dense push ("polynomial-decay" averaging: iterate weights grow with
+the examples seen, so early, poor iterates fade): with ``tau`` = examples seen before a
+step and ``delta`` the step, ``sum_s a_s w_s / sum_s a_s`` with ``a(tau) = tau`` is
+``w_avg = w - u / (n**2 / 2)`` where ``u = sum(tau**2 / 2 * delta)`` — a sum of deltas,
+pushed row-sparsely.
 
 Normalization is estimated on the fly (sum of x and x**2 over training rows) and the
 weights live in the normalized space; finalize folds mean and scale back into raw-space
@@ -235,8 +237,9 @@ class LinearLearner(Algorithm):
         if ho_w.any():
             h = ho_w > 0
             if self.averaging and tau > 0:
-                Wa = W - state.pull("u_w", rows=rows) / tau if sparse else W - state.pull("u_w") / tau
-                ba = b - state.pull("u_b") / tau
+                A = tau * tau / 2.0
+                Wa = W - (state.pull("u_w", rows=rows) if sparse else state.pull("u_w")) / A
+                ba = b - state.pull("u_b") / A
             else:
                 Wa, ba = W, b
             Zh = (matmul(Wa) + ba)[h]
@@ -276,7 +279,7 @@ class LinearLearner(Algorithm):
         delta = new - P
         state.push(key, delta, rows=rows)
         if self.averaging:
-            state.push("u_" + key, tau * delta, rows=rows)
+            state.push("u_" + key, (tau * tau / 2.0) * delta, rows=rows)
 
     def _hp(self) -> dict[str, np.ndarray]:
         cache = self.__dict__.get("_hp_cache")
@@ -326,8 +329,8 @@ class LinearLearner(Algorithm):
         b = state.pull("b").astype(np.float64)
         n = float(state.pull("n"))
         if self.averaging and n > 0:
-            W = W - state.pull("u_w") / n
-            b = b - state.pull("u_b") / n
+            W = W - state.pull("u_w") / (n * n / 2.0)
+            b = b - state.pull("u_b") / (n * n / 2.0)
         if self.normalize and "feat_n" in state.keys():
             mean, inv_std = _moments(state.pull("feat_n"), state.pull("feat_sum"), state.pull("feat_sq"))
             W = W * inv_std[:, None]

@@ -6,7 +6,8 @@ same sums. finalize forms the covariance ``(xtx - n mu mu^T) / (n - 1)`` (float6
 moments: precise unless |mean| / std exceeds ~1e5) and takes its eigendecomposition.
 
 ``mode="randomized"``: a single-pass, sum-mergeable Nystrom sketch. With a fixed seeded
-Gaussian test matrix Omega (d x l, l = n_components + oversampling, regenerated from the
+Gaussian test matrix Omega (d x l, l = n_components + oversampling, oversampling 0 = auto =
+max(20, 2 * n_components), regenerated from the
 seed, never stored) the state keeps ``y = sum_i x_i (x_i^T Omega)`` (d x l), ``sum`` (d,),
 ``sumsq`` (d,) and ``n``. Because ``y`` is linear in the data, pushes from any number of
 workers add up exactly (unlike Frequent Directions, whose merge is not a sum). At finalize
@@ -63,7 +64,7 @@ class PCA(Algorithm):
     @property
     def sketch_size(self) -> int:
         k, d = int(self.n_components), int(self.n_features)
-        p = int(self.oversampling) or max(10, k)
+        p = int(self.oversampling) or max(20, 2 * k)
         return min(d, k + p)
 
     def omega(self) -> np.ndarray:
