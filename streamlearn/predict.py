@@ -27,13 +27,17 @@ def load_job_model(client: redis.Redis, job: str, version: int | None = None) ->
 
 
 def with_options(model: Model, params: dict[str, str]) -> Model:
-    """Apply predict-time options (e.g. ``k`` for a k-means model) where the model has them."""
-    if not params:
-        return model
-    configure = getattr(model, "with_options", None)
-    if configure is None:
-        raise ParamError(f"{model.algorithm} models take no predict options (got {sorted(params)})")
-    return configure(**params)
+    """Apply predict-time options: option NAME calls the model's ``with_NAME(value)`` (e.g.
+    ``--param k=5`` re-solves a k-means model for k=5 from the summary in its snapshot)."""
+    for name, value in params.items():
+        configure = getattr(model, f"with_{name}", None)
+        if configure is None:
+            raise ParamError(f"{model.algorithm} models take no predict option {name!r}")
+        try:
+            model = configure(json.loads(value) if isinstance(value, str) else value)
+        except (ValueError, TypeError) as exc:
+            raise ParamError(f"{model.algorithm}: bad predict option {name}={value!r}: {exc}") from None
+    return model
 
 
 def predict_file(client: redis.Redis, job: str, path: Path, output: Path | None = None,

@@ -113,3 +113,26 @@ def test_incremental_training_from_a_snapshot_keeps_lineage(stack, tmp_path):
     assert float(RedisState(client, names["j2"]).pull("n")) == 1000  # 600 from the parent + 400 new
     chain = ModelStore(client).lineage(names["j2"])
     assert [(m["job"], m["version"]) for m in chain] == [(names["j2"], 1), (names["j1"], 1)]
+
+
+def test_kmeans_job_predicts_any_k_up_to_k_max(stack, tmp_path):
+    from streamlearn.datasets import clustered
+    from streamlearn.streams.producer import Producer
+    from streamlearn.streams.topics import ensure_topic
+
+    X = clustered(4000, d=4, n_clusters=8, seed=2)
+    topic, job = f"km-{uuid.uuid4().hex[:8]}", f"km-{uuid.uuid4().hex[:8]}"
+    ensure_topic(stack.kafka_client_conf(), topic, partitions=2)
+    with Producer(stack.kafka, stack.kafka_conf) as p:
+        p.send_batch(topic, X, batch_size=200)
+    cli("job", "create", job, "--algorithm", "kmeans", "--topic", topic,
+        "--param", "n_features=4", "--param", "k_max=8", "--param", "k=8")
+    stop_all([start_worker(job, tmp_path)])
+    csv = tmp_path / "points.csv"
+    csv.write_text("a,b,c,d\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in X[:300]) + "\n")
+    for k in (3, 8):
+        out = cli("predict", job, "--from", str(csv), "--param", f"k={k}").stdout.splitlines()
+        clusters = {json.loads(line)["prediction"] for line in out}
+        assert len(out) == 300 and clusters <= set(range(k)) and len(clusters) == k
+    bad = cli("predict", job, "--from", str(csv), "--param", "k=9", check=False)
+    assert bad.returncode == 2 and "k_max" in bad.stderr
