@@ -28,9 +28,10 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
+        name = name.strip()
         if not sep or not name:
             raise UsageError(f"--param takes NAME=VALUE, got {pair!r}")
-        params[name.strip()] = value.strip()
+        params[name] = value.strip()
     return params
 
 
@@ -214,11 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors: one line, no traceback
-        from streamlearn._internal.errors import USER_ERRORS
+        from streamlearn._internal.errors import USER_ERRORS, unreachable_service
 
         if isinstance(exc, (UsageError,) + USER_ERRORS):
             print(f"streamlearn: error: {exc}", file=sys.stderr)
             return 2
+        message = unreachable_service(exc)
+        if message:
+            print(f"streamlearn: error: {message}", file=sys.stderr)
+            return 3
         raise
 
 

@@ -16,3 +16,20 @@ def _collect() -> tuple[type[BaseException], ...]:
 
 
 USER_ERRORS = _collect()
+
+
+def unreachable_service(exc: BaseException) -> str | None:
+    """One line for "Redis or Kafka cannot be reached" (no traceback, no credentials), else None."""
+    import redis
+    from confluent_kafka import KafkaException
+
+    from streamlearn.config import mask_url
+
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        import os
+
+        where = mask_url(os.environ.get("STREAMLEARN_REDIS", "")) or "the local stack's Redis"
+        return f"cannot reach Redis at {where}: {exc}"
+    if isinstance(exc, KafkaException):
+        return f"Kafka error: {exc}"
+    return None

@@ -104,8 +104,8 @@ def _convert(algo: str, name: str, value: Any, default: Any) -> Any:
             return json.loads(value) if value[:1] in "[{0123456789-." or value in ("true", "false", "null") else value
         if isinstance(default, (list, tuple, dict)):
             return json.loads(value)
-    except ValueError:
-        raise ParamError(f"{algo}: parameter {name}={value!r} is not a valid {type(default).__name__}") from None
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        raise ParamError(f"{algo}: parameter {name}={value[:80]!r} is not a valid {type(default).__name__}") from None
     return value
 
 

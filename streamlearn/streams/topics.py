@@ -48,9 +48,15 @@ def _topic_partitions(admin: AdminClient, name: str, timeout: float) -> list[int
     t = md.topics.get(name)
     if t is None or t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
         return None
-    if t.error is not None:
+    if t.error is not None and t.error.code() != KafkaError.LEADER_NOT_AVAILABLE:
         raise TopicError(f"topic {name!r}: {t.error.str()}")
     return sorted(t.partitions)
+
+
+def _leaders_elected(admin: AdminClient, name: str, timeout: float) -> bool:
+    t = admin.list_topics(timeout=timeout).topics.get(name)
+    return t is not None and t.error is None and bool(t.partitions) and all(
+        p.leader >= 0 and p.error is None for p in t.partitions.values())
 
 
 def partitions(conf, topic: str, timeout: float = 10.0) -> list[int]:
@@ -79,9 +85,10 @@ def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = N
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise TopicError(f"cannot create topic {name!r}: {err.str() if isinstance(err, KafkaError) else exc}") from None
         deadline = time.monotonic() + timeout
-        while True:  # metadata catches up with the creation
+        while True:  # metadata catches up with the creation, and every partition has a leader
             existing = _topic_partitions(admin, name, timeout)
-            if existing and len(existing) >= int(partitions) or time.monotonic() > deadline:
+            ready = existing and len(existing) >= int(partitions) and _leaders_elected(admin, name, timeout)
+            if ready or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         if existing is None:
