@@ -53,6 +53,11 @@ class WorkerConfig:
     heartbeat_interval_ms: int = 1_000
     control_interval_s: float = 0.25  # how often the job's status (pause/finish) is read
     outage_limit_s: float = 300.0  # how long Redis may be unreachable before the worker gives up
+    #: BLAS threads per worker (0 = leave the library's default). Workers are the unit of
+    #: parallelism; OpenBLAS' own threads spin on cores the broker, Redis, librdkafka and the
+    #: other workers need, which made the linear learner's 500-row update steps ~7x slower
+    #: on a 2-core machine (benchmarks/README.md, scaling.workers).
+    blas_threads: int = 1
     close_timeout_s: float = 10.0  # how long leaving the group may take on shutdown
 
     @classmethod
@@ -62,7 +67,38 @@ class WorkerConfig:
             max_messages=int(env.get("STREAMLEARN_WORKER_MAX_MESSAGES", cls.max_messages)),
             update_rows=int(env.get("STREAMLEARN_WORKER_UPDATE_ROWS", cls.update_rows)),
             session_timeout_ms=int(env.get("STREAMLEARN_SESSION_TIMEOUT_MS", cls.session_timeout_ms)),
+            blas_threads=int(env.get("STREAMLEARN_WORKER_BLAS_THREADS", cls.blas_threads)),
         )
+
+
+def limit_blas_threads(n: int) -> bool:
+    """Set the thread count of every OpenBLAS loaded in this process (numpy's bundled one
+    included) to ``n``; numpy is imported long before a worker starts, so the
+    ``OPENBLAS_NUM_THREADS`` variable would come too late. Returns whether any was set;
+    never fails (an unknown BLAS is left alone)."""
+    import ctypes
+
+    if n <= 0:
+        return False
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return False
+    done = False
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                       "openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                fn(ctypes.c_int(int(n)))
+                done = True
+                break
+    return done
 
 
 class Worker:
@@ -94,6 +130,7 @@ class Worker:
     def run(self) -> str:
         """Work until the job finishes (bounded jobs) or ``stop`` is called; returns the
         job's state as last seen."""
+        limit_blas_threads(self.config.blas_threads)
         conf = self.settings.kafka_client_conf(**{
             "group.id": self.spec.group_id,
             "client.id": self.member,

@@ -1,0 +1,195 @@
+"""Data sets, topics, raw consumption and real jobs (worker processes) for the cases.
+
+Everything is memoized on the :class:`~benchmarks._core.Context`, so a run that asks for
+several cases produces each data set to Kafka once and every ratio compares figures
+measured on the same topic in the same run.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks._core import Context
+
+
+# -- data sets --------------------------------------------------------------------------------
+def dense(ctx: Context):
+    """The linear learner's reference set: (Xtr, ytr, Xte, yte), 80/20 by position."""
+    def make():
+        from streamlearn import datasets
+
+        ctx.log(f"generating dense_classification({ctx.p['dense_rows']}, {ctx.p['dense_d']})")
+        X, y = datasets.dense_classification(ctx.p["dense_rows"], ctx.p["dense_d"])
+        return datasets.split(X, y)
+    return ctx.memo("data:dense", make)
+
+
+def median_data(ctx: Context):
+    def make():
+        rng = np.random.default_rng(7)
+        return rng.lognormal(0.0, 1.0, (ctx.p["median_rows"], 1)).astype(np.float32)  # true median 1.0
+    return ctx.memo("data:median", make)
+
+
+def sparse(ctx: Context):
+    """Hashed sparse set (2**20 features in the full profile): (Xtr, ytr, Xte, yte)."""
+    def make():
+        from streamlearn import datasets
+
+        ctx.log(f"generating sparse_classification({ctx.p['sparse_rows']}, 2**{int(np.log2(ctx.p['sparse_features']))})")
+        X, y = datasets.sparse_classification(ctx.p["sparse_rows"], ctx.p["sparse_features"])
+        return datasets.split(X, y)
+    return ctx.memo("data:sparse", make)
+
+
+# -- topics -----------------------------------------------------------------------------------
+@dataclass
+class Produced:
+    topic: str
+    records: int
+    messages: int
+    seconds: float  # send_batch + flush (every message acknowledged by the broker)
+    n_features: int
+
+
+def produce(ctx: Context, key: str, X, y=None) -> Produced:
+    """Produce a data set once per run to a fresh topic (timed: the producer leg of e2e)."""
+    def make():
+        from streamlearn.streams.producer import Producer
+        from streamlearn.streams.topics import ensure_topic
+
+        s = ctx.settings
+        topic = ctx.name(key)
+        ensure_topic(s.kafka_client_conf(), topic, partitions=ctx.p["partitions"])
+        n = X.shape[0]
+        ctx.log(f"producing {n} rows to {topic} ({ctx.p['partitions']} partitions, "
+                f"{ctx.p['message_rows']} rows/message)")
+        t0 = time.perf_counter()
+        with Producer(s.kafka, s.kafka_conf) as p:
+            p.send_batch(topic, X, y, batch_size=ctx.p["message_rows"])
+            msgs = p.messages_sent
+        dt = time.perf_counter() - t0
+        ctx.log(f"produced in {dt:.1f} s")
+        return Produced(topic, n, msgs, dt, int(X.shape[1]))
+    return ctx.memo(("topic", key), make)
+
+
+def _varint(b: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        x = b[pos]
+        pos += 1
+        result |= (x & 0x7F) << shift
+        if x < 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def raw_consume(ctx: Context, prod: Produced) -> dict:
+    """The ingest limit: one confluent-kafka consumer (the worker's fetch settings) reads
+    the whole topic and turns every message's dense feature block into numpy
+    (``np.frombuffer`` at the block's offset, then one concatenation per consume call, as
+    the worker's decode does). No validation, no training, no Redis."""
+    def make():
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from streamlearn.streams.serde import HEADER_LEN
+        from streamlearn.streams.topics import watermarks
+
+        s = ctx.settings
+        marks = watermarks(s.kafka_client_conf(), prod.topic)
+        c = Consumer(s.kafka_client_conf(**{
+            "group.id": ctx.name("raw-" + prod.topic), "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024}))
+        c.assign([TopicPartition(prod.topic, p, OFFSET_BEGINNING) for p in marks])
+        remaining = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
+        left = sum(hi - lo for lo, hi in marks.values())  # ask for no more than is left: no tail wait
+        rows = nbytes = 0
+        t0 = time.perf_counter()
+        while remaining:
+            msgs = c.consume(num_messages=max(1, min(500, left)), timeout=1.0)
+            parts = []
+            for m in msgs:
+                if m.error():
+                    continue
+                v = m.value()
+                n_rows, pos = _varint(v, HEADER_LEN)
+                d, pos = _varint(v, pos)
+                pos += 1  # union branch of "dense"
+                length, pos = _varint(v, pos)
+                parts.append(np.frombuffer(v, dtype="<f4", count=n_rows * d, offset=pos).reshape(n_rows, d))
+                nbytes += len(v)
+                left -= 1
+                p = m.partition()
+                if p in remaining and m.offset() + 1 >= remaining[p]:
+                    del remaining[p]
+            if parts:
+                X = np.concatenate(parts)
+                rows += X.shape[0]
+            if time.perf_counter() - t0 > ctx.p["case_timeout_s"]:
+                raise TimeoutError("raw consume did not finish")
+        dt = time.perf_counter() - t0
+        c.close()
+        return {"rows": rows, "seconds": dt, "rate": rows / dt, "bytes_per_s": nbytes / dt}
+    return ctx.memo(("raw", prod.topic), make)
+
+
+# -- jobs with real worker processes -----------------------------------------------------------
+@dataclass
+class JobRun:
+    job: str
+    workers: int
+    seconds: float  # create_job -> job finished with its snapshot stored
+    records: int
+    model: object
+    status: dict
+
+
+def run_job(ctx: Context, prod: Produced, algorithm: str, params: dict, workers: int = 1,
+            env: dict | None = None, tag: str = "") -> JobRun:
+    """create_job (bounded: until the end offsets at creation), start ``workers``
+    ``python -m streamlearn worker`` processes, wait until the job is finished and its
+    final snapshot stored; load the model from the snapshot store."""
+    from streamlearn.jobs import create_job, job_status
+    from streamlearn.snapshots.format import decode_snapshot, load_model
+    from streamlearn.snapshots.store import ModelStore
+
+    s = ctx.settings
+    client = s.redis_client()
+    job = ctx.name(f"{algorithm}-{tag or prod.topic.split('-')[1]}-w{workers}")
+    full_env = {**ctx.worker_env(), **(env or {})}
+    logs = ctx.tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    create_job(client, s.kafka_client_conf(), job, algorithm, prod.topic, params, until="end")
+    procs = [subprocess.Popen([sys.executable, "-m", "streamlearn", "worker", job], env=full_env,
+                              stdout=open(logs / f"{job}-{i}.log", "w"), stderr=subprocess.STDOUT)
+             for i in range(workers)]
+    try:
+        deadline = time.monotonic() + ctx.p["case_timeout_s"]
+        while True:
+            st = job_status(client, job)
+            if st.get("state") == "finished" and st.get("snapshot_version") is not None:
+                break
+            dead = [p for p in procs if p.poll() not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"worker exited with {dead[0].returncode}; see {logs / job}-*.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job} not finished after {ctx.p['case_timeout_s']} s "
+                                   f"({st.get('records_applied')} records applied)")
+            time.sleep(0.05)
+        dt = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    model = load_model(decode_snapshot(ModelStore(client).get(job)))
+    return JobRun(job, workers, dt, int(st.get("records_applied", 0)), model, st)
