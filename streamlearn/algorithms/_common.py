@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamlearn.backends import NumpyBackend
 from streamlearn.batch import Batch, SparseRows
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -80,14 +81,34 @@ def group_sum(keys: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray
     return out
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
+def sigmoid(z: np.ndarray, xp=np) -> np.ndarray:
+    """``xp``: the array namespace of a backend (:mod:`streamlearn.backends`); numpy by default."""
+    return 1.0 / (1.0 + xp.exp(-xp.clip(z, -35.0, 35.0)))
 
 
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+def softmax(z: np.ndarray, axis: int = -1, xp=np) -> np.ndarray:
+    z = z - xp.amax(z, axis=axis, keepdims=True)
+    e = xp.exp(z)
+    return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def check_backend(algo) -> None:
+    """``check_params`` part for algorithms with ``backend``/``device`` parameters: a clear
+    ParamError at job creation for an unknown, uninstalled or unusable engine."""
+    from streamlearn import backends
+    from streamlearn.algorithms.base import ParamError
+    try:
+        backends.validate(algo.backend, algo.device)
+    except backends.BackendError as exc:
+        raise ParamError(f"{algo.name}: {exc}") from None
+
+
+def backend_of(algo):
+    """The :class:`~streamlearn.backends.Backend` an algorithm's update step computes on."""
+    from streamlearn import backends
+    if algo.backend == "numpy" and algo.device == "cpu":
+        return NUMPY_BACKEND
+    return backends.get_backend(algo.backend, algo.device)
 
 
 def as_pair(value, name: str) -> tuple[float, float]:
@@ -111,3 +132,7 @@ def feature_count(value):
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return FeatureCount(int(value))
     return value
+
+
+#: the default engine (its arrays are numpy's own; see streamlearn.backends)
+NUMPY_BACKEND = NumpyBackend()

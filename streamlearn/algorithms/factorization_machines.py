@@ -19,7 +19,8 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import csr_local, feature_count, group_sum, sigmoid, sparse_matmul
+from streamlearn.algorithms._common import (NUMPY_BACKEND, backend_of, check_backend, csr_local, feature_count,
+                                            sigmoid, sparse_matmul)
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.statestore.base import State
@@ -46,7 +47,8 @@ class FactorizationMachines(Algorithm):
 
     def __init__(self, n_features: int, predictor_type: str = "binary_classifier", num_factors: int = 8,
                  optimizer: str = "adagrad", learning_rate: float = 0.1, bias_l2: float = 0.0,
-                 linear_l2: float = 1e-5, factors_l2: float = 1e-5, init_sigma: float = 0.05, seed: int = 0):
+                 linear_l2: float = 1e-5, factors_l2: float = 1e-5, init_sigma: float = 0.05, seed: int = 0,
+                 backend: str = "numpy", device: str = "cpu"):
         self.n_features = feature_count(n_features)
         self.predictor_type = predictor_type
         self.num_factors = num_factors
@@ -57,6 +59,8 @@ class FactorizationMachines(Algorithm):
         self.factors_l2 = factors_l2
         self.init_sigma = init_sigma
         self.seed = seed
+        self.backend = backend
+        self.device = device
 
     def check_params(self) -> None:
         n = self.name
@@ -70,6 +74,7 @@ class FactorizationMachines(Algorithm):
         require(np.isfinite(self.learning_rate) and self.learning_rate > 0, n, "learning_rate must be > 0")
         for p in ("bias_l2", "linear_l2", "factors_l2", "init_sigma"):
             require(np.isfinite(getattr(self, p)) and getattr(self, p) >= 0, n, f"{p} must be >= 0")
+        check_backend(self)
 
     def _keyargs(self) -> dict:
         d = int(self.n_features)
@@ -101,40 +106,45 @@ class FactorizationMachines(Algorithm):
         if wsum <= 0:
             return
         tau = float(state.pull("n"))
-        rows, local, row_of = csr_local(X)
+        rows, local, _ = csr_local(X)
+        # arithmetic on the backend (numpy: the arrays themselves); state and pushes stay numpy
+        bk = backend_of(self)
+        xp, dev = bk.xp, bk.asarray
+        A = bk.csr(X.indptr, local, X.values, len(rows))
         w0 = float(state.pull("w0"))
-        w = state.pull("w", rows=rows).astype(np.float64)
-        v = state.pull("v", rows=rows).astype(np.float64)
+        w = dev(state.pull("w", rows=rows).astype(np.float64))
+        v = dev(state.pull("v", rows=rows).astype(np.float64))
         if self.predictor_type == "regressor":
             state.push("y_n", wsum)
             state.push("y_sum", float(sw @ y))
             state.push("y_sq", float(sw @ (y * y)))
             mu, sd = _label_moments(state)
             t = (y - mu) / sd
-        z, s = _forward(X, local, w0, w, v)
-        r = (sigmoid(z) - y) if self.predictor_type == "binary_classifier" else (z - t)
-        r = r * sw / wsum  # d mean-loss / d z
-        vals = X.values.astype(np.float64)
-        rv = r[row_of] * vals  # per stored value
-        g_w0 = float(r.sum()) + float(self.bias_l2) * w0
-        g_w = group_sum(local, rv, len(rows)) + float(self.linear_l2) * w
+        z, s = _forward_on(bk, A, X.values, w0, w, v)
+        r = (sigmoid(z, xp) - dev(y)) if self.predictor_type == "binary_classifier" else (z - dev(t))
+        r = r * dev(sw) / wsum  # d mean-loss / d z
+        vals = A.data
+        rv = r[A.rows] * vals  # per stored value
+        g_w0 = float(bk.to_numpy(r.sum())) + float(self.bias_l2) * w0
+        g_w = bk.group_sum(A, rv) + float(self.linear_l2) * w
         # d z / d v_jf = x_j (s_f - v_jf x_j)
-        g_v = group_sum(local, rv[:, None] * (s[row_of] - v[local] * vals[:, None]), len(rows))
+        g_v = bk.group_sum(A, rv[:, None] * (s[A.rows] - v[A.cols] * vals[:, None]))
         g_v += float(self.factors_l2) * v
-        self._step(state, "w0", np.float64(w0), np.float64(g_w0), None, tau)
-        self._step(state, "w", w, g_w, rows, tau)
-        self._step(state, "v", v, g_v, rows, tau)
+        self._step(state, NUMPY_BACKEND, "w0", np.float64(w0), np.float64(g_w0), None, tau)
+        self._step(state, bk, "w", w, g_w, rows, tau)
+        self._step(state, bk, "v", v, g_v, rows, tau)
         state.push("n", wsum)
 
-    def _step(self, state: State, key: str, P, g, rows, tau: float) -> None:
+    def _step(self, state: State, bk, key: str, P, g, rows, tau: float) -> None:
         lr = float(self.learning_rate)
         if self.optimizer == "adagrad":
-            G = (state.pull("g2_" + key, rows=rows) if rows is not None else state.pull("g2_" + key)) + g * g
-            state.push("g2_" + key, g * g, rows=rows)
-            delta = -lr * g / (np.sqrt(G) + 1e-8)
+            g2 = g * g
+            G = bk.asarray(state.pull("g2_" + key, rows=rows) if rows is not None else state.pull("g2_" + key)) + g2
+            state.push("g2_" + key, bk.to_numpy(g2), rows=rows)
+            delta = -lr * g / (bk.xp.sqrt(G) + 1e-8)
         else:
             delta = -lr / np.sqrt(1.0 + tau / 10_000.0) * g
-        state.push(key, delta, rows=rows)
+        state.push(key, bk.to_numpy(delta), rows=rows)
 
     def finalize(self, state: State) -> "FMModel":
         mu, sd = _label_moments(state) if self.predictor_type == "regressor" else (0.0, 1.0)
@@ -143,6 +153,14 @@ class FactorizationMachines(Algorithm):
                  "examples_seen": float(state.pull("n"))}
         return FMModel(float(state.pull("w0")), state.pull("w").astype(np.float64),
                        state.pull("v").astype(np.float64), attrs)
+
+
+def _forward_on(bk, A, values: np.ndarray, w0, w, v):
+    """``_forward`` on a backend: ``A`` the batch prepared by ``bk.csr``."""
+    s = bk.spmm(A, v)
+    sq = bk.spmm(bk.csr_data(A, values * values), v * v)
+    z = w0 + bk.spmm(A, w) + 0.5 * ((s * s).sum(1) - sq.sum(1))
+    return z, s
 
 
 def _forward(X: SparseRows, local, w0, w, v) -> tuple[np.ndarray, np.ndarray]:

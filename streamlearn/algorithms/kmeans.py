@@ -39,7 +39,7 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import feature_count, row_hash
+from streamlearn.algorithms._common import backend_of, check_backend, feature_count, row_hash
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
@@ -56,7 +56,7 @@ class KMeans(Algorithm):
     needs_label = False
 
     def __init__(self, n_features: int, k: int = 10, k_max: int = 0, summary_factor: int = 10, n_init: int = 50,
-                 max_iter: int = 100, seed: int = 0):
+                 max_iter: int = 100, seed: int = 0, backend: str = "numpy", device: str = "cpu"):
         self.n_features = feature_count(n_features)
         self.k = k
         self.k_max = k_max
@@ -64,6 +64,8 @@ class KMeans(Algorithm):
         self.n_init = n_init
         self.max_iter = max_iter
         self.seed = seed
+        self.backend = backend
+        self.device = device
 
     def check_params(self) -> None:
         n = self.name
@@ -75,6 +77,7 @@ class KMeans(Algorithm):
                 "k_max must be an integer >= 0 (0 = use k)")
         require(self._k_max >= self.k, n, f"k ({self.k}) must be <= k_max ({self.k_max})")
         require(self._k_max * self.summary_factor <= 1_000_000, n, "k_max * summary_factor is too large")
+        check_backend(self)
 
     @property
     def _k_max(self) -> int:
@@ -127,7 +130,8 @@ class KMeans(Algorithm):
         else:
             slots_used = np.flatnonzero(used)
             centers = sum_x[slots_used] / np.maximum(weight[slots_used], 1e-300)[:, None]
-            idx, d2 = metrics.nearest(X, centers)
+            bk = backend_of(self)  # the (n x slots) distance computation runs on the backend
+            idx, d2 = bk.nearest(bk.asarray(X), bk.asarray(centers))
             batch_cost = float(w @ d2)
             f = max(float(state.pull("cost")) + batch_cost, 1e-12) / (OPEN_RATE * self._k_max)
             p = np.minimum(1.0, w * d2 / f)

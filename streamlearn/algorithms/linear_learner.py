@@ -46,8 +46,8 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import (as_pair, csr_local, feature_count, group_sum, holdout_mask, sigmoid,
-                                            softmax, sparse_matmul)
+from streamlearn.algorithms._common import (as_pair, backend_of, check_backend, csr_local, feature_count,
+                                            holdout_mask, sigmoid, softmax)
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.statestore.base import State
@@ -75,7 +75,8 @@ class LinearLearner(Algorithm):
                  loss: str = "auto", num_models: int = 32, learning_rate: tuple = (0.02, 2.0),
                  l1: tuple = (0.0, 0.0), l2: tuple = (0.0, 1e-3), pack: str = "random",
                  optimizer: str = "adagrad", averaging: bool = True, normalize: bool = True,
-                 holdout_fraction: float = 0.05, validation_metric: str = "auto", seed: int = 0):
+                 holdout_fraction: float = 0.05, validation_metric: str = "auto", seed: int = 0,
+                 backend: str = "numpy", device: str = "cpu"):
         self.n_features = feature_count(n_features)
         self.predictor_type = predictor_type
         self.num_classes = num_classes
@@ -91,6 +92,8 @@ class LinearLearner(Algorithm):
         self.holdout_fraction = holdout_fraction
         self.validation_metric = validation_metric
         self.seed = seed
+        self.backend = backend
+        self.device = device
 
     # -- parameters -----------------------------------------------------------------------
     def check_params(self) -> None:
@@ -119,6 +122,7 @@ class LinearLearner(Algorithm):
         require(0.0 <= self.holdout_fraction < 1.0, n, "holdout_fraction must be in [0, 1)")
         require(self.validation_metric == "auto" or self.validation_metric in VAL_METRICS.get(self.predictor_type, ()),
                 n, f"validation_metric must be 'auto' or one of {VAL_METRICS.get(self.predictor_type, ())}")
+        check_backend(self)
 
     # -- derived settings --------------------------------------------------------------------
     @property
@@ -203,24 +207,30 @@ class LinearLearner(Algorithm):
         ho_w = np.where(hold, sw, 0.0)
         sparse = isinstance(batch.X, SparseRows)
         tau = float(state.pull("n"))
+        # the arithmetic runs on the backend (numpy: these are the numpy arrays themselves);
+        # pulls, pushes, holdout choice and validation metrics stay numpy on the host
+        bk = backend_of(self)
+        xp, dev = bk.xp, bk.asarray
 
         # --- features in normalized space; pull only what the batch touches
         if sparse:
             X: SparseRows = batch.X
             rows, local, _ = csr_local(X)
-            W = state.pull("w", rows=rows).astype(np.float64)
-            mean = inv_std = None
+            A = bk.csr(X.indptr, local, X.values, len(rows))
+            W = dev(state.pull("w", rows=rows).astype(np.float64))
         else:
-            X = np.asarray(batch.X, dtype=np.float64)
+            A = None
+            X = dev(np.asarray(batch.X, dtype=np.float64))
             rows = None
-            W = state.pull("w").astype(np.float64)
+            W = dev(state.pull("w").astype(np.float64))
             if self.normalize:
+                trw = dev(tr_w)
                 state.push("feat_n", float(tr_w.sum()))
-                state.push("feat_sum", tr_w @ X)
-                state.push("feat_sq", tr_w @ (X * X))
+                state.push("feat_sum", bk.to_numpy(trw @ X))
+                state.push("feat_sq", bk.to_numpy(trw @ (X * X)))
                 mean, inv_std = _moments(state.pull("feat_n"), state.pull("feat_sum"), state.pull("feat_sq"))
-                X = (X - mean) * inv_std
-        b = state.pull("b")
+                X = (X - dev(mean)) * dev(inv_std)
+        b = dev(state.pull("b"))
         if self.predictor_type == "regressor":
             state.push("y_n", float(tr_w.sum()))
             state.push("y_sum", float(tr_w @ y))
@@ -231,18 +241,18 @@ class LinearLearner(Algorithm):
             y_mu, y_sd, t = 0.0, 1.0, y
 
         def matmul(Wm):
-            return (sparse_matmul(X, local, Wm) if sparse else X @ Wm)
+            return (bk.spmm(A, Wm) if sparse else X @ Wm)
 
         # --- holdout: every packed model's loss, with the weights the model would ship
         if ho_w.any():
             h = ho_w > 0
             if self.averaging and tau > 0:
-                A = tau * tau / 2.0
-                Wa = W - (state.pull("u_w", rows=rows) if sparse else state.pull("u_w")) / A
-                ba = b - state.pull("u_b") / A
+                Asq = tau * tau / 2.0
+                Wa = W - dev(state.pull("u_w", rows=rows) if sparse else state.pull("u_w")) / Asq
+                ba = b - dev(state.pull("u_b")) / Asq
             else:
                 Wa, ba = W, b
-            Zh = (matmul(Wa) + ba)[h]
+            Zh = bk.to_numpy(bk.take(matmul(Wa) + ba, h))
             a, c = self._val_metrics(Zh, y[h], t[h], y_mu, y_sd)
             wv = ho_w[h] * (tau + 1.0)  # later evaluations weigh more: they describe the final model better
             state.push("val", np.stack([np.full(M, wv.sum()), wv @ a, wv @ c]))
@@ -252,31 +262,32 @@ class LinearLearner(Algorithm):
             return
         # --- gradient of the mean training loss for every packed model at once
         Z = matmul(W) + b
-        R = self._dloss(Z, y, t) * (tr_w / wsum)[:, None]  # (n, M*C)
+        R = self._dloss(Z, dev(y), dev(t), y, xp, bk) * dev(tr_w / wsum)[:, None]  # (n, M*C)
         if sparse:
-            vals = X.values.astype(np.float64)
-            gW = group_sum(local, vals[:, None] * R[X.row_ids()], len(rows))
+            gW = bk.group_sum(A, A.data[:, None] * R[A.rows])
         else:
             gW = X.T @ R
-        gb = R.sum(axis=0)
+        gb = R.sum(0)
         l1c, l2c, lrc = (np.repeat(hp[k], C) for k in ("l1", "l2", "learning_rate"))
-        gW += l2c * W
-        self._step(state, "w", W, gW, lrc, l1c, tau, rows)
-        self._step(state, "b", b, gb, lrc, 0.0 * l1c, tau, None)
+        gW += dev(l2c) * W
+        self._step(state, bk, "w", W, gW, lrc, l1c, tau, rows)
+        self._step(state, bk, "b", b, gb, lrc, 0.0 * l1c, tau, None)
         state.push("n", wsum)
 
-    def _step(self, state: State, key: str, P, g, lr, l1, tau: float, rows) -> None:
+    def _step(self, state: State, bk, key: str, P, g, lr, l1, tau: float, rows) -> None:
+        xp, dev = bk.xp, bk.asarray
         if self.optimizer == "adagrad":
-            G = (state.pull("g2_" + key, rows=rows) if rows is not None else state.pull("g2_" + key)) + g * g
-            scale = lr / (np.sqrt(G) + 1e-8)
-            state.push("g2_" + key, g * g, rows=rows)
+            g2 = g * g
+            G = dev(state.pull("g2_" + key, rows=rows) if rows is not None else state.pull("g2_" + key)) + g2
+            scale = dev(lr) / (xp.sqrt(G) + 1e-8)
+            state.push("g2_" + key, bk.to_numpy(g2), rows=rows)
         else:
-            scale = lr / np.sqrt(1.0 + tau / 10_000.0) * np.ones_like(P)
+            scale = dev(lr / np.sqrt(1.0 + tau / 10_000.0)) * xp.ones_like(P)
         new = P - scale * g
         if np.any(l1 > 0):
-            thr = scale * l1
-            new = np.sign(new) * np.maximum(np.abs(new) - thr, 0.0)
-        delta = new - P
+            thr = scale * dev(l1)
+            new = xp.sign(new) * xp.maximum(xp.abs(new) - thr, 0.0)
+        delta = bk.to_numpy(new - P)
         state.push(key, delta, rows=rows)
         if self.averaging:
             state.push("u_" + key, (tau * tau / 2.0) * delta, rows=rows)
@@ -290,21 +301,23 @@ class LinearLearner(Algorithm):
         return cache[1]
 
     # -- losses ---------------------------------------------------------------------------
-    def _dloss(self, Z: np.ndarray, y: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def _dloss(self, Z, y, t, y_host: np.ndarray, xp=np, bk=None):
+        """d loss / d Z on the backend (``y``, ``t`` backend arrays, ``y_host`` the labels)."""
         loss = self._loss
         if loss == "logistic":
-            return sigmoid(Z) - y[:, None]
+            return sigmoid(Z, xp) - y[:, None]
         if loss == "hinge":
             s = 2.0 * y[:, None] - 1.0
-            return np.where(s * Z < 1.0, -s, 0.0)
+            return xp.where(s * Z < 1.0, -s, 0.0)
         if loss == "softmax":
-            n, C = len(y), self._C
-            P = softmax(Z.reshape(n, -1, C))
-            P[np.arange(n), :, y.astype(np.int64)] -= 1.0
+            n, C = len(y_host), self._C
+            P = softmax(Z.reshape(n, -1, C), xp=xp)
+            onehot = np.eye(C)[y_host.astype(np.int64)]  # P - onehot == P[i, :, y_i] -= 1, exactly
+            P = P - (onehot if bk is None else bk.asarray(onehot))[:, None, :]
             return P.reshape(n, -1)
         if loss == "squared":
             return Z - t[:, None]
-        return np.sign(Z - t[:, None])  # absolute
+        return xp.sign(Z - t[:, None])  # absolute
 
     def _val_metrics(self, Z, y, t, y_mu, y_sd) -> tuple[np.ndarray, np.ndarray]:
         """Per-example values of the two validation metrics, (n, M) each."""
