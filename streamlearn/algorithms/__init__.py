@@ -12,13 +12,13 @@ def register(algorithm: type[Algorithm], model: type[Model]) -> None:
     _MODELS[model.algorithm] = model
 
 
+#: the algorithms that ship with streamlearn (each module registers itself on import)
+BUILTIN: tuple[str, ...] = ("median", "linear_learner", "factorization_machines", "kmeans", "pca", "counter")
+
+
 def _load_builtins() -> None:
-    for optional in ("median", "linear_learner", "factorization_machines", "kmeans", "pca", "counter"):
-        try:
-            __import__(f"streamlearn.algorithms.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"streamlearn.algorithms.{optional}":
-                raise
+    for name in BUILTIN:
+        __import__(f"streamlearn.algorithms.{name}")
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
@@ -47,4 +47,4 @@ def available() -> list[str]:
     return sorted(_ALGORITHMS)
 
 
-__all__ = ["Algorithm", "Model", "ParamError", "register", "algorithm_class", "model_class", "make_algorithm", "available"]
+__all__ = ["BUILTIN", "Algorithm", "Model", "ParamError", "register", "algorithm_class", "model_class", "make_algorithm", "available"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from streamlearn import datasets as D
-from streamlearn.algorithms import Model, ParamError, algorithm_class, available, model_class
+from streamlearn.algorithms import BUILTIN, Model, ParamError, algorithm_class, model_class
 from streamlearn.batch import Batch
 from streamlearn.statestore.local import LocalState, MemoryBackend
 
@@ -73,7 +73,7 @@ def _fixture(name: str) -> Fixture:
 
 
 _KM_SCALE = 1.0
-ALGORITHMS = available()
+ALGORITHMS = list(BUILTIN)  # not toy algorithms other test modules register
 _CACHE: dict[str, Fixture] = {}
 
 
