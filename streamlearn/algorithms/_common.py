@@ -136,3 +136,15 @@ def feature_count(value):
 
 #: the default engine (its arrays are numpy's own; see streamlearn.backends)
 NUMPY_BACKEND = NumpyBackend()
+
+
+def check_features_and_type(algo, predictor_types: tuple[str, ...]) -> None:
+    """The checks every supervised algorithm starts with: ``n_features`` a positive
+    integer and ``predictor_type`` one this algorithm supports."""
+    from streamlearn.algorithms.base import require
+
+    n = algo.name
+    require(isinstance(algo.n_features, (int, np.integer)) and not isinstance(algo.n_features, bool)
+            and algo.n_features > 0, n, f"n_features must be a positive integer, got {algo.n_features!r}")
+    require(algo.predictor_type in predictor_types, n, f"predictor_type must be one of {predictor_types}, "
+            f"got {algo.predictor_type!r}")

@@ -19,6 +19,7 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
+from streamlearn.algorithms._common import check_features_and_type
 from streamlearn.algorithms._common import (NUMPY_BACKEND, backend_of, check_backend, csr_local, feature_count,
                                             sigmoid, sparse_matmul)
 from streamlearn.algorithms.base import Algorithm, Model, require
@@ -64,10 +65,7 @@ class FactorizationMachines(Algorithm):
 
     def check_params(self) -> None:
         n = self.name
-        require(isinstance(self.n_features, (int, np.integer)) and not isinstance(self.n_features, bool)
-                and self.n_features > 0, n, f"n_features must be a positive integer, got {self.n_features!r}")
-        require(self.predictor_type in PREDICTOR_TYPES, n, f"predictor_type must be one of {PREDICTOR_TYPES}, "
-                f"got {self.predictor_type!r}")
+        check_features_and_type(self, PREDICTOR_TYPES)
         require(isinstance(self.num_factors, (int, np.integer)) and self.num_factors >= 1, n,
                 "num_factors must be an integer >= 1")
         require(self.optimizer in ("adagrad", "sgd"), n, "optimizer must be 'adagrad' or 'sgd'")

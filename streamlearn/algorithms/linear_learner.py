@@ -46,6 +46,7 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
+from streamlearn.algorithms._common import check_features_and_type
 from streamlearn.algorithms._common import (as_pair, backend_of, check_backend, csr_local, feature_count,
                                             holdout_mask, sigmoid, softmax)
 from streamlearn.algorithms.base import Algorithm, Model, require
@@ -98,10 +99,7 @@ class LinearLearner(Algorithm):
     # -- parameters -----------------------------------------------------------------------
     def check_params(self) -> None:
         n = self.name
-        require(isinstance(self.n_features, (int, np.integer)) and not isinstance(self.n_features, bool)
-                and self.n_features > 0, n, f"n_features must be a positive integer, got {self.n_features!r}")
-        require(self.predictor_type in PREDICTOR_TYPES, n, f"predictor_type must be one of {PREDICTOR_TYPES}, "
-                f"got {self.predictor_type!r}")
+        check_features_and_type(self, PREDICTOR_TYPES)
         require(isinstance(self.num_classes, (int, np.integer)) and self.num_classes >= 2, n,
                 "num_classes must be an integer >= 2")
         require(self.loss == "auto" or self.loss in LOSSES.get(self.predictor_type, ()), n,
