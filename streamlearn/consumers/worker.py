@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamlearn.config import Settings
 from streamlearn.jobs import JobSpec, load_spec
@@ -39,7 +39,7 @@ class DeadLetterUnavailable(RuntimeError):
 
 
 #: failures a worker outlives: it drops the batch in hand and goes back to the stored offsets
-_OUTAGES = (redis.ConnectionError, redis.TimeoutError, DeadLetterUnavailable, SnapshotPublishError)
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, DeadLetterUnavailable, SnapshotPublishError, KafkaException)
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ class Worker:
         self.done_partitions: set[int] = set()  # reached the job's end offset
         self._stop = threading.Event()
         self._paused = False
+        self._unsettled: Exception | None = None  # set while a recovery's seek is still owed
         self.records_applied = 0
         self._consumer: Consumer | None = None
         self._dlq: Producer | None = None
@@ -165,6 +166,9 @@ class Worker:
         return status
 
     def _step(self) -> None:
+        if self._unsettled is not None:  # a recovery whose seek failed: finish it before consuming
+            self._recover(self._unsettled)
+            return
         if self._paused:
             self._consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)  # serves rebalances
             return
@@ -192,6 +196,7 @@ class Worker:
         offsets say which. Drop the batch and seek every partition to its stored offset, so
         each record is applied exactly once either way."""
         log.warning("%s: %s; dropping the batch in hand and resuming from the stored offsets", self.member, exc)
+        self._unsettled = None
         self.state.discard()
         assigned = [tp.partition for tp in self._consumer.assignment()]
         if not assigned:
@@ -199,7 +204,13 @@ class Worker:
         stored = self._retry(lambda: self.client.hmget(self.keys.offsets, [str(p) for p in assigned]), "recovery")
         for p, offset in zip(assigned, stored):
             if offset is not None and p in self.fence:
-                self._consumer.seek(TopicPartition(self.spec.topic, p, int(offset)))
+                try:
+                    self._consumer.seek(TopicPartition(self.spec.topic, p, int(offset)))
+                except KafkaException as seek_error:
+                    # never consume on from a position past a dropped batch: try again next step
+                    log.warning("%s: seek of partition %d failed (%s)", self.member, p, seek_error)
+                    self._unsettled = exc
+        time.sleep(0.2)  # an outage is not over in microseconds: don't spin
 
     def _close(self) -> None:
         try:
