@@ -21,12 +21,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_subscriber_model_predicts_like_the_finalized_model(stack, tmp_path):
-    X, y = dense_classification(6000, d=10, seed=3)
-    X_train, y_train, X_test = X[:5000], y[:5000], X[5000:]
+    # 20,000 records: at 500 rows per update step two concurrent workers make ~40 steps;
+    # with 5,000 (10 steps, pairwise stale) one pass lands 0.02-0.04 below the peer
+    X, y = dense_classification(22000, d=10, seed=3)
+    X_train, y_train, X_test, y_test = X[:20000], y[:20000], X[20000:], y[20000:]
     topic = f"ll-{uuid.uuid4().hex[:8]}"
     ensure_topic(stack.kafka_client_conf(), topic, partitions=3)
     with Producer(stack.kafka, stack.kafka_conf) as producer:
-        producer.send_batch(topic, X_train, y_train, batch_size=250)
+        producer.send_batch(topic, X_train, y_train, batch_size=500)
     client = stack.redis_client()
     job = f"ll-{uuid.uuid4().hex[:8]}"
     create_job(client, stack.kafka_client_conf(), job, "linear_learner", topic,
@@ -34,7 +36,7 @@ def test_subscriber_model_predicts_like_the_finalized_model(stack, tmp_path):
     procs = [start_worker(job, tmp_path), start_worker(job, tmp_path)]
     status = wait_status(client, job, lambda s: s["state"] == "finished", 180, "job to finish")
     stop_all(procs)
-    assert status["records_applied"] == 5000 and status["snapshot_version"] is not None
+    assert status["records_applied"] == 20000 and status["snapshot_version"] is not None
 
     finalized = load_spec(client, job).algorithm_instance().finalize(RedisState(client, job))
     test_batch = Batch(X_test)
@@ -42,11 +44,11 @@ def test_subscriber_model_predicts_like_the_finalized_model(stack, tmp_path):
         model = sub.wait_for(status["snapshot_version"], timeout=60)
         assert sub.version == status["snapshot_version"]
     np.testing.assert_array_equal(model.evaluate(test_batch), finalized.evaluate(test_batch))
-    accuracy = float(np.mean(model.evaluate(test_batch) == y[5000:]))
+    accuracy = float(np.mean(model.evaluate(test_batch) == y_test))
     from sklearn.linear_model import LogisticRegression
 
-    peer = LogisticRegression().fit(X_train, y_train).score(X_test, y[5000:])
-    assert accuracy >= peer - 0.04, (accuracy, peer)  # one streaming pass over 5,000 records
+    peer = LogisticRegression().fit(X_train, y_train).score(X_test, y_test)
+    assert accuracy >= peer - 0.02, (accuracy, peer)  # one streaming pass, two workers
 
     csv = tmp_path / "test.csv"
     csv.write_text("\n".join([",".join(f"f{i}" for i in range(10))] +
