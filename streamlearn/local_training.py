@@ -13,13 +13,24 @@ from streamlearn.batch import Batch
 from streamlearn.statestore.local import LocalState
 
 
-def fit_local(algorithm: Algorithm, batches: Iterable[Batch], state: LocalState | None = None) -> Model:
-    """Initialize (unless ``state`` is given, i.e. resuming), update on every batch, finalize."""
+def fit_local(algorithm: Algorithm, batches: Iterable[Batch], state: LocalState | None = None,
+              commit_every: int = 64) -> Model:
+    """Initialize (unless ``state`` is given, i.e. resuming), update on every batch, finalize.
+
+    Pushes are committed every ``commit_every`` batches and at the end, as a worker commits
+    once per consumed window of messages rather than after every update step: a pull sees
+    this worker's pending pushes, so the model does not depend on the cadence, while a
+    commit of a large row-sparse key costs one pass over every chunk it touched.
+    """
+    if commit_every < 1:
+        raise ValueError(f"commit_every must be >= 1, got {commit_every}")
     if state is None:
         state = LocalState()
         algorithm.initialize(state)
         state.commit()
-    for batch in batches:
+    for i, batch in enumerate(batches, 1):
         algorithm.update(state, batch)
-        state.commit()
+        if i % commit_every == 0:
+            state.commit()
+    state.commit()
     return algorithm.finalize(state)

@@ -34,6 +34,17 @@ def combine(aggregator: str, current: np.ndarray, delta: np.ndarray) -> np.ndarr
     return np.where(np.isnan(delta), current, delta)  # replace; NaN = "not replaced"
 
 
+def _apply(aggregator: str, current: np.ndarray, delta: np.ndarray, dtype: str) -> np.ndarray:
+    """``combine`` computed in float64 and stored as ``dtype``, adding in place where it
+    can: for a large key the copies, not the additions, are what a commit costs."""
+    cur = np.array(current, dtype=np.float64, copy=current.dtype != np.float64 or not current.flags.writeable)
+    if aggregator == "sum":
+        cur += delta
+    else:
+        cur = combine(aggregator, cur, delta)
+    return cur.astype(dtype, copy=False)
+
+
 @dataclass
 class CommitInfo:
     """What a commit records besides the state: the batch's offsets and counts.
@@ -60,14 +71,60 @@ class StateBackend(Protocol):
     def barrier(self) -> None: ...
 
 
+class _KeyView:
+    """One key as this worker sees it: the global value as last read (chunk by chunk) and
+    the pending delta of this worker's pushes, both as whole arrays of the key's shape.
+
+    Whole arrays make every pull and push one vectorized numpy operation, whatever the
+    number of chunks a batch touches (a 2^20-row sparse key touches thousands of chunks
+    per batch; bookkeeping them one by one cost more than the update itself). Only the
+    chunk masks say what is loaded and what is dirty. A sum key's delta starts as
+    ``np.zeros``, whose pages the OS maps lazily, so an untouched part costs no memory.
+    """
+
+    __slots__ = ("spec", "values", "loaded", "delta", "dirty")
+
+    def __init__(self, spec: KeySpec):
+        self.spec = spec
+        self.values = np.empty(spec.shape, dtype=spec.dtype)
+        self.loaded = np.zeros(spec.n_chunks, dtype=bool)
+        identity = _IDENTITY[spec.aggregator]
+        self.delta = np.zeros(spec.shape) if identity == 0.0 else np.full(spec.shape, identity)
+        self.dirty = np.zeros(spec.n_chunks, dtype=bool)
+
+    def chunk(self, cid: int) -> slice | tuple:
+        """Index of chunk ``cid`` in the whole arrays."""
+        if not self.spec.shape:
+            return ()
+        c = self.spec.chunk_rows_
+        return slice(cid * c, (cid + 1) * c)
+
+    def load(self, backend: "StateBackend", ids: np.ndarray) -> None:
+        """Read the chunks among ``ids`` that are not loaded yet."""
+        missing = ids[~self.loaded[ids]].tolist()
+        if missing:
+            for cid, arr in backend.read(self.spec.name, missing).items():
+                self.values[self.chunk(cid)] = arr
+            self.loaded[missing] = True
+
+    def clear_delta(self) -> None:
+        identity = _IDENTITY[self.spec.aggregator]
+        ids = np.flatnonzero(self.dirty)
+        if len(ids) * 4 > len(self.dirty):
+            self.delta.fill(identity)
+        else:
+            for cid in ids.tolist():
+                self.delta[self.chunk(cid)] = identity
+        self.dirty[:] = False
+
+
 class BufferedState:
     """The State an algorithm sees: pull / push / barrier over a backend, plus ``commit``."""
 
     def __init__(self, backend: StateBackend):
         self.backend = backend
         self._specs: dict[str, KeySpec] | None = None
-        self._pending: dict[str, dict[int, np.ndarray]] = {}
-        self._cache: dict[str, dict[int, np.ndarray]] = {}
+        self._views: dict[str, _KeyView] = {}
 
     # -- declaration --------------------------------------------------------------------
     def keys(self) -> dict[str, KeySpec]:
@@ -90,61 +147,62 @@ class BufferedState:
         except KeyError:
             raise StateError(f"unknown state key {key!r}; initialize declared {sorted(self.keys())}") from None
 
+    def _view(self, key: str) -> _KeyView:
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = _KeyView(self.spec(key))
+        return view
+
     # -- pull / push ----------------------------------------------------------------------
     def pull(self, key: str, rows: np.ndarray | None = None) -> np.ndarray:
-        spec = self.spec(key)
+        view = self._view(key)
+        spec = view.spec
         if rows is None:
-            ids = list(range(spec.n_chunks))
-            chunks = self._current(spec, ids)
-            out = chunks[0] if not spec.shape else np.concatenate([chunks[i] for i in ids], axis=0)
-            return out.reshape(spec.shape)
+            view.load(self.backend, np.arange(spec.n_chunks))
+            if not view.dirty.any():
+                return view.values.copy()
+            return combine(spec.aggregator, view.values, view.delta).astype(spec.dtype)
         rows = _check_rows(spec, rows)
-        c = spec.chunk_rows_
-        groups = _by_chunk(rows // c)
-        chunks = self._current(spec, [cid for cid, _ in groups])
-        out = np.empty((len(rows),) + spec.shape[1:], dtype=spec.dtype)
-        within = rows % c
-        for cid, pos in groups:
-            out[pos] = chunks[cid][within[pos]]
+        touched = np.zeros(spec.n_chunks, dtype=bool)
+        touched[rows // spec.chunk_rows_] = True
+        view.load(self.backend, np.flatnonzero(touched))
+        out = view.values[rows]
+        if (view.dirty & touched).any():
+            out = combine(spec.aggregator, out, view.delta[rows]).astype(spec.dtype)
         return out
 
     def push(self, key: str, delta, rows: np.ndarray | None = None) -> None:
-        spec = self.spec(key)
+        view = self._view(key)
+        spec = view.spec
         agg = spec.aggregator
+        delta = np.asarray(delta, dtype=np.float64)
         if rows is None:
-            delta = np.asarray(delta, dtype=np.float64)
             if delta.shape != spec.shape:
                 try:
                     delta = np.broadcast_to(delta, spec.shape)
                 except ValueError:
                     raise StateError(f"push to {key!r}: shape {delta.shape} does not match {spec.shape}") from None
-            for cid, part in _split(spec, delta).items():
-                self._add_pending(spec, cid, part, None)
+            if agg == "sum":
+                np.add(view.delta, delta, out=view.delta)
+            else:
+                view.delta[...] = combine(agg, view.delta, delta)
+            view.dirty[:] = True
             return
         rows = _check_rows(spec, rows)
-        delta = np.asarray(delta, dtype=np.float64)
         want = (len(rows),) + spec.shape[1:]
         if delta.shape != want:
             raise StateError(f"push to {key!r} rows: delta shape {delta.shape}, expected {want}")
-        if agg == "sum":  # duplicate row indices add up, as a dense push would
-            uniq, inv = np.unique(rows, return_inverse=True)
-            summed = np.zeros((len(uniq),) + spec.shape[1:])
-            np.add.at(summed, inv, delta)
-            rows, delta = uniq, summed
-        c = spec.chunk_rows_
-        within = rows % c
-        for cid, pos in _by_chunk(rows // c):
-            self._add_pending(spec, cid, delta[pos], within[pos])
-
-    def _add_pending(self, spec: KeySpec, cid: int, part: np.ndarray, within: np.ndarray | None) -> None:
-        chunks = self._pending.setdefault(spec.name, {})
-        buf = chunks.get(cid)
-        if buf is None:
-            buf = chunks[cid] = np.full(spec.chunk_shape(cid), _IDENTITY[spec.aggregator], dtype=np.float64)
-        if within is None:
-            buf[...] = combine(spec.aggregator, buf, part)
-        else:
-            buf[within] = combine(spec.aggregator, buf[within], part)
+        if agg == "sum" and (len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())):
+            view.delta[rows] += delta  # distinct rows (what sparse updates push): no scatter needed
+        elif agg == "sum":  # duplicate row indices add up, as a dense push would
+            np.add.at(view.delta, rows, delta)
+        elif agg == "min":
+            np.minimum.at(view.delta, rows, delta)
+        elif agg == "max":
+            np.maximum.at(view.delta, rows, delta)
+        else:  # replace: the last value pushed for a row wins
+            view.delta[rows] = combine(agg, view.delta[rows], delta)
+        view.dirty[rows // spec.chunk_rows_] = True
 
     def barrier(self) -> None:
         self.backend.barrier()
@@ -152,61 +210,56 @@ class BufferedState:
     # -- the commit point -----------------------------------------------------------------
     @property
     def has_pending(self) -> bool:
-        return bool(self._pending)
+        return any(v.dirty.any() for v in self._views.values())
+
+    def pending_chunks(self, key: str) -> list[int]:
+        """Chunk ids of ``key`` that the next commit will write (for tests and diagnostics)."""
+        view = self._views.get(key)
+        return [] if view is None else np.flatnonzero(view.dirty).tolist()
 
     def commit(self, info: CommitInfo | None = None) -> None:
         """Apply every pending push and ``info`` (offsets, counters) atomically."""
         info = info or CommitInfo()
-        pending = self._pending
-        touched = {k: sorted(v) for k, v in pending.items()}
+        dirty = {k: v for k, v in self._views.items() if v.dirty.any()}
+        touched = {k: np.flatnonzero(v.dirty).tolist() for k, v in dirty.items()}
         written: Writes = {}
 
         def compute(read: Reader) -> Writes:
             written.clear()
             for key, ids in touched.items():
-                spec = self.spec(key)
+                view = dirty[key]
+                agg, dtype = view.spec.aggregator, view.spec.dtype
                 current = read(key, ids)
-                written[key] = {
-                    cid: combine(spec.aggregator, current[cid].astype(np.float64), pending[key][cid]).astype(spec.dtype)
-                    for cid in ids
-                }
+                written[key] = {cid: _apply(agg, current[cid], view.delta[view.chunk(cid)], dtype) for cid in ids}
             return written
 
         self.backend.transact(touched, compute, info)
-        self._pending = {}
-        self._cache = {k: dict(v) for k, v in written.items()}  # what we wrote is fresh; the rest re-read
+        for key, view in self._views.items():
+            # what we wrote is fresh; every other chunk is re-read, to see other workers' commits
+            view.loaded[:] = False
+            for cid, arr in written.get(key, {}).items():
+                view.values[view.chunk(cid)] = arr
+            if key in written:
+                view.loaded[touched[key]] = True
+                view.clear_delta()
 
     def discard(self) -> None:
-        """Drop pending pushes (a fenced batch) and the cache."""
-        self._pending = {}
-        self._cache = {}
+        """Drop pending pushes (a fenced batch) and everything read."""
+        self._views = {}
 
     def refresh(self) -> None:
-        """Forget cached global values so the next pull sees other workers' commits."""
-        self._cache = {}
+        """Forget what was read so the next pull sees other workers' commits."""
+        for view in self._views.values():
+            view.loaded[:] = False
 
-    def _current(self, spec: KeySpec, ids: list[int]) -> dict[int, np.ndarray]:
-        cache = self._cache.setdefault(spec.name, {})
-        missing = [i for i in ids if i not in cache]
-        if missing:
-            cache.update(self.backend.read(spec.name, missing))
-        pending = self._pending.get(spec.name, {})
-        return {
-            i: (combine(spec.aggregator, cache[i].astype(np.float64), pending[i]).astype(spec.dtype) if i in pending else cache[i])
-            for i in ids
-        }
-
-
-def _by_chunk(chunk_of: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(chunk id, positions of the rows in that chunk, in their original order) for every
-    chunk touched: one stable sort instead of one full mask per chunk (which was
-    quadratic for row-sparse keys touching thousands of chunks)."""
-    if len(chunk_of) == 0:
-        return []
-    order = np.argsort(chunk_of, kind="stable")
-    ids, starts = np.unique(chunk_of[order], return_index=True)
-    bounds = starts.tolist() + [len(order)]
-    return [(cid, order[bounds[i]:bounds[i + 1]]) for i, cid in enumerate(ids.tolist())]
+    def load(self, chunks: dict[str, dict[int, np.ndarray]]) -> None:
+        """Take ``chunks`` (a consistent read of the whole state) as what was read."""
+        self._views = {}
+        for key, by_id in chunks.items():
+            view = self._view(key)
+            for cid, arr in by_id.items():
+                view.values[view.chunk(cid)] = arr
+            view.loaded[list(by_id)] = True
 
 
 def _split(spec: KeySpec, arr: np.ndarray) -> dict[int, np.ndarray]:
@@ -237,4 +290,5 @@ def decode_chunk(spec: KeySpec, cid: int, data: bytes | None) -> np.ndarray:
     arr = np.frombuffer(data, dtype=np.dtype(spec.dtype).newbyteorder("<"))
     if arr.size != int(np.prod(shape, dtype=np.int64)):
         raise StateError(f"state key {spec.name!r} chunk {cid} has {arr.size} values, expected shape {shape}")
-    return arr.reshape(shape).astype(spec.dtype)
+    # a read-only view of the reply (no copy): every reader copies it into its own arrays
+    return arr.reshape(shape).astype(spec.dtype, copy=False)

@@ -174,5 +174,5 @@ class RedisState(BufferedState):
         """Fill the cache with one consistent cut of the whole state (for finalize) and
         return the offsets and counters of that cut."""
         chunks, offsets, counters = self.backend.read_consistent()
-        self._cache = chunks
+        self.load(chunks)
         return offsets, counters

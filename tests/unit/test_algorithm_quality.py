@@ -84,7 +84,7 @@ def test_linear_learner_sparse_pushes_only_touched_rows():
     first = next(D.batches(Xtr, ytr, 200))
     algo.update(state, first)
     touched = set((np.unique(first.X.indices) // 256).tolist())
-    assert set(state._pending["w"]) == touched  # only the chunks of the columns the batch used
+    assert set(state.pending_chunks("w")) == touched  # only the chunks of the columns the batch used
     state.commit()
     model = fit_local(algo, D.batches(Xtr, ytr, 1000, start=200), state=state)
     auc = model.score(D.to_batch(Xte, yte), "auc")
@@ -125,7 +125,7 @@ def test_factorization_machines_sparse_push_is_row_sparse():
     algo.initialize(state)
     state.commit()
     algo.update(state, D.to_batch(X, y))
-    assert set(state._pending["v"]) == set((np.unique(X.indices) // 256).tolist())
+    assert set(state.pending_chunks("v")) == set((np.unique(X.indices) // 256).tolist())
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def test_row_pushes_touch_only_their_chunks_and_duplicates_add_up():
     state = LocalState()
     state.initialize("e", np.zeros((100, 3)), chunk_rows=10)
     state.push("e", np.ones((3, 3)), rows=np.array([5, 5, 97]))
-    assert sorted(state._pending["e"]) == [0, 9]
+    assert state.pending_chunks("e") == [0, 9]
     state.commit()
     got = state.pull("e", rows=np.array([97, 5, 6]))
     np.testing.assert_array_equal(got[:, 0], [1.0, 2.0, 0.0])
@@ -61,3 +61,60 @@ def test_clear_errors():
     state.initialize("m", np.zeros((4, 2)))
     with pytest.raises(StateError, match="out of range"):
         state.push("m", np.zeros((1, 2)), rows=np.array([4]))
+
+
+_REFERENCE_OPS = {"sum": np.add, "min": np.minimum, "max": np.maximum}
+
+
+@pytest.mark.parametrize("agg", ["sum", "min", "max", "replace"])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_pushes_pulls_and_commits_match_a_plain_array(agg, seed):
+    """Two workers on one backend, random dense and row pushes (sorted, unsorted, with
+    duplicates), commits and refreshes: every pull equals a plain numpy model of
+    "global value combined with my pending pushes"."""
+    rng = np.random.default_rng(seed)
+    backend = MemoryBackend()
+    workers = [LocalState(backend), LocalState(backend)]
+    shape = (37, 3)
+    workers[0].initialize("k", np.zeros(shape), aggregator=agg, chunk_rows=int(rng.integers(1, 9)))
+    workers[0].commit()
+    glob = np.zeros(shape)
+    pending = [None, None]  # per worker: list of (rows or None, delta) in push order
+
+    def apply(base, pushes):
+        out = base.copy()
+        for rows, delta in pushes or []:
+            if rows is None:
+                rows, delta = np.arange(shape[0]), delta
+            for r, d in zip(rows, delta):
+                if agg == "replace":
+                    out[r] = np.where(np.isnan(d), out[r], d)
+                else:
+                    out[r] = _REFERENCE_OPS[agg](out[r], d)
+        return out
+
+    for _ in range(60):
+        i = int(rng.integers(2))
+        w = workers[i]
+        op = rng.random()
+        if op < 0.45:
+            if rng.random() < 0.3:
+                rows, delta = None, rng.normal(size=shape)
+                w.push("k", delta)
+            else:
+                rows = rng.integers(0, shape[0], int(rng.integers(1, 12)))
+                if rng.random() < 0.5:
+                    rows = np.unique(rows)
+                delta = rng.normal(size=(len(rows), shape[1]))
+                w.push("k", delta, rows=rows)
+            pending[i] = (pending[i] or []) + [(rows, delta)]
+        elif op < 0.65:
+            w.commit()
+            glob = apply(glob, pending[i])
+            pending[i] = None
+        else:
+            w.refresh()  # a pull after refresh sees every commit so far
+            expected = apply(glob, pending[i])
+            rows = rng.integers(0, shape[0], 5)
+            np.testing.assert_allclose(w.pull("k", rows=rows), expected[rows])
+            np.testing.assert_allclose(w.pull("k"), expected)
