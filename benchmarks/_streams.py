@@ -150,6 +150,100 @@ class JobRun:
     status: dict
 
 
+def _start_workers(ctx: Context, job: str, workers: int, env: dict | None) -> list[subprocess.Popen]:
+    full_env = {**ctx.worker_env(), **(env or {})}
+    logs = ctx.tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([sys.executable, "-m", "streamlearn", "worker", job], env=full_env,
+                             stdout=open(logs / f"{job}-{i}.log", "w"), stderr=subprocess.STDOUT)
+            for i in range(workers)]
+
+
+def _wait(ctx: Context, job: str, procs: list[subprocess.Popen], done, what: str) -> dict:
+    """Poll the job's status every 20 ms until ``done(status)``; fail on a dead worker or timeout."""
+    from streamlearn.jobs import job_status
+
+    client = ctx.settings.redis_client()
+    deadline = time.monotonic() + ctx.p["case_timeout_s"]
+    while True:
+        st = job_status(client, job)
+        if done(st):
+            return st
+        dead = [p for p in procs if p.poll() not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"worker exited with {dead[0].returncode}; see {ctx.tmp / 'logs' / job}-*.log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job}: {what} not reached after {ctx.p['case_timeout_s']} s "
+                               f"({st.get('records_applied')} records applied)")
+        time.sleep(0.02)
+
+
+def _stop(procs: list[subprocess.Popen], signal_first: bool) -> None:
+    for p in procs:
+        if signal_first and p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@dataclass
+class LiveRun:
+    job: str
+    workers: int
+    records: int
+    seconds: float  # first send -> a snapshot covering every record is stored
+    produce_seconds: float  # first send -> flush returned (producer and workers overlap)
+    snapshot_seconds: float  # last record applied -> snapshot stored
+    model: object
+
+
+def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers: int = 1) -> LiveRun:
+    """Producer and training at once, as a streaming deployment runs: an unbounded job
+    (``until=never``) whose workers have joined the group and own every partition before
+    the first record is sent. Timed from the first ``send_batch`` call until every record
+    is applied and a snapshot of that state is stored (``streamlearn snapshot``'s path).
+    Worker start-up is not in the figure (a live job's workers are already running); the
+    producer, broker, workers and Redis share the machine's cores throughout."""
+    from streamlearn.jobs import create_job, load_spec
+    from streamlearn.snapshots.finalize import publish
+    from streamlearn.snapshots.format import decode_snapshot, load_model
+    from streamlearn.snapshots.store import ModelStore
+    from streamlearn.statestore.keys import JobKeys
+    from streamlearn.streams.producer import Producer
+    from streamlearn.streams.topics import ensure_topic
+
+    s = ctx.settings
+    client = s.redis_client()
+    topic = ctx.name(f"{key}-live-w{workers}")
+    parts = ctx.p["partitions"]
+    ensure_topic(s.kafka_client_conf(), topic, partitions=parts)
+    job = ctx.name(f"{algorithm}-{key}-live-w{workers}")
+    create_job(client, s.kafka_client_conf(), job, algorithm, topic, params, until="never")
+    procs = _start_workers(ctx, job, workers, None)
+    try:
+        epochs = JobKeys(job).epochs
+        _wait(ctx, job, procs, lambda st: len(st.get("members", [])) >= workers and client.hlen(epochs) >= parts,
+              "every worker joined and every partition assigned")
+        time.sleep(1.0)  # let a last rebalance settle: no partition may be moving when the clock starts
+        n = X.shape[0]
+        t0 = time.perf_counter()
+        with Producer(s.kafka, s.kafka_conf) as p:
+            p.send_batch(topic, X, y, batch_size=ctx.p["message_rows"])
+        t_prod = time.perf_counter() - t0
+        _wait(ctx, job, procs, lambda st: st.get("records_applied", 0) >= n, "every record applied")
+        t_applied = time.perf_counter()
+        version = publish(s, client, load_spec(client, job), final=False)
+        dt = time.perf_counter() - t0
+    finally:
+        _stop(procs, signal_first=True)
+    model = load_model(decode_snapshot(ModelStore(client).get(job, version)))
+    return LiveRun(job, workers, n, dt, t_prod, t0 + dt - t_applied, model)
+
+
 def run_job(ctx: Context, prod: Produced, algorithm: str, params: dict, workers: int = 1,
             env: dict | None = None, tag: str = "") -> JobRun:
     """create_job (bounded: until the end offsets at creation), start ``workers``
@@ -162,34 +256,14 @@ def run_job(ctx: Context, prod: Produced, algorithm: str, params: dict, workers:
     s = ctx.settings
     client = s.redis_client()
     job = ctx.name(f"{algorithm}-{tag or prod.topic.split('-')[1]}-w{workers}")
-    full_env = {**ctx.worker_env(), **(env or {})}
-    logs = ctx.tmp / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     create_job(client, s.kafka_client_conf(), job, algorithm, prod.topic, params, until="end")
-    procs = [subprocess.Popen([sys.executable, "-m", "streamlearn", "worker", job], env=full_env,
-                              stdout=open(logs / f"{job}-{i}.log", "w"), stderr=subprocess.STDOUT)
-             for i in range(workers)]
+    procs = _start_workers(ctx, job, workers, env)
     try:
-        deadline = time.monotonic() + ctx.p["case_timeout_s"]
-        while True:
-            st = job_status(client, job)
-            if st.get("state") == "finished" and st.get("snapshot_version") is not None:
-                break
-            dead = [p for p in procs if p.poll() not in (None, 0)]
-            if dead:
-                raise RuntimeError(f"worker exited with {dead[0].returncode}; see {logs / job}-*.log")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job} not finished after {ctx.p['case_timeout_s']} s "
-                                   f"({st.get('records_applied')} records applied)")
-            time.sleep(0.05)
+        st = _wait(ctx, job, procs, lambda st: st.get("state") == "finished" and st.get("snapshot_version") is not None,
+                   "finished with its snapshot")
         dt = time.perf_counter() - t0
     finally:
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(procs, signal_first=False)
     model = load_model(decode_snapshot(ModelStore(client).get(job)))
     return JobRun(job, workers, dt, int(st.get("records_applied", 0)), model, st)

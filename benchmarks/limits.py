@@ -15,6 +15,13 @@ from benchmarks import _streams as st
 from benchmarks._core import Context, Row, fmt_bw, fmt_rate
 
 
+def _hiredis() -> bool:
+    """Whether redis-py parses replies with hiredis (C) here: the raw figures depend on it."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    return bool(HIREDIS_AVAILABLE)
+
+
 def dense_ingest(ctx: Context) -> dict:
     Xtr, ytr, _, _ = st.dense(ctx)
     return st.raw_consume(ctx, st.produce(ctx, "dense", Xtr, ytr))
@@ -79,7 +86,7 @@ def _data_for(ctx: Context, name: str):
 
 def case_redis(ctx: Context) -> list[Row]:
     r = redis_bandwidth(ctx)
-    note = f"{r['values']} values of {r['value_bytes'] >> 20} MiB, redis-py (no hiredis), pipelined, best of 5"
+    note = f"{r['values']} values of {r['value_bytes'] >> 20} MiB, redis-py ({'hiredis' if _hiredis() else 'no hiredis'}), pipelined, best of 5"
     return [Row("limits.redis[SET]", fmt_bw(r["set"]), "", None, "", "info", note),
             Row("limits.redis[GET]", fmt_bw(r["get"]), "", None, "", "info", note)]
 
