@@ -30,6 +30,12 @@ def ll_job(ctx: Context, workers: int = 1, env: dict | None = None) -> st.JobRun
                                                                  env=env, tag=tag))
 
 
+def ll_live(ctx: Context) -> st.LiveRun:
+    """The live pipeline run of the linear learner on the dense set (shared by the peers)."""
+    Xtr, ytr, _, _ = st.dense(ctx)
+    return ctx.memo("live:ll", lambda: st.run_live(ctx, "dense", Xtr, ytr, "linear_learner", ll_params(ctx)))
+
+
 def ll_local(ctx: Context) -> dict:
     """In-process fit_local on the same rows, the worker's update size (500 rows)."""
     def make():
@@ -65,7 +71,7 @@ def _live_row(name: str, live: st.LiveRun, lim: dict, target: float, what: str) 
 def case_linear_learner(ctx: Context) -> list[Row]:
     lim = dense_ingest(ctx)
     Xtr, ytr, _, _ = st.dense(ctx)
-    live = ctx.memo("live:ll", lambda: st.run_live(ctx, "dense", Xtr, ytr, "linear_learner", ll_params(ctx)))
+    live = ll_live(ctx)
     prod = st.produce(ctx, "dense", Xtr, ytr)
     job = ll_job(ctx, 1)
     e2e = prod.records / (prod.seconds + job.seconds)

@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks import _streams as st
 from benchmarks._core import Context, Row, check, fmt_rate, fmt_s
-from benchmarks.e2e import accuracy, ll_job, ll_local
+from benchmarks.e2e import accuracy, ll_live, ll_local
 
 KMEANS_BATCH = 10_000  # rows per micro-batch for every k-means (ours in-process, Spark, sklearn)
 
@@ -93,18 +93,18 @@ def case_spark_lr(ctx: Context) -> list[Row]:
     def run():
         sp = spark_lr(ctx)
         Xtr, ytr, _, _ = st.dense(ctx)
-        prod = st.produce(ctx, "dense", Xtr, ytr)
-        job = ll_job(ctx, 1)
+        live = ll_live(ctx)
         local = ll_local(ctx)
-        ours_e2e = prod.seconds + job.seconds
-        acc_e2e, acc_local = accuracy(ctx, job.model), accuracy(ctx, local["model"])
+        ours_e2e = live.seconds
+        acc_e2e, acc_local = accuracy(ctx, live.model), accuracy(ctx, local["model"])
         spark_note = f"Spark acc {sp['acc']:.4f} ({sp['iters']} L-BFGS iterations)"
         r1, r2 = sp["load_fit_s"] / ours_e2e, sp["fit_s"] / local["seconds"]
         ok1, ok2 = acc_e2e >= sp["acc"] - 0.003, acc_local >= sp["acc"] - 0.003
         return [
             Row("peers.spark_lr[e2e vs parquet]", fmt_s(ours_e2e), f"Spark {fmt_s(sp['load_fit_s'])}", r1,
                 ">= 8x, acc >= Spark-0.003", check(r1, 8.0, ok1),
-                f"ours: produce+Kafka+worker+snapshot, acc {acc_e2e:.4f}; Spark: read parquet+vectorize+cache+fit "
+                f"ours: live pipeline (first send -> snapshot stored, worker running), acc {acc_e2e:.4f}; "
+                f"Spark: read parquet+vectorize+cache+fit "
                 f"(load {fmt_s(sp['load_s'])}); {spark_note}; {len(Xtr):,}x{Xtr.shape[1]}"),
             Row("peers.spark_lr[in-process vs in-memory]", fmt_s(local["seconds"]), f"Spark {fmt_s(sp['fit_s'])}", r2,
                 ">= 8x, acc >= Spark-0.003", check(r2, 8.0, ok2),
@@ -149,16 +149,16 @@ def case_river_lr(ctx: Context) -> list[Row]:
         pred = [model.predict_one(x) for x in (dict(enumerate(r)) for r in Xte[:m].tolist())]
         acc = float(np.mean(np.array(pred) == (yte[:m] > 0.5)))
         local = ll_local(ctx)
-        job = ll_job(ctx, 1)
+        live = ll_live(ctx)
         Xtr_n = len(Xtr)
-        e2e_rate = Xtr_n / (st.produce(ctx, "dense", Xtr, ytr).seconds + job.seconds)
+        e2e_rate = live.records / live.seconds
         river_rate = n / dt
         return [
             Row("peers.river_lr[in-process]", fmt_rate(local["rate"]), fmt_rate(river_rate), local["rate"] / river_rate,
                 "", "info", f"River StandardScaler|LogisticRegression learn_one on {n:,} rows: acc {acc:.4f} "
                 f"(first {m:,} test rows) vs ours {accuracy(ctx, local['model']):.4f} (all {Xtr_n:,} rows)"),
             Row("peers.river_lr[e2e]", fmt_rate(e2e_rate), fmt_rate(river_rate), e2e_rate / river_rate, "", "info",
-                "ours through Kafka+Redis (e2e run) vs River in-process"),
+                "ours through Kafka+Redis (live e2e run) vs River in-process"),
         ]
     return _guard("peers.river_lr", run, module="river")
 
@@ -194,10 +194,8 @@ def case_kmeans(ctx: Context) -> list[Row]:
         return {"seconds": time.perf_counter() - t0, "sse": _sse(X, model.centers)}
 
     def ours_e2e():
-        prod = st.produce(ctx, "kmeans", X)
-        job = st.run_job(ctx, prod, "kmeans", {"n_features": d, "k": k}, 1)
-        return {"seconds": prod.seconds + job.seconds, "sse": _sse(X, job.model.centers), "job_s": job.seconds,
-                "produce_s": prod.seconds}
+        live = st.run_live(ctx, "kmeans", X, None, "kmeans", {"n_features": d, "k": k})
+        return {"seconds": live.seconds, "sse": _sse(X, live.model.centers)}
 
     def spark():
         from pyspark.mllib.clustering import StreamingKMeansModel
@@ -236,7 +234,7 @@ def case_kmeans(ctx: Context) -> list[Row]:
         else:
             results[name] = out[0]
     sp, sk = results.get("spark"), results.get("sklearn")
-    for name, label, what in (("ours_e2e", "e2e", "ours: produce+Kafka+worker+snapshot"),
+    for name, label, what in (("ours_e2e", "e2e", "ours: live pipeline (first send -> snapshot stored)"),
                               ("ours_local", "in-process", f"ours: fit_local, {KMEANS_BATCH}-row batches")):
         o = results.get(name)
         if o is None:
@@ -354,14 +352,13 @@ def case_fm(ctx: Context) -> list[Row]:
         local_model = fit_local(make_algorithm("factorization_machines", params), datasets.batches(Xn, yn, 500))
         local_s = time.perf_counter() - t0
         local_auc = local_model.score(test, "auc")
-        prod = st.produce(ctx, "sparse", Xn, yn)
-        job = st.run_job(ctx, prod, "factorization_machines", params, 1)
-        e2e_s = prod.seconds + job.seconds
-        e2e_auc = job.model.score(test, "auc")
+        live = st.run_live(ctx, "sparse", Xn, yn, "factorization_machines", params)
+        e2e_s = live.seconds
+        e2e_auc = live.model.score(test, "auc")
         desc = (f"sparse_classification 2^{int(np.log2(Xtr.n_features))} features, {n:,} training rows, "
                 f"k=8; AUC on {len(Xte):,} test rows: River {river_auc:.4f}")
         out = []
-        for label, secs, auc, what in (("e2e", e2e_s, e2e_auc, "ours: produce+Kafka+worker+snapshot"),
+        for label, secs, auc, what in (("e2e", e2e_s, e2e_auc, "ours: live pipeline (first send -> snapshot stored)"),
                                        ("in-process", local_s, local_auc, "ours: fit_local, 500-row batches")):
             rate = n / secs
             r = rate / river_rate

@@ -40,7 +40,10 @@ class TorchBackend(Backend):
     def asarray(self, a):
         if isinstance(a, torch.Tensor):
             return a
-        return torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.dev)
+        a = np.asarray(a, dtype=np.float64)
+        if not a.flags.writeable:  # a pull's read-only view: torch would share (and could write) it
+            a = a.copy()
+        return torch.as_tensor(a, device=self.dev)
 
     def _index(self, a):
         return torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.dev)

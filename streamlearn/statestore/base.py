@@ -92,6 +92,8 @@ class State(Protocol):
     ``push`` never overwrites: the delta is aggregated into the global value by the key's
     aggregator (sum by default) when the batch is committed together with its offsets.
     ``rows`` selects rows along the first axis, so sparse models touch only what a batch used.
+    A whole-key ``pull`` returns a read-only array (no copy of a large key); copy it to
+    modify it in place.
     """
 
     def initialize(self, key: str, value: "np.ndarray | float", aggregator: str = "sum", dtype: str = "float64",

@@ -34,17 +34,6 @@ def combine(aggregator: str, current: np.ndarray, delta: np.ndarray) -> np.ndarr
     return np.where(np.isnan(delta), current, delta)  # replace; NaN = "not replaced"
 
 
-def _apply(aggregator: str, current: np.ndarray, delta: np.ndarray, dtype: str) -> np.ndarray:
-    """``combine`` computed in float64 and stored as ``dtype``, adding in place where it
-    can: for a large key the copies, not the additions, are what a commit costs."""
-    cur = np.array(current, dtype=np.float64, copy=current.dtype != np.float64 or not current.flags.writeable)
-    if aggregator == "sum":
-        cur += delta
-    else:
-        cur = combine(aggregator, cur, delta)
-    return cur.astype(dtype, copy=False)
-
-
 @dataclass
 class CommitInfo:
     """What a commit records besides the state: the batch's offsets and counts.
@@ -107,6 +96,17 @@ class _KeyView:
                 self.values[self.chunk(cid)] = arr
             self.loaded[missing] = True
 
+    def apply(self, cid: int, current: np.ndarray) -> np.ndarray:
+        """Chunk ``cid`` of the global value ``current`` combined with the pending delta
+        (in float64, stored as the key's dtype), written into ``values``; returns that chunk."""
+        idx = self.chunk(cid)
+        out = self.values[idx] if self.spec.shape else self.values
+        if self.spec.aggregator == "sum":
+            np.add(current, self.delta[idx], out=out, dtype=np.float64, casting="same_kind")
+        else:
+            out[...] = combine(self.spec.aggregator, current.astype(np.float64), self.delta[idx])
+        return out
+
     def clear_delta(self) -> None:
         identity = _IDENTITY[self.spec.aggregator]
         ids = np.flatnonzero(self.dirty)
@@ -160,8 +160,8 @@ class BufferedState:
         if rows is None:
             view.load(self.backend, np.arange(spec.n_chunks))
             if not view.dirty.any():
-                return view.values.copy()
-            return combine(spec.aggregator, view.values, view.delta).astype(spec.dtype)
+                return _read_only(view.values)
+            return _read_only(combine(spec.aggregator, view.values, view.delta).astype(spec.dtype))
         rows = _check_rows(spec, rows)
         touched = np.zeros(spec.n_chunks, dtype=bool)
         touched[rows // spec.chunk_rows_] = True
@@ -225,20 +225,24 @@ class BufferedState:
         written: Writes = {}
 
         def compute(read: Reader) -> Writes:
+            # the new values go straight into this worker's copy of the key: no temporary
+            # arrays, and nothing to copy once the commit went through
             written.clear()
             for key, ids in touched.items():
                 view = dirty[key]
-                agg, dtype = view.spec.aggregator, view.spec.dtype
                 current = read(key, ids)
-                written[key] = {cid: _apply(agg, current[cid], view.delta[view.chunk(cid)], dtype) for cid in ids}
+                written[key] = {cid: view.apply(cid, current[cid]) for cid in ids}
             return written
 
-        self.backend.transact(touched, compute, info)
+        try:
+            self.backend.transact(touched, compute, info)
+        except BaseException:
+            for key, ids in touched.items():  # hold computed, not committed, values: re-read them
+                dirty[key].loaded[ids] = False
+            raise
         for key, view in self._views.items():
             # what we wrote is fresh; every other chunk is re-read, to see other workers' commits
             view.loaded[:] = False
-            for cid, arr in written.get(key, {}).items():
-                view.values[view.chunk(cid)] = arr
             if key in written:
                 view.loaded[touched[key]] = True
                 view.clear_delta()
@@ -262,6 +266,17 @@ class BufferedState:
             view.loaded[list(by_id)] = True
 
 
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """What ``pull`` returns: a read-only view. A whole-key pull hands out the worker's own
+    copy of the state without copying it again (80 MB for a 1e7-float key); writing into
+    it raises instead of silently changing what later pulls see."""
+    if np.ndim(arr) == 0:
+        return np.array(arr)  # a scalar key: copying is free
+    out = arr.view()
+    out.flags.writeable = False
+    return out
+
+
 def _split(spec: KeySpec, arr: np.ndarray) -> dict[int, np.ndarray]:
     if not spec.shape:
         return {0: np.asarray(arr).reshape(())}
@@ -278,9 +293,10 @@ def _check_rows(spec: KeySpec, rows) -> np.ndarray:
     return rows
 
 
-def encode_chunk(spec: KeySpec, arr: np.ndarray) -> bytes:
-    """Chunk bytes as stored: little-endian raw values of the key's dtype."""
-    return np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype).newbyteorder("<")).tobytes()
+def encode_chunk(spec: KeySpec, arr: np.ndarray) -> memoryview:
+    """Chunk bytes as stored: little-endian raw values of the key's dtype (a view of the
+    array's buffer, not a copy: the client sends it as it is)."""
+    return memoryview(np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype).newbyteorder("<"))).cast("B")
 
 
 def decode_chunk(spec: KeySpec, cid: int, data: bytes | None) -> np.ndarray:

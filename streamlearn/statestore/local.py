@@ -36,7 +36,8 @@ class MemoryBackend:
     def transact(self, touched: dict[str, list[int]], compute: Callable[[Reader], Writes], info: CommitInfo) -> None:
         with self._lock:
             for key, chunks in compute(self.read).items():
-                self._chunks[key].update(chunks)
+                # copies: the written arrays are the committing worker's own, and it goes on using them
+                self._chunks[key].update({i: np.array(c) for i, c in chunks.items()})
             self.offsets.update(info.offsets)
             self.records_applied += info.records_applied
             self.records_dead_lettered += info.records_dead_lettered
