@@ -71,7 +71,7 @@ class _KeyView:
     ``np.zeros``, whose pages the OS maps lazily, so an untouched part costs no memory.
     """
 
-    __slots__ = ("spec", "values", "loaded", "delta", "dirty")
+    __slots__ = ("spec", "values", "loaded", "delta", "dirty", "shared")
 
     def __init__(self, spec: KeySpec):
         self.spec = spec
@@ -80,6 +80,7 @@ class _KeyView:
         identity = _IDENTITY[spec.aggregator]
         self.delta = np.zeros(spec.shape) if identity == 0.0 else np.full(spec.shape, identity)
         self.dirty = np.zeros(spec.n_chunks, dtype=bool)
+        self.shared = False  # ``values`` was handed out by a pull: copy before writing into it
 
     def chunk(self, cid: int) -> slice | tuple:
         """Index of chunk ``cid`` in the whole arrays."""
@@ -92,6 +93,7 @@ class _KeyView:
         """Read the chunks among ``ids`` that are not loaded yet."""
         missing = ids[~self.loaded[ids]].tolist()
         if missing:
+            self._own()
             for cid, arr in backend.read(self.spec.name, missing).items():
                 self.values[self.chunk(cid)] = arr
             self.loaded[missing] = True
@@ -99,6 +101,7 @@ class _KeyView:
     def apply(self, cid: int, current: np.ndarray) -> np.ndarray:
         """Chunk ``cid`` of the global value ``current`` combined with the pending delta
         (in float64, stored as the key's dtype), written into ``values``; returns that chunk."""
+        self._own()
         idx = self.chunk(cid)
         out = self.values[idx] if self.spec.shape else self.values
         if self.spec.aggregator == "sum":
@@ -106,6 +109,17 @@ class _KeyView:
         else:
             out[...] = combine(self.spec.aggregator, current.astype(np.float64), self.delta[idx])
         return out
+
+    def hand_out(self) -> np.ndarray:
+        """``values`` as a read-only array for a caller to keep: later loads and commits
+        write into a copy, so what the caller holds never changes under it."""
+        self.shared = True
+        return _read_only(self.values)
+
+    def _own(self) -> None:
+        if self.shared:
+            self.values = self.values.copy()
+            self.shared = False
 
     def clear_delta(self) -> None:
         identity = _IDENTITY[self.spec.aggregator]
@@ -160,7 +174,7 @@ class BufferedState:
         if rows is None:
             view.load(self.backend, np.arange(spec.n_chunks))
             if not view.dirty.any():
-                return _read_only(view.values)
+                return view.hand_out()
             return _read_only(combine(spec.aggregator, view.values, view.delta).astype(spec.dtype))
         rows = _check_rows(spec, rows)
         touched = np.zeros(spec.n_chunks, dtype=bool)
@@ -261,15 +275,16 @@ class BufferedState:
         self._views = {}
         for key, by_id in chunks.items():
             view = self._view(key)
+            view._own()
             for cid, arr in by_id.items():
                 view.values[view.chunk(cid)] = arr
             view.loaded[list(by_id)] = True
 
 
 def _read_only(arr: np.ndarray) -> np.ndarray:
-    """What ``pull`` returns: a read-only view. A whole-key pull hands out the worker's own
-    copy of the state without copying it again (80 MB for a 1e7-float key); writing into
-    it raises instead of silently changing what later pulls see."""
+    """What a whole-key ``pull`` returns: a read-only view, so handing out the worker's copy
+    of a large key costs no copy (80 MB for 1e7 floats); writing into it raises instead of
+    silently changing what later pulls see."""
     if np.ndim(arr) == 0:
         return np.array(arr)  # a scalar key: copying is free
     out = arr.view()

@@ -118,3 +118,23 @@ def test_random_pushes_pulls_and_commits_match_a_plain_array(agg, seed):
             rows = rng.integers(0, shape[0], 5)
             np.testing.assert_allclose(w.pull("k", rows=rows), expected[rows])
             np.testing.assert_allclose(w.pull("k"), expected)
+
+
+def test_a_pulled_array_never_changes_under_its_holder():
+    """Whole-key pulls hand out the worker's own copy read-only (no copy); later commits and
+    re-reads must write into a new copy, not into what a caller (e.g. a model) holds."""
+    backend = MemoryBackend()
+    a, b = LocalState(backend), LocalState(backend)
+    a.initialize("w", np.zeros((6, 2)), chunk_rows=2)
+    a.commit()
+    held = a.pull("w")
+    with pytest.raises(ValueError):
+        held[0, 0] = 1.0
+    a.push("w", np.ones((6, 2)))
+    a.commit()  # writes the new values into a's copy of the key
+    b.push("w", np.ones((2, 2)), rows=np.array([0, 5]))
+    b.commit()
+    a.refresh()
+    now = a.pull("w")  # re-reads what b changed
+    assert held.sum() == 0.0
+    assert now.sum() == 12.0 + 4.0
