@@ -42,10 +42,10 @@ class Median(Algorithm):
         state.initialize("n", float(model.n))
 
     def update(self, state: State, batch: Batch) -> None:
-        x = batch.dense()[:, 0].astype(np.float64)
+        x = batch.dense()[:, 0]
         current = float(state.pull("median"))
         n = float(state.pull("n"))
-        inc = float(np.sum(np.where(x > current, 1.0, -1.0)))
+        inc = 2.0 * np.count_nonzero(x > current) - len(x)  # sum of sign(x - z), ties counted as -1
         state.push("n", float(len(x)))
         state.push("median", self.learning_rate * inc / np.sqrt(n + len(x)))
         if self.synchronized:

@@ -172,7 +172,11 @@ class BufferedState:
         view = self._view(key)
         spec = view.spec
         if rows is None:
-            view.load(self.backend, np.arange(spec.n_chunks))
+            if not view.loaded.all():
+                view.load(self.backend, np.flatnonzero(~view.loaded))
+            if not spec.shape:  # scalars (counters, step sizes) are pulled every step: keep it short
+                return np.array(combine(spec.aggregator, view.values, view.delta) if view.dirty[0] else view.values,
+                                dtype=spec.dtype)
             if not view.dirty.any():
                 return view.hand_out()
             return _read_only(combine(spec.aggregator, view.values, view.delta).astype(spec.dtype))
