@@ -99,19 +99,33 @@ def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = N
     return len(existing)
 
 
+#: what a topic created a moment ago may answer before its leaders are serving
+_NEW_TOPIC_ERRORS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                     KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION)
+
+
 def watermarks(conf, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
     """``{partition: (low, high)}`` watermarks of ``topic``; high = the next offset to be written."""
     parts = partitions(conf, topic, timeout)
     c = {k: v for k, v in _conf(conf).items() if k not in _CLIENT_ONLY}
     consumer = Consumer({**c, "group.id": f"streamlearn-offsets-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout
     try:
         out = {}
         for p in parts:
-            try:
-                out[p] = tuple(int(x) for x in consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                                              timeout=timeout, cached=False))
-            except KafkaException as exc:
-                raise TopicError(f"cannot read offsets of {topic}[{p}]: {exc}") from None
+            while True:
+                try:
+                    out[p] = tuple(int(x) for x in consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                                                  timeout=timeout, cached=False))
+                    break
+                except KafkaException as exc:
+                    # a just-created topic: metadata may name a leader the broker does not
+                    # act as yet (NOT_LEADER_FOR_PARTITION for a moment); retry those
+                    err = exc.args[0] if exc.args else None
+                    transient = isinstance(err, KafkaError) and (err.retriable() or err.code() in _NEW_TOPIC_ERRORS)
+                    if not transient or time.monotonic() > deadline:
+                        raise TopicError(f"cannot read offsets of {topic}[{p}]: {exc}") from None
+                    time.sleep(0.1)
         return out
     finally:
         consumer.close()
