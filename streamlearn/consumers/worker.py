@@ -42,6 +42,11 @@ class DeadLetterUnavailable(RuntimeError):
 _OUTAGES = (redis.ConnectionError, redis.TimeoutError, DeadLetterUnavailable, SnapshotPublishError, KafkaException)
 
 
+class _StopDuringOutage(Exception):
+    """Stop was asked for while Redis was unreachable: nothing in hand was committed, so
+    the worker just leaves (its records are consumed again from the stored offsets)."""
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """How a worker batches and talks to the group (a small policy object, not flags)."""
@@ -152,15 +157,22 @@ class Worker:
         try:
             while not self._stop.is_set():
                 try:
-                    if time.monotonic() >= next_control:
-                        status = self._control()
-                        next_control = time.monotonic() + self.config.control_interval_s
-                        if status == "finished":
-                            ensure_published(self.settings, self.client, self.spec.name)
-                            break
-                    self._step()
-                except _OUTAGES as exc:
-                    self._recover(exc)
+                    try:
+                        if time.monotonic() >= next_control:
+                            status = self._control()
+                            next_control = time.monotonic() + self.config.control_interval_s
+                            if status == "finished":
+                                ensure_published(self.settings, self.client, self.spec.name)
+                                break
+                        self._step()
+                    except _OUTAGES as exc:
+                        if self._stop.is_set():
+                            raise _StopDuringOutage(str(exc)) from exc
+                        self._recover(exc)
+                except _StopDuringOutage as exc:
+                    log.warning("%s: stopping during an outage (%s); nothing uncommitted is kept: the "
+                                "records in hand are consumed again from the stored offsets", self.member, exc)
+                    break
         finally:
             self._close()
         return status
@@ -185,7 +197,9 @@ class Worker:
             try:
                 return fn()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if time.monotonic() > deadline or self._stop.is_set():
+                if self._stop.is_set():
+                    raise _StopDuringOutage(str(exc)) from exc
+                if time.monotonic() > deadline:
                     raise
                 log.warning("%s: Redis unavailable during %s (%s); retrying", self.member, what, exc)
                 time.sleep(delay)
@@ -225,7 +239,11 @@ class Worker:
                     log.warning("%s: the broker did not answer the leave within %.0f s; exiting without it",
                                 self.member, self.config.close_timeout_s)
         finally:
-            self.state.backend.leave()
+            try:
+                self.state.backend.leave()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("%s: could not leave the job's members (%s); it drops out after its heartbeat "
+                            "timeout", self.member, exc)
             if self._dlq is not None:
                 self._dlq.flush(10)
 
