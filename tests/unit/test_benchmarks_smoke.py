@@ -11,7 +11,8 @@ from benchmarks.__main__ import main
 def test_select_groups_and_names():
     cases = benchmarks.all_cases()
     for must in ("limits.ingest", "limits.redis", "e2e.linear_learner", "e2e.median", "state.push_pull",
-                 "state.push_cost", "scaling.workers", "peers.spark_lr", "peers.kmeans", "peers.fm"):
+                 "state.push_cost", "scaling.workers", "peers.spark_lr", "peers.kmeans", "peers.fm",
+                 "quality.linear_learner_sparse"):
         assert must in cases
     assert benchmarks.select(["e2e"]) == ["e2e.linear_learner", "e2e.median"]
     assert benchmarks.select(["e2e.median", "e2e"]) == ["e2e.median", "e2e.linear_learner"]
