@@ -19,6 +19,8 @@ from streamlearn.statestore.base import KeySpec, StateError
 
 Reader = Callable[[str, list[int]], dict[int, np.ndarray]]
 Writes = dict[str, dict[int, np.ndarray]]
+#: a commit's computation: (read chunks under the lock, the touched keys' versions there) -> writes
+Compute = Callable[[Reader, dict[str, int]], Writes]
 
 _IDENTITY = {"sum": 0.0, "min": np.inf, "max": -np.inf, "replace": np.nan}
 
@@ -53,9 +55,12 @@ class StateBackend(Protocol):
 
     def declare(self, spec: KeySpec, chunks: dict[int, np.ndarray]) -> None: ...
 
-    def read(self, key: str, chunk_ids: list[int]) -> dict[int, np.ndarray]: ...
+    def read(self, key: str, chunk_ids: list[int]) -> tuple[int, dict[int, np.ndarray]]:
+        """The key's version (commits that wrote it) and those chunks, as of one instant."""
 
-    def transact(self, touched: dict[str, list[int]], compute: Callable[[Reader], Writes], info: CommitInfo) -> None: ...
+    def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
+        """Atomically: the touched keys' versions, ``compute``'s reads, its writes (each
+        written key's version + 1), ``info``; or nothing (conflict: compute again)."""
 
     def barrier(self) -> None: ...
 
@@ -71,12 +76,15 @@ class _KeyView:
     ``np.zeros``, whose pages the OS maps lazily, so an untouched part costs no memory.
     """
 
-    __slots__ = ("spec", "values", "loaded", "delta", "dirty", "shared")
+    __slots__ = ("spec", "values", "loaded", "version", "delta", "dirty", "shared")
 
     def __init__(self, spec: KeySpec):
         self.spec = spec
         self.values = np.empty(spec.shape, dtype=spec.dtype)
         self.loaded = np.zeros(spec.n_chunks, dtype=bool)
+        # the key's version each loaded chunk was read (or written) at; -1 = not known. A
+        # commit that finds the key still at that version need not read the chunk again.
+        self.version = np.full(spec.n_chunks, -1, dtype=np.int64)
         identity = _IDENTITY[spec.aggregator]
         self.delta = np.zeros(spec.shape) if identity == 0.0 else np.full(spec.shape, identity)
         self.dirty = np.zeros(spec.n_chunks, dtype=bool)
@@ -94,9 +102,11 @@ class _KeyView:
         missing = ids[~self.loaded[ids]].tolist()
         if missing:
             self._own()
-            for cid, arr in backend.read(self.spec.name, missing).items():
+            version, chunks = backend.read(self.spec.name, missing)
+            for cid, arr in chunks.items():
                 self.values[self.chunk(cid)] = arr
             self.loaded[missing] = True
+            self.version[missing] = version
 
     def apply(self, cid: int, current: np.ndarray) -> np.ndarray:
         """Chunk ``cid`` of the global value ``current`` combined with the pending delta
@@ -241,14 +251,24 @@ class BufferedState:
         dirty = {k: v for k, v in self._views.items() if v.dirty.any()}
         touched = {k: np.flatnonzero(v.dirty).tolist() for k, v in dirty.items()}
         written: Writes = {}
+        committed_versions: dict[str, int] = {}
 
-        def compute(read: Reader) -> Writes:
-            # the new values go straight into this worker's copy of the key: no temporary
-            # arrays, and nothing to copy once the commit went through
+        def compute(read: Reader, versions: dict[str, int]) -> Writes:
+            # Chunks this worker holds at the key's current version are current: they need
+            # not be read again (a lone writer reads nothing back). The new values go straight
+            # into this worker's copy of the key (no temporaries), so until the commit is known
+            # to have gone through those chunks count as unknown: a retry reads them.
             written.clear()
+            committed_versions.clear()
+            committed_versions.update(versions)
             for key, ids in touched.items():
                 view = dirty[key]
-                current = read(key, ids)
+                ids_a = np.asarray(ids, dtype=np.int64)
+                held = view.loaded[ids_a] & (view.version[ids_a] == versions[key])
+                current = read(key, ids_a[~held].tolist())
+                for cid in ids_a[held].tolist():
+                    current[cid] = view.values[view.chunk(cid)]
+                view.version[ids_a] = -1
                 written[key] = {cid: view.apply(cid, current[cid]) for cid in ids}
             return written
 
@@ -263,6 +283,7 @@ class BufferedState:
             view.loaded[:] = False
             if key in written:
                 view.loaded[touched[key]] = True
+                view.version[touched[key]] = committed_versions[key] + 1
                 view.clear_delta()
 
     def discard(self) -> None:

@@ -14,6 +14,7 @@ class JobKeys:
         self.spec = f"{base}:spec"  # JSON job spec
         self.status = f"{base}:status"  # running | paused | finished
         self.keyspecs = f"{base}:keys"  # hash: state key -> KeySpec JSON
+        self.versions = f"{base}:versions"  # hash: state key -> commits that wrote it
         self.offsets = f"{base}:offsets"  # hash: partition -> next offset (authoritative)
         self.epochs = f"{base}:epochs"  # hash: partition -> owner epoch (fencing)
         self.counters = f"{base}:counters"  # hash: records_applied, records_dead_lettered, ...
@@ -28,6 +29,6 @@ class JobKeys:
         return f"{self.base}:k:{key}"  # hash: chunk id -> little-endian bytes
 
     def all_keys(self, state_keys: list[str]) -> list[str]:
-        fixed = [self.spec, self.status, self.keyspecs, self.offsets, self.epochs, self.counters,
+        fixed = [self.spec, self.status, self.keyspecs, self.versions, self.offsets, self.epochs, self.counters,
                  self.rate, self.members, self.barrier_gen, self.finalize_lock, self.snapshot_lock]
         return fixed + [self.state(k) for k in state_keys]

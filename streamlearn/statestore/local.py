@@ -6,18 +6,17 @@ suite's fast checks. Jobs on Kafka always use :class:`~streamlearn.statestore.re
 from __future__ import annotations
 
 import threading
-from typing import Callable
-
 import numpy as np
 
 from streamlearn.statestore.base import KeySpec
-from streamlearn.statestore.buffered import BufferedState, CommitInfo, Reader, Writes
+from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute
 
 
 class MemoryBackend:
     def __init__(self) -> None:
         self._specs: dict[str, KeySpec] = {}
         self._chunks: dict[str, dict[int, np.ndarray]] = {}
+        self._versions: dict[str, int] = {}
         self.offsets: dict[int, int] = {}
         self.records_applied = 0
         self.records_dead_lettered = 0
@@ -30,14 +29,20 @@ class MemoryBackend:
         self._specs[spec.name] = spec
         self._chunks[spec.name] = {i: np.array(c, dtype=spec.dtype) for i, c in chunks.items()}
 
-    def read(self, key: str, chunk_ids: list[int]) -> dict[int, np.ndarray]:
+    def read(self, key: str, chunk_ids: list[int]) -> tuple[int, dict[int, np.ndarray]]:
+        with self._lock:
+            return self._versions.get(key, 0), self._read_chunks(key, chunk_ids)
+
+    def _read_chunks(self, key: str, chunk_ids: list[int]) -> dict[int, np.ndarray]:
         return {i: self._chunks[key][i].copy() for i in chunk_ids}
 
-    def transact(self, touched: dict[str, list[int]], compute: Callable[[Reader], Writes], info: CommitInfo) -> None:
+    def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
         with self._lock:
-            for key, chunks in compute(self.read).items():
+            versions = {key: self._versions.get(key, 0) for key in touched}
+            for key, chunks in compute(self._read_chunks, versions).items():
                 # copies: the written arrays are the committing worker's own, and it goes on using them
                 self._chunks[key].update({i: np.array(c) for i, c in chunks.items()})
+                self._versions[key] = self._versions.get(key, 0) + 1
             self.offsets.update(info.offsets)
             self.records_applied += info.records_applied
             self.records_dead_lettered += info.records_dead_lettered

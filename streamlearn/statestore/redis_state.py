@@ -7,18 +7,23 @@ counters. If any other writer changed a watched chunk, or a partition's epoch mo
 (the partition was reassigned), EXEC fails and the commit is retried or fenced. The
 outcome equals server-side aggregation: every delta is applied exactly once, to the
 newest value, atomically with the offsets of the records that produced it.
+
+Every commit also increments the written keys' versions (``sl:{job}:versions``) in the same
+MULTI. A worker that holds chunks read (or written) at a key's current version does not read
+them back at commit: a lone writer's commit only writes. Every worker of a job must therefore
+run code that bumps versions (true of every release so far; a writer that did not would make
+the others trust stale chunks).
 """
 from __future__ import annotations
 
 import json
 import time
-from typing import Callable
 
 import numpy as np
 import redis
 
 from streamlearn.statestore.base import FencedError, KeySpec, StateError
-from streamlearn.statestore.buffered import BufferedState, CommitInfo, Reader, Writes, decode_chunk, encode_chunk
+from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, decode_chunk, encode_chunk
 from streamlearn.statestore.keys import JobKeys
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
@@ -68,12 +73,21 @@ class RedisBackend:
         if self._specs is not None:
             self._specs[spec.name] = spec
 
-    def read(self, key: str, chunk_ids: list[int], client=None) -> dict[int, np.ndarray]:
+    def read(self, key: str, chunk_ids: list[int]) -> tuple[int, dict[int, np.ndarray]]:
+        pipe = self.client.pipeline(transaction=True)  # the version and the chunks of one instant
+        pipe.hget(self.keys.versions, key)
+        pipe.hmget(self.keys.state(key), chunk_ids)
+        version, values = pipe.execute()
+        return int(version or 0), self._decode(key, chunk_ids, values)
+
+    def _read_chunks(self, key: str, chunk_ids: list[int], client) -> dict[int, np.ndarray]:
+        return self._decode(key, chunk_ids, client.hmget(self.keys.state(key), chunk_ids) if chunk_ids else [])
+
+    def _decode(self, key: str, chunk_ids: list[int], values: list) -> dict[int, np.ndarray]:
         spec = self.specs()[key]
-        values = (client or self.client).hmget(self.keys.state(key), chunk_ids)
         return {cid: decode_chunk(spec, cid, v) for cid, v in zip(chunk_ids, values)}
 
-    def transact(self, touched: dict[str, list[int]], compute: Callable[[Reader], Writes], info: CommitInfo) -> None:
+    def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
         k = self.keys
         watched = [k.epochs] + [k.state(key) for key in touched]
         parts = sorted(info.fence)
@@ -96,11 +110,16 @@ class RedisBackend:
                         if all(o is not None and int(o) == info.offsets[p] for p, o in zip(mine, stored)):
                             pipe.unwatch()
                             return
-                    writes = compute(lambda key, ids: self.read(key, ids, pipe))
+                    # a key's version moves only together with its chunks (same MULTI), and the
+                    # chunks are watched: versions read here stay true until EXEC
+                    names = list(touched)
+                    versions = {n: int(v or 0) for n, v in zip(names, pipe.hmget(k.versions, names))} if names else {}
+                    writes = compute(lambda key, ids: self._read_chunks(key, ids, pipe), versions)
                     pipe.multi()
                     for key, chunks in writes.items():
                         spec = self.specs()[key]
                         pipe.hset(k.state(key), mapping={cid: encode_chunk(spec, c) for cid, c in chunks.items()})
+                        pipe.hincrby(k.versions, key, 1)
                     if info.offsets:
                         pipe.hset(k.offsets, mapping={str(p): o for p, o in info.offsets.items()})
                     if info.records_applied:

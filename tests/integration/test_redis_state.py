@@ -103,3 +103,43 @@ def test_barrier_waits_for_live_members_and_survives_a_leaver(stack, job):
     ta.join(5)
     tb.join(5)
     assert sorted(passed) == ["a", "b"]
+
+
+def test_a_commit_retried_after_a_conflict_applies_its_delta_once(stack, job):
+    """A worker holding a key at its current version skips reading it back. If its EXEC
+    fails because another watched key changed (here: a rival commits to ``u`` only, so
+    ``w``'s version does not move), the retry must read ``w`` again, not take the values
+    the failed attempt already added its delta to."""
+    client = stack.redis_client()
+    a = RedisState(client, job)
+    a.initialize("w", np.zeros((64, 2)), chunk_rows=8)
+    a.initialize("u", np.zeros(4))
+    a.pull("w")
+    a.pull("u")  # a holds every chunk of both at version 0
+    a.push("w", np.ones((64, 2)))
+    a.push("u", np.ones(4))
+    other = RedisState(stack.redis_client(), job)
+    backend = a.backend
+    calls = []
+    original = backend.transact
+
+    def transact_with_a_rival(touched, compute, info):
+        def compute_then_rival(read, versions):
+            writes = compute(read, versions)
+            calls.append(dict(versions))
+            if len(calls) == 1:  # the rival commits after a computed, before a's EXEC
+                other.push("u", np.full(4, 10.0))
+                other.commit()
+            return writes
+        original(touched, compute_then_rival, info)
+
+    backend.transact = transact_with_a_rival
+    a.commit()
+    assert len(calls) == 2  # EXEC failed once, then went through
+    assert calls[1]["w"] == calls[0]["w"] and calls[1]["u"] == calls[0]["u"] + 1
+    fresh = RedisState(stack.redis_client(), job)
+    np.testing.assert_array_equal(fresh.pull("w"), np.ones((64, 2)))
+    np.testing.assert_array_equal(fresh.pull("u"), np.full(4, 11.0))
+    a.push("w", np.ones((64, 2)))
+    a.commit()  # a's copy is current again (its own commit): nothing read back, still exact
+    np.testing.assert_array_equal(RedisState(stack.redis_client(), job).pull("w"), np.full((64, 2), 2.0))

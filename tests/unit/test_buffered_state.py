@@ -138,3 +138,41 @@ def test_a_pulled_array_never_changes_under_its_holder():
     now = a.pull("w")  # re-reads what b changed
     assert held.sum() == 0.0
     assert now.sum() == 12.0 + 4.0
+
+
+class _CountingBackend(MemoryBackend):
+    """The memory backend, counting the chunks a commit reads back under its lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commit_reads = 0
+
+    def transact(self, touched, compute, info):
+        def counted(read, versions):
+            def reading(key, ids):
+                self.commit_reads += len(ids)
+                return read(key, ids)
+            return compute(reading, versions)
+        super().transact(touched, counted, info)
+
+
+def test_a_lone_writer_reads_nothing_back_but_a_concurrent_commit_forces_a_read():
+    backend = _CountingBackend()
+    a, b = LocalState(backend), LocalState(backend)
+    a.initialize("w", np.zeros((8, 2)), chunk_rows=2)
+    a.commit()
+    a.pull("w")  # every chunk loaded at version 0
+    a.push("w", np.ones((8, 2)))
+    a.commit()
+    assert backend.commit_reads == 0  # held at the key's version: nothing read back
+    a.push("w", np.ones((2, 2)), rows=np.array([0, 7]))
+    a.commit()  # chunks 0 and 3 were written by a's last commit: still current
+    assert backend.commit_reads == 0
+    b.push("w", np.ones((1, 2)), rows=np.array([7]))
+    b.commit()  # b never loaded anything: it must read chunk 3
+    assert backend.commit_reads == 1
+    a.push("w", np.ones((1, 2)), rows=np.array([7]))
+    a.commit()  # b moved the key's version: a's copy of chunk 3 is stale and is read again
+    assert backend.commit_reads == 2
+    b.refresh()
+    np.testing.assert_array_equal(b.pull("w")[:, 0], [2, 1, 1, 1, 1, 1, 1, 4])
