@@ -279,12 +279,16 @@ class BufferedState:
                 dirty[key].loaded[ids] = False
             raise
         for key, view in self._views.items():
-            # what we wrote is fresh; every other chunk is re-read, to see other workers' commits
-            view.loaded[:] = False
-            if key in written:
-                view.loaded[touched[key]] = True
-                view.version[touched[key]] = committed_versions[key] + 1
-                view.clear_delta()
+            if key not in written:  # no version seen under the lock: re-read, to see other workers' commits
+                view.loaded[:] = False
+                continue
+            # current as of this commit: what we wrote, and what we hold at the version we
+            # committed on (only our write came after it); everything else is re-read
+            v = committed_versions[key]
+            view.loaded &= view.version == v
+            view.loaded[touched[key]] = True
+            view.version[view.loaded] = v + 1
+            view.clear_delta()
 
     def discard(self) -> None:
         """Drop pending pushes (a fenced batch) and everything read."""

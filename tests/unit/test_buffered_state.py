@@ -176,3 +176,19 @@ def test_a_lone_writer_reads_nothing_back_but_a_concurrent_commit_forces_a_read(
     assert backend.commit_reads == 2
     b.refresh()
     np.testing.assert_array_equal(b.pull("w")[:, 0], [2, 1, 1, 1, 1, 1, 1, 4])
+
+
+def test_after_a_commit_a_worker_keeps_only_what_is_current_as_of_that_commit():
+    backend = MemoryBackend()
+    a, b = LocalState(backend), LocalState(backend)
+    a.initialize("w", np.zeros((8, 1)), chunk_rows=2)
+    a.pull("w")  # all 4 chunks at version 0
+    a.push("w", np.ones((1, 1)), rows=np.array([0]))
+    a.commit()  # only a wrote since version 0: chunks 1-3 stay held, no re-read needed
+    assert a._views["w"].loaded.all()
+    b.push("w", np.full((1, 1), 5.0), rows=np.array([7]))
+    b.commit()  # chunk 3 changes behind a's back
+    a.push("w", np.ones((1, 1)), rows=np.array([0]))
+    a.commit()  # the key moved past what a held: a keeps only the chunk it wrote
+    assert a._views["w"].loaded.tolist() == [True, False, False, False]
+    np.testing.assert_array_equal(a.pull("w")[:, 0], [2, 0, 0, 0, 0, 0, 0, 5])  # no refresh needed
