@@ -78,17 +78,6 @@ def produce(ctx: Context, key: str, X, y=None) -> Produced:
     return ctx.memo(("topic", key), make)
 
 
-def _varint(b: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        x = b[pos]
-        pos += 1
-        result |= (x & 0x7F) << shift
-        if x < 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-
-
 def raw_consume(ctx: Context, prod: Produced) -> dict:
     """The ingest limit: one confluent-kafka consumer (the worker's fetch settings) reads
     the whole topic and turns every message's dense feature block into numpy
@@ -97,6 +86,7 @@ def raw_consume(ctx: Context, prod: Produced) -> dict:
     def make():
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+        from streamlearn.streams.decode import _long as avro_long
         from streamlearn.streams.serde import HEADER_LEN
         from streamlearn.streams.topics import watermarks
 
@@ -118,10 +108,10 @@ def raw_consume(ctx: Context, prod: Produced) -> dict:
                 if m.error():
                     continue
                 v = m.value()
-                n_rows, pos = _varint(v, HEADER_LEN)
-                d, pos = _varint(v, pos)
+                n_rows, pos = avro_long(v, HEADER_LEN)
+                d, pos = avro_long(v, pos)
                 pos += 1  # union branch of "dense"
-                length, pos = _varint(v, pos)
+                length, pos = avro_long(v, pos)
                 parts.append(np.frombuffer(v, dtype="<f4", count=n_rows * d, offset=pos).reshape(n_rows, d))
                 nbytes += len(v)
                 left -= 1

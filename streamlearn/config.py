@@ -135,20 +135,12 @@ class Settings:
         local = stack.running_settings(home, env=env)
         if local is None and autostart:
             local = stack.up(home)
-        if not kafka:
-            if local is None:
-                raise ConfigError(
-                    f"no Kafka configured: set {ENV_KAFKA} or run `streamlearn stack up`"
-                    + stack.stale_hint(home, env=env)
-                )
-            kafka = local.kafka
-        if not redis_url:
-            if local is None:
-                raise ConfigError(
-                    f"no Redis configured: set {ENV_REDIS} or run `streamlearn stack up`"
-                    + stack.stale_hint(home, env=env)
-                )
-            redis_url = local.redis
+        for what, var, given in (("Kafka", ENV_KAFKA, kafka), ("Redis", ENV_REDIS, redis_url)):
+            if not given and local is None:
+                raise ConfigError(f"no {what} configured: set {var} or run `streamlearn stack up`"
+                                  + stack.stale_hint(home, env=env))
+        kafka = kafka or local.kafka
+        redis_url = redis_url or local.redis
         merged = dict(local.kafka_conf) if local is not None and not env.get(ENV_KAFKA) else {}
         merged.update(kafka_conf)
         return cls(kafka=kafka, redis=redis_url, kafka_conf=merged,

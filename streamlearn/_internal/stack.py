@@ -851,44 +851,43 @@ def _require_state(h: Path) -> dict:
 def stop_kafka(home: Path | str | None = None, *, kill: bool = False,
                timeout: float = STOP_TIMEOUT_S) -> None:
     """Stop only the broker (SIGTERM, or SIGKILL with ``kill``: a crash); keeps port and data."""
-    h = _home(home)
-    with _flock(h / ".lock"):
-        state = _require_state(h)
-        _stop_pid(state["kafka"].get("pid"), KAFKA_MARKER, kill=kill, timeout=timeout)
+    _stop_service(home, "kafka", KAFKA_MARKER, kill, timeout)
 
 
 def start_kafka(home: Path | str | None = None, *, timeout: float = START_TIMEOUT_S) -> Settings:
     """(Re)start the broker of an existing stack on its old port with its old data."""
-    h = _home(home)
-    with _flock(h / ".lock"):
-        state = _require_state(h)
-        k = state["kafka"]
-        if not _alive(k.get("pid"), KAFKA_MARKER):
-            k["pid"] = _launch_kafka(h, k)
-            _write_state(h, state)
-            _wait_port_and(lambda d: _wait_kafka(k, k["pid"], d), timeout)
-        return _settings_from_state(state)
+    return _start_service(home, "kafka", KAFKA_MARKER, _launch_kafka, _wait_kafka, timeout)
 
 
 def stop_redis(home: Path | str | None = None, *, kill: bool = False,
                timeout: float = STOP_TIMEOUT_S) -> None:
     """Stop only Redis (SIGTERM, or SIGKILL with ``kill``); keeps port, config and data."""
-    h = _home(home)
-    with _flock(h / ".lock"):
-        state = _require_state(h)
-        _stop_pid(state["redis"].get("pid"), REDIS_MARKER, kill=kill, timeout=timeout)
+    _stop_service(home, "redis", REDIS_MARKER, kill, timeout)
 
 
 def start_redis(home: Path | str | None = None, *, timeout: float = START_TIMEOUT_S) -> Settings:
     """(Re)start Redis of an existing stack on its old port with its old data (AOF if on)."""
+    return _start_service(home, "redis", REDIS_MARKER, _launch_redis, _wait_redis, timeout)
+
+
+def _stop_service(home: Path | str | None, name: str, marker: str, kill: bool, timeout: float) -> None:
     h = _home(home)
     with _flock(h / ".lock"):
         state = _require_state(h)
-        r = state["redis"]
-        if not _alive(r.get("pid"), REDIS_MARKER):
-            r["pid"] = _launch_redis(h, r)
+        _stop_pid(state[name].get("pid"), marker, kill=kill, timeout=timeout)
+
+
+def _start_service(home: Path | str | None, name: str, marker: str, launch: Callable, wait: Callable,
+                   timeout: float) -> Settings:
+    """Launch service ``name`` of the stack in ``home`` on its recorded port unless it runs."""
+    h = _home(home)
+    with _flock(h / ".lock"):
+        state = _require_state(h)
+        svc = state[name]
+        if not _alive(svc.get("pid"), marker):
+            svc["pid"] = launch(h, svc)
             _write_state(h, state)
-            _wait_port_and(lambda d: _wait_redis(r, r["pid"], d), timeout)
+            _wait_port_and(lambda d: wait(svc, svc["pid"], d), timeout)
         return _settings_from_state(state)
 
 

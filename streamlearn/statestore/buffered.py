@@ -11,6 +11,7 @@ array logic lives here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Callable, Protocol
 
 import numpy as np
@@ -90,10 +91,11 @@ class _KeyView:
         self.dirty = np.zeros(spec.n_chunks, dtype=bool)
         self.shared = False  # ``values`` was handed out by a pull: copy before writing into it
 
-    def chunk(self, cid: int) -> slice | tuple:
-        """Index of chunk ``cid`` in the whole arrays."""
+    def chunk(self, cid: int) -> slice | EllipsisType:
+        """Index of chunk ``cid`` in the whole arrays (a scalar key's one chunk: ``...``,
+        which keeps a 0-d view where ``()`` would give a copy)."""
         if not self.spec.shape:
-            return ()
+            return ...
         c = self.spec.chunk_rows_
         return slice(cid * c, (cid + 1) * c)
 
@@ -113,7 +115,7 @@ class _KeyView:
         (in float64, stored as the key's dtype), written into ``values``; returns that chunk."""
         self._own()
         idx = self.chunk(cid)
-        out = self.values[idx] if self.spec.shape else self.values
+        out = self.values[idx]
         if self.spec.aggregator == "sum":
             np.add(current, self.delta[idx], out=out, dtype=np.float64, casting="same_kind")
         else:
@@ -236,10 +238,6 @@ class BufferedState:
         self.backend.barrier()
 
     # -- the commit point -----------------------------------------------------------------
-    @property
-    def has_pending(self) -> bool:
-        return any(v.dirty.any() for v in self._views.values())
-
     def pending_chunks(self, key: str) -> list[int]:
         """Chunk ids of ``key`` that the next commit will write (for tests and diagnostics)."""
         view = self._views.get(key)

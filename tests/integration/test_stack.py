@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
@@ -14,18 +13,6 @@ from streamlearn._internal import stack as st
 from streamlearn.config import ConfigError, Settings, kafka_env_conf, mask_url
 
 pytestmark = pytest.mark.integration
-
-
-def _port_free(port: int) -> bool:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -198,7 +185,7 @@ def test_down_stops_processes_and_frees_ports(make_stack):
     assert all(_pid_alive(p) for p in pids)
     assert ls.down() is True
     assert not any(_pid_alive(p) for p in pids)
-    assert all(_port_free(p) for p in ports)
+    assert all(st._port_free(p) for p in ports)
     assert not (ls.home / "state.json").exists()
     assert ls.status()["running"] is False
     assert st.running_settings(ls.home) is None

@@ -24,6 +24,7 @@ from streamlearn.config import ConfigError
 from streamlearn.jobs import JobError, check_name
 from streamlearn.streams import serde
 from streamlearn.streams.decode import decode_messages, rejection_headers
+from tests.avro_bytes import zigzag
 
 FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 D = 3
@@ -99,16 +100,6 @@ def test_dimensions_other_than_the_algorithms_are_rejected(d, want, n):
         assert res.batch.dense().shape[1] == want
 
 
-def _zz(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 @settings(max_examples=60, deadline=2000)
 @given(st.integers(2, 10**18), st.integers(1, 10**18), st.sampled_from(["dense", "sparse", "raw"]))
 def test_absurd_size_claims_are_rejected_before_allocation(n_rows, n_features, form):
@@ -120,8 +111,8 @@ def test_absurd_size_claims_are_rejected_before_allocation(n_rows, n_features, f
         value = serde.encode({"n_rows": n_rows, "n_features": n_features, "indptr": b"\x00" * 16,
                               "indices": b"", "values": b""}, "training_batch")
     else:  # a bytes field whose length varint claims n_rows bytes, with 3 bytes behind it
-        value = (serde.MAGIC + serde.schema_fingerprint("training_batch") + _zz(n_rows) + _zz(min(n_features, 2**62))
-                 + b"\x02" + _zz(n_rows) + b"abc")
+        value = (serde.MAGIC + serde.schema_fingerprint("training_batch") + zigzag(n_rows) + zigzag(min(n_features, 2**62))
+                 + b"\x02" + zigzag(n_rows) + b"abc")
     tracemalloc.start()
     try:
         res = decode([value], n_features=D, accepts_sparse=True)

@@ -13,6 +13,7 @@ from streamlearn.batch import SparseRows
 from streamlearn.streams import serde
 from streamlearn.streams.decode import decode_messages
 from streamlearn.streams.serde import SCHEMA_DIR, SchemaRegistry, encode_training_batch, encode_training_record
+from tests.avro_bytes import zigzag
 
 D = 4
 
@@ -220,20 +221,12 @@ def test_absurd_sizes_rejected_before_allocation(claim):
 
 def test_absurd_avro_lengths_in_raw_bytes():
     """Varints claiming 10**12-byte fields / 10**9-item arrays in a tiny message."""
-    def zz(n):
-        n = (n << 1) ^ (n >> 63)
-        out = bytearray()
-        while n & ~0x7F:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-        return bytes(out)
     hdr_b = b"\xc3\x01" + serde.schema_fingerprint("training_batch")
     hdr_r = b"\xc3\x01" + serde.schema_fingerprint("training_record")
-    values = [hdr_b + zz(10**9) + zz(D) + b"\x02" + zz(10**12) + b"abc",
-              hdr_b + zz(1) + zz(1) + b"\x00" * 6 + b"\x02" + zz(10**9) + b"\x00",
-              hdr_r + b"\x02" + zz(10**9) + b"\x00\x00\x00",
-              hdr_r + b"\x00\x02" + zz(-(10**9)) + zz(5) + b"\x00"]
+    values = [hdr_b + zigzag(10**9) + zigzag(D) + b"\x02" + zigzag(10**12) + b"abc",
+              hdr_b + zigzag(1) + zigzag(1) + b"\x00" * 6 + b"\x02" + zigzag(10**9) + b"\x00",
+              hdr_r + b"\x02" + zigzag(10**9) + b"\x00\x00\x00",
+              hdr_r + b"\x00\x02" + zigzag(-(10**9)) + zigzag(5) + b"\x00"]
     t = time.perf_counter()
     res = one(values, accepts_sparse=True)
     assert time.perf_counter() - t < 0.1
