@@ -29,17 +29,21 @@ class MemoryBackend:
         self._specs[spec.name] = spec
         self._chunks[spec.name] = {i: np.array(c, dtype=spec.dtype) for i, c in chunks.items()}
 
-    def read(self, key: str, chunk_ids: list[int]) -> tuple[int, dict[int, np.ndarray]]:
+    def read(self, key: str, dests: dict[int, np.ndarray]) -> int:
         with self._lock:
-            return self._versions.get(key, 0), self._read_chunks(key, chunk_ids)
+            self._fill(key, dests)
+            return self._versions.get(key, 0)
 
-    def _read_chunks(self, key: str, chunk_ids: list[int]) -> dict[int, np.ndarray]:
-        return {i: self._chunks[key][i].copy() for i in chunk_ids}
+    def _fill(self, key: str, dests: dict[int, np.ndarray], filled=None) -> None:
+        for i, dest in dests.items():
+            dest[...] = self._chunks[key][i]
+            if filled is not None:
+                filled(i)
 
     def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
         with self._lock:
             versions = {key: self._versions.get(key, 0) for key in touched}
-            for key, chunks in compute(self._read_chunks, versions).items():
+            for key, chunks in compute(self._fill, versions).items():
                 # copies: the written arrays are the committing worker's own, and it goes on using them
                 self._chunks[key].update({i: np.array(c) for i, c in chunks.items()})
                 self._versions[key] = self._versions.get(key, 0) + 1

@@ -25,6 +25,7 @@ import redis
 from streamlearn.statestore.base import FencedError, KeySpec, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, decode_chunk, encode_chunk
 from streamlearn.statestore.keys import JobKeys
+from streamlearn.statestore.resp_into import hmget_into, versioned_hmget_into
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
 MEMBER_TIMEOUT_MS = 10_000
@@ -73,19 +74,23 @@ class RedisBackend:
         if self._specs is not None:
             self._specs[spec.name] = spec
 
-    def read(self, key: str, chunk_ids: list[int]) -> tuple[int, dict[int, np.ndarray]]:
-        pipe = self.client.pipeline(transaction=True)  # the version and the chunks of one instant
-        pipe.hget(self.keys.versions, key)
-        pipe.hmget(self.keys.state(key), chunk_ids)
-        version, values = pipe.execute()
-        return int(version or 0), self._decode(key, chunk_ids, values)
+    def read(self, key: str, dests: dict[int, np.ndarray]) -> int:
+        ids = list(dests)  # the version and the chunks of one instant (MULTI)
+        version, bad = versioned_hmget_into(self.client, self.keys.versions, key, self.keys.state(key), ids,
+                                            [dests[i] for i in ids])
+        self._check_read(key, ids, bad)
+        return int(version or 0)
 
-    def _read_chunks(self, key: str, chunk_ids: list[int], client) -> dict[int, np.ndarray]:
-        return self._decode(key, chunk_ids, client.hmget(self.keys.state(key), chunk_ids) if chunk_ids else [])
+    def _read_into(self, conn, key: str, dests: dict[int, np.ndarray], filled) -> None:
+        if dests:
+            ids = list(dests)
+            bad = hmget_into(conn, self.keys.state(key), ids, [dests[i] for i in ids], lambda i: filled(ids[i]))
+            self._check_read(key, ids, bad)
 
-    def _decode(self, key: str, chunk_ids: list[int], values: list) -> dict[int, np.ndarray]:
-        spec = self.specs()[key]
-        return {cid: decode_chunk(spec, cid, v) for cid, v in zip(chunk_ids, values)}
+    def _check_read(self, key: str, ids: list[int], bad: list[int]) -> None:
+        if bad:
+            raise StateError(f"state key {key!r} chunk {ids[bad[0]]} is missing from the store or has the "
+                             f"wrong size ({len(bad)} chunk(s) unreadable)")
 
     def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
         k = self.keys
@@ -114,7 +119,7 @@ class RedisBackend:
                     # chunks are watched: versions read here stay true until EXEC
                     names = list(touched)
                     versions = {n: int(v or 0) for n, v in zip(names, pipe.hmget(k.versions, names))} if names else {}
-                    writes = compute(lambda key, ids: self._read_chunks(key, ids, pipe), versions)
+                    writes = compute(lambda key, dests, filled: self._read_into(pipe.connection, key, dests, filled), versions)
                     pipe.multi()
                     for key, chunks in writes.items():
                         spec = self.specs()[key]

@@ -143,3 +143,42 @@ def test_a_commit_retried_after_a_conflict_applies_its_delta_once(stack, job):
     a.push("w", np.ones((64, 2)))
     a.commit()  # a's copy is current again (its own commit): nothing read back, still exact
     np.testing.assert_array_equal(RedisState(stack.redis_client(), job).pull("w"), np.full((64, 2), 2.0))
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_cold_reads_and_commits_of_a_many_chunk_key_on_resp2_and_resp3(stack, job, protocol):
+    """Chunks are read straight from the socket into the worker's arrays (resp_into.py):
+    a cold pull and a commit that reads under WATCH give the stored values on both
+    protocols, for float64 and float32 keys of several chunks."""
+    client = stack.redis_client(protocol=protocol)
+    a = RedisState(client, job)
+    start = np.arange(300_000, dtype=np.float64).reshape(100_000, 3)
+    a.initialize("w", start, chunk_rows=4096)
+    a.initialize("f", start[:, 0], dtype="float32")
+    a.commit()
+    for _ in range(2):
+        other = RedisState(stack.redis_client(protocol=protocol), job)
+        other.push("w", np.ones_like(start))  # holds nothing: the commit reads every chunk
+        other.push("f", np.full(100_000, 0.5))
+        other.commit()
+    fresh = RedisState(client, job)
+    np.testing.assert_array_equal(fresh.pull("w"), start + 2)
+    np.testing.assert_array_equal(fresh.pull("f"), (start[:, 0] + 1).astype(np.float32))
+    assert fresh.pull("w", rows=np.array([0, 99_999])).tolist() == [[2, 3, 4], [299_999, 300_000, 300_001]]
+
+
+def test_a_missing_or_damaged_chunk_is_a_state_error_and_the_client_goes_on(stack, job):
+    client = stack.redis_client()
+    a = RedisState(client, job)
+    a.initialize("w", np.zeros((100, 2)), chunk_rows=10)
+    a.initialize("n", 5.0)
+    keys = JobKeys(job)
+    client.hdel(keys.state("w"), "3")
+    with pytest.raises(StateError, match="chunk 3 is missing"):
+        RedisState(client, job).pull("w")
+    client.hset(keys.state("w"), "3", b"\x00" * 7)
+    b = RedisState(client, job)
+    b.push("w", np.ones((100, 2)))
+    with pytest.raises(StateError, match="chunk 3 .*wrong size"):
+        b.commit()
+    assert float(RedisState(client, job).pull("n")) == 5.0  # the connection is still in step

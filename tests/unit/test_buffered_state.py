@@ -149,9 +149,9 @@ class _CountingBackend(MemoryBackend):
 
     def transact(self, touched, compute, info):
         def counted(read, versions):
-            def reading(key, ids):
-                self.commit_reads += len(ids)
-                return read(key, ids)
+            def reading(key, dests, filled):
+                self.commit_reads += len(dests)
+                return read(key, dests, filled)
             return compute(reading, versions)
         super().transact(touched, counted, info)
 
