@@ -21,6 +21,14 @@ def mix64(h: np.ndarray) -> np.ndarray:
     return h
 
 
+def group_sums(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """``out[g] = values[groups == g].sum(0)`` for a 2-D ``values``: one ``bincount`` over
+    (group, column) pairs, ~10x faster than ``np.add.at`` (k-means' per-slot sums)."""
+    n, d = values.shape
+    flat = (np.asarray(groups, dtype=np.int64)[:, None] * d + np.arange(d)).ravel()
+    return np.bincount(flat, weights=values.ravel(), minlength=n_groups * d).reshape(n_groups, d)
+
+
 def row_hash(batch: Batch, salt: int = 0) -> np.ndarray:
     """A 64-bit hash of every record's content (features and label), vectorized.
 

@@ -32,6 +32,12 @@ class Algorithm:
     accepts_sparse: ClassVar[bool] = False
     #: True when every training record must carry a label.
     needs_label: ClassVar[bool] = False
+    #: The most examples a worker hands to one ``update`` (it splits what it consumed into
+    #: steps of this size). SGD-style learners need many small steps; an algorithm whose
+    #: result does not depend on the step size (sums) or that decides per mini-batch
+    #: (k-means) sets more, because small steps are dominated by per-call overhead.
+    #: ``STREAMLEARN_WORKER_UPDATE_ROWS`` overrides it for every algorithm.
+    step_rows: ClassVar[int] = 500
 
     def initialize(self, state: State) -> None:
         raise NotImplementedError

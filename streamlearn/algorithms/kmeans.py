@@ -39,7 +39,7 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import backend_of, check_backend, feature_count, row_hash
+from streamlearn.algorithms._common import backend_of, check_backend, feature_count, group_sums, row_hash
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
@@ -54,6 +54,9 @@ class KMeans(Algorithm):
     name = "kmeans"
     accepts_sparse = False
     needs_label = False
+    #: openings and assignments are decided per mini-batch; at 500 rows a step was mostly
+    #: per-call overhead (update 0.61 s vs 0.29 s for 500k x 10 rows at 5,000)
+    step_rows = 5_000
 
     def __init__(self, n_features: int, k: int = 10, k_max: int = 0, summary_factor: int = 10, n_init: int = 50,
                  max_iter: int = 100, seed: int = 0, backend: str = "numpy", device: str = "cpu"):
@@ -165,8 +168,7 @@ class KMeans(Algorithm):
             target = slots_used[idx[rest]]
             wr, Xr = w[rest], X[rest]
             uniq, inv = np.unique(target, return_inverse=True)
-            agg = np.zeros((len(uniq), X.shape[1]))
-            np.add.at(agg, inv, wr[:, None] * Xr)
+            agg = group_sums(inv, wr[:, None] * Xr, len(uniq))
             state.push("sum_x", agg, rows=uniq)
             state.push("weight", np.bincount(inv, weights=wr, minlength=len(uniq)), rows=uniq)
             state.push("sumsq", np.bincount(inv, weights=wr * (Xr * Xr).sum(1), minlength=len(uniq)), rows=uniq)
@@ -177,8 +179,7 @@ class KMeans(Algorithm):
             seeds = X[open_mask]
             idx2, d2r = metrics.nearest(X[rest], seeds)
             wr, Xr = w[rest], X[rest]
-            agg = np.zeros((len(seeds), X.shape[1]))
-            np.add.at(agg, idx2, wr[:, None] * Xr)
+            agg = group_sums(idx2, wr[:, None] * Xr, len(seeds))
             state.push("sum_x", agg, rows=sl)
             state.push("weight", np.bincount(idx2, weights=wr, minlength=len(seeds)), rows=sl)
             state.push("sumsq", np.bincount(idx2, weights=wr * (Xr * Xr).sum(1), minlength=len(seeds)), rows=sl)
@@ -213,20 +214,27 @@ def _kmeanspp(X: np.ndarray, w: np.ndarray, m: int, rng: np.random.Generator) ->
     return chosen
 
 
+def _draw(rng: np.random.Generator, weights: np.ndarray, size: int) -> np.ndarray:
+    """``size`` indices drawn with probability proportional to ``weights`` (> 0 in total):
+    ``rng.choice(n, p=...)`` without its validation of ``p``, which was half the cost of
+    solving a summary (50 restarts x k draws)."""
+    c = np.cumsum(weights)
+    return np.minimum(np.searchsorted(c, rng.random(size) * c[-1], side="right"), len(c) - 1)
+
+
 def _greedy_kmeanspp(P: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy weighted k-means++ (as scikit-learn): each step draws ``2 + log k`` D^2
     candidates and keeps the one that lowers the weighted potential most."""
     n = len(P)
     trials = 2 + int(np.log(k))
-    chosen = [int(rng.choice(n, p=w / w.sum()))]
+    chosen = [int(_draw(rng, w, 1)[0])]
     d2 = ((P - P[chosen[0]]) ** 2).sum(1)
     for _ in range(1, k):
         p = w * d2
-        tot = p.sum()
-        if tot <= 0:
+        if not p.sum() > 0:
             chosen.append(int(rng.integers(n)))
             continue
-        cand = rng.choice(n, size=trials, p=p / tot)
+        cand = _draw(rng, p, trials)
         dc = np.minimum(d2[None, :], ((P[None, :, :] - P[cand][:, None, :]) ** 2).sum(2))
         best = int(np.argmin(dc @ w))
         chosen.append(int(cand[best]))
@@ -247,8 +255,7 @@ def weighted_kmeans(P: np.ndarray, w: np.ndarray, k: int, n_init: int, max_iter:
             idx, d2 = metrics.nearest(P, C)
             cost = float(w @ d2)
             tot = np.bincount(idx, weights=w, minlength=k)
-            sums = np.zeros_like(C)
-            np.add.at(sums, idx, w[:, None] * P)
+            sums = group_sums(idx, w[:, None] * P, k)
             nonempty = tot > 0
             C[nonempty] = sums[nonempty] / tot[nonempty, None]
             if prev - cost <= 1e-10 * max(cost, 1e-300):

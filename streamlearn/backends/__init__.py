@@ -153,9 +153,9 @@ class Backend:
     def nearest(self, X, centers) -> tuple[np.ndarray, np.ndarray]:
         """Host (idx, squared distance) of each row's nearest center (the k-means formula)."""
         xp = self.xp
-        d2 = (X * X).sum(1)[:, None] - 2.0 * X @ centers.T + (centers * centers).sum(1)[None, :]
+        d2 = -2.0 * (X @ centers.T) + (centers * centers).sum(1)[None, :]  # |x|^2 is added to the winners only
         idx = self._argmin1(d2)
-        best = xp.maximum(self._take_along1(d2, idx), 0.0)
+        best = xp.maximum(self._take_along1(d2, idx) + (X * X).sum(1), 0.0)
         return self.to_numpy(idx).astype(np.int64), self.to_numpy(best)
 
     def synchronize(self) -> None:

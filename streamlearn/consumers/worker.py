@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
 from streamlearn.jobs import JobSpec, load_spec
 from streamlearn.snapshots.finalize import ensure_published, maybe_finalize, periodic_snapshot
@@ -52,7 +53,7 @@ class WorkerConfig:
     """How a worker batches and talks to the group (a small policy object, not flags)."""
 
     max_messages: int = 500  # messages per consume call = per commit
-    update_rows: int = 500  # at most this many examples per update step (SGD needs steps, not one huge batch)
+    update_rows: int = 0  # examples per update step; 0 = the algorithm's own ``step_rows``
     poll_timeout_s: float = 0.2
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
@@ -64,6 +65,10 @@ class WorkerConfig:
     #: on a 2-core machine (benchmarks/README.md, scaling.workers).
     blas_threads: int = 1
     close_timeout_s: float = 10.0  # how long leaving the group may take on shutdown
+
+    def step_rows(self, algorithm: Algorithm) -> int:
+        """Examples per update step: ``update_rows`` if set, else the algorithm's own."""
+        return self.update_rows or algorithm.step_rows
 
     @classmethod
     def from_env(cls) -> "WorkerConfig":
@@ -184,11 +189,28 @@ class Worker:
         if self._paused:
             self._consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)  # serves rebalances
             return
-        msgs = self._consumer.consume(num_messages=self.config.max_messages, timeout=self.config.poll_timeout_s)
+        msgs = self._next_messages()
         if msgs:
             self._process(msgs)
         elif self.spec.until == "end":
             maybe_finalize(self.settings, self.client, self.spec, self.member)
+
+    def _next_messages(self) -> list:
+        """What has arrived, up to ``max_messages``, waiting only while nothing has.
+
+        librdkafka's ``consume(n, timeout)`` waits for ``n`` messages or the timeout; asking
+        for 500 while a producer is still sending held the first records back for the whole
+        timeout and then handed over one huge window at the end, so training did not overlap
+        producing. Taking what is queued (fetching goes on in the background while a window
+        is processed) makes the window as large as the backlog and no larger."""
+        n = self.config.max_messages
+        msgs = self._consumer.consume(num_messages=n, timeout=0)
+        if msgs:
+            return msgs
+        msgs = self._consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)
+        if msgs and n > 1:
+            msgs += self._consumer.consume(num_messages=n - 1, timeout=0)
+        return msgs
 
     def _retry(self, fn, what: str):
         """Call ``fn`` until Redis answers (an outage of up to ``outage_limit_s``)."""
@@ -319,7 +341,7 @@ class Worker:
         result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
                                  self.algorithm.accepts_sparse, self.algorithm.needs_label)
         dead = self._dead_letter(good, result.rejected)
-        for part in result.batch.slices(self.config.update_rows) if len(result.batch) else []:
+        for part in result.batch.slices(self.config.step_rows(self.algorithm)) if len(result.batch) else []:
             self.algorithm.update(self.state, part)
         info = CommitInfo(offsets=next_offsets, fence={p: self.fence[p] for p in next_offsets},
                           records_applied=len(result.batch), records_dead_lettered=dead)

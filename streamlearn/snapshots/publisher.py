@@ -43,9 +43,24 @@ def _admin_conf(conf: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in conf.items() if k in keep or k.startswith(("sasl.", "ssl."))}
 
 
+#: clusters (bootstrap servers) whose snapshot topic this process has checked: an admin
+#: client and a metadata request cost ~60 ms, as much as finalizing a k-means model, on
+#: every periodic snapshot. A failed produce forgets the cluster (checked again next time).
+_CHECKED: set[str] = set()
+
+
 def ensure_snapshot_topic(kafka_conf: dict[str, Any], partitions: int = 1, timeout: float = 30.0) -> None:
     """Create ``streamlearn.snapshots`` when missing; raise its ``max.message.bytes`` to
-    64 MiB when it exists with less (e.g. auto-created with broker defaults)."""
+    64 MiB when it exists with less (e.g. auto-created with broker defaults). Once per
+    process and cluster."""
+    cluster = str(kafka_conf.get("bootstrap.servers"))
+    if cluster in _CHECKED:
+        return
+    _check_snapshot_topic(kafka_conf, partitions, timeout)
+    _CHECKED.add(cluster)
+
+
+def _check_snapshot_topic(kafka_conf: dict[str, Any], partitions: int, timeout: float) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
@@ -143,14 +158,19 @@ def produce_snapshot(
     if metadata.get("algorithm") is not None:
         headers.append(("algorithm", str(metadata["algorithm"]).encode()))
     try:
-        producer.produce(SNAPSHOT_TOPIC, key=job.encode("utf-8"), value=data, headers=headers, on_delivery=on_delivery)
-        remaining = producer.flush(timeout)
-    except (KafkaException, BufferError) as exc:
-        raise SnapshotPublishError(f"cannot produce snapshot {job}@{version}: {exc}") from exc
-    if remaining or "err" not in outcome:
-        raise SnapshotPublishError(f"snapshot {job}@{version} not delivered within {timeout}s")
-    if outcome["err"] is not None:
-        raise SnapshotPublishError(f"snapshot {job}@{version} delivery failed: {outcome['err']}")
+        try:
+            producer.produce(SNAPSHOT_TOPIC, key=job.encode("utf-8"), value=data, headers=headers,
+                             on_delivery=on_delivery)
+            remaining = producer.flush(timeout)
+        except (KafkaException, BufferError) as exc:
+            raise SnapshotPublishError(f"cannot produce snapshot {job}@{version}: {exc}") from exc
+        if remaining or "err" not in outcome:
+            raise SnapshotPublishError(f"snapshot {job}@{version} not delivered within {timeout}s")
+        if outcome["err"] is not None:
+            raise SnapshotPublishError(f"snapshot {job}@{version} delivery failed: {outcome['err']}")
+    except SnapshotPublishError:
+        _CHECKED.discard(str(conf.get("bootstrap.servers")))
+        raise
     log.info(
         "published snapshot %s@%s (%d bytes) to %s[%d]@%d",
         job, version, len(data), SNAPSHOT_TOPIC, outcome["msg"].partition(), outcome["msg"].offset(),
