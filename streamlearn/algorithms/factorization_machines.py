@@ -86,7 +86,9 @@ class FactorizationMachines(Algorithm):
         state.initialize("g2_w0", 0.0)
         state.initialize("w", np.zeros(d), **kw)
         state.initialize("g2_w", np.zeros(d), **kw)
-        state.initialize("v", rng.normal(0.0, float(self.init_sigma), (d, k)), **kw)
+        # drawn in the key's dtype: float64 normals for a 2^20 x 8 key were 0.1 s per job
+        v = rng.standard_normal((d, k), dtype=np.dtype(kw["dtype"]).type) * np.dtype(kw["dtype"]).type(self.init_sigma)
+        state.initialize("v", v, **kw)
         state.initialize("g2_v", np.zeros((d, k)), **kw)
         state.initialize("n", 0.0)
         if self.predictor_type == "regressor":

@@ -39,7 +39,7 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import backend_of, check_backend, feature_count, group_sums, row_hash
+from streamlearn.algorithms._common import backend_of, check_backend, feature_count, group_sum, row_hash
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
@@ -168,7 +168,7 @@ class KMeans(Algorithm):
             target = slots_used[idx[rest]]
             wr, Xr = w[rest], X[rest]
             uniq, inv = np.unique(target, return_inverse=True)
-            agg = group_sums(inv, wr[:, None] * Xr, len(uniq))
+            agg = group_sum(inv, wr[:, None] * Xr, len(uniq))
             state.push("sum_x", agg, rows=uniq)
             state.push("weight", np.bincount(inv, weights=wr, minlength=len(uniq)), rows=uniq)
             state.push("sumsq", np.bincount(inv, weights=wr * (Xr * Xr).sum(1), minlength=len(uniq)), rows=uniq)
@@ -179,7 +179,7 @@ class KMeans(Algorithm):
             seeds = X[open_mask]
             idx2, d2r = metrics.nearest(X[rest], seeds)
             wr, Xr = w[rest], X[rest]
-            agg = group_sums(idx2, wr[:, None] * Xr, len(seeds))
+            agg = group_sum(idx2, wr[:, None] * Xr, len(seeds))
             state.push("sum_x", agg, rows=sl)
             state.push("weight", np.bincount(idx2, weights=wr, minlength=len(seeds)), rows=sl)
             state.push("sumsq", np.bincount(idx2, weights=wr * (Xr * Xr).sum(1), minlength=len(seeds)), rows=sl)
@@ -255,7 +255,7 @@ def weighted_kmeans(P: np.ndarray, w: np.ndarray, k: int, n_init: int, max_iter:
             idx, d2 = metrics.nearest(P, C)
             cost = float(w @ d2)
             tot = np.bincount(idx, weights=w, minlength=k)
-            sums = group_sums(idx, w[:, None] * P, k)
+            sums = group_sum(idx, w[:, None] * P, k)
             nonempty = tot > 0
             C[nonempty] = sums[nonempty] / tot[nonempty, None]
             if prev - cost <= 1e-10 * max(cost, 1e-300):

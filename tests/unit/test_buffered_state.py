@@ -192,3 +192,24 @@ def test_after_a_commit_a_worker_keeps_only_what_is_current_as_of_that_commit():
     a.commit()  # the key moved past what a held: a keeps only the chunk it wrote
     assert a._views["w"].loaded.tolist() == [True, False, False, False]
     np.testing.assert_array_equal(a.pull("w")[:, 0], [2, 0, 0, 0, 0, 0, 0, 5])  # no refresh needed
+
+
+@pytest.mark.parametrize("aggregator, start, pushes, expected", [
+    ("sum", 1.0, [2.0, 3.0], 6.0),
+    ("min", 5.0, [7.0, 4.0], 4.0),
+    ("max", 5.0, [3.0, 6.0], 6.0),
+    ("replace", 5.0, [3.0, 8.0], 8.0),
+])
+def test_a_commit_over_every_held_chunk_combines_the_whole_key_at_once(aggregator, start, pushes, expected):
+    """Every chunk dirty and held at the current version: one whole-array combine
+    (``_KeyView.apply_held``); the stored value and a second worker's view agree."""
+    backend = MemoryBackend()
+    a = LocalState(backend)
+    a.initialize("k", np.full((10, 3), start), aggregator=aggregator, chunk_rows=4)
+    a.commit()
+    a.pull("k")
+    for value in pushes:
+        a.push("k", np.full((10, 3), value))
+        a.commit()
+    np.testing.assert_array_equal(a.pull("k"), np.full((10, 3), expected))
+    np.testing.assert_array_equal(LocalState(backend).pull("k"), np.full((10, 3), expected))
