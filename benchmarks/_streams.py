@@ -86,6 +86,7 @@ def raw_consume(ctx: Context, prod: Produced) -> dict:
     def make():
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+        from streamlearn.consumers.worker import FETCH_CONF
         from streamlearn.streams.decode import _long as avro_long
         from streamlearn.streams.serde import HEADER_LEN
         from streamlearn.streams.topics import watermarks
@@ -94,8 +95,7 @@ def raw_consume(ctx: Context, prod: Produced) -> dict:
         marks = watermarks(s.kafka_client_conf(), prod.topic)
         c = Consumer(s.kafka_client_conf(**{
             "group.id": ctx.name("raw-" + prod.topic), "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 8 * 1024 * 1024}))
+            "auto.offset.reset": "earliest", **FETCH_CONF}))
         c.assign([TopicPartition(prod.topic, p, OFFSET_BEGINNING) for p in marks])
         remaining = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
         left = sum(hi - lo for lo, hi in marks.values())  # ask for no more than is left: no tail wait

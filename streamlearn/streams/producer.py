@@ -1,8 +1,10 @@
 """Producing training data: a small Python API around ``confluent_kafka.Producer``.
 
 Messages are Avro single-object encoded ``training_batch`` (many rows, the fast path) or
-``training_record`` (one example) values. Idempotence is on, compression is lz4 and
-messages linger briefly for throughput. Delivery errors are raised (at the next send or at
+``training_record`` (one example) values. Idempotence is on, compression is off (feature
+values are float32 bit patterns: lz4 kept 96 % of the bytes of the dense benchmark set,
+308 of 320 MB, and cost CPU in the producer and in every worker; pass
+``{"compression.type": "lz4"}`` for a slow link) and messages linger briefly for throughput. Delivery errors are raised (at the next send or at
 :meth:`Producer.flush`), never swallowed.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ MAX_MESSAGE_BYTES = 900_000
 DEFAULTS = {
     "enable.idempotence": True,
     "acks": "all",
-    "compression.type": "lz4",
+    "compression.type": "none",
     "linger.ms": 20,
     "batch.size": 1_000_000,
 }
