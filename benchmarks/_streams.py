@@ -248,7 +248,7 @@ def run_job(ctx: Context, prod: Produced, algorithm: str, params: dict, workers:
     """create_job (bounded: until the end offsets at creation), start ``workers``
     ``python -m streamlearn worker`` processes, wait until the job is finished and its
     final snapshot stored; load the model from the snapshot store."""
-    from streamlearn.jobs import create_job, job_status
+    from streamlearn.jobs import create_job
     from streamlearn.snapshots.format import decode_snapshot, load_model
     from streamlearn.snapshots.store import ModelStore
 

@@ -65,7 +65,7 @@ FETCH_CONF = {
 class WorkerConfig:
     """How a worker batches and talks to the group (a small policy object, not flags)."""
 
-    max_messages: int = 500  # messages per consume call = per commit
+    max_messages: int = 500  # at most this many messages per window (one commit each): what has arrived
     update_rows: int = 0  # examples per update step; 0 = the algorithm's own ``step_rows``
     poll_timeout_s: float = 0.2
     session_timeout_ms: int = 10_000

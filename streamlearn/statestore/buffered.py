@@ -121,10 +121,9 @@ class _KeyView:
         has made ``values`` its own)."""
         return {cid: self.values[self.chunk(cid)] for cid in ids}
 
-    def apply(self, cid: int) -> np.ndarray:
-        """Chunk ``cid`` of ``values`` (the current global value, just read or held) combined
-        in place with the pending delta (in float64, stored as the key's dtype)."""
-        idx = self.chunk(cid)
+    def _combine_at(self, idx: slice | EllipsisType) -> np.ndarray:
+        """``values[idx]`` (the current global value, just read or held) combined in place
+        with the pending delta (in float64, stored as the key's dtype); returns that view."""
         out = self.values[idx]
         if self.spec.aggregator == "sum":
             np.add(out, self.delta[idx], out=out, dtype=np.float64, casting="same_kind")
@@ -132,16 +131,17 @@ class _KeyView:
             out[...] = combine(self.spec.aggregator, out.astype(np.float64), self.delta[idx])
         return out
 
+    def apply(self, cid: int) -> np.ndarray:
+        """Chunk ``cid`` combined in place with the pending delta (see :meth:`_combine_at`)."""
+        return self._combine_at(self.chunk(cid))
+
     def apply_held(self, ids: np.ndarray) -> dict[int, np.ndarray]:
         """:meth:`apply` for chunks ``ids`` already current in ``values``; one whole-array
         operation when that is every chunk (a hashed sparse batch touches every chunk of a
         2^20-row key: 4,096 per-chunk calls per key and commit otherwise)."""
         if len(ids) < self.spec.n_chunks or not self.spec.shape:
             return {cid: self.apply(cid) for cid in ids.tolist()}
-        if self.spec.aggregator == "sum":
-            np.add(self.values, self.delta, out=self.values, dtype=np.float64, casting="same_kind")
-        else:
-            self.values[...] = combine(self.spec.aggregator, self.values.astype(np.float64), self.delta)
+        self._combine_at(...)
         return self.dests(ids.tolist())
 
     def hand_out(self) -> np.ndarray:
@@ -165,12 +165,12 @@ class _KeyView:
                 self.delta[self.chunk(cid)] = identity
         self.dirty[:] = False
 
-    def fresh_delta(self) -> np.ndarray:
-        """``delta`` with "no change" (the identity) wherever nothing is pending."""
+    def fresh_delta(self) -> None:
+        """Make ``delta`` hold "no change" (the identity) wherever nothing is pending, as a
+        row push needs (it adds into the rows it touches)."""
         if self.stale:
             self.delta.fill(_IDENTITY[self.spec.aggregator])
             self.stale = False
-        return self.delta
 
 
 class BufferedState:

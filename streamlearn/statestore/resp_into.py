@@ -30,7 +30,6 @@ class _Reply:
         reader = getattr(conn._parser, "_reader", None)
         if reader is not None and reader.has_data():  # pragma: no cover - redis-py never leaves replies unread here
             raise redis.ConnectionError("unread reply data on the connection")
-        self.conn = conn
         self.sock: socket.socket = conn._sock
         self.buf = bytearray()
         self.pos = 0
@@ -94,13 +93,18 @@ class _Reply:
             return None if n < 0 else [self.value() for _ in range(n)]
         raise redis.ConnectionError(f"unexpected reply type {kind!r}")
 
+    def header(self) -> bytes:
+        """The next reply's header line; an error reply raises :class:`redis.ResponseError`."""
+        head = self.line()
+        if head[:1] == b"-":
+            raise redis.ResponseError(head[1:].decode("utf-8", "replace"))
+        return head
+
     def array_into(self, dests: list[np.ndarray], filled: Callable[[int], object] | None = None) -> list[int]:
         """An array reply of bulk strings, element ``i`` into ``dests[i]`` (exact size), then
         ``filled(i)``. Returns the indices that were missing (nil) or had the wrong size
         (left unfilled, not passed to ``filled``)."""
-        head = self.line()
-        if head[:1] == b"-":
-            raise redis.ResponseError(head[1:].decode("utf-8", "replace"))
+        head = self.header()
         if head[:1] != b"*" or int(head[1:]) != len(dests):
             raise redis.ConnectionError(f"expected an array of {len(dests)}, got {head[:40]!r}")
         bad = []
@@ -161,9 +165,7 @@ def versioned_hmget_into(client: redis.Redis, versions_key: str, name: str, key:
             for reply in replies:
                 if isinstance(reply, redis.ResponseError):
                     raise reply
-            head = r.line()
-            if head[:1] == b"-":
-                raise redis.ResponseError(head[1:].decode("utf-8", "replace"))
+            head = r.header()
             if head != b"*2":
                 raise redis.ConnectionError(f"unexpected EXEC reply {head[:40]!r}")
             version = r.value()
