@@ -37,7 +37,7 @@ def ll_live(ctx: Context) -> st.LiveRun:
 
 
 def ll_local(ctx: Context) -> dict:
-    """In-process fit_local on the same rows, the worker's update size (500 rows)."""
+    """In-process fit_local on the same rows, in the worker's update steps (``step_rows``)."""
     def make():
         from streamlearn import datasets
         from streamlearn.algorithms import make_algorithm
@@ -46,9 +46,9 @@ def ll_local(ctx: Context) -> dict:
         Xtr, ytr, Xte, yte = st.dense(ctx)
         algo = make_algorithm("linear_learner", ll_params(ctx))
         t0 = time.perf_counter()
-        model = fit_local(algo, datasets.batches(Xtr, ytr, 500))
+        model = fit_local(algo, datasets.batches(Xtr, ytr, algo.step_rows))
         dt = time.perf_counter() - t0
-        return {"seconds": dt, "rate": len(Xtr) / dt, "model": model}
+        return {"seconds": dt, "rate": len(Xtr) / dt, "model": model, "steps": algo.step_rows}
     return ctx.memo("local:ll", make)
 
 
@@ -89,7 +89,8 @@ def case_linear_learner(ctx: Context) -> list[Row]:
             train / lim["rate"], "", "info", "create_job -> final snapshot stored, without the producer"),
         Row("e2e.linear_learner[fit_local]", fmt_rate(local["rate"]), f"ingest {fmt_rate(lim['rate'])}",
             local["rate"] / lim["rate"], "", "info",
-            f"same rows in-process (LocalState, 500-row steps), {fmt_s(local['seconds'])}: the algorithm's own cost"),
+            f"same rows in-process (LocalState, {local['steps']}-row steps), {fmt_s(local['seconds'])}: "
+            "the algorithm's own cost"),
     ]
 
 

@@ -71,6 +71,10 @@ class LinearLearner(Algorithm):
     name = "linear_learner"
     accepts_sparse = True
     needs_label = True
+    #: SageMaker's default mini_batch_size. A dense 100-feature, 32-model step is mostly
+    #: per-call overhead at 500 rows (fit_local 0.67 -> 0.77 M rows/s at 1,000, same
+    #: accuracy 0.7721 on the benchmark set); larger steps were slower (BLAS threads).
+    step_rows = 1_000
 
     def __init__(self, n_features: int, predictor_type: str = "binary_classifier", num_classes: int = 2,
                  loss: str = "auto", num_models: int = 32, learning_rate: tuple = (0.02, 2.0),

@@ -146,6 +146,11 @@ class Backend:
         """Sum per-stored-value ``values`` (nnz, ...) into (n_cols, ...) by column."""
         raise NotImplementedError
 
+    def row_sum(self, A: Csr, values):
+        """Sum per-stored-value ``values`` (nnz, ...) into (n_rows, ...) by row: ``spmm``
+        for products the caller has already formed (and reuses)."""
+        raise NotImplementedError
+
     def take(self, a, mask: np.ndarray):
         """``a[mask]`` for a host boolean ``mask`` over the first axis."""
         return a[self._index(np.flatnonzero(mask))]
@@ -189,12 +194,14 @@ class NumpyBackend(Backend):
 
     def spmm(self, A, B):
         # as _common.sparse_matmul (add.reduceat over each row's stored values)
-        out = np.zeros((A.n_rows,) + B.shape[1:], dtype=np.float64)
+        return self.row_sum(A, B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data))
+
+    def row_sum(self, A, values):
+        out = np.zeros((A.n_rows,) + values.shape[1:], dtype=np.float64)
         if len(A.cols) == 0:
             return out
-        contrib = B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data)
         nonempty = np.flatnonzero(np.diff(A.indptr) > 0)
-        out[nonempty] = np.add.reduceat(contrib, A.indptr[nonempty], axis=0)
+        out[nonempty] = np.add.reduceat(values, A.indptr[nonempty], axis=0)
         return out
 
     def group_sum(self, A, values):

@@ -64,13 +64,15 @@ class MXNetBackend(Backend):
         order = np.argsort(cols, kind="stable")
         gptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=int(n_cols)))]).astype(np.int64)
         out.G = self._sparse(np.ones(nnz), order.astype(np.int64), gptr, (int(n_cols), nnz))
+        # the "group by row" matrix (n_rows x nnz): row r sums the stored values of row r
+        out.R = self._sparse(np.ones(nnz), np.arange(nnz, dtype=np.int64), indptr, (n_rows, nnz))
         return out
 
     def csr_data(self, csr, data) -> Csr:
         indptr, cols, _ = csr.host
         data = np.asarray(data, dtype=np.float64)
         out = Csr(csr.n_rows, csr.n_cols, indptr, csr.cols, csr.rows, self.asarray(data))
-        out.host, out.G = (indptr, cols, data), csr.G
+        out.host, out.G, out.R = (indptr, cols, data), csr.G, csr.R
         out.A = self._sparse(data, cols, indptr, (csr.n_rows, csr.n_cols))
         return out
 
@@ -86,6 +88,9 @@ class MXNetBackend(Backend):
 
     def group_sum(self, A, values):
         return self._dot(A.G, values)
+
+    def row_sum(self, A, values):
+        return self._dot(A.R, values)
 
     def _argmin1(self, d2):
         return mnp.argmin(d2, axis=1)

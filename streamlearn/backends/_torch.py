@@ -61,11 +61,11 @@ class TorchBackend(Backend):
         return Csr(csr.n_rows, csr.n_cols, csr.indptr, csr.cols, csr.rows, self.asarray(data))
 
     def spmm(self, A, B):
-        out = torch.zeros((A.n_rows,) + tuple(B.shape[1:]), dtype=torch.float64, device=self.dev)
-        if A.cols.numel() == 0:
-            return out
-        contrib = B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data)
-        return out.index_add_(0, A.rows, contrib)
+        return self.row_sum(A, B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data))
+
+    def row_sum(self, A, values):
+        out = torch.zeros((A.n_rows,) + tuple(values.shape[1:]), dtype=torch.float64, device=self.dev)
+        return out.index_add_(0, A.rows, values) if A.cols.numel() else out
 
     def group_sum(self, A, values):
         out = torch.zeros((A.n_cols,) + tuple(values.shape[1:]), dtype=torch.float64, device=self.dev)

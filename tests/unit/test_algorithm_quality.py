@@ -125,7 +125,7 @@ def test_factorization_machines_sparse_push_is_row_sparse():
     algo.initialize(state)
     state.commit()
     algo.update(state, D.to_batch(X, y))
-    assert set(state.pending_chunks("v")) == set((np.unique(X.indices) // 256).tolist())
+    assert set(state.pending_chunks("wv")) == set((np.unique(X.indices) // 256).tolist())
 
 
 @pytest.fixture(scope="module")
