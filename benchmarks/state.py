@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from benchmarks._core import Context, Row, check, fmt_bw
-from benchmarks.limits import redis_bandwidth
+from benchmarks.limits import BEST_OF, redis_bandwidth
 
 
 def _state(ctx: Context, n: int, tag: str):
@@ -36,7 +36,7 @@ def _cleanup(client, job: str) -> None:
     client.delete(*k.all_keys(["x"]))
 
 
-def measure(ctx: Context, n: int, reps: int = 3) -> dict:
+def measure(ctx: Context, n: int, reps: int = BEST_OF) -> dict:
     """Best-of-``reps`` times of push+commit and of a cold pull for an ``n``-float key."""
     def make():
         client, job, state = _state(ctx, n, str(n))
