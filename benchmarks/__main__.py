@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print()
     print(format_table(rows))
-    failed = [r.case for r in rows if r.status in ("FAIL", "error")]
     print()
     print(f"{sum(r.status == 'pass' for r in rows)} passed, {sum(r.status == 'FAIL' for r in rows)} failed, "
           f"{sum(r.status == 'error' for r in rows)} errors, {sum(r.status == 'skip' for r in rows)} skipped "

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,6 +209,20 @@ class Context:
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def fit_ours(algorithm, batches):
+    """``fit_local`` with the BLAS thread count a worker runs with (``WorkerConfig.blas_threads``,
+    1): OpenBLAS' default (one thread per core) collapsed the dense linear learner's 1,000-row
+    steps from ~660k to ~230k rows/s whenever another process (the broker, Spark's JVM) was
+    busy on the other core. Peers keep their libraries' defaults."""
+    from threadpoolctl import threadpool_limits
+
+    from streamlearn.consumers.worker import WorkerConfig
+    from streamlearn.local_training import fit_local
+
+    with threadpool_limits(WorkerConfig.blas_threads, user_api="blas"):
+        return fit_local(algorithm, batches)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from benchmarks import _streams as st
-from benchmarks._core import Context, Row, check, fmt_rate, fmt_s
+from benchmarks._core import Context, Row, check, fit_ours, fmt_rate, fmt_s
 from benchmarks.limits import dense_ingest, median_ingest
 
 
@@ -41,12 +41,11 @@ def ll_local(ctx: Context) -> dict:
     def make():
         from streamlearn import datasets
         from streamlearn.algorithms import make_algorithm
-        from streamlearn.local_training import fit_local
 
         Xtr, ytr, Xte, yte = st.dense(ctx)
         algo = make_algorithm("linear_learner", ll_params(ctx))
         t0 = time.perf_counter()
-        model = fit_local(algo, datasets.batches(Xtr, ytr, algo.step_rows))
+        model = fit_ours(algo, datasets.batches(Xtr, ytr, algo.step_rows))
         dt = time.perf_counter() - t0
         return {"seconds": dt, "rate": len(Xtr) / dt, "model": model, "steps": algo.step_rows}
     return ctx.memo("local:ll", make)

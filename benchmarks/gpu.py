@@ -59,9 +59,6 @@ class _Timed:
     def csr(self, *a):
         return self._timed("h2d", self._bk.csr, *a)
 
-    def csr_data(self, *a):
-        return self._timed("h2d", self._bk.csr_data, *a)
-
     def to_numpy(self, a):
         return self._timed("d2h", self._bk.to_numpy, a)
 

@@ -25,7 +25,7 @@ import traceback
 import numpy as np
 
 from benchmarks import _streams as st
-from benchmarks._core import Context, Row, check, fmt_rate, fmt_s
+from benchmarks._core import Context, Row, check, fit_ours, fmt_rate, fmt_s
 from benchmarks.e2e import accuracy, ll_live, ll_local
 
 KMEANS_BATCH = 10_000  # rows per micro-batch for every k-means (ours in-process, Spark, sklearn)
@@ -186,11 +186,10 @@ def case_kmeans(ctx: Context) -> list[Row]:
     def ours_local():
         from streamlearn import datasets
         from streamlearn.algorithms import make_algorithm
-        from streamlearn.local_training import fit_local
 
         algo = make_algorithm("kmeans", {"n_features": d, "k": k})
         t0 = time.perf_counter()
-        model = fit_local(algo, datasets.batches(X, None, KMEANS_BATCH))
+        model = fit_ours(algo, datasets.batches(X, None, KMEANS_BATCH))
         return {"seconds": time.perf_counter() - t0, "sse": _sse(X, model.centers)}
 
     def ours_e2e():
@@ -280,11 +279,10 @@ def case_pca(ctx: Context) -> list[Row]:
 
     def ours():
         from streamlearn.algorithms import make_algorithm
-        from streamlearn.local_training import fit_local
 
         algo = make_algorithm("pca", {"n_features": d, "n_components": r})
         t0 = time.perf_counter()
-        model = fit_local(algo, datasets.batches(X, None, 10_000))
+        model = fit_ours(algo, datasets.batches(X, None, 10_000))
         dt = time.perf_counter() - t0
         comps = getattr(model, "components", None)
         if comps is None:
@@ -323,7 +321,6 @@ def case_fm(ctx: Context) -> list[Row]:
         from streamlearn import datasets
         from streamlearn.algorithms import _metrics, make_algorithm
         from streamlearn.batch import Batch
-        from streamlearn.local_training import fit_local
 
         Xtr, ytr, Xte, yte = st.sparse(ctx)
         n = min(ctx.p["river_rows"], len(Xtr))
@@ -343,7 +340,7 @@ def case_fm(ctx: Context) -> list[Row]:
         # every later cyclic garbage collection walk millions of objects (in-process FM was
         # 40k rows/s measured after River, 60k before)
         t0 = time.perf_counter()
-        local_model = fit_local(make_algorithm("factorization_machines", params), datasets.batches(Xn, yn, 500))
+        local_model = fit_ours(make_algorithm("factorization_machines", params), datasets.batches(Xn, yn, 500))
         local_s = time.perf_counter() - t0
         local_auc = local_model.score(test, "auc")
         live = st.run_live(ctx, "sparse", Xn, yn, "factorization_machines", params)

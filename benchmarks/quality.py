@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._core import Context, Row, check, fmt_rate, fmt_s
+from benchmarks._core import Context, Row, check, fit_ours, fmt_rate, fmt_s
 
 
 def case_linear_learner_sparse(ctx: Context) -> list[Row]:
@@ -19,7 +19,6 @@ def case_linear_learner_sparse(ctx: Context) -> list[Row]:
     from streamlearn import datasets
     from streamlearn.algorithms import _metrics
     from streamlearn.algorithms.linear_learner import LinearLearner
-    from streamlearn.local_training import fit_local
 
     n, d = ctx.p["quality_sparse_rows"], ctx.p["sparse_features"]
     ctx.log(f"generating sparse_classification({n}, {d})")
@@ -34,7 +33,7 @@ def case_linear_learner_sparse(ctx: Context) -> list[Row]:
     sk_s = time.perf_counter() - t0
     acc_sk, ll_sk = _metrics.accuracy(yte, p > 0.5), _metrics.log_loss(yte, p)
     t0 = time.perf_counter()
-    model = fit_local(LinearLearner(n_features=d), datasets.batches(Xtr, ytr, 1000))
+    model = fit_ours(LinearLearner(n_features=d), datasets.batches(Xtr, ytr, 1000))
     ours_s = time.perf_counter() - t0
     test = datasets.to_batch(Xte, yte)
     acc, ll = model.score(test, "accuracy"), model.score(test, "log_loss")

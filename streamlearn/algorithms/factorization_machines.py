@@ -167,8 +167,8 @@ class FactorizationMachines(Algorithm):
         attrs = {"predictor_type": self.predictor_type, "n_features": int(self.n_features),
                  "num_factors": int(self.num_factors), "label_mean": mu, "label_std": sd,
                  "examples_seen": float(state.pull("n"))}
-        wv = state.pull("wv")
-        return FMModel(float(state.pull("b")[0]), wv[:, 0], wv[:, 1:self._width()], attrs)
+        wv = state.pull("wv")  # copies of the columns: the model need not keep the accumulators alive
+        return FMModel(float(state.pull("b")[0]), wv[:, 0].copy(), wv[:, 1:self._width()].copy(), attrs)
 
 
 def _forward_on(bk, A, w0: float, xv):

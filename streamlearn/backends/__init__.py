@@ -13,9 +13,9 @@ numpy backend ``xp`` *is* the ``numpy`` module and ``asarray``/``to_numpy`` retu
 argument unchanged, so the default path costs nothing over plain numpy code.
 
 Sparse batches go through a prepared :class:`Csr` operand (``backend.csr(...)``), whose
-products (``spmm``: ``A @ B``; ``group_sum``: sum per-value rows by column) are the only
-scatter/gather operations the algorithms need: numpy uses ``add.reduceat``, torch
-``index_add_``, mxnet its CSR ``dot``.
+products (``spmm``: ``A @ B``; ``group_sum``: sum per-value rows by column; ``row_sum``: by
+row) are the only scatter/gather operations the algorithms need: numpy uses ``add.reduceat``
+and ``bincount``, torch ``index_add_``, mxnet its CSR ``dot``.
 
 Engines are imported lazily: ``get_backend("numpy")`` never imports torch or mxnet.
 :func:`validate` is what ``check_params`` calls, so an unknown engine, one that is not
@@ -134,10 +134,6 @@ class Backend:
     def csr(self, indptr: np.ndarray, cols: np.ndarray, data: np.ndarray, n_cols: int) -> Csr:
         raise NotImplementedError
 
-    def csr_data(self, csr: Csr, data: np.ndarray) -> Csr:
-        """The same pattern with other values (e.g. squared)."""
-        raise NotImplementedError
-
     def spmm(self, A: Csr, B):
         """``A @ B`` for a dense ``B`` of shape (n_cols,) or (n_cols, m)."""
         raise NotImplementedError
@@ -188,9 +184,6 @@ class NumpyBackend(Backend):
         return Csr(len(indptr) - 1, int(n_cols), indptr, cols,
                    np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr)),
                    np.asarray(data).astype(np.float64))
-
-    def csr_data(self, csr, data) -> Csr:
-        return Csr(csr.n_rows, csr.n_cols, csr.indptr, csr.cols, csr.rows, np.asarray(data).astype(np.float64))
 
     def spmm(self, A, B):
         # as _common.sparse_matmul (add.reduceat over each row's stored values)

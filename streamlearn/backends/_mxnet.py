@@ -58,7 +58,6 @@ class MXNetBackend(Backend):
         rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr))
         data = np.asarray(data, dtype=np.float64)
         out = Csr(n_rows, int(n_cols), indptr, self._index(cols), self._index(rows), self.asarray(data))
-        out.host = (indptr, cols, data)
         out.A = self._sparse(data, cols, indptr, (n_rows, int(n_cols)))
         # the "group by column" matrix (n_cols x nnz): row j sums the stored values of column j
         order = np.argsort(cols, kind="stable")
@@ -66,14 +65,6 @@ class MXNetBackend(Backend):
         out.G = self._sparse(np.ones(nnz), order.astype(np.int64), gptr, (int(n_cols), nnz))
         # the "group by row" matrix (n_rows x nnz): row r sums the stored values of row r
         out.R = self._sparse(np.ones(nnz), np.arange(nnz, dtype=np.int64), indptr, (n_rows, nnz))
-        return out
-
-    def csr_data(self, csr, data) -> Csr:
-        indptr, cols, _ = csr.host
-        data = np.asarray(data, dtype=np.float64)
-        out = Csr(csr.n_rows, csr.n_cols, indptr, csr.cols, csr.rows, self.asarray(data))
-        out.host, out.G, out.R = (indptr, cols, data), csr.G, csr.R
-        out.A = self._sparse(data, cols, indptr, (csr.n_rows, csr.n_cols))
         return out
 
     @staticmethod

@@ -57,9 +57,6 @@ class TorchBackend(Backend):
         rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
         return Csr(len(indptr) - 1, int(n_cols), indptr, self._index(cols), self._index(rows), self.asarray(data))
 
-    def csr_data(self, csr, data) -> Csr:
-        return Csr(csr.n_rows, csr.n_cols, csr.indptr, csr.cols, csr.rows, self.asarray(data))
-
     def spmm(self, A, B):
         return self.row_sum(A, B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data))
 

@@ -187,6 +187,8 @@ def test_numpy_backend_sparse_ops_match_definitions():
     np.testing.assert_allclose(bk.spmm(A, B[:, 0]), dense @ B[:, 0])
     R = rng.normal(size=(3, 2))
     np.testing.assert_allclose(bk.group_sum(A, A.data[:, None] * R[A.rows]), dense.T @ R)
+    V = rng.normal(size=(5, 2))  # one row per stored value
+    np.testing.assert_allclose(bk.row_sum(A, V), [V[0] + V[1], [0.0, 0.0], V[2] + V[3] + V[4]])
 
 
 @pytest.mark.parametrize("name", ["ll_dense", "ll_sparse", "fm", "kmeans"])
