@@ -254,7 +254,8 @@ class LinearLearner(Algorithm):
                 ba = b - dev(state.pull("u_b")) / Asq
             else:
                 Wa, ba = W, b
-            Zh = bk.to_numpy(bk.take(matmul(Wa) + ba, h))
+            # dense: only the holdout rows (5 % by default) go through the product
+            Zh = bk.to_numpy(bk.take(matmul(Wa), h) + ba if sparse else bk.take(X, h) @ Wa + ba)
             a, c = self._val_metrics(Zh, y[h], t[h], y_mu, y_sd)
             wv = ho_w[h] * (tau + 1.0)  # later evaluations weigh more: they describe the final model better
             state.push("val", np.stack([np.full(M, wv.sum()), wv @ a, wv @ c]))
