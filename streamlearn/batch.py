@@ -85,18 +85,5 @@ class Batch:
         keys = None if self.keys is None else [self.keys[i] for i in rows]
         return Batch(X, None if self.y is None else self.y[rows], None if self.w is None else self.w[rows], keys)
 
-    def slices(self, rows: int) -> "list[Batch]":
-        """Consecutive sub-batches of at most ``rows`` examples (views for dense input)."""
-        n = len(self)
-        if n <= rows:
-            return [self]
-        out = []
-        for a in range(0, n, rows):
-            b = min(a + rows, n)
-            X = self.X.take(np.arange(a, b)) if isinstance(self.X, SparseRows) else self.X[a:b]
-            out.append(Batch(X, None if self.y is None else self.y[a:b], None if self.w is None else self.w[a:b],
-                             None if self.keys is None else self.keys[a:b]))
-        return out
-
     def dense(self) -> np.ndarray:
         return self.X.to_dense() if isinstance(self.X, SparseRows) else self.X

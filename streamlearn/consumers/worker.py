@@ -353,17 +353,17 @@ class Worker:
         result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
                                  self.algorithm.accepts_sparse, self.algorithm.needs_label)
         dead = self._dead_letter(good, result.rejected)
-        for part in result.batch.slices(self.config.step_rows(self.algorithm)) if len(result.batch) else []:
+        for part in result.steps(self.config.step_rows(self.algorithm)):
             self.algorithm.update(self.state, part)
         info = CommitInfo(offsets=next_offsets, fence={p: self.fence[p] for p in next_offsets},
-                          records_applied=len(result.batch), records_dead_lettered=dead)
+                          records_applied=result.n_records, records_dead_lettered=dead)
         try:
             self.state.commit(info)
         except FencedError as exc:
             log.warning("%s: %s", self.member, exc)
             self.state.discard()
             return
-        self.records_applied += len(result.batch)
+        self.records_applied += result.n_records
         self._consumer.commit(offsets=[TopicPartition(self.spec.topic, p, o) for p, o in next_offsets.items()],
                               asynchronous=True)
         for p, o in next_offsets.items():

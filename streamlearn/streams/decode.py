@@ -19,6 +19,7 @@ import math
 import struct
 from array import array
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from fastavro import schemaless_reader
@@ -61,16 +62,57 @@ class Rejection:
     n_records: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass
 class DecodeResult:
-    batch: Batch
+    """The accepted rows (as the messages' own arrays, not yet joined) and the rejections."""
+
+    pieces: "list[_Piece]"
+    n_features: int
     rejected: list[Rejection] = field(default_factory=list)
     #: indices of the accepted messages, in order
     accepted: list[int] = field(default_factory=list)
 
     @property
+    def n_records(self) -> int:
+        return sum(p.n for p in self.pieces)
+
+    @property
     def n_rejected_records(self) -> int:
         return sum(r.n_records for r in self.rejected)
+
+    @cached_property
+    def batch(self) -> Batch:
+        """Every accepted row as one Batch (a copy of all of them)."""
+        return _assemble(self.pieces, self.n_features)
+
+    def steps(self, rows: int) -> "list[Batch]":
+        """``batch`` cut into consecutive batches of at most ``rows`` examples (a worker's update
+        steps), without building ``batch``: every step is sparse if any message was, a step
+        inside one message is a view of that message's arrays, and only steps that span
+        messages are copied. A worker's window of ~100 dense 400 kB messages was joined into
+        one fresh 40 MB array (its own mmap: ~10,000 page faults, 27 ms) just to be sliced."""
+        pieces = [p for p in self.pieces if p.n]
+        n = sum(p.n for p in pieces)
+        if n <= rows:
+            return [self.batch] if n else []
+        sparse = any(p.sparse for p in pieces)
+        starts = np.cumsum([0] + [p.n for p in pieces])
+        out = []
+        for a in range(0, n, rows):
+            b = min(a + rows, n)
+            first = int(np.searchsorted(starts, a, side="right")) - 1
+            parts, i = [], first
+            while i < len(pieces) and starts[i] < b:
+                lo, hi = max(a, starts[i]) - starts[i], min(b, starts[i + 1]) - starts[i]
+                parts.append(_rows_of(pieces[i], int(lo), int(hi)))
+                i += 1
+            if len(parts) == 1 and parts[0].sparse == sparse:  # inside one message: its arrays, read-only
+                p = parts[0]
+                X = SparseRows(p.indptr, p.indices, p.values, self.n_features) if sparse else p.X
+                out.append(Batch(X, p.y, p.w, p.keys))
+            else:
+                out.append(_assemble(parts, self.n_features, sparse))
+        return out
 
 
 class _Piece:
@@ -459,7 +501,7 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
     rejected.sort(key=lambda r: r.index)
     bad = {r.index for r in rejected}
     accepted = [i for i in range(len(values)) if i not in bad]
-    return DecodeResult(_assemble(pieces, n_features), rejected, accepted)
+    return DecodeResult(pieces, n_features, rejected, accepted)
 
 
 _BATCH_FIELDS = ("n_rows", "n_features", "dense", "indptr", "indices", "values", "labels", "weights", "keys")
@@ -598,12 +640,28 @@ def _to_csr(p: _Piece) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return indptr, cols.astype(np.int64), p.X[rows, cols]
 
 
-def _assemble(pieces: list[_Piece], n_features: int) -> Batch:
+def _rows_of(p: _Piece, a: int, b: int) -> _Piece:
+    """Rows ``a:b`` of a piece, as views of its arrays (a sparse piece's indptr rebased)."""
+    if p.sparse:
+        ip = p.indptr[a:b + 1]
+        s, e = int(ip[0]), int(ip[-1])
+        out = _Piece(b - a, indptr=ip - s, indices=p.indices[s:e], values=p.values[s:e])
+    else:
+        out = _Piece(b - a, X=p.X[a:b])
+    out.y = None if p.y is None else p.y[a:b]
+    out.w = None if p.w is None else p.w[a:b]
+    out.keys = None if p.keys is None else p.keys[a:b]
+    return out
+
+
+def _assemble(pieces: list[_Piece], n_features: int, sparse: bool | None = None) -> Batch:
+    """One Batch of ``pieces`` in arrays of its own (sparse if ``sparse``, by default if any
+    piece is)."""
     pieces = [p for p in pieces if p.n]
     n = sum(p.n for p in pieces)
     if not pieces:
         return Batch(np.zeros((0, n_features), dtype=np.float32))
-    if any(p.sparse for p in pieces):
+    if any(p.sparse for p in pieces) if sparse is None else sparse:
         parts = [_to_csr(p) for p in pieces]
         offsets = np.cumsum([0] + [len(ind) for _, ind, _ in parts])
         indptr = np.concatenate([np.zeros(1, np.int64)] + [ip[1:] + off for (ip, _, _), off in zip(parts, offsets)])

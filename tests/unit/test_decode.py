@@ -84,6 +84,42 @@ def test_mixed_messages_keep_order_and_go_sparse_when_any_is_sparse():
     assert not dense_only.batch.is_sparse and dense_only.batch.X.shape == (4, D)
 
 
+def _same_batch(a, b) -> None:
+    assert a.is_sparse == b.is_sparse and len(a) == len(b)
+    assert np.array_equal(a.dense(), b.dense())
+    assert (a.keys or [None] * len(a)) == (b.keys or [None] * len(b))  # no keys = every key None
+    assert np.array_equal(a.weights, b.weights)  # no weights = weights of 1
+    nan = np.full(len(a), np.nan)  # no labels = NaN labels
+    assert np.array_equal(nan if a.y is None else a.y, nan if b.y is None else b.y, equal_nan=True)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 100])
+def test_steps_are_the_window_cut_in_order_with_views_inside_a_message(rows):
+    """A worker's update steps: the whole window's rows cut every ``rows`` rows (across
+    message boundaries), each step sparse if any message was; a step inside one batch
+    message is a view of it (no copy of the window)."""
+    X = rng_X(12)
+    sp = SparseRows(np.array([0, 1, 1, 3]), np.array([2, 0, 3]), np.array([9.0, 1.0, 2.0], np.float32), D)
+    windows = {
+        "dense": [encode_training_batch(X[0:5], np.arange(5.0), keys=[f"k{i}" for i in range(5)]),
+                  encode_training_record(X[5], label=5.0), encode_training_record(X[6], label=6.0),
+                  encode_training_batch(X[7:12], np.arange(7.0, 12.0), np.linspace(1, 2, 5))],
+        "mixed": [encode_training_batch(X[0:4], np.arange(4.0)), encode_training_batch(sp),
+                  encode_training_record(indices=[1], values=[3.0], n_features=D, label=1.0),
+                  encode_training_batch(X[4:9])],
+    }
+    for msgs in windows.values():
+        res = one(msgs, accepts_sparse=True)
+        whole = res.batch
+        steps = res.steps(rows)
+        assert [len(s) for s in steps] == [min(rows, len(whole) - a) for a in range(0, len(whole), rows)]
+        for k, step in enumerate(steps):
+            _same_batch(step, whole.take(np.arange(k * rows, k * rows + len(step))))
+    dense = one(windows["dense"]).steps(5)
+    assert np.shares_memory(dense[0].X, np.frombuffer(windows["dense"][0], np.uint8))  # inside message 0
+    assert one([]).steps(rows) == []
+
+
 def test_all_rejected_gives_empty_dense_batch():
     res = one([b"nope"])
     assert res.batch.X.shape == (0, D) and res.batch.X.dtype == np.float32 and res.accepted == []
