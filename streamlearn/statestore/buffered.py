@@ -91,7 +91,13 @@ class _KeyView:
         # commit that finds the key still at that version need not read the chunk again.
         self.version = np.full(spec.n_chunks, -1, dtype=np.int64)
         identity = _IDENTITY[spec.aggregator]
-        self.delta = np.zeros(spec.shape) if identity == 0.0 else np.full(spec.shape, identity)
+        # float32 keys (large row-sparse keys) hold their pending delta in float32 too: the
+        # delta is gathered and scattered at random rows every step, and float64 doubled the
+        # memory those accesses touch and hold (FM on 2^20 features: a 151 MB delta for a
+        # 75 MB key; fit_local FM 3-5 % faster). A row's delta sums the few pushes between
+        # two commits; the stored value is float32 either way.
+        dt = np.float32 if np.dtype(spec.dtype) == np.float32 else np.float64
+        self.delta = np.zeros(spec.shape, dt) if identity == 0.0 else np.full(spec.shape, identity, dt)
         self.dirty = np.zeros(spec.n_chunks, dtype=bool)
         # ``delta`` still holds a committed batch's values and means "no change" everywhere:
         # clearing most of a large key is left to the next push, which for a whole-key push
