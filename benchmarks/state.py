@@ -54,12 +54,13 @@ def measure(ctx: Context, n: int, reps: int = BEST_OF) -> dict:
                 out = state.pull("x")
                 pull = min(pull, time.perf_counter() - t0)
             assert np.allclose(out, reps * delta)
-            chunks = state.spec("x").n_chunks
+            spec = state.spec("x")
+            chunks, chunk_kib = spec.n_chunks, spec.chunk_rows_ * 8 >> 10
         finally:
             _cleanup(client, job)
         nbytes = 8 * n
         return {"push_s": push, "pull_s": pull, "push_bw": 2 * nbytes / push, "pull_bw": nbytes / pull,
-                "chunks": chunks}
+                "chunks": chunks, "chunk_kib": chunk_kib}
     return ctx.memo(("state", n, reps), make)
 
 
@@ -68,7 +69,7 @@ def case_push_pull(ctx: Context) -> list[Row]:
     n = ctx.p["state_floats"]
     m = measure(ctx, n)
     rp, rl = m["push_bw"] / raw["set_get"], m["pull_bw"] / raw["get"]
-    size = f"{n:.0e} floats ({8 * n / 1e6:.0f} MB, {m['chunks']} chunks of 256 KiB)"
+    size = f"{n:.0e} floats ({8 * n / 1e6:.0f} MB, {m['chunks']} chunks of {m['chunk_kib']} KiB)"
     return [
         Row("state.push", fmt_bw(m["push_bw"]), f"raw SET+GET {fmt_bw(raw['set_get'])}", rp, ">= 0.50", check(rp, 0.5),
             f"{size}: push+commit {m['push_s'] * 1e3:.0f} ms (read+add+write under WATCH/MULTI)"),
