@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks._core import Context
+from benchmarks._core import Context, fmt_s
 
 
 # -- data sets --------------------------------------------------------------------------------
@@ -209,6 +209,10 @@ class LiveRun:
     produce_seconds: float  # first send -> flush returned (producer and workers overlap)
     snapshot_seconds: float  # last record applied -> snapshot stored
     model: object
+
+    def timeline(self) -> str:
+        return (f"first send -> snapshot stored {fmt_s(self.seconds)} (producer done at "
+                f"{fmt_s(self.produce_seconds)}, snapshot {fmt_s(self.snapshot_seconds)} after the last record)")
 
 
 def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers: int = 1) -> LiveRun:

@@ -62,9 +62,7 @@ def _live_row(name: str, live: st.LiveRun, lim: dict, target: float, what: str) 
     rate = live.records / live.seconds
     r = rate / lim["rate"]
     return Row(name, fmt_rate(rate), f"ingest {fmt_rate(lim['rate'])}", r, f">= {target:.2f}", check(r, target),
-               f"live: {what}, {live.workers} worker already running; first send -> snapshot stored "
-               f"{fmt_s(live.seconds)} (producer done at {fmt_s(live.produce_seconds)}, snapshot "
-               f"{fmt_s(live.snapshot_seconds)} after the last record)")
+               f"live: {what}, {live.workers} worker already running; {live.timeline()}")
 
 
 def case_linear_learner(ctx: Context) -> list[Row]:

@@ -358,7 +358,7 @@ def case_fm(ctx: Context) -> list[Row]:
         desc = (f"sparse_classification 2^{int(np.log2(Xtr.n_features))} features, {n:,} training rows, "
                 f"k=8; AUC on {len(Xte):,} test rows: River {river_auc:.4f}")
         out = []
-        for label, secs, auc, what in (("e2e", e2e_s, e2e_auc, "ours: live pipeline (first send -> snapshot stored)"),
+        for label, secs, auc, what in (("e2e", e2e_s, e2e_auc, f"ours: live pipeline, {live.timeline()}"),
                                        ("in-process", local_s, local_auc, "ours: fit_local, 500-row batches")):
             rate = n / secs
             r = rate / river_rate
