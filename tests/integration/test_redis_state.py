@@ -84,7 +84,6 @@ def test_min_max_replace_aggregators_and_errors(stack, job):
 
 
 def test_barrier_waits_for_live_members_and_survives_a_leaver(stack, job):
-    client = stack.redis_client()
     a, b, c = (RedisState(stack.redis_client(), job, m) for m in ("a", "b", "c"))
     for s in (a, b, c):
         s.backend.heartbeat()

@@ -7,12 +7,10 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
