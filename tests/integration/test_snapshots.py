@@ -127,6 +127,43 @@ def test_subscriber_only_new_snapshots_and_timeout(stack):
     client.close()
 
 
+def test_a_stored_snapshot_is_published_from_the_store_or_as_just_stored(stack):
+    """A finalizer that died between storing a snapshot and producing it: the next
+    ``ensure_published`` (a worker's control loop, the CLI) sends the stored bytes, not what
+    a caller offers for another version; a caller that has just stored the newest version
+    has its own bytes sent; a published version is not sent again."""
+    from streamlearn.snapshots.finalize import ensure_published
+    from streamlearn.statestore.keys import JobKeys
+
+    from streamlearn.snapshots.publisher import SNAPSHOT_TOPIC
+    from streamlearn.streams.topics import end_offsets
+
+    client = stack.redis_client()
+    job, store = _job(), ModelStore(client)
+    counters = JobKeys(job).counters
+
+    def stored(version: int, median: float) -> tuple[bytes, dict]:
+        metadata = {"job": job, "version": version, "algorithm": "median"}
+        data = encode_snapshot(MedianModel(median, version), metadata)
+        store.put(job, data, metadata)
+        client.hset(counters, "snapshot_version", version)  # as the finalize transaction does
+        return data, metadata
+
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf) as sub:
+        stored(1, 3.0)
+        other = encode_snapshot(MedianModel(9.0, 5), {"job": job, "version": 5, "algorithm": "median"})
+        ensure_published(stack, client, job, just_stored=(5, other, {"version": 5}))
+        assert sub.wait_for(timeout=30).median == 3.0 and sub.version == 1
+        assert int(client.hget(counters, "published_version")) == 1
+        data, metadata = stored(2, 4.0)
+        ensure_published(stack, client, job, just_stored=(2, data, metadata))
+        assert sub.wait_for(version=2, timeout=30).median == 4.0
+        before = sum(end_offsets(stack.kafka_client_conf(), SNAPSHOT_TOPIC).values())
+        ensure_published(stack, client, job)  # nothing new: nothing sent
+        assert sum(end_offsets(stack.kafka_client_conf(), SNAPSHOT_TOPIC).values()) == before
+    client.close()
+
+
 def test_store_versions_registry_and_lineage(stack):
     client = stack.redis_client()
     store = ModelStore(client)
