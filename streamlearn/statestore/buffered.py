@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,7 @@ Writes = dict[str, dict[int, np.ndarray]]
 Compute = Callable[[Reader, dict[str, int]], Writes]
 
 _IDENTITY = {"sum": 0.0, "min": np.inf, "max": -np.inf, "replace": np.nan}
+T = TypeVar("T")
 
 
 def combine(aggregator: str, current: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -337,15 +338,19 @@ class BufferedState:
         for view in self._views.values():
             view.loaded[:] = False
 
-    def load(self, chunks: dict[str, dict[int, np.ndarray]]) -> None:
-        """Take ``chunks`` (a consistent read of the whole state) as what was read."""
+    def load_all(self, read: Callable[[dict[str, dict[int, np.ndarray]]], T]) -> T:
+        """Forget everything held and let ``read`` fill every chunk of every key (one
+        consistent cut: key -> chunk id -> the writable array to fill) straight into this
+        worker's copies; returns what ``read`` returns."""
         self._views = {}
-        for key, by_id in chunks.items():
+        dests = {}
+        for key in self.keys():
             view = self._view(key)
-            view._own()
-            for cid, arr in by_id.items():
-                view.values[view.chunk(cid)] = arr
-            view.loaded[list(by_id)] = True
+            dests[key] = view.dests(list(range(view.spec.n_chunks)))
+        out = read(dests)
+        for key in dests:
+            self._views[key].loaded[:] = True
+        return out
 
 
 def _applier(view: _KeyView, out: dict[int, np.ndarray]) -> Callable[[int], None]:
@@ -386,14 +391,3 @@ def encode_chunk(spec: KeySpec, arr: np.ndarray) -> memoryview:
     """Chunk bytes as stored: little-endian raw values of the key's dtype (a view of the
     array's buffer, not a copy: the client sends it as it is)."""
     return memoryview(np.ascontiguousarray(arr, dtype=np.dtype(spec.dtype).newbyteorder("<"))).cast("B")
-
-
-def decode_chunk(spec: KeySpec, cid: int, data: bytes | None) -> np.ndarray:
-    shape = spec.chunk_shape(cid)
-    if data is None:
-        raise StateError(f"state key {spec.name!r} chunk {cid} is missing from the store")
-    arr = np.frombuffer(data, dtype=np.dtype(spec.dtype).newbyteorder("<"))
-    if arr.size != int(np.prod(shape, dtype=np.int64)):
-        raise StateError(f"state key {spec.name!r} chunk {cid} has {arr.size} values, expected shape {shape}")
-    # a read-only view of the reply (no copy): every reader copies it into its own arrays
-    return arr.reshape(shape).astype(spec.dtype, copy=False)

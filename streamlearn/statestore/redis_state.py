@@ -23,9 +23,9 @@ import numpy as np
 import redis
 
 from streamlearn.statestore.base import FencedError, KeySpec, StateError
-from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, decode_chunk, encode_chunk
+from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import JobKeys
-from streamlearn.statestore.resp_into import hmget_into, versioned_hmget_into
+from streamlearn.statestore.resp_into import hmget_into, multi_into, versioned_hmget_into
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
 MEMBER_TIMEOUT_MS = 10_000
@@ -142,23 +142,18 @@ class RedisBackend:
                     retry = True
                     continue
 
-    def read_consistent(self) -> tuple[dict[str, dict[int, np.ndarray]], dict[int, int], dict[str, int]]:
-        """Every chunk of every key, the offsets and counters, as of one instant (MULTI)."""
-        specs = self.specs()
-        names = sorted(specs)
-        pipe = self.client.pipeline(transaction=True)
-        for name in names:
-            pipe.hgetall(self.keys.state(name))
-        pipe.hgetall(self.keys.offsets)
-        pipe.hgetall(self.keys.counters)
-        *raw_states, raw_offsets, raw_counters = pipe.execute()
-        chunks = {
-            name: {int(cid): decode_chunk(specs[name], int(cid), data) for cid, data in raw.items()}
-            for name, raw in zip(names, raw_states)
-        }
-        offsets = {int(p): int(o) for p, o in raw_offsets.items()}
-        counters = {c.decode(): int(v) for c, v in raw_counters.items()}
-        return chunks, offsets, counters
+    def read_consistent_into(self, dests: dict[str, dict[int, np.ndarray]]) -> tuple[dict[int, int], dict[str, int]]:
+        """Fill ``dests`` (key -> chunk id -> array) and return the offsets and counters, all
+        as of one instant (MULTI); the chunks are read straight into the arrays."""
+        names = sorted(dests)
+        reads = [(self.keys.state(n), list(dests[n]), list(dests[n].values())) for n in names]
+        (raw_offsets, raw_counters), bad = multi_into(
+            self.client, [("HGETALL", self.keys.offsets), ("HGETALL", self.keys.counters)], reads)
+        for name, (_, ids, _), missing in zip(names, reads, bad):
+            self._check_read(name, ids, missing)
+        offsets = {int(p): int(o) for p, o in zip(raw_offsets[::2], raw_offsets[1::2])}
+        counters = {c.decode(): int(v) for c, v in zip(raw_counters[::2], raw_counters[1::2])}
+        return offsets, counters
 
     def heartbeat(self) -> None:
         if self.member:
@@ -197,6 +192,4 @@ class RedisState(BufferedState):
     def load_consistent(self) -> tuple[dict[int, int], dict[str, int]]:
         """Fill the cache with one consistent cut of the whole state (for finalize) and
         return the offsets and counters of that cut."""
-        chunks, offsets, counters = self.backend.read_consistent()
-        self.load(chunks)
-        return offsets, counters
+        return self.load_all(self.backend.read_consistent_into)

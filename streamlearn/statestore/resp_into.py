@@ -91,6 +91,8 @@ class _Reply:
         if kind == b"*":
             n = int(rest)
             return None if n < 0 else [self.value() for _ in range(n)]
+        if kind == b"%":  # RESP3 map (HGETALL): as RESP2's flat [field, value, ...] list
+            return [self.value() for _ in range(2 * int(rest))]
         raise redis.ConnectionError(f"unexpected reply type {kind!r}")
 
     def header(self) -> bytes:
@@ -150,29 +152,40 @@ def hmget_into(conn, key: str, fields: list, dests: list[np.ndarray],
     return _guarded(conn, lambda r: r.array_into(dests, filled))
 
 
-def versioned_hmget_into(client: redis.Redis, versions_key: str, name: str, key: str, fields: list,
-                         dests: list[np.ndarray]) -> tuple[bytes | None, list[int]]:
-    """``HGET versions_key name`` and ``HMGET key fields…`` of one instant (MULTI / EXEC):
-    the version value and the indices not filled."""
+def multi_into(client: redis.Redis, small: list[tuple], reads: list[tuple[str, list, list[np.ndarray]]]
+               ) -> tuple[list, list[list[int]]]:
+    """One MULTI / EXEC of the ``small`` commands (replies as Python values; a hash map as
+    a flat [field, value, ...] list) followed by ``HMGET key fields…`` for each ``(key,
+    fields, dests)`` of ``reads`` (each value read into the matching array): everything as of
+    one instant. Returns the small replies and, per read, the indices not filled."""
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command(conn.pack_commands([
-            ("MULTI",), ("HGET", versions_key, name), ("HMGET", key, *fields), ("EXEC",)]))
+        commands = [("MULTI",), *small, *(("HMGET", key, *fields) for key, fields, _ in reads), ("EXEC",)]
+        conn.send_packed_command(conn.pack_commands(commands))
 
         def read(r: _Reply):
-            replies = [r.value() for _ in range(3)]  # +OK, +QUEUED, +QUEUED (or errors)
-            for reply in replies:
+            for _ in range(len(commands) - 1):  # +OK, then +QUEUED each (or errors)
+                reply = r.value()
                 if isinstance(reply, redis.ResponseError):
                     raise reply
             head = r.header()
-            if head != b"*2":
+            if head != b"*%d" % (len(small) + len(reads)):
                 raise redis.ConnectionError(f"unexpected EXEC reply {head[:40]!r}")
-            version = r.value()
-            if isinstance(version, redis.ResponseError):
-                raise version
-            return version, r.array_into(dests)
+            values = [r.value() for _ in small]
+            for v in values:
+                if isinstance(v, redis.ResponseError):
+                    raise v
+            return values, [r.array_into(dests) for _, _, dests in reads]
 
         return _guarded(conn, read)
     finally:
         pool.release(conn)
+
+
+def versioned_hmget_into(client: redis.Redis, versions_key: str, name: str, key: str, fields: list,
+                         dests: list[np.ndarray]) -> tuple[bytes | None, list[int]]:
+    """``HGET versions_key name`` and ``HMGET key fields…`` of one instant (MULTI / EXEC):
+    the version value and the indices not filled."""
+    (version,), (bad,) = multi_into(client, [("HGET", versions_key, name)], [(key, fields, dests)])
+    return version, bad

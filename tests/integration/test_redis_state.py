@@ -164,6 +164,13 @@ def test_cold_reads_and_commits_of_a_many_chunk_key_on_resp2_and_resp3(stack, jo
     np.testing.assert_array_equal(fresh.pull("w"), start + 2)
     np.testing.assert_array_equal(fresh.pull("f"), (start[:, 0] + 1).astype(np.float32))
     assert fresh.pull("w", rows=np.array([0, 99_999])).tolist() == [[2, 3, 4], [299_999, 300_000, 300_001]]
+    # finalize's consistent cut: every key, the offsets and the counters in one MULTI
+    other.commit(CommitInfo(offsets={0: 7, 2: 9}, records_applied=5))
+    cut = RedisState(client, job)
+    offsets, counters = cut.load_consistent()
+    assert offsets == {0: 7, 2: 9} and counters["records_applied"] == 5 and counters["commits"] == 4
+    np.testing.assert_array_equal(cut.pull("w"), start + 2)
+    np.testing.assert_array_equal(cut.pull("f"), (start[:, 0] + 1).astype(np.float32))
 
 
 def test_a_missing_or_damaged_chunk_is_a_state_error_and_the_client_goes_on(stack, job):
@@ -180,4 +187,6 @@ def test_a_missing_or_damaged_chunk_is_a_state_error_and_the_client_goes_on(stac
     b.push("w", np.ones((100, 2)))
     with pytest.raises(StateError, match="chunk 3 .*wrong size"):
         b.commit()
+    with pytest.raises(StateError, match="chunk 3 .*wrong size"):
+        RedisState(client, job).load_consistent()
     assert float(RedisState(client, job).pull("n")) == 5.0  # the connection is still in step
