@@ -27,8 +27,9 @@ protocol: broker-side session 10 s, heartbeat 1 s) so a killed worker's partitio
 runtime creates its topics explicitly with the partition count it wants, so nothing relies on
 auto-creation), heap ``-Xms256m -Xmx768m`` in G1 regions of 4 MiB (with the 1 MiB default
 every produce request over 512 kB, i.e. each batch of two 400 kB training messages, is a
-"humongous" allocation: the broker spent 5x the GC time on the same produced data). Logging goes through log4j2 (the pom adds the
-slf4j-1.7 binding ``log4j-slf4j-impl``) to ``kafka/kafka.log``.
+"humongous" allocation: the broker spent 5x the GC time on the same produced data).
+Logging goes through log4j2 (the pom adds the slf4j-1.7 binding ``log4j-slf4j-impl``) to
+``kafka/kafka.log``.
 """
 from __future__ import annotations
 

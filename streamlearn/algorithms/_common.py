@@ -59,13 +59,18 @@ def csr_local(X: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def sparse_matmul(X: SparseRows, local: np.ndarray, Wl: np.ndarray) -> np.ndarray:
     """``X @ W`` where ``Wl`` holds only the rows of W for X's unique columns."""
-    n = len(X)
-    out = np.zeros((n,) + Wl.shape[1:], dtype=np.float64)
-    if len(local) == 0:
+    vals = X.values.astype(np.float64)
+    return row_sum(X.indptr, Wl[local] * (vals[:, None] if Wl.ndim == 2 else vals))
+
+
+def row_sum(indptr: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-row sums (float64) of per-stored-value ``values`` (nnz, ...) of a CSR layout:
+    one ``add.reduceat`` over the rows that have values (empty rows stay 0)."""
+    out = np.zeros((len(indptr) - 1,) + values.shape[1:], dtype=np.float64)
+    if len(values) == 0:
         return out
-    contrib = Wl[local] * (X.values[:, None] if Wl.ndim == 2 else X.values).astype(np.float64)
-    nonempty = np.flatnonzero(np.diff(X.indptr) > 0)
-    out[nonempty] = np.add.reduceat(contrib, X.indptr[nonempty], axis=0)
+    nonempty = np.flatnonzero(np.diff(indptr) > 0)
+    out[nonempty] = np.add.reduceat(values, indptr[nonempty], axis=0)
     return out
 
 

@@ -135,8 +135,9 @@ class Backend:
         raise NotImplementedError
 
     def spmm(self, A: Csr, B):
-        """``A @ B`` for a dense ``B`` of shape (n_cols,) or (n_cols, m)."""
-        raise NotImplementedError
+        """``A @ B`` for a dense ``B`` of shape (n_cols,) or (n_cols, m): the stored values
+        times the rows of ``B`` they meet, summed by row."""
+        return self.row_sum(A, B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data))
 
     def group_sum(self, A: Csr, values):
         """Sum per-stored-value ``values`` (nnz, ...) into (n_cols, ...) by column."""
@@ -185,17 +186,9 @@ class NumpyBackend(Backend):
                    np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr)),
                    np.asarray(data).astype(np.float64))
 
-    def spmm(self, A, B):
-        # as _common.sparse_matmul (add.reduceat over each row's stored values)
-        return self.row_sum(A, B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data))
-
     def row_sum(self, A, values):
-        out = np.zeros((A.n_rows,) + values.shape[1:], dtype=np.float64)
-        if len(A.cols) == 0:
-            return out
-        nonempty = np.flatnonzero(np.diff(A.indptr) > 0)
-        out[nonempty] = np.add.reduceat(values, A.indptr[nonempty], axis=0)
-        return out
+        from streamlearn.algorithms._common import row_sum
+        return row_sum(A.indptr, values)
 
     def group_sum(self, A, values):
         from streamlearn.algorithms._common import group_sum

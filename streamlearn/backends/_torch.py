@@ -57,9 +57,6 @@ class TorchBackend(Backend):
         rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
         return Csr(len(indptr) - 1, int(n_cols), indptr, self._index(cols), self._index(rows), self.asarray(data))
 
-    def spmm(self, A, B):
-        return self.row_sum(A, B[A.cols] * (A.data[:, None] if B.ndim == 2 else A.data))
-
     def row_sum(self, A, values):
         out = torch.zeros((A.n_rows,) + tuple(values.shape[1:]), dtype=torch.float64, device=self.dev)
         return out.index_add_(0, A.rows, values) if A.cols.numel() else out

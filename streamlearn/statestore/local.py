@@ -6,6 +6,7 @@ suite's fast checks. Jobs on Kafka always use :class:`~streamlearn.statestore.re
 from __future__ import annotations
 
 import threading
+
 import numpy as np
 
 from streamlearn.statestore.base import KeySpec
