@@ -60,7 +60,9 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -328,7 +330,9 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
     it; default: faust's ``topic_partitions``); ``out_partitions``: the training topic's
     (keyless events go to ``raw partition % out_partitions``; default: let the producer
     choose). The consumer group id is ``app_id``. Extra keyword arguments are faust
-    settings (``store`` defaults to ``memory://``, the web server is off).
+    settings (``store`` defaults to ``memory://``, the web server is off, and ``datadir``
+    defaults to a folder under the system's temp directory: faust creates it even for the
+    memory store, and it would otherwise litter the working directory).
     Run it with :func:`run_worker` or ``app.main()``.
     """
     import faust
@@ -338,7 +342,8 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
     app_id = app_id or default_app_id(raw_topic, training_topic)
     settings: dict = {"store": "memory://", "web_enabled": False, "processing_guarantee": processing_guarantee,
                       "topic_replication_factor": 1, "producer_acks": -1, "consumer_auto_offset_reset": "earliest",
-                      "broker_commit_every": 10000, "broker_commit_interval": 1.0, "producer_linger": 0.005}
+                      "broker_commit_every": 10000, "broker_commit_interval": 1.0, "producer_linger": 0.005,
+                      "datadir": os.path.join(tempfile.gettempdir(), "{conf.name}-data")}
     if partitions:
         settings["topic_partitions"] = int(partitions)
     settings.update(faust_settings)
