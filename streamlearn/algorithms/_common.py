@@ -51,10 +51,38 @@ def holdout_mask(batch: Batch, fraction: float, salt: int = 0) -> np.ndarray:
     return u < fraction
 
 
-def csr_local(X: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(unique columns, local column of every stored value, row of every stored value)."""
-    cols, local = np.unique(X.indices, return_inverse=True)
-    return cols, local.astype(np.int64), X.row_ids()
+LOOKUP_MAX_FEATURES = 1 << 24  # a lookup table of int32 per feature: at most 64 MiB
+
+
+class ColumnIndex:
+    """A batch's distinct columns and where each stored value's column is among them, for
+    updates that gather and scatter only the parameter rows a batch touches.
+
+    Sorting the indices and marking each value's position through a lookup table of one
+    int32 per feature is ~2x faster than ``np.unique(..., return_inverse=True)`` (its stable
+    argsort dominated: 0.44 vs 0.2 ms for 20,000 values of 2^20 features); the table is
+    allocated once per instance and never cleared (only entries just written are read).
+    Beyond ``LOOKUP_MAX_FEATURES`` it falls back to ``np.unique``.
+    """
+
+    def __init__(self) -> None:
+        self._lookup: np.ndarray | None = None
+
+    def __call__(self, X: SparseRows) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted distinct columns, local column (int64) of every stored value)."""
+        d = int(X.n_features)
+        if d > LOOKUP_MAX_FEATURES or len(X.indices) == 0:
+            cols, local = np.unique(X.indices, return_inverse=True)
+            return cols, local.astype(np.int64).ravel()
+        if self._lookup is None or len(self._lookup) < d:
+            self._lookup = np.empty(d, dtype=np.int32)
+        s = np.sort(X.indices)
+        first = np.empty(len(s), dtype=bool)
+        first[0] = True
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+        cols = s[first]
+        self._lookup[cols] = np.arange(len(cols), dtype=np.int32)
+        return cols, self._lookup[X.indices].astype(np.int64)
 
 
 def sparse_matmul(X: SparseRows, local: np.ndarray, Wl: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ import numpy as np
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
 from streamlearn.algorithms._common import check_features_and_type
-from streamlearn.algorithms._common import (as_pair, backend_of, check_backend, csr_local, feature_count,
+from streamlearn.algorithms._common import (ColumnIndex, as_pair, backend_of, check_backend, feature_count,
                                             holdout_mask, sigmoid, softmax)
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.batch import Batch, SparseRows
@@ -99,6 +99,7 @@ class LinearLearner(Algorithm):
         self.seed = seed
         self.backend = backend
         self.device = device
+        self._columns = ColumnIndex()  # scratch for sparse batches, not a parameter
 
     # -- parameters -----------------------------------------------------------------------
     def check_params(self) -> None:
@@ -217,7 +218,7 @@ class LinearLearner(Algorithm):
         # --- features in normalized space; pull only what the batch touches
         if sparse:
             X: SparseRows = batch.X
-            rows, local, _ = csr_local(X)
+            rows, local = self._columns(X)
             A = bk.csr(X.indptr, local, X.values, len(rows))
             W = dev(state.pull("w", rows=rows).astype(np.float64))
         else:

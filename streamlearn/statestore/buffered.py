@@ -229,12 +229,18 @@ class BufferedState:
                 return view.hand_out()
             return _read_only(combine(spec.aggregator, view.values, view.delta).astype(spec.dtype))
         rows = _check_rows(spec, rows)
-        touched = np.zeros(spec.n_chunks, dtype=bool)
-        touched[rows // spec.chunk_rows_] = True
-        view.load(self.backend, np.flatnonzero(touched))
-        out = view.values[rows]
-        if (view.dirty & touched).any():
-            out = combine(spec.aggregator, out, view.delta[rows]).astype(spec.dtype)
+        if not view.loaded.all():
+            touched = np.zeros(spec.n_chunks, dtype=bool)
+            touched[rows // spec.chunk_rows_] = True
+            view.load(self.backend, np.flatnonzero(touched))
+        # np.take: ~2x faster than fancy indexing for a few thousand whole rows
+        out = np.take(view.values, rows, axis=0)
+        if view.dirty.any():  # then ``delta`` is fresh: the identity wherever nothing is pending
+            pending = np.take(view.delta, rows, axis=0)
+            if spec.aggregator == "sum":  # float32 + float32 rounds as float64 + cast would
+                out += pending
+            else:
+                out = combine(spec.aggregator, out, pending).astype(spec.dtype)
         return out
 
     def push(self, key: str, delta, rows: np.ndarray | None = None) -> None:
@@ -263,7 +269,11 @@ class BufferedState:
             raise StateError(f"push to {key!r} rows: delta shape {delta.shape}, expected {want}")
         view.fresh_delta()
         if agg == "sum" and (len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())):
-            view.delta[rows] += delta  # distinct rows (what sparse updates push): no scatter needed
+            # distinct rows (what sparse updates push): no scatter-add needed; gather, add and
+            # write back is ~2x faster than ``delta[rows] += delta``'s fancy read-modify-write
+            pending = np.take(view.delta, rows, axis=0)
+            pending += delta
+            view.delta[rows] = pending
         elif agg == "sum":  # duplicate row indices add up, as a dense push would
             np.add.at(view.delta, rows, delta)
         elif agg == "min":

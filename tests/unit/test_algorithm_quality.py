@@ -17,6 +17,7 @@ from streamlearn.algorithms.factorization_machines import FactorizationMachines 
 from streamlearn.algorithms.kmeans import KMeans  # noqa: E402
 from streamlearn.algorithms.linear_learner import LinearLearner  # noqa: E402
 from streamlearn.algorithms.pca import PCA  # noqa: E402
+from streamlearn.batch import SparseRows  # noqa: E402
 from streamlearn.local_training import fit_local  # noqa: E402
 from streamlearn.statestore.local import LocalState, MemoryBackend  # noqa: E402
 
@@ -126,6 +127,44 @@ def test_factorization_machines_sparse_push_is_row_sparse():
     state.commit()
     algo.update(state, D.to_batch(X, y))
     assert set(state.pending_chunks("wv")) == set((np.unique(X.indices) // 256).tolist())
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_factorization_machines_step_is_the_log_loss_gradient(dense):
+    """One SGD step from the initial state moves [w, v] by -learning_rate times the
+    gradient of the weighted mean log-loss; compared with central differences of the
+    model's own decision function (the prediction path), column by touched column."""
+    nf, k, lr = 12, 3, 1e-3
+    rng = np.random.default_rng(7)
+    X = (rng.normal(size=(9, nf)) * (rng.random((9, nf)) < 0.4)).astype(np.float32)
+    X[:, 2] = 0.0  # a column no row touches keeps a zero gradient
+    y = (rng.random(9) < 0.5).astype(np.float64)
+    w = rng.random(9) + 0.5
+    rows, cols = np.nonzero(X)
+    sparse = SparseRows(np.searchsorted(rows, np.arange(10)), cols, X[rows, cols], nf)
+    batch = D.to_batch(X if dense else sparse, y, w)
+    algo = FactorizationMachines(n_features=nf, num_factors=k, optimizer="sgd", learning_rate=lr,
+                                 linear_l2=0.0, factors_l2=0.0, init_sigma=0.3)
+    state = LocalState()
+    algo.initialize(state)
+    state.commit()
+    before = algo.finalize(state)
+    algo.update(state, batch)
+    after = algo.finalize(state)
+
+    def loss(wv: np.ndarray) -> float:
+        model = before.__class__(before.w0, wv[:, 0], wv[:, 1:], before.attrs)
+        return _metrics.log_loss(y, 1.0 / (1.0 + np.exp(-model.decision_function(batch))), w)
+
+    wv0 = np.column_stack([before.w, before.v]).astype(np.float64)
+    numeric = np.zeros_like(wv0)
+    for idx in np.ndindex(*wv0.shape):
+        e = np.zeros_like(wv0)
+        e[idx] = 1e-6
+        numeric[idx] = (loss(wv0 + e) - loss(wv0 - e)) / 2e-6
+    step = (np.column_stack([after.w, after.v]) - wv0) / -lr
+    np.testing.assert_allclose(step, numeric, atol=1e-6)
+    assert np.abs(numeric).max() > 1e-2 and not numeric[2].any()
 
 
 @pytest.fixture(scope="module")

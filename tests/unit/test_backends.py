@@ -206,3 +206,24 @@ def test_explicit_numpy_equals_default(name):
 @pytest.mark.parametrize("name", CASES)
 def test_torch_cpu_gives_the_numpy_model(name):
     assert_same_model(name, fit_case(name), fit_case(name, "torch", "cpu"))
+
+
+@pytest.mark.parametrize("lookup_max", [None, 0])
+def test_column_index_matches_unique_across_batches(monkeypatch, lookup_max):
+    """ColumnIndex keeps one lookup table across batches and never clears it: every batch
+    (fewer, more, other or no columns than the last) must still map like ``np.unique``;
+    ``lookup_max=0`` takes the fallback for feature counts beyond the table's limit."""
+    from streamlearn.algorithms import _common
+    from streamlearn.batch import SparseRows
+
+    if lookup_max is not None:
+        monkeypatch.setattr(_common, "LOOKUP_MAX_FEATURES", lookup_max)
+    index = _common.ColumnIndex()
+    rng = np.random.default_rng(3)
+    for n_features, nnz in [(50, 40), (50, 3), (1000, 300), (50, 0), (20, 20), (1 << 20, 500)]:
+        cols = rng.integers(0, n_features, nnz)
+        X = SparseRows(np.array([0, nnz // 2, nnz]), cols, np.ones(nnz, np.float32), n_features)
+        distinct, local = index(X)
+        np.testing.assert_array_equal(distinct, np.unique(cols))
+        np.testing.assert_array_equal(distinct[local], cols)
+        assert local.dtype == np.int64
