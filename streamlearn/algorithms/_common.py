@@ -85,15 +85,10 @@ class ColumnIndex:
         return cols, self._lookup[X.indices].astype(np.int64)
 
 
-def sparse_matmul(X: SparseRows, local: np.ndarray, Wl: np.ndarray) -> np.ndarray:
-    """``X @ W`` where ``Wl`` holds only the rows of W for X's unique columns."""
-    vals = X.values.astype(np.float64)
-    return row_sum(X.indptr, Wl[local] * (vals[:, None] if Wl.ndim == 2 else vals))
-
-
 def row_sum(indptr: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per-row sums (float64) of per-stored-value ``values`` (nnz, ...) of a CSR layout:
-    one ``add.reduceat`` over the rows that have values (empty rows stay 0)."""
+    one ``add.reduceat`` over the rows that have values (empty rows stay 0). The numpy
+    backend's ``row_sum`` and so its ``spmm``."""
     out = np.zeros((len(indptr) - 1,) + values.shape[1:], dtype=np.float64)
     if len(values) == 0:
         return out
