@@ -25,7 +25,7 @@ import redis
 from streamlearn.statestore.base import FencedError, KeySpec, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import JobKeys
-from streamlearn.statestore.resp_into import hmget_into, multi_into, versioned_hmget_into
+from streamlearn.statestore.resp_into import exec_multi, hmget_into, multi_into, versioned_hmget_into
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
 MEMBER_TIMEOUT_MS = 10_000
@@ -49,6 +49,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _pairs(mapping: dict) -> list:
+    """A mapping as HSET's flat ``field value field value ...`` arguments."""
+    return [x for item in mapping.items() for x in item]
+
+
 class RedisBackend:
     def __init__(self, client: redis.Redis, job: str, member: str | None = None):
         self.client = client
@@ -65,14 +70,22 @@ class RedisBackend:
         return dict(self._specs)
 
     def declare(self, spec: KeySpec, chunks: dict[int, np.ndarray]) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hsetnx(self.keys.keyspecs, spec.name, json.dumps(spec.to_json()))
-        pipe.hset(self.keys.state(spec.name), mapping={cid: encode_chunk(spec, c) for cid, c in chunks.items()})
-        created, _ = pipe.execute()
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            created, _ = exec_multi(conn, [("HSETNX", self.keys.keyspecs, spec.name, json.dumps(spec.to_json())),
+                                           self._hset_chunks(spec.name, chunks, spec)])
+        finally:
+            pool.release(conn)
         if not created:
             raise StateError(f"state key {spec.name!r} is already initialized")
         if self._specs is not None:
             self._specs[spec.name] = spec
+
+    def _hset_chunks(self, key: str, chunks: dict[int, np.ndarray], spec: KeySpec | None = None) -> tuple:
+        """``HSET`` of a key's chunks, each sent from the array's own buffer."""
+        spec = spec or self.specs()[key]
+        return ("HSET", self.keys.state(key), *_pairs({cid: encode_chunk(spec, c) for cid, c in chunks.items()}))
 
     def read(self, key: str, dests: dict[int, np.ndarray]) -> int:
         ids = list(dests)  # the version and the chunks of one instant (MULTI)
@@ -120,22 +133,28 @@ class RedisBackend:
                     names = list(touched)
                     versions = {n: int(v or 0) for n, v in zip(names, pipe.hmget(k.versions, names))} if names else {}
                     writes = compute(lambda key, dests, filled: self._read_into(pipe.connection, key, dests, filled), versions)
-                    pipe.multi()
+                    commands: list[tuple] = []
                     for key, chunks in writes.items():
-                        spec = self.specs()[key]
-                        pipe.hset(k.state(key), mapping={cid: encode_chunk(spec, c) for cid, c in chunks.items()})
-                        pipe.hincrby(k.versions, key, 1)
+                        commands.append(self._hset_chunks(key, chunks))
+                        commands.append(("HINCRBY", k.versions, key, 1))
                     if info.offsets:
-                        pipe.hset(k.offsets, mapping={str(p): o for p, o in info.offsets.items()})
+                        commands.append(("HSET", k.offsets, *_pairs({str(p): o for p, o in info.offsets.items()})))
                     if info.records_applied:
-                        pipe.hincrby(k.counters, "records_applied", info.records_applied)
+                        commands.append(("HINCRBY", k.counters, "records_applied", info.records_applied))
                     if info.records_dead_lettered:
-                        pipe.hincrby(k.counters, "records_dead_lettered", info.records_dead_lettered)
-                    pipe.hincrby(k.counters, "commits", 1)
+                        commands.append(("HINCRBY", k.counters, "records_dead_lettered", info.records_dead_lettered))
+                    commands.append(("HINCRBY", k.counters, "commits", 1))
                     if info.offsets:
-                        pipe.lpush(k.rate, f"{now_ms()}:{info.records_applied + info.records_dead_lettered}")
-                        pipe.ltrim(k.rate, 0, 199)
-                    pipe.execute()
+                        commands.append(("LPUSH", k.rate, f"{now_ms()}:{info.records_applied + info.records_dead_lettered}"))
+                        commands.append(("LTRIM", k.rate, 0, 199))
+                    try:
+                        exec_multi(pipe.connection, commands)
+                    except (redis.ConnectionError, redis.TimeoutError) as exc:
+                        # as redis-py does for a watching pipeline: the EXEC may or may not
+                        # have been applied; the retry finds out from the offsets (above)
+                        raise redis.WatchError(f"connection lost during the commit's EXEC: {exc}") from exc
+                    finally:
+                        pipe.reset()
                     return
                 except redis.WatchError:
                     self.conflicts += 1

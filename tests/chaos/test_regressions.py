@@ -11,36 +11,28 @@ import pytest
 import redis
 
 from streamlearn.statestore.buffered import CommitInfo
+from streamlearn.statestore import redis_state
 from streamlearn.statestore.redis_state import RedisState
 
 pytestmark = pytest.mark.chaos
 
 
 def _lose_exec_reply_once(monkeypatch):
-    """The next transaction's EXEC is applied by Redis but its reply is lost (a Redis
-    restart between the two): redis-py then raises WatchError to the watcher."""
-    real = redis.client.Pipeline._execute_transaction
+    """The next commit's EXEC is applied by Redis but its reply is lost (a Redis restart
+    between the two): the connection drops after the transaction went through, which the
+    commit sees as a connection error during EXEC."""
+    real = redis_state.exec_multi
     calls = {"n": 0}
 
-    def flaky(self, connection, commands, raise_on_error):
-        if calls["n"]:
-            return real(self, connection, commands, raise_on_error)
-        read = connection.read_response
+    def flaky(conn, commands):
+        replies = real(conn, commands)
+        if not calls["n"]:
+            calls["n"] += 1
+            conn.disconnect()
+            raise redis.ConnectionError("connection lost before EXEC's reply (injected)")
+        return replies
 
-        def read_response(*args, **kwargs):
-            response = read(*args, **kwargs)
-            if isinstance(response, list):  # EXEC's reply: the transaction was applied
-                calls["n"] += 1
-                raise redis.ConnectionError("connection lost before EXEC's reply (injected)")
-            return response
-
-        connection.read_response = read_response
-        try:
-            return real(self, connection, commands, raise_on_error)
-        finally:
-            del connection.read_response
-
-    monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", flaky)
+    monkeypatch.setattr(redis_state, "exec_multi", flaky)
     return calls
 
 

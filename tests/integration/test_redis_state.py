@@ -190,3 +190,41 @@ def test_a_missing_or_damaged_chunk_is_a_state_error_and_the_client_goes_on(stac
     with pytest.raises(StateError, match="chunk 3 .*wrong size"):
         RedisState(client, job).load_consistent()
     assert float(RedisState(client, job).pull("n")) == 5.0  # the connection is still in step
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_exec_multi_sends_buffers_as_they_are_and_reports_conflicts_and_errors(stack, job, protocol):
+    """The commit's writer: more buffers than one sendmsg takes (1,500 values of 5,000
+    bytes, by reference) and small arguments of every type land byte for byte; a watched
+    key that changed is a WatchError; a command refused when queued, or failing when run,
+    is its ResponseError, and the connection stays in step for the next command."""
+    import redis
+
+    from streamlearn.statestore.resp_into import exec_multi
+
+    client = stack.redis_client(protocol=protocol)
+    rng = np.random.default_rng(1)
+    blobs = [rng.integers(0, 256, 5000, dtype=np.uint8) for _ in range(1500)]
+    pairs = [x for i, b in enumerate(blobs) for x in (i, memoryview(b))]
+    key = f"{job}:blobs"
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        replies = exec_multi(conn, [("HSET", key, *pairs), ("HSET", key, "small", b"x\r\ny"),
+                                    ("HINCRBY", key, "count", 7), ("SET", f"{job}:s", "é")])
+        assert replies == [1500, 1, 7, b"OK"] and client.get(f"{job}:s") == "é".encode()
+        with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+            exec_multi(conn, [("HINCRBY", key, "count", 1), ("HSET", key)])
+        with pytest.raises(redis.ResponseError, match="not an integer"):
+            exec_multi(conn, [("HINCRBY", key, "small", 1)])
+        conn.send_command("WATCH", f"{job}:s")
+        assert conn.read_response() == b"OK"
+        client.set(f"{job}:s", "changed")  # another client: the watched key moves
+        with pytest.raises(redis.WatchError):
+            exec_multi(conn, [("HINCRBY", key, "count", 100)])
+        assert exec_multi(conn, [("HINCRBY", key, "count", 1)]) == [8]  # still in step
+    finally:
+        pool.release(conn)
+    stored = client.hmget(key, list(range(1500)) + ["small"])
+    assert all(s == b.tobytes() for s, b in zip(stored, blobs)) and stored[-1] == b"x\r\ny"
+    assert client.get(f"{job}:s") == b"changed"
