@@ -212,8 +212,10 @@ def _buffers(commands: list[tuple]) -> list:
         for a in args:
             if isinstance(a, str):
                 a = a.encode("utf-8")
-            elif isinstance(a, int):
-                a = b"%d" % a
+            elif isinstance(a, (int, np.integer)):
+                a = b"%d" % int(a)
+            elif isinstance(a, (float, np.floating)):
+                a = repr(float(a)).encode()
             elif not isinstance(a, (bytes, bytearray, memoryview)):
                 raise TypeError(f"cannot send a {type(a).__name__} argument")
             n = a.nbytes if isinstance(a, memoryview) else len(a)

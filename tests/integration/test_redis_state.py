@@ -211,8 +211,9 @@ def test_exec_multi_sends_buffers_as_they_are_and_reports_conflicts_and_errors(s
     conn = pool.get_connection()
     try:
         replies = exec_multi(conn, [("HSET", key, *pairs), ("HSET", key, "small", b"x\r\ny"),
-                                    ("HINCRBY", key, "count", 7), ("SET", f"{job}:s", "é")])
-        assert replies == [1500, 1, 7, b"OK"] and client.get(f"{job}:s") == "é".encode()
+                                    ("HINCRBY", key, "count", np.int64(7)), ("SET", f"{job}:s", "é"),
+                                    ("HINCRBYFLOAT", key, "f", 0.25)])
+        assert replies == [1500, 1, 7, b"OK", b"0.25"] and client.get(f"{job}:s") == "é".encode()
         with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
             exec_multi(conn, [("HINCRBY", key, "count", 1), ("HSET", key)])
         with pytest.raises(redis.ResponseError, match="not an integer"):
