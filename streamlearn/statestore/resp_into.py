@@ -21,7 +21,7 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import redis
@@ -30,6 +30,7 @@ _CRLF = b"\r\n"
 _HEADER_READ = 4096  # headers are a few bytes; a payload is read into its destination
 _INLINE_MAX = 4096  # arguments up to this size are copied into the command's framing
 _IOV_MAX = 1024  # buffers per sendmsg call (Linux' IOV_MAX)
+T = TypeVar("T")
 
 
 class _Reply:
@@ -172,24 +173,9 @@ def multi_into(client: redis.Redis, small: list[tuple], reads: list[tuple[str, l
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        commands = [("MULTI",), *small, *(("HMGET", key, *fields) for key, fields, _ in reads), ("EXEC",)]
-        conn.send_packed_command(conn.pack_commands(commands))
-
-        def read(r: _Reply):
-            for _ in range(len(commands) - 1):  # +OK, then +QUEUED each (or errors)
-                reply = r.value()
-                if isinstance(reply, redis.ResponseError):
-                    raise reply
-            head = r.header()
-            if head != b"*%d" % (len(small) + len(reads)):
-                raise redis.ConnectionError(f"unexpected EXEC reply {head[:40]!r}")
-            values = [r.value() for _ in small]
-            for v in values:
-                if isinstance(v, redis.ResponseError):
-                    raise v
-            return values, [r.array_into(dests) for _, _, dests in reads]
-
-        return _guarded(conn, read)
+        commands = [*small, *(("HMGET", key, *fields) for key, fields, _ in reads)]
+        return _transaction(conn, commands, lambda r: (_values(r, len(small)),
+                                                       [r.array_into(dests) for _, _, dests in reads]))
     finally:
         pool.release(conn)
 
@@ -249,12 +235,21 @@ def _sendmsg_all(sock: socket.socket, buffers: list) -> None:
             i += 1
 
 
-def exec_multi(conn, commands: list[tuple]) -> list:
-    """``MULTI``, ``commands``, ``EXEC`` on ``conn`` (e.g. a pipeline's connection holding a
-    ``WATCH``), the arguments' buffers sent as they are. Returns EXEC's replies; raises
-    :class:`redis.WatchError` when a watched key changed (EXEC answered nil) and the first
-    error a command was queued or run with."""
-    def read(r: _Reply) -> list:
+def _values(r: _Reply, n: int) -> list:
+    """The next ``n`` replies as Python values; the first error among them is raised."""
+    values = [r.value() for _ in range(n)]
+    for v in values:
+        if isinstance(v, redis.ResponseError):
+            raise v
+    return values
+
+
+def _transaction(conn, commands: list[tuple], results: Callable[[_Reply], T]) -> T:
+    """Send ``MULTI``, ``commands``, ``EXEC`` on ``conn`` (the arguments' buffers as they
+    are), read the queueing replies and EXEC's header, then let ``results`` read EXEC's
+    ``len(commands)`` elements. A watched key that changed (EXEC answered nil) raises
+    :class:`redis.WatchError`; a command refused when queued raises its error."""
+    def read(r: _Reply) -> T:
         queued = [r.value() for _ in range(len(commands) + 1)]  # +OK, then +QUEUED each (or errors)
         try:
             head = r.header()
@@ -264,13 +259,17 @@ def exec_multi(conn, commands: list[tuple]) -> list:
             raise redis.WatchError("a watched key changed before EXEC")
         if head != b"*%d" % len(commands):
             raise redis.ConnectionError(f"unexpected EXEC reply {head[:40]!r}")
-        replies = [r.value() for _ in commands]
-        for v in replies:
-            if isinstance(v, redis.ResponseError):
-                raise v
-        return replies
+        return results(r)
 
     buffers = _buffers([("MULTI",), *commands, ("EXEC",)])
     if conn._sock is None:
         conn.connect()
     return _guarded(conn, read, lambda: _sendmsg_all(conn._sock, buffers))
+
+
+def exec_multi(conn, commands: list[tuple]) -> list:
+    """``MULTI``, ``commands``, ``EXEC`` on ``conn`` (e.g. a pipeline's connection holding a
+    ``WATCH``), the arguments' buffers sent as they are. Returns EXEC's replies; raises
+    :class:`redis.WatchError` when a watched key changed (EXEC answered nil) and the first
+    error a command was queued or run with."""
+    return _transaction(conn, commands, lambda r: _values(r, len(commands)))
