@@ -132,9 +132,10 @@ class FactorizationMachines(Algorithm):
             mu, sd = _label_moments(state)
             t = (y - mu) / sd
         vals = A.data
+        vals2 = vals * vals
         xv = P[A.cols] * vals[:, None]  # (nnz, 1 + k): x_j [w_j, v_j]
         vn = (P[:, 1:] * P[:, 1:]).sum(1)  # |v_j|^2 per touched column
-        z, S = _forward_on(bk, A, float(b[0]), xv, vn[A.cols] * vals * vals)
+        z, S = _forward_on(bk, A, float(b[0]), xv, vn[A.cols] * vals2)
         r = (sigmoid(z, xp) - dev(y)) if self.predictor_type == "binary_classifier" else (z - dev(t))
         r = r * dev(sw) / wsum  # d mean-loss / d z
         # d z / d w_j = x_j; d z / d v_jf = x_j s_f - v_jf x_j^2: the x_j s_f part sums per
@@ -143,7 +144,7 @@ class FactorizationMachines(Algorithm):
         T = S * r[:, None]
         T[:, 0] = r
         g = bk.group_sum(A, T[A.rows] * vals[:, None])
-        g[:, 1:] -= P[:, 1:] * bk.group_sum(A, r[A.rows] * vals * vals)[:, None]
+        g[:, 1:] -= P[:, 1:] * bk.group_sum(A, r[A.rows] * vals2)[:, None]
         l2 = np.full(m, float(self.factors_l2))
         l2[0] = float(self.linear_l2)
         g += dev(l2) * P

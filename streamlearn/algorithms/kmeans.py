@@ -168,21 +168,15 @@ class KMeans(Algorithm):
             target = slots_used[idx[rest]]
             wr, Xr = w[rest], X[rest]
             uniq, inv = np.unique(target, return_inverse=True)
-            agg = group_sum(inv, wr[:, None] * Xr, len(uniq))
-            state.push("sum_x", agg, rows=uniq)
-            state.push("weight", np.bincount(inv, weights=wr, minlength=len(uniq)), rows=uniq)
-            state.push("sumsq", np.bincount(inv, weights=wr * (Xr * Xr).sum(1), minlength=len(uniq)), rows=uniq)
+            _push_assigned(state, uniq, inv, wr, Xr)
             cost = float(wr @ d2[rest])
         elif rest.any():  # first batch: the seeds are the only slots (their mass is the opening)
             # assign the rest to the seeds just opened in this batch
             sl = slots[: int(open_mask.sum())]
             seeds = X[open_mask]
             idx2, d2r = metrics.nearest(X[rest], seeds)
-            wr, Xr = w[rest], X[rest]
-            agg = group_sum(idx2, wr[:, None] * Xr, len(seeds))
-            state.push("sum_x", agg, rows=sl)
-            state.push("weight", np.bincount(idx2, weights=wr, minlength=len(seeds)), rows=sl)
-            state.push("sumsq", np.bincount(idx2, weights=wr * (Xr * Xr).sum(1), minlength=len(seeds)), rows=sl)
+            wr = w[rest]
+            _push_assigned(state, sl, idx2, wr, X[rest])
             cost = float(wr @ d2r)
         state.push("cost", cost)
         state.push("n", float(w.sum()))
@@ -212,6 +206,15 @@ def _kmeanspp(X: np.ndarray, w: np.ndarray, m: int, rng: np.random.Generator) ->
         chosen[i] = rng.choice(n, p=p / tot) if tot > 0 else rng.integers(n)
         d2 = np.minimum(d2, ((X - X[chosen[i]]) ** 2).sum(1))
     return chosen
+
+
+def _push_assigned(state: State, slots: np.ndarray, group: np.ndarray, w: np.ndarray, X: np.ndarray) -> None:
+    """Add the points ``X`` (weights ``w``) to the summary, point i to slot ``slots[group[i]]``:
+    their weighted sum, weight and weighted squared norm per slot."""
+    n = len(slots)
+    state.push("sum_x", group_sum(group, w[:, None] * X, n), rows=slots)
+    state.push("weight", np.bincount(group, weights=w, minlength=n), rows=slots)
+    state.push("sumsq", np.bincount(group, weights=w * (X * X).sum(1), minlength=n), rows=slots)
 
 
 def _draw(rng: np.random.Generator, weights: np.ndarray, size: int) -> np.ndarray:
