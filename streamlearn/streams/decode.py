@@ -92,9 +92,9 @@ class DecodeResult:
         messages are copied. A worker's window of ~100 dense 400 kB messages was joined into
         one fresh 40 MB array (its own mmap: ~10,000 page faults, 27 ms) just to be sliced."""
         pieces = [p for p in self.pieces if p.n]
-        n = sum(p.n for p in pieces)
         sparse = any(p.sparse for p in pieces)
         starts = np.cumsum([0] + [p.n for p in pieces])
+        n = int(starts[-1])
         out = []
         for a in range(0, n, rows):
             b = min(a + rows, n)
