@@ -62,8 +62,10 @@ def cmd_stack(args) -> int:
 
 def cmd_produce(args) -> int:
     from streamlearn.streams.producer import produce_file
+    from streamlearn.streams.schema_store import SharedSchemas
 
     s = _settings()
+    SharedSchemas(s.redis_client()).register_project_schemas()  # workers of other releases can read us
     n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
                      partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features)
     print(f"produced {n} records to {args.topic}")
@@ -95,6 +97,20 @@ def cmd_worker(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     status = run_worker(args.name, _settings())
     print(f"worker stopped; job {args.name} is {status}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from streamlearn.streams.schema_store import SharedSchemas
+    from streamlearn.streams.serde import fingerprint_hex
+
+    shared = SharedSchemas(_settings().redis_client())
+    if args.action == "register":
+        if args.file is None:
+            raise UsageError("schema register needs FILE.avsc")
+        print(fingerprint_hex(shared.register(args.file)))
+    else:
+        _print(shared.list(), args.json)
     return 0
 
 
@@ -175,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="join a job's consumer group and train until the job ends")
     wk.add_argument("name")
     wk.set_defaults(func=cmd_worker)
+
+    sc = sub.add_parser("schema", help="the shared writer-schema registry (Avro schemas by fingerprint, in Redis)")
+    sc.add_argument("action", choices=["register", "list"])
+    sc.add_argument("file", nargs="?", type=Path, metavar="FILE.avsc")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=cmd_schema)
 
     sn = sub.add_parser("snapshot", help="finalize the current state and publish a snapshot now")
     sn.add_argument("name")

@@ -10,7 +10,8 @@ def _collect() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [ParamError, JobError, StateError, FileNotFoundError]
     for module, name in (("streamlearn.config", "ConfigError"), ("streamlearn.snapshots.format", "SnapshotError"),
                          ("streamlearn.snapshots.store", "SnapshotNotFound"),
-                         ("streamlearn.streams.topics", "TopicError"), ("streamlearn.streams.files", "FileFormatError")):
+                         ("streamlearn.streams.topics", "TopicError"), ("streamlearn.streams.files", "FileFormatError"),
+                         ("streamlearn.streams.schema_store", "SchemaRegistrationError")):
         found.append(getattr(__import__(module, fromlist=[name]), name))
     return tuple(found)
 

@@ -30,7 +30,9 @@ from streamlearn.statestore.base import FencedError
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.keys import JobKeys
 from streamlearn.statestore.redis_state import RedisState
+from streamlearn.streams.confluent import ConfluentSchemas, SchemaRegistryUnavailable
 from streamlearn.streams.decode import decode_messages, rejection_headers
+from streamlearn.streams.schema_store import SharedSchemas
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -40,7 +42,8 @@ class DeadLetterUnavailable(RuntimeError):
 
 
 #: failures a worker outlives: it drops the batch in hand and goes back to the stored offsets
-_OUTAGES = (redis.ConnectionError, redis.TimeoutError, DeadLetterUnavailable, SnapshotPublishError, KafkaException)
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, DeadLetterUnavailable, SnapshotPublishError, KafkaException,
+            SchemaRegistryUnavailable)
 
 
 class _StopDuringOutage(Exception):
@@ -134,6 +137,8 @@ class Worker:
         self.member = member or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.keys = JobKeys(job)
         self.state = RedisState(self.client, job, self.member)
+        self.shared_schemas = SharedSchemas(self.client)  # writer schemas this process was not started with
+        self.confluent_schemas = ConfluentSchemas.from_env()
         self.fence: dict[int, int] = {}  # partition -> epoch we own it under
         self.done_partitions: set[int] = set()  # reached the job's end offset
         self._stop = threading.Event()
@@ -351,7 +356,8 @@ class Worker:
         if not good:
             return
         result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
-                                 self.algorithm.accepts_sparse, self.algorithm.needs_label)
+                                 self.algorithm.accepts_sparse, self.algorithm.needs_label,
+                                 shared=self.shared_schemas, confluent=self.confluent_schemas)
         dead = self._dead_letter(good, result.rejected)
         for part in result.steps(self.config.step_rows(self.algorithm)):
             self.algorithm.update(self.state, part)

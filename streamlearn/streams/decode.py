@@ -25,6 +25,8 @@ import numpy as np
 from fastavro import schemaless_reader
 
 from streamlearn.batch import Batch, SparseRows
+from streamlearn.streams.confluent import ConfluentSchemas, is_confluent_framed
+from streamlearn.streams.schema_store import SharedSchemas
 from streamlearn.streams.serde import (
     HEADER_LEN, MAGIC, REGISTRY, TRAINING_BATCH, TRAINING_RECORD, SchemaRegistry, fingerprint_hex,
 )
@@ -395,11 +397,15 @@ def _isfinite(x: float) -> bool:
 
 
 def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, needs_label: bool,
-                    registry: SchemaRegistry = REGISTRY) -> DecodeResult:
+                    registry: SchemaRegistry = REGISTRY, shared: SharedSchemas | None = None,
+                    confluent: ConfluentSchemas | None = None) -> DecodeResult:
     """Decode and validate Kafka message values into one :class:`Batch` (accepted examples,
     concatenated in message order) plus the :class:`Rejection` of every bad message.
 
-    Never raises for bad input bytes: everything wrong with a message is a rejection.
+    A fingerprint unknown to ``registry`` is looked up in ``shared`` (one round trip for all
+    unknown fingerprints of the call); Confluent-framed values are read when ``confluent``
+    is given. Never raises for bad input bytes: everything wrong with a message is a
+    rejection (an unreachable Redis or schema registry raises: the window is retried).
     """
     n_features = int(n_features)
     by_fp = registry.by_fingerprint
@@ -422,6 +428,11 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
             except Exception:  # noqa: BLE001
                 rejected.append(Rejection(i, f"message value is {type(v).__name__}, not bytes"))
                 continue
+        if confluent is not None and is_confluent_framed(v):
+            v = confluent.reframe(v, registry)
+            if type(v) is str:
+                rejected.append(Rejection(i, v))
+                continue
         nbytes = len(v)
         if nbytes < HEADER_LEN or v[:2] != MAGIC:
             if 0 < nbytes < HEADER_LEN and MAGIC.startswith(v[:2]):
@@ -430,6 +441,10 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
                 rejected.append(Rejection(i, R_NOT_AVRO))
             continue
         writer = by_fp.get(v[2:HEADER_LEN])
+        if writer is None and shared is not None:
+            shared.learn(registry, _fingerprints(values[i:]))
+            shared = None  # asked once per call: what it did not know stays unknown
+            writer = by_fp.get(v[2:HEADER_LEN])
         if writer is None:
             rejected.append(Rejection(i, f"{R_UNKNOWN_FP} {fingerprint_hex(v[2:HEADER_LEN])}"))
             continue
@@ -503,6 +518,11 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
     bad = {r.index for r in rejected}
     accepted = [i for i in range(len(values)) if i not in bad]
     return DecodeResult(pieces, n_features, rejected, accepted)
+
+
+def _fingerprints(values: list) -> list[bytes]:
+    """The fingerprints of the single-object encoded ``values``."""
+    return [bytes(v[2:HEADER_LEN]) for v in values if len(v) >= HEADER_LEN and bytes(v[:2]) == MAGIC]
 
 
 _BATCH_FIELDS = ("n_rows", "n_features", "dense", "indptr", "indices", "values", "labels", "weights", "keys")
