@@ -53,6 +53,11 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         settings = stack.up()
         print("\n".join(settings.shell_lines(reveal=True)))  # meant for `eval $(streamlearn stack up)`
+        if args.schema_registry:
+            from streamlearn._internal import schema_registry_server
+            from streamlearn.streams.confluent import ENV_URL
+
+            print(f"{ENV_URL}={schema_registry_server.up(progress=lambda m: print(m, file=sys.stderr))}")
     elif args.action == "down":
         stack.down()
     else:
@@ -158,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stack", help="local Kafka (KRaft) + Redis on free ports")
     st.add_argument("action", choices=["up", "down", "status"])
     st.add_argument("--json", action="store_true")
+    st.add_argument("--schema-registry", action="store_true",
+                    help="up: also start a Confluent-compatible schema registry (Apicurio; needs Java 21+)")
     st.set_defaults(func=cmd_stack)
 
     pr = sub.add_parser("produce", help="produce a .csv/.jsonl/.parquet file as training records")

@@ -800,6 +800,8 @@ def down(home: Path | str | None = None, *, purge: bool = False,
                 state["redis"].get("pid"), REDIS_MARKER)
             _stop_pid(state["redis"].get("pid"), REDIS_MARKER, timeout=timeout)
             _stop_pid(state["kafka"].get("pid"), KAFKA_MARKER, timeout=timeout)
+            # the opt-in schema registry (schema_registry_server), when `up --schema-registry` started one
+            _stop_pid(state.get("schema_registry", {}).get("pid"), "quarkus-run.jar", timeout=timeout)
             with contextlib.suppress(FileNotFoundError):
                 _state_path(h).unlink()
         if purge:
