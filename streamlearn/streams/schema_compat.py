@@ -33,7 +33,8 @@ def incompatibilities(writer: Any, reader: Any) -> list[str]:
     return _check(writer, reader, "", wnamed, rnamed, set())
 
 
-def _full_name(schema: dict, namespace: str) -> str:
+def full_name(schema: dict, namespace: str = "") -> str:
+    """A named type's full name (``namespace.name``), in the enclosing ``namespace`` if it has none."""
     name = schema["name"]
     if "." in name:
         return name
@@ -49,7 +50,7 @@ def _index(schema: Any, namespace: str, named: dict[str, dict]) -> None:
     elif isinstance(schema, dict):
         kind = schema.get("type")
         if kind in _NAMED:
-            full = _full_name(schema, namespace)
+            full = full_name(schema, namespace)
             named.setdefault(full, schema)
             named.setdefault(full.rpartition(".")[2], schema)  # a reference may use the short name
             namespace = full.rpartition(".")[0]
@@ -158,4 +159,4 @@ def _describe(schema: Any) -> str:
     return str(schema)
 
 
-__all__ = ["incompatibilities"]
+__all__ = ["full_name", "incompatibilities"]

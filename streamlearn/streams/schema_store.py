@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import fastavro
 
 from streamlearn.statestore.keys import PREFIX
-from streamlearn.streams.schema_compat import incompatibilities
+from streamlearn.streams.schema_compat import full_name, incompatibilities
 from streamlearn.streams.serde import (
     REGISTRY, SCHEMA_DIR, SchemaRegistry, SerdeError, fingerprint, fingerprint_hex,
 )
@@ -116,7 +116,7 @@ class SharedSchemas:
         for field, text in self.client.hgetall(self.key).items():
             doc = json.loads(text)
             rows.append({"fingerprint": field.decode() if isinstance(field, bytes) else field,
-                         "name": _full_name(doc), "fields": [f["name"] for f in doc.get("fields", [])]})
+                         "name": full_name(doc), "fields": [f["name"] for f in doc.get("fields", [])]})
         return sorted(rows, key=lambda r: (r["name"], r["fingerprint"]))
 
     def learn(self, registry: SchemaRegistry, fingerprints: Iterable[bytes]) -> int:
@@ -140,12 +140,6 @@ class SharedSchemas:
                 continue
             found += 1
         return found
-
-
-def _full_name(doc: dict) -> str:
-    name = doc.get("name", "")
-    ns = doc.get("namespace")
-    return f"{ns}.{name}" if ns and "." not in name else name
 
 
 __all__ = ["SCHEMAS_KEY", "SchemaRegistrationError", "SharedSchemas", "check_compatible"]
