@@ -351,7 +351,8 @@ class Worker:
         if not good:
             return
         result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
-                                 self.algorithm.accepts_sparse, self.algorithm.needs_label)
+                                 self.algorithm.accepts_sparse, self.algorithm.needs_label,
+                                 labels=self.algorithm.label_coding())
         dead = self._dead_letter(good, result.rejected)
         for part in result.steps(self.config.step_rows(self.algorithm)):
             self.algorithm.update(self.state, part)
