@@ -567,7 +567,7 @@ def _check_record(rec: dict, n_features: int, accepts_sparse: bool, needs_label:
     return None, sparse
 
 
-def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool, labels=None):
+def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool, coding=None):
     """(piece, None, n) for a good training_batch, else (None, reason, n_records)."""
     nr, nf = rec["n_rows"], rec["n_features"]
     if nr < 0 or nf < 0:
@@ -635,7 +635,7 @@ def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: 
             return None, R_INF_Y, nr
         if needs_label and np.isnan(y).any():
             return None, R_MISSING_LABEL, nr
-        off_contract = None if labels is None else labels.first_violation(y)
+        off_contract = None if coding is None else coding.first_violation(y)
         if off_contract is not None:
             return None, off_contract, nr
         piece.y = y
