@@ -92,6 +92,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     algo = make_algorithm(algorithm, params or {})
     parent, parent_model = _parent_model(client, from_snapshot, algorithm) if from_snapshot else (None, None)
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
+    algo = _with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,
                    snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
@@ -114,6 +115,18 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     pipe.execute()
     ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
     return spec
+
+
+def _with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm, bounded: bool) -> Algorithm:
+    """The algorithm with its "auto" parameters inferred from the topic's records, after
+    checking its explicit ones against them (streamlearn/contract.py)."""
+    from streamlearn.contract import infer_params, sample_topic
+
+    params = algo.get_params()
+    if not ({"n_features", "classes", "mini_batch_size"} & set(params)):
+        return algo
+    inferred = infer_params(algo, sample_topic(kafka_conf, topic, marks), bounded)
+    return make_algorithm(algo.name, {**params, **inferred}) if inferred else algo
 
 
 def _parent_model(client: redis.Redis, ref: str, algorithm: str):

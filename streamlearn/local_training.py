@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from streamlearn.algorithms.base import Algorithm, Model
+from streamlearn.algorithms.base import Algorithm, Model, ParamError
 from streamlearn.batch import Batch
 from streamlearn.statestore.local import LocalState
 
@@ -24,6 +24,10 @@ def fit_local(algorithm: Algorithm, batches: Iterable[Batch], state: LocalState 
     """
     if commit_every < 1:
         raise ValueError(f"commit_every must be >= 1, got {commit_every}")
+    unresolved = algorithm.unresolved()
+    if unresolved:
+        raise ParamError(f"{algorithm.name}: {', '.join(unresolved)} = 'auto' is inferred from the topic at job "
+                         f"create; in-process, pass a value")
     if state is None:
         state = LocalState()
         algorithm.initialize(state)

@@ -167,13 +167,88 @@ def feature_count(value):
 NUMPY_BACKEND = NumpyBackend()
 
 
+def check_feature_count(algo) -> None:
+    """``n_features`` is a positive integer or "auto" (inferred from the topic at job create)."""
+    from streamlearn.algorithms.base import AUTO, require
+
+    v = algo.n_features
+    require(v == AUTO or isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0, algo.name,
+            f"n_features must be a positive integer or 'auto', got {v!r}")
+
+
 def check_features_and_type(algo, predictor_types: tuple[str, ...]) -> None:
     """The checks every supervised algorithm starts with: ``n_features`` a positive
     integer and ``predictor_type`` one this algorithm supports."""
     from streamlearn.algorithms.base import require
 
     n = algo.name
-    require(isinstance(algo.n_features, (int, np.integer)) and not isinstance(algo.n_features, bool)
-            and algo.n_features > 0, n, f"n_features must be a positive integer, got {algo.n_features!r}")
+    check_feature_count(algo)
     require(algo.predictor_type in predictor_types, n, f"predictor_type must be one of {predictor_types}, "
             f"got {algo.predictor_type!r}")
+
+
+# -- the label and step parameters of the supervised learners (linear learner, FM) -----------
+def check_classes(algo, sizes: dict) -> None:
+    """``classes`` is "auto" or a list of distinct numbers fitting the predictor type:
+    ``sizes[predictor_type]`` is how many it must have ("auto": at least 2); a predictor
+    type without an entry (a regressor) takes no classes."""
+    from streamlearn.algorithms.base import AUTO, require
+    from streamlearn.labels import parse_classes
+
+    n = algo.name
+    if algo.classes == AUTO:
+        return
+    require(algo.predictor_type in sizes, n, f"classes is for classifiers, not predictor_type {algo.predictor_type!r}")
+    try:
+        classes = parse_classes(algo.classes)
+    except (TypeError, ValueError) as exc:
+        require(False, n, f"classes must be 'auto' or a list of distinct numbers (e.g. 1,2), got {algo.classes!r}: {exc}")
+    want = sizes[algo.predictor_type]
+    require(len(classes) >= 2, n, "classes needs at least 2 values")
+    require(want == AUTO or len(classes) == want, n,
+            f"{algo.predictor_type} with {want} classes, but classes lists {len(classes)}: {algo.classes!r}")
+
+
+def coding_of(predictor_type: str, classes, num_classes):
+    """The :class:`~streamlearn.labels.LabelCoding` of a learner's parameters: ``classes`` when
+    given, else the identity (0/1; 0..num_classes-1); a regressor takes any number."""
+    from streamlearn.algorithms.base import AUTO, ParamError
+    from streamlearn.labels import LabelCoding, parse_classes
+
+    if predictor_type == "regressor":
+        return LabelCoding(None)
+    if classes != AUTO:
+        return LabelCoding.of(parse_classes(classes))
+    if predictor_type == "binary_classifier":
+        return LabelCoding.identity(2)
+    if num_classes == AUTO:
+        raise ParamError("multiclass_classifier: num_classes='auto' (and classes='auto') is inferred from the topic "
+                         "at job create; in-process, pass num_classes or classes")
+    return LabelCoding.identity(int(num_classes))
+
+
+def model_coding(attrs: dict):
+    """A classifier model's label coding from its attrs (snapshots from before label mappings
+    carry no ``classes``: the identity coding)."""
+    from streamlearn.labels import LabelCoding
+
+    if attrs["predictor_type"] == "regressor":
+        return LabelCoding(None)
+    if attrs.get("classes") is not None:
+        return LabelCoding.of(attrs["classes"])
+    return LabelCoding.identity(int(attrs.get("num_classes", 2)))
+
+
+def check_mini_batch_size(algo) -> None:
+    from streamlearn.algorithms.base import AUTO, require
+
+    v = algo.mini_batch_size
+    require(v == AUTO or isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, algo.name,
+            f"mini_batch_size must be a positive integer or 'auto', got {v!r}")
+
+
+def step_rows_of(algo) -> int:
+    """Examples per update step: ``mini_batch_size``, or the class default while it is "auto"
+    (job create sizes it from a bounded job's data)."""
+    v = algo.mini_batch_size
+    return int(v) if isinstance(v, (int, np.integer)) else type(algo).default_step_rows

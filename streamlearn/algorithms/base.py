@@ -20,6 +20,11 @@ class ParamError(ValueError):
     """A bad algorithm parameter: unknown name, wrong type or out-of-range value."""
 
 
+#: the value of a parameter inferred from the topic's records at ``job create``
+#: (:mod:`streamlearn.streams.inspect`): ``n_features``, ``classes``, ``num_classes``...
+AUTO = "auto"
+
+
 class Algorithm:
     """Base class: subclasses set ``name`` and implement the three functions.
 
@@ -66,6 +71,16 @@ class Algorithm:
     def check_params(self) -> None:
         """Raise :class:`ParamError` for an invalid parameter. Subclasses extend this."""
 
+    def unresolved(self) -> list[str]:
+        """Parameters still ``"auto"`` that only data can settle (``job create`` infers them
+        from the topic; in-process they must be given)."""
+        return ["n_features"] if getattr(self, "n_features", None) == AUTO else []
+
+    def label_coding(self):
+        """The labels a record may carry (:class:`~streamlearn.labels.LabelCoding`), checked
+        at decode time; None: any label (or none)."""
+        return None
+
     def n_features(self) -> int:
         """The input width every record must have (checked at decode time)."""
         return int(getattr(self, "n_features_", getattr(self, "dim", 1)))
@@ -93,6 +108,8 @@ class Algorithm:
 
 
 def _convert(algo: str, name: str, value: Any, default: Any) -> Any:
+    if isinstance(value, str) and default == AUTO:
+        return _auto_value(value)
     if not isinstance(value, str) or isinstance(default, str):
         return value
     try:
@@ -113,6 +130,19 @@ def _convert(algo: str, name: str, value: Any, default: Any) -> Any:
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise ParamError(f"{algo}: parameter {name}={value[:80]!r} is not a valid {type(default).__name__}") from None
     return value
+
+
+def _auto_value(value: str) -> Any:
+    """A parameter whose default is "auto" takes "auto", a JSON value or a comma-separated
+    list (``classes=1,2``); anything else stays a string for ``check_params`` to judge."""
+    if value == AUTO:
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        if "," in value:
+            return [_auto_value(v.strip()) for v in value.split(",")]
+        return value
 
 
 def require(condition: bool, algo: str, message: str) -> None:

@@ -23,10 +23,12 @@ import numpy as np
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
 from streamlearn.algorithms._common import check_features_and_type
-from streamlearn.algorithms._common import (NUMPY_BACKEND, ColumnIndex, backend_of, check_backend, feature_count,
-                                            sigmoid)
-from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.algorithms._common import (NUMPY_BACKEND, ColumnIndex, backend_of, check_backend, check_classes,
+                                            check_mini_batch_size, coding_of, feature_count, model_coding, sigmoid,
+                                            step_rows_of)
+from streamlearn.algorithms.base import AUTO, Algorithm, Model, require
 from streamlearn.batch import Batch, SparseRows
+from streamlearn.labels import LabelCoding
 from streamlearn.statestore.base import State
 
 SPARSE_CHUNK_ROWS = 256
@@ -48,13 +50,17 @@ class FactorizationMachines(Algorithm):
     name = "factorization_machines"
     accepts_sparse = True
     needs_label = True
+    #: the step of ``mini_batch_size="auto"`` when the data size is not known
+    default_step_rows = 500
 
-    def __init__(self, n_features: int, predictor_type: str = "binary_classifier", num_factors: int = 8,
-                 optimizer: str = "adagrad", learning_rate: float = 0.1, bias_l2: float = 0.0,
+    def __init__(self, n_features: int | str = AUTO, predictor_type: str = "binary_classifier",
+                 classes: list | str = AUTO, mini_batch_size: int | str = AUTO, num_factors: int = 8, optimizer: str = "adagrad", learning_rate: float = 0.1, bias_l2: float = 0.0,
                  linear_l2: float = 1e-5, factors_l2: float = 1e-5, init_sigma: float = 0.05, seed: int = 0,
                  backend: str = "numpy", device: str = "cpu"):
         self.n_features = feature_count(n_features)
         self.predictor_type = predictor_type
+        self.classes = classes
+        self.mini_batch_size = mini_batch_size
         self.num_factors = num_factors
         self.optimizer = optimizer
         self.learning_rate = learning_rate
@@ -70,6 +76,8 @@ class FactorizationMachines(Algorithm):
     def check_params(self) -> None:
         n = self.name
         check_features_and_type(self, PREDICTOR_TYPES)
+        check_classes(self, {"binary_classifier": 2})
+        check_mini_batch_size(self)
         require(isinstance(self.num_factors, (int, np.integer)) and self.num_factors >= 1, n,
                 "num_factors must be an integer >= 1")
         require(self.optimizer in ("adagrad", "sgd"), n, "optimizer must be 'adagrad' or 'sgd'")
@@ -77,6 +85,15 @@ class FactorizationMachines(Algorithm):
         for p in ("bias_l2", "linear_l2", "factors_l2", "init_sigma"):
             require(np.isfinite(getattr(self, p)) and getattr(self, p) >= 0, n, f"{p} must be >= 0")
         check_backend(self)
+
+    @property
+    def step_rows(self) -> int:
+        return step_rows_of(self)
+
+    def label_coding(self) -> LabelCoding:
+        """Binary: ``classes`` or 0/1 (``classes="auto"`` is inferred at job create); regressor:
+        any finite number."""
+        return coding_of(self.predictor_type, self.classes, 2)
 
     def _keyargs(self) -> dict:
         d = int(self.n_features)
@@ -109,7 +126,7 @@ class FactorizationMachines(Algorithm):
         if len(batch) == 0:
             return
         X = _to_sparse(batch.X)
-        y = np.asarray(batch.y, dtype=np.float64)
+        y = self.label_coding().encode(batch.y)
         sw = batch.weights * np.isfinite(y)
         y = np.where(np.isfinite(y), y, 0.0)
         wsum = float(sw.sum())
@@ -171,7 +188,7 @@ class FactorizationMachines(Algorithm):
     def finalize(self, state: State) -> "FMModel":
         mu, sd = _label_moments(state) if self.predictor_type == "regressor" else (0.0, 1.0)
         attrs = {"predictor_type": self.predictor_type, "n_features": int(self.n_features),
-                 "num_factors": int(self.num_factors), "label_mean": mu, "label_std": sd,
+                 "num_factors": int(self.num_factors), "classes": self.label_coding().to_json(), "label_mean": mu, "label_std": sd,
                  "examples_seen": float(state.pull("n"))}
         wv = state.pull("wv")  # copies of the columns: the model need not keep the accumulators alive
         return FMModel(float(state.pull("b")[0]), wv[:, 0].copy(), wv[:, 1:self._width()].copy(), attrs)
@@ -224,25 +241,25 @@ class FMModel(Model):
         return z
 
     def evaluate(self, batch: Batch) -> np.ndarray:
-        """Predicted class (classifier) or value (regressor) per example."""
+        """Predicted class in the user's label coding (classifier) or value (regressor) per example."""
         z = self.decision_function(batch)
-        return (z > 0).astype(np.int64) if self.attrs["predictor_type"] == "binary_classifier" else z
+        return model_coding(self.attrs).decode(z > 0) if self.attrs["predictor_type"] == "binary_classifier" else z
 
     def score(self, batch: Batch, metric: str | None = None) -> float:
         pt = self.attrs["predictor_type"]
         metric = metrics.check_metric(self.algorithm, metric or SCORE_METRICS[pt][0 if pt == "regressor" else 1],
                                       SCORE_METRICS[pt])
         z = self.decision_function(batch)
-        if metric == "log_loss":
-            return metrics.log_loss(batch.y, sigmoid(z), batch.w)
-        if metric == "auc":
-            return metrics.auc(batch.y, z, batch.w)
+        if metric in ("log_loss", "auc"):
+            y = model_coding(self.attrs).encode(batch.y)
+            return metrics.log_loss(y, sigmoid(z), batch.w) if metric == "log_loss" else metrics.auc(y, z, batch.w)
         return getattr(metrics, metric)(batch.y, self.evaluate(batch), batch.w)
 
     def predict_records(self, batch: Batch) -> list[dict[str, Any]]:
         z = self.decision_function(batch)
         if self.attrs["predictor_type"] == "binary_classifier":
-            return [{"prediction": int(v > 0), "score": float(p)} for v, p in zip(z.tolist(), sigmoid(z).tolist())]
+            pred = model_coding(self.attrs).decode(z > 0).tolist()
+            return [{"prediction": a, "score": float(p)} for a, p in zip(pred, sigmoid(z).tolist())]
         return [{"prediction": float(v)} for v in z.tolist()]
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -47,10 +47,12 @@ import numpy as np
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
 from streamlearn.algorithms._common import check_features_and_type
-from streamlearn.algorithms._common import (ColumnIndex, as_pair, backend_of, check_backend, feature_count,
-                                            holdout_mask, sigmoid, softmax)
-from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.algorithms._common import (ColumnIndex, as_pair, backend_of, check_backend, check_classes,
+                                            check_mini_batch_size, coding_of, feature_count, holdout_mask,
+                                            model_coding, sigmoid, softmax, step_rows_of)
+from streamlearn.algorithms.base import AUTO, Algorithm, Model, require
 from streamlearn.batch import Batch, SparseRows
+from streamlearn.labels import LabelCoding
 from streamlearn.statestore.base import State
 
 SPARSE_CHUNK_ROWS = 256
@@ -71,12 +73,15 @@ class LinearLearner(Algorithm):
     name = "linear_learner"
     accepts_sparse = True
     needs_label = True
-    #: SageMaker's default mini_batch_size. A dense 100-feature, 32-model step is mostly
-    #: per-call overhead at 500 rows (fit_local 0.67 -> 0.77 M rows/s at 1,000, same
+    #: SageMaker's default mini_batch_size, the step of ``mini_batch_size="auto"`` when the
+    #: data size is not known (job create sizes steps of bounded jobs from the data:
+    #: streamlearn.streams.inspect.default_step_rows). A dense 100-feature, 32-model step is
+    #: mostly per-call overhead at 500 rows (fit_local 0.67 -> 0.77 M rows/s at 1,000, same
     #: accuracy 0.7721 on the benchmark set); larger steps were slower (BLAS threads).
-    step_rows = 1_000
+    default_step_rows = 1_000
 
-    def __init__(self, n_features: int, predictor_type: str = "binary_classifier", num_classes: int = 2,
+    def __init__(self, n_features: int | str = AUTO, predictor_type: str = "binary_classifier",
+                 num_classes: int | str = AUTO, classes: list | str = AUTO, mini_batch_size: int | str = AUTO,
                  loss: str = "auto", num_models: int = 32, learning_rate: tuple = (0.02, 2.0),
                  l1: tuple = (0.0, 0.0), l2: tuple = (0.0, 1e-3), pack: str = "random",
                  optimizer: str = "adagrad", averaging: bool = True, normalize: bool = True,
@@ -85,6 +90,8 @@ class LinearLearner(Algorithm):
         self.n_features = feature_count(n_features)
         self.predictor_type = predictor_type
         self.num_classes = num_classes
+        self.classes = classes
+        self.mini_batch_size = mini_batch_size
         self.loss = loss
         self.num_models = num_models
         self.learning_rate = learning_rate
@@ -105,8 +112,10 @@ class LinearLearner(Algorithm):
     def check_params(self) -> None:
         n = self.name
         check_features_and_type(self, PREDICTOR_TYPES)
-        require(isinstance(self.num_classes, (int, np.integer)) and self.num_classes >= 2, n,
-                "num_classes must be an integer >= 2")
+        require(self.num_classes == AUTO or isinstance(self.num_classes, (int, np.integer)) and self.num_classes >= 2,
+                n, "num_classes must be an integer >= 2 or 'auto'")
+        check_classes(self, {"binary_classifier": 2, "multiclass_classifier": self.num_classes})
+        check_mini_batch_size(self)
         require(self.loss == "auto" or self.loss in LOSSES.get(self.predictor_type, ()), n,
                 f"loss {self.loss!r} does not fit predictor_type {self.predictor_type!r}; use 'auto' or one of "
                 f"{LOSSES.get(self.predictor_type, ())}")
@@ -129,12 +138,32 @@ class LinearLearner(Algorithm):
 
     # -- derived settings --------------------------------------------------------------------
     @property
+    def step_rows(self) -> int:
+        return step_rows_of(self)
+
+    def unresolved(self) -> list[str]:
+        multiclass_unsized = (self.predictor_type == "multiclass_classifier" and self.num_classes == AUTO
+                              and self.classes == AUTO)
+        return super().unresolved() + (["num_classes"] if multiclass_unsized else [])
+
+    def label_coding(self) -> LabelCoding:
+        """Binary: ``classes`` or 0/1; multiclass: ``classes`` or 0..num_classes-1; regressor:
+        any finite number. (``classes="auto"`` is inferred at job create; in-process it is the
+        identity coding.)"""
+        cache = self.__dict__.get("_coding_cache")
+        sig = (self.predictor_type, repr(self.classes), self.num_classes)
+        if cache is None or cache[0] != sig:
+            cache = (sig, coding_of(self.predictor_type, self.classes, self.num_classes))
+            self.__dict__["_coding_cache"] = cache
+        return cache[1]
+
+    @property
     def _d(self) -> int:
         return int(self.n_features)
 
     @property
     def _C(self) -> int:
-        return int(self.num_classes) if self.predictor_type == "multiclass_classifier" else 1
+        return len(self.label_coding().classes) if self.predictor_type == "multiclass_classifier" else 1
 
     @property
     def _loss(self) -> str:
@@ -202,7 +231,7 @@ class LinearLearner(Algorithm):
             return
         hp = self._hp()
         C, M = self._C, int(self.num_models)
-        y = np.asarray(batch.y, dtype=np.float64)
+        y = self.label_coding().encode(batch.y)
         sw = batch.weights * np.isfinite(y)
         y = np.where(np.isfinite(y), y, 0.0)
         hold = holdout_mask(batch, float(self.holdout_fraction), salt=int(self.seed))
@@ -367,6 +396,7 @@ class LinearLearner(Algorithm):
         hp = self._hp()
         attrs = {
             "predictor_type": self.predictor_type, "loss": self._loss, "num_classes": C if C > 1 else 2,
+            "classes": self.label_coding().to_json(),
             "n_features": d, "selected_model": best, "validation_metric": metric,
             "validation_weight": float(val[0].max()) if have.any() else 0.0,
             "models": [{"learning_rate": float(hp["learning_rate"][i]), "l1": float(hp["l1"][i]),
@@ -431,6 +461,11 @@ class LinearModel(Model):
     def predictor_type(self) -> str:
         return self.attrs["predictor_type"]
 
+    @property
+    def coding(self) -> LabelCoding:
+        """The user's label coding (snapshots from before label mappings: the identity)."""
+        return model_coding(self.attrs)
+
     def decision_function(self, batch: Batch) -> np.ndarray:
         X = batch.X
         Z = X.dot(self.weights) if isinstance(X, SparseRows) else np.asarray(X, np.float64) @ self.weights
@@ -444,8 +479,8 @@ class LinearModel(Model):
             return softmax(Z)
         raise ValueError("linear_learner: a regressor has no class probabilities")
 
-    def evaluate(self, batch: Batch) -> np.ndarray:
-        """Predicted class (classifiers) or value (regressor) for every example."""
+    def predict_index(self, batch: Batch) -> np.ndarray:
+        """Predicted class index (classifiers) or value (regressor) for every example."""
         Z = self.decision_function(batch)
         if self.predictor_type == "binary_classifier":
             return (Z[:, 0] > 0).astype(np.int64)
@@ -453,12 +488,19 @@ class LinearModel(Model):
             return Z.argmax(axis=1)
         return Z[:, 0]
 
+    def evaluate(self, batch: Batch) -> np.ndarray:
+        """Predicted class in the user's label coding (classifiers) or value (regressor)."""
+        pred = self.predict_index(batch)
+        return pred if self.predictor_type == "regressor" else self.coding.decode(pred)
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         pt = self.predictor_type
         metric = metrics.check_metric(self.algorithm, metric or self.attrs["validation_metric"], SCORE_METRICS[pt])
         y, w = batch.y, batch.w
-        if metric == "accuracy":
+        if metric == "accuracy":  # in the user's coding: a label outside the classes counts as wrong
             return metrics.accuracy(y, self.evaluate(batch), w)
+        if pt != "regressor":
+            y = self.coding.encode(y)
         if metric == "log_loss":
             return metrics.log_loss(y, self.predict_proba(batch), w)
         if metric == "auc":
@@ -469,15 +511,16 @@ class LinearModel(Model):
 
     def predict_records(self, batch: Batch) -> list[dict[str, Any]]:
         pt = self.predictor_type
-        pred = self.evaluate(batch)
-        if pt == "binary_classifier":
+        if pt == "regressor":
+            return [{"prediction": float(v)} for v in self.evaluate(batch).tolist()]
+        index = self.predict_index(batch)
+        pred = self.coding.decode(index).tolist()
+        if pt == "binary_classifier":  # score: the probability of the second class (classes[1])
             p = self.predict_proba(batch)
-            return [{"prediction": int(a), "score": float(s)} for a, s in zip(pred.tolist(), p.tolist())]
-        if pt == "multiclass_classifier":
-            P = self.predict_proba(batch)
-            return [{"prediction": int(a), "score": float(r[a]), "scores": r}
-                    for a, r in zip(pred.tolist(), P.tolist())]
-        return [{"prediction": float(v)} for v in pred.tolist()]
+            return [{"prediction": a, "score": float(s)} for a, s in zip(pred, p.tolist())]
+        P = self.predict_proba(batch)  # scores: per class, in the order of the model's classes
+        return [{"prediction": a, "score": float(r[i]), "scores": r}
+                for a, i, r in zip(pred, index.tolist(), P.tolist())]
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"weights": self.weights.copy(), "bias": self.bias.copy()}, dict(self.attrs)

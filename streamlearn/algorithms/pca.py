@@ -28,8 +28,8 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import feature_count
-from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.algorithms._common import check_feature_count, feature_count
+from streamlearn.algorithms.base import AUTO, Algorithm, Model, require
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.statestore.base import State
 
@@ -39,7 +39,7 @@ class PCA(Algorithm):
     accepts_sparse = True
     needs_label = False
 
-    def __init__(self, n_features: int, n_components: int = 10, mode: str = "exact", oversampling: int = 0,
+    def __init__(self, n_features: int | str = "auto", n_components: int = 10, mode: str = "exact", oversampling: int = 0,
                  seed: int = 0):
         self.n_features = feature_count(n_features)
         self.n_components = n_components
@@ -49,16 +49,16 @@ class PCA(Algorithm):
 
     def check_params(self) -> None:
         n = self.name
-        for p in ("n_features", "n_components"):
-            v = getattr(self, p)
-            require(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, n,
-                    f"{p} must be a positive integer, got {v!r}")
-        require(self.n_components <= self.n_features, n,
+        check_feature_count(self)
+        v = self.n_components
+        require(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, n,
+                f"n_components must be a positive integer, got {v!r}")
+        require(self.n_features == AUTO or self.n_components <= self.n_features, n,
                 f"n_components ({self.n_components}) must be <= n_features ({self.n_features})")
         require(self.mode in ("exact", "randomized"), n, f"mode must be 'exact' or 'randomized', got {self.mode!r}")
         require(isinstance(self.oversampling, (int, np.integer)) and self.oversampling >= 0, n,
                 "oversampling must be an integer >= 0 (0 = automatic)")
-        require(self.mode == "randomized" or self.n_features <= 20_000, n,
+        require(self.mode == "randomized" or self.n_features == AUTO or self.n_features <= 20_000, n,
                 "mode='exact' keeps a d x d matrix; use mode='randomized' for n_features > 20000")
 
     @property

@@ -357,7 +357,8 @@ class Worker:
             return
         result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
                                  self.algorithm.accepts_sparse, self.algorithm.needs_label,
-                                 shared=self.shared_schemas, confluent=self.confluent_schemas)
+                                 shared=self.shared_schemas, confluent=self.confluent_schemas,
+                                 labels=self.algorithm.label_coding())
         dead = self._dead_letter(good, result.rejected)
         for part in result.steps(self.config.step_rows(self.algorithm)):
             self.algorithm.update(self.state, part)

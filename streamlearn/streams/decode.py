@@ -25,6 +25,7 @@ import numpy as np
 from fastavro import schemaless_reader
 
 from streamlearn.batch import Batch, SparseRows
+from streamlearn.labels import LabelCoding
 from streamlearn.streams.confluent import ConfluentSchemas, is_confluent_framed
 from streamlearn.streams.schema_store import SharedSchemas
 from streamlearn.streams.serde import (
@@ -356,7 +357,7 @@ class _RecordRun:
         self.has_label = self.has_weight = self.has_key = False
         self.index: list[int] = []  # message index of each row
 
-    def piece(self, n_features: int, rejected: list) -> _Piece | None:
+    def piece(self, n_features: int, rejected: list, labels=None) -> _Piece | None:
         n = len(self.index)
         flat = np.frombuffer(b"".join(self.chunks), dtype="<f4")
         if not self.sparse:
@@ -374,9 +375,14 @@ class _RecordRun:
         y = np.array(self.labels, dtype=np.float64) if self.has_label else None
         w = np.array(self.weights, dtype=np.float64) if self.has_weight else None
         keys = self.keys if self.has_key else None
+        for r in np.flatnonzero(~good):
+            rejected.append(Rejection(self.index[int(r)], R_NONFINITE_X))
+        if labels is not None and y is not None:
+            off_contract = labels.violations(y) & good
+            for r in np.flatnonzero(off_contract):
+                rejected.append(Rejection(self.index[int(r)], labels.reason(float(y[r]))))
+            good &= ~off_contract
         if not good.all():
-            for r in np.flatnonzero(~good):
-                rejected.append(Rejection(self.index[int(r)], R_NONFINITE_X))
             rows = np.flatnonzero(good)
             if X is not None:
                 X = X[rows]
@@ -396,18 +402,21 @@ def _isfinite(x: float) -> bool:
     return x - x == 0.0  # False for NaN and +-inf; cheaper than math.isfinite on hot paths
 
 
-def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, needs_label: bool,
+def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse: bool, needs_label: bool,
                     registry: SchemaRegistry = REGISTRY, shared: SharedSchemas | None = None,
-                    confluent: ConfluentSchemas | None = None) -> DecodeResult:
+                    confluent: ConfluentSchemas | None = None, labels: LabelCoding | None = None) -> DecodeResult:
     """Decode and validate Kafka message values into one :class:`Batch` (accepted examples,
     concatenated in message order) plus the :class:`Rejection` of every bad message.
 
-    A fingerprint unknown to ``registry`` is looked up in ``shared`` (one round trip for all
-    unknown fingerprints of the call); Confluent-framed values are read when ``confluent``
-    is given. Never raises for bad input bytes: everything wrong with a message is a
-    rejection (an unreachable Redis or schema registry raises: the window is retried).
+    ``n_features=None`` takes the width of the first training message (inspecting a topic
+    whose width is not known yet). A fingerprint unknown to ``registry`` is looked up in
+    ``shared`` (one round trip for all unknown fingerprints of the call); Confluent-framed
+    values are read when ``confluent`` is given. ``labels``: the job's label coding, a record
+    whose label is outside it is rejected (a batch message as a whole, like every batch rule).
+    Never raises for bad input bytes: everything wrong with a message is a rejection (an
+    unreachable Redis or schema registry raises: the window is retried).
     """
-    n_features = int(n_features)
+    n_features = None if n_features is None else int(n_features)
     by_fp = registry.by_fingerprint
     current = registry.current
     rejected: list[Rejection] = []
@@ -417,7 +426,7 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
 
     def close_run() -> None:
         if run is not None:
-            piece = run.piece(n_features, rejected)
+            piece = run.piece(n_features, rejected, labels)
             if piece is not None:
                 pieces.append(piece)
 
@@ -476,6 +485,8 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
             rejected.append(Rejection(i, f"{R_MALFORMED} ({type(exc).__name__})"))
             continue
 
+        if n_features is None:
+            n_features = _width(name, rec)
         if name == TRAINING_RECORD:
             reason, sparse = _check_record(rec, n_features, accepts_sparse, needs_label)
             if reason is not None:
@@ -506,7 +517,7 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
                 run.has_key = True
             run.index.append(i)
         elif name == TRAINING_BATCH:
-            piece, reason, n_rec = _batch_piece(rec, n_features, accepts_sparse, needs_label)
+            piece, reason, n_rec = _batch_piece(rec, n_features, accepts_sparse, needs_label, labels)
             if piece is None:
                 rejected.append(Rejection(i, reason, n_rec))
                 continue
@@ -517,7 +528,7 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
     rejected.sort(key=lambda r: r.index)
     bad = {r.index for r in rejected}
     accepted = [i for i in range(len(values)) if i not in bad]
-    return DecodeResult(pieces, n_features, rejected, accepted)
+    return DecodeResult(pieces, 0 if n_features is None else n_features, rejected, accepted)
 
 
 def _fingerprints(values: list) -> list[bytes]:
@@ -527,6 +538,13 @@ def _fingerprints(values: list) -> list[bytes]:
 
 _BATCH_FIELDS = ("n_rows", "n_features", "dense", "indptr", "indices", "values", "labels", "weights", "keys")
 _BATCH_BYTES = frozenset(("dense", "indptr", "indices", "values", "labels", "weights"))
+
+
+def _width(name: str, rec: dict) -> int | None:
+    """The width a decoded training message claims (dense length or sparse n_features)."""
+    if name == TRAINING_BATCH:
+        return rec["n_features"]
+    return rec["n_dense"] if rec["features"] is not None else rec["n_features"]
 
 
 def _check_record(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool):
@@ -569,7 +587,7 @@ def _check_record(rec: dict, n_features: int, accepts_sparse: bool, needs_label:
     return None, sparse
 
 
-def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool):
+def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool, coding=None):
     """(piece, None, n) for a good training_batch, else (None, reason, n_records)."""
     nr, nf = rec["n_rows"], rec["n_features"]
     if nr < 0 or nf < 0:
@@ -637,6 +655,9 @@ def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: 
             return None, R_INF_Y, nr
         if needs_label and np.isnan(y).any():
             return None, R_MISSING_LABEL, nr
+        off_contract = None if coding is None else coding.first_violation(y)
+        if off_contract is not None:
+            return None, off_contract, nr
         piece.y = y
     elif needs_label and nr:
         return None, R_MISSING_LABEL, nr
