@@ -228,6 +228,9 @@ class FMModel(Model):
         z = self.decision_function(batch)
         return (z > 0).astype(np.int64) if self.attrs["predictor_type"] == "binary_classifier" else z
 
+    def metric_names(self) -> tuple[str, ...]:
+        return SCORE_METRICS[self.attrs["predictor_type"]]
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         pt = self.attrs["predictor_type"]
         metric = metrics.check_metric(self.algorithm, metric or SCORE_METRICS[pt][0 if pt == "regressor" else 1],

@@ -453,6 +453,9 @@ class LinearModel(Model):
             return Z.argmax(axis=1)
         return Z[:, 0]
 
+    def metric_names(self) -> tuple[str, ...]:
+        return SCORE_METRICS[self.predictor_type]
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         pt = self.predictor_type
         metric = metrics.check_metric(self.algorithm, metric or self.attrs["validation_metric"], SCORE_METRICS[pt])
