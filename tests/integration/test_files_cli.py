@@ -200,3 +200,19 @@ def test_redis_unreachable(stack, job, files):
             ("evaluate", ("evaluate", job["name"], *model_input)),
             ("models", ("models",))):
         assert_unreachable(*timed(*args, env=env), "Redis", label)
+
+
+def test_worker_still_rides_out_an_unreachable_broker(job, tmp_path):
+    """Only the short-lived commands fail fast: a worker started while no broker answers keeps
+    waiting past their bound, without librdkafka's lines, and stops cleanly."""
+    import signal
+
+    name = f"rides-{uuid.uuid4().hex[:8]}"
+    cli("job", "create", name, "--algorithm", "median", "--topic", job["topic"], "--until", "never")
+    proc = start_worker(name, tmp_path, env={"STREAMLEARN_KAFKA": UNREACHABLE_KAFKA})
+    time.sleep(15)
+    assert proc.poll() is None, (tmp_path / "worker-0.log").read_text()
+    proc.send_signal(signal.SIGTERM)
+    assert stop_all([proc]) == [0]
+    log = (tmp_path / "worker-0.log").read_text()
+    assert "|FAIL|" not in log and "Traceback" not in log, log
