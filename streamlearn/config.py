@@ -45,8 +45,11 @@ _PY_LEVEL_KEYS = frozenset(
 _SECRET_KEY = re.compile(r"password|secret|token|\.pem$|sasl\.oauthbearer\.config|sasl\.jaas", re.I)
 
 
-#: librdkafka's own log lines go to this Python logger (the CLI shows them only with ``-v``)
+#: librdkafka's own log lines go to this Python logger (the CLI shows them only with ``-v``);
+#: like any library's, they reach the handlers an application configures, never Python's
+#: last-resort stderr printer
 LIBRDKAFKA_LOGGER = "streamlearn.librdkafka"
+logging.getLogger(LIBRDKAFKA_LOGGER).addHandler(logging.NullHandler())
 
 
 class ConfigError(RuntimeError):
