@@ -1,14 +1,17 @@
-"""``streamlearn`` command line: stack, produce, job, worker, snapshot, predict, models.
+"""``streamlearn`` command line: stack, produce, job, worker, snapshot, predict, evaluate, models.
 
 Every command reads STREAMLEARN_KAFKA / STREAMLEARN_REDIS, else the running local stack.
 Errors a user can fix (unknown job, bad parameter, missing topic, wrong password) print
-one clear line and exit with status 2; they never print a traceback or a secret.
+one clear line and exit with status 2; they never print a traceback or a secret. Kafka or
+Redis unreachable: one line, exit status 3. Output to a pipe closed early (``| head``):
+nothing more is written and the exit status is 141 (128 + SIGPIPE, as ``cat`` gives).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,7 +75,8 @@ def cmd_produce(args) -> int:
     s = _settings()
     SharedSchemas(s.redis_client()).register_project_schemas()  # workers of other releases can read us
     n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
-                     partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features)
+                     partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
+                     header=args.header)
     print(f"produced {n} records to {args.topic}")
     return 0
 
@@ -99,7 +103,6 @@ def cmd_job(args) -> int:
 def cmd_worker(args) -> int:
     from streamlearn.consumers.worker import run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     status = run_worker(args.name, _settings())
     print(f"worker stopped; job {args.name} is {status}")
     return 0
@@ -122,10 +125,13 @@ def cmd_schema(args) -> int:
 def cmd_snapshot(args) -> int:
     from streamlearn import jobs
     from streamlearn.snapshots.finalize import publish
+    from streamlearn.streams.topics import require_kafka
 
     s = _settings()
     client = s.redis_client()
-    version = publish(s, client, jobs.load_spec(client, args.name), final=False)
+    spec = jobs.load_spec(client, args.name)
+    require_kafka(s.kafka_client_conf())  # fail in seconds, before finalizing a version nobody receives
+    version = publish(s, client, spec, final=False)
     print(f"published snapshot version {version} of job {args.name}")
     return 0
 
@@ -135,9 +141,19 @@ def cmd_predict(args) -> int:
 
     s = _settings()
     n = predict_file(s.redis_client(), args.name, args.from_file, args.output, version=args.version,
-                     params=_parse_params(args.param))
+                     params=_parse_params(args.param), label_column=args.label_column, header=args.header)
     if args.output:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from streamlearn.predict import evaluate_file
+
+    s = _settings()
+    scores = evaluate_file(s.redis_client(), args.name, args.from_file, args.label_column, version=args.version,
+                           metrics=args.metric or None, params=_parse_params(args.param), header=args.header)
+    _print(scores, args.json)
     return 0
 
 
@@ -156,8 +172,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_header_options(parser: argparse.ArgumentParser) -> None:
+    h = parser.add_mutually_exclusive_group()
+    h.add_argument("--header", dest="header", action="store_true", default=None,
+                   help="CSV: the first row names the columns (default: detected)")
+    h.add_argument("--no-header", dest="header", action="store_false",
+                   help="CSV: the first row is data; columns are named c0..cN")
+
+
+def _add_model_input(parser: argparse.ArgumentParser) -> None:
+    """The options predict and evaluate share: which model, which file."""
+    parser.add_argument("name")
+    parser.add_argument("--from", dest="from_file", required=True, type=Path)
+    parser.add_argument("--label-column", help="the file's label column (dropped before the model sees the rows)")
+    parser.add_argument("--version", type=int)
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="model options, e.g. k=5 for kmeans")
+    _add_header_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show librdkafka's own log lines and info messages (before the command)")
     sub = p.add_subparsers(dest="command", required=True)
 
     st = sub.add_parser("stack", help="local Kafka (KRaft) + Redis on free ports")
@@ -174,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--partitions", type=int, help="create the topic with N partitions if missing")
     pr.add_argument("--batch-size", type=int, default=1000, help="records per message (1 = one record a message)")
     pr.add_argument("--n-features", type=int, help="width of sparse records (jsonl indices/values form)")
+    _add_header_options(pr)
     pr.set_defaults(func=cmd_produce)
 
     jb = sub.add_parser("job", help="create, inspect and control training jobs")
@@ -210,13 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     sn.set_defaults(func=cmd_snapshot)
 
     pd = sub.add_parser("predict", help="predict a file with a job's newest snapshot (JSON lines)")
-    pd.add_argument("name")
-    pd.add_argument("--from", dest="from_file", required=True, type=Path)
+    _add_model_input(pd)
     pd.add_argument("--output", type=Path)
-    pd.add_argument("--version", type=int)
-    pd.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="model options, e.g. k=5 for kmeans")
     pd.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="the metrics of a job's snapshot on a labelled file (Model.score)")
+    _add_model_input(ev)
+    ev.add_argument("--metric", action="append", default=[], metavar="M",
+                    help="report only this metric (repeatable); default: every metric the model reports")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
 
     md = sub.add_parser("models", help="query the model registry (metadata and lineage)")
     md.add_argument("--job")
@@ -232,6 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _configure_logging(verbose: bool, command: str) -> None:
+    """The worker logs its own messages at INFO with timestamps; other commands print their
+    warnings (e.g. what a file's layout was taken to be) as ``streamlearn: …`` lines.
+    librdkafka's lines (connection failures by the hundred while a broker is down) only
+    with ``-v``."""
+    from streamlearn.config import LIBRDKAFKA_LOGGER
+
+    if command == "worker":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    elif verbose:
+        logging.basicConfig(level=logging.INFO, format="streamlearn: %(name)s %(levelname)s %(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format="streamlearn: %(message)s")
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ingest"]:  # the ingest app parses its own arguments (and --help)
@@ -239,8 +296,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return ingest_main(argv[1:])
     args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.command)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here for output still buffered
+        return status
+    except BrokenPipeError:
+        # the reader went away (`| head`): write nothing more, not even at exit's flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors: one line, no traceback

@@ -20,6 +20,7 @@ Secrets (the Redis password, Kafka passwords/secrets) never appear in ``repr``/`
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ConfigError", "Settings", "mask_url", "kafka_env_conf"]
+__all__ = ["ConfigError", "KafkaUnreachable", "Settings", "mask_url", "kafka_env_conf", "kafka_logging",
+           "LIBRDKAFKA_LOGGER"]
 
 ENV_KAFKA = "STREAMLEARN_KAFKA"
 ENV_REDIS = "STREAMLEARN_REDIS"
@@ -43,8 +45,26 @@ _PY_LEVEL_KEYS = frozenset(
 _SECRET_KEY = re.compile(r"password|secret|token|\.pem$|sasl\.oauthbearer\.config|sasl\.jaas", re.I)
 
 
+#: librdkafka's own log lines go to this Python logger (the CLI shows them only with ``-v``);
+#: like any library's, they reach the handlers an application configures, never Python's
+#: last-resort stderr printer
+LIBRDKAFKA_LOGGER = "streamlearn.librdkafka"
+logging.getLogger(LIBRDKAFKA_LOGGER).addHandler(logging.NullHandler())
+
+
 class ConfigError(RuntimeError):
     """The configuration is missing or wrong (message says what to set; never holds a secret)."""
+
+
+class KafkaUnreachable(ConnectionError):
+    """No Kafka broker answered within a short-lived command's bounded wait."""
+
+
+def kafka_logging(conf: Mapping[str, Any]) -> dict:
+    """``conf`` with librdkafka's log lines routed through Python logging (the ``logger``
+    property), unless it names a logger of its own: without it librdkafka writes every
+    connection failure straight to stderr, hundreds of lines while a broker is down."""
+    return {"logger": logging.getLogger(LIBRDKAFKA_LOGGER), **conf}
 
 
 def mask_url(url: str) -> str:
@@ -152,13 +172,14 @@ class Settings:
 
         ``extra`` keys may be dotted (``**{"group.id": "g"}``) or use underscores
         (``group_id="g"`` → ``group.id``); Python callback keys (``error_cb``, ``on_delivery``…)
-        pass unchanged. Precedence: ``extra`` > ``STREAMLEARN_KAFKA_*`` > bootstrap.
+        pass unchanged. Precedence: ``extra`` > ``STREAMLEARN_KAFKA_*`` > bootstrap. librdkafka's
+        log lines go to the ``streamlearn.librdkafka`` logger (:func:`kafka_logging`).
         """
         conf: dict[str, Any] = {"bootstrap.servers": self.kafka}
         conf.update(self.kafka_conf)
         for key, value in extra.items():
             conf[_client_key(key)] = value
-        return conf
+        return kafka_logging(conf)
 
     # -- Redis ------------------------------------------------------------------------------
     def redis_client(self, *, check: bool = True, **extra: Any):

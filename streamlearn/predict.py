@@ -1,19 +1,23 @@
-"""``streamlearn predict``: score a file with a job's snapshot, one JSON line per record."""
+"""``streamlearn predict`` / ``evaluate``: a job's snapshot applied to a file — one JSON line
+per record, or the model's metrics (the same ``Model.score`` code as training)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import redis
 
+from streamlearn.algorithms import algorithm_class
 from streamlearn.algorithms.base import Model, ParamError
-from streamlearn.batch import Batch
+from streamlearn.batch import Batch, SparseRows
 from streamlearn.jobs import JobError, load_spec
 from streamlearn.snapshots.format import decode_snapshot, load_model
 from streamlearn.snapshots.store import ModelStore
-from streamlearn.streams.files import read_examples
+from streamlearn.streams.files import FileFormatError, read_examples
 
 
 def load_job_model(client: redis.Redis, job: str, version: int | None = None) -> Model:
@@ -40,17 +44,72 @@ def with_options(model: Model, params: dict[str, str]) -> Model:
     return model
 
 
+def _features(X) -> "np.ndarray | SparseRows":
+    return X if isinstance(X, SparseRows) else np.asarray(X, dtype=np.float32)
+
+
+def read_for_model(client: redis.Redis, job: str, path: Path, label_column: str | None = None,
+                   header: bool | None = None) -> Iterator[tuple["np.ndarray | SparseRows", "np.ndarray | None"]]:
+    """The ``(X, y)`` chunks of ``path`` without its label column, checked against the input
+    width of the job's model (one :class:`FileFormatError` line instead of a numpy traceback)."""
+    width = load_spec(client, job).algorithm_instance().n_features()
+    for X, y in read_examples(path, label_column=label_column, n_features=width, header=header):
+        found = X.n_features if isinstance(X, SparseRows) else X.shape[1]
+        if found != width:
+            what = "feature columns besides the label" if label_column else "columns"
+            hint = " (did you mean --label-column?)" if label_column is None and found > width else ""
+            raise FileFormatError(f"the model expects {width} features, {path} has {found} {what}{hint}")
+        yield _features(X), y
+
+
 def predict_file(client: redis.Redis, job: str, path: Path, output: Path | None = None,
-                 version: int | None = None, params: dict[str, str] | None = None) -> int:
+                 version: int | None = None, params: dict[str, str] | None = None,
+                 label_column: str | None = None, header: bool | None = None) -> int:
+    """Write one JSON line per record of ``path`` (to ``output``, else stdout); returns the
+    number of records. ``label_column`` is dropped before predicting."""
     model = with_options(load_job_model(client, job, version), params or {})
     out = open(output, "w") if output else sys.stdout
     n = 0
     try:
-        for X, _y in read_examples(path):
-            for row in model.predict_records(Batch(np.asarray(X, dtype=np.float32) if not hasattr(X, "indptr") else X)):
+        for X, _y in read_for_model(client, job, path, label_column, header):
+            for row in model.predict_records(Batch(X)):
                 out.write(json.dumps(row) + "\n")
                 n += 1
     finally:
         if output:
             out.close()
     return n
+
+
+def _concat(parts: list) -> "np.ndarray | SparseRows":
+    if not isinstance(parts[0], SparseRows):
+        return np.vstack(parts)
+    offsets = np.cumsum([0] + [len(p.indices) for p in parts[:-1]])
+    indptr = np.concatenate([parts[0].indptr[:1]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
+    return SparseRows(indptr.astype(np.int64), np.concatenate([p.indices for p in parts]),
+                      np.concatenate([p.values for p in parts]), parts[0].n_features)
+
+
+def evaluate_file(client: redis.Redis, job: str, path: Path, label_column: str | None = None,
+                  version: int | None = None, metrics: list[str] | None = None, params: dict[str, str] | None = None,
+                  header: bool | None = None) -> dict[str, float]:
+    """``{metric: value}`` of the job's model on the examples of ``path`` (one batch, so
+    rank metrics such as AUC see every row): every metric the model reports, or ``metrics``."""
+    model = with_options(load_job_model(client, job, version), params or {})
+    if algorithm_class(model.algorithm).needs_label and label_column is None:
+        raise FileFormatError(f"{model.algorithm} models are scored against labels: give --label-column")
+    chunks = list(read_for_model(client, job, path, label_column, header))
+    if not chunks:
+        raise FileFormatError(f"{path}: no examples")
+    y = None if label_column is None else np.concatenate([c[1] for c in chunks])
+    if y is not None and np.isnan(y).any():
+        raise FileFormatError(f"{path}: row {int(np.flatnonzero(np.isnan(y))[0]) + 1} has no {label_column!r} value")
+    batch = Batch(_concat([c[0] for c in chunks]), y)
+    result = {}
+    for name in metrics or model.metric_names() or [None]:
+        try:
+            value = model.score(batch, name)
+        except ValueError as exc:  # an unknown metric name
+            raise ParamError(str(exc)) from None
+        result[name or "score"] = None if math.isnan(value) else value
+    return result

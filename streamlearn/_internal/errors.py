@@ -24,8 +24,10 @@ def unreachable_service(exc: BaseException) -> str | None:
     import redis
     from confluent_kafka import KafkaException
 
-    from streamlearn.config import mask_url
+    from streamlearn.config import KafkaUnreachable, mask_url
 
+    if isinstance(exc, KafkaUnreachable):
+        return str(exc)
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         import os
 

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping
 from urllib.parse import quote
 
-from streamlearn.config import ConfigError, Settings, mask_url
+from streamlearn.config import ConfigError, Settings, kafka_logging, mask_url
 
 __all__ = [
     "KAFKA_VERSION",
@@ -555,7 +555,7 @@ def _wait_kafka(kstate: dict, pid: int, deadline: float) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 2})
+    admin = AdminClient(kafka_logging({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 2}))
     last = None
     while True:
         if not _alive(pid, KAFKA_MARKER):

@@ -166,6 +166,11 @@ class Model:
     def score(self, batch: Batch, metric: str | None = None) -> float:
         raise NotImplementedError
 
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric ``score`` computes for this model (``streamlearn evaluate`` reports
+        them all); empty: only the default one."""
+        return ()
+
     def predict_records(self, batch: Batch) -> list[dict[str, Any]]:
         """One JSON-able dict per example, e.g. ``{"prediction": 1, "score": 0.93}``."""
         return [{"prediction": _jsonable(v)} for v in self.evaluate(batch)]

@@ -84,6 +84,9 @@ class CounterModel(Model):
             X = X[:, -len(self.sum_):] if len(self.sum_) else X[:, :0]
         return ((X - self.mean) ** 2).sum(axis=1)
 
+    def metric_names(self) -> tuple[str, ...]:
+        return ("mse",)
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         if metric not in (None, "mse"):
             raise ValueError(f"counter: unknown metric {metric!r}; use 'mse'")

@@ -245,6 +245,9 @@ class FMModel(Model):
         z = self.decision_function(batch)
         return model_coding(self.attrs).decode(z > 0) if self.attrs["predictor_type"] == "binary_classifier" else z
 
+    def metric_names(self) -> tuple[str, ...]:
+        return SCORE_METRICS[self.attrs["predictor_type"]]
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         pt = self.attrs["predictor_type"]
         metric = metrics.check_metric(self.algorithm, metric or SCORE_METRICS[pt][0 if pt == "regressor" else 1],

@@ -307,9 +307,12 @@ class KMeansModel(Model):
         """Index of the closest cluster for every example."""
         return metrics.nearest(np.asarray(batch.dense(), np.float64), self.centers)[0]
 
+    def metric_names(self) -> tuple[str, ...]:
+        return ("mean_sse", "sse")
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         """``mean_sse`` (default: mean squared distance to the closest center) or ``sse``."""
-        metric = metrics.check_metric(self.algorithm, metric or "mean_sse", ("mean_sse", "sse"))
+        metric = metrics.check_metric(self.algorithm, metric or "mean_sse", self.metric_names())
         total = metrics.sse(np.asarray(batch.dense(), np.float64), self.centers, batch.w)
         return total if metric == "sse" else total / max(float(batch.weights.sum()), 1e-300)
 

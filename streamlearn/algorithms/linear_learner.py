@@ -493,6 +493,9 @@ class LinearModel(Model):
         pred = self.predict_index(batch)
         return pred if self.predictor_type == "regressor" else self.coding.decode(pred)
 
+    def metric_names(self) -> tuple[str, ...]:
+        return SCORE_METRICS[self.predictor_type]
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         pt = self.predictor_type
         metric = metrics.check_metric(self.algorithm, metric or self.attrs["validation_metric"], SCORE_METRICS[pt])

@@ -66,6 +66,9 @@ class MedianModel(Model):
         """The median estimate, once per example (a constant predictor)."""
         return np.full(len(batch), self.median)
 
+    def metric_names(self) -> tuple[str, ...]:
+        return ("mae",)
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         """Mean absolute deviation from the estimate (the objective the SGD minimizes)."""
         if metric not in (None, "mae"):

@@ -178,11 +178,13 @@ class PCAModel(Model):
         """The projection of every example onto the components, (n, k)."""
         return (np.asarray(batch.dense(), np.float64) - self.mean) @ self.components.T
 
+    def metric_names(self) -> tuple[str, ...]:
+        return ("reconstruction_error", "explained_variance_ratio")
+
     def score(self, batch: Batch, metric: str | None = None) -> float:
         """``reconstruction_error`` (default: mean squared distance to the projection) or
         ``explained_variance_ratio`` (variance of the batch captured by the components)."""
-        metric = metrics.check_metric(self.algorithm, metric or "reconstruction_error",
-                                      ("reconstruction_error", "explained_variance_ratio"))
+        metric = metrics.check_metric(self.algorithm, metric or "reconstruction_error", self.metric_names())
         Xc = np.asarray(batch.dense(), np.float64) - self.mean
         Z = Xc @ self.components.T
         w = batch.weights

@@ -39,7 +39,7 @@ class SnapshotPublishError(RuntimeError):
 
 
 def _admin_conf(conf: dict[str, Any]) -> dict[str, Any]:
-    keep = ("bootstrap.servers", "security.protocol", "client.id")
+    keep = ("bootstrap.servers", "security.protocol", "client.id", "logger")
     return {k: v for k, v in conf.items() if k in keep or k.startswith(("sasl.", "ssl."))}
 
 

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import Any, NamedTuple
 
+from streamlearn.config import kafka_logging
 from streamlearn.snapshots.format import _FROM_ENV, SnapshotError, decode_snapshot, load_model
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, SNAPSHOT_TOPIC
 
@@ -77,7 +78,7 @@ class ModelSubscriber:
             "topic.metadata.refresh.interval.ms": 5000,
         }
         conf.update(kafka_conf or {})
-        self._consumer = Consumer(conf)
+        self._consumer = Consumer(kafka_logging(conf))
         self._assigned: set[int] = set()
         self._thread = threading.Thread(target=self._run, name=f"snapshot-subscriber-{job}", daemon=True)
         self._thread.start()

@@ -8,10 +8,24 @@ and ``y`` float64 (NaN where a row has no label) or None without a label column.
 Feature columns default to every column except the label, in file order; they must be
 numeric. Non-finite feature values are an error here (with the row number) rather than a
 dead-lettered message later.
+
+What a file's layout is taken to be is said in one warning on the ``streamlearn.streams.files``
+logger (the CLI prints it on stderr):
+
+- a CSV file whose first row is all numbers has no header (``header=None``, the default,
+  detects it; ``header=False`` / ``True`` says so): its columns are named ``c0..cN`` by
+  position — except a first row ``0,1,…,N``, which is pandas' header of unnamed columns;
+- an index column written by pandas is dropped (not refused: it is never a feature): a
+  first column named ``""`` / ``Unnamed: 0`` / ``__index_level_0__``, or in a header-less
+  CSV a first column whose leading values are ``0, 1, 2, …`` — unless ``feature_columns``
+  names the columns to use.
 """
 from __future__ import annotations
 
+import csv as _csv
+import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +34,13 @@ import numpy as np
 from streamlearn.batch import SparseRows
 
 SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+log = logging.getLogger(__name__)
+
+#: names pandas gives its index column (to_csv with index=True; to_parquet of a non-range index)
+INDEX_NAMES = ("", "Unnamed: 0", "__index_level_0__")
+#: leading rows of a header-less CSV read to recognise an index column (0, 1, 2, …)
+_SNIFF_ROWS = 1000
 
 
 class FileFormatError(ValueError):
@@ -30,8 +51,10 @@ Chunk = "tuple[np.ndarray | SparseRows, np.ndarray | None]"
 
 
 def read_examples(path, label_column: str | None = None, feature_columns: list[str] | None = None,
-                  n_features: int | None = None, chunk_rows: int = 65536) -> Iterator[Chunk]:
-    """Iterate over ``(X, y)`` chunks of at most ``chunk_rows`` rows from ``path``."""
+                  n_features: int | None = None, chunk_rows: int = 65536,
+                  header: bool | None = None) -> Iterator[Chunk]:
+    """Iterate over ``(X, y)`` chunks of at most ``chunk_rows`` rows from ``path``.
+    ``header`` (CSV only): whether the first row names the columns; None detects it."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -42,18 +65,55 @@ def read_examples(path, label_column: str | None = None, feature_columns: list[s
         raise FileFormatError("chunk_rows must be >= 1")
     if suffix == ".jsonl":
         return _read_jsonl(path, label_column, feature_columns, n_features, chunk_rows)
-    return _read_arrow(path, suffix, label_column, feature_columns, chunk_rows)
+    return _read_arrow(path, suffix, label_column, feature_columns, chunk_rows, header)
+
+
+# -- csv layout -------------------------------------------------------------------------------
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _counts_up(fields: list[str]) -> bool:
+    return len(fields) > 1 and fields == [str(i) for i in range(len(fields))]
+
+
+def _csv_layout(path: Path, header: bool | None) -> tuple[list[str] | None, bool, list[str]]:
+    """``(column names when the file has no header row, else None; whether a header-less
+    file's first column is an index; what was assumed)``, from the file's leading rows."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(itertools.islice(_csv.reader(fh), _SNIFF_ROWS))
+    except (OSError, UnicodeDecodeError, _csv.Error) as exc:
+        raise FileFormatError(f"{path}: cannot read as CSV: {exc}") from None
+    if not rows or header:
+        return None, False, []
+    first = rows[0]
+    notes = []
+    if header is None:
+        if not all(_is_number(f) for f in first) or _counts_up(first):
+            return None, False, []
+        notes.append(f"no header found: treating the first row as data, columns named c0..c{len(first) - 1}")
+    names = [f"c{i}" for i in range(len(first))]
+    index = len(first) > 1 and _counts_up([r[0] if r else "" for r in rows])
+    return names, index, notes
 
 
 # -- csv / parquet (pyarrow) ------------------------------------------------------------------
-def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_rows) -> Iterator[Chunk]:
+def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_rows, header) -> Iterator[Chunk]:
     import pyarrow as pa
 
+    notes: list[str] = []
+    index_first = False
     if suffix == ".csv":
         from pyarrow import csv
 
+        names, index_first, notes = _csv_layout(path, header)
         try:
-            reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 22))
+            reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 22, column_names=names))
         except (pa.ArrowInvalid, OSError) as exc:
             raise FileFormatError(f"{path}: cannot read as CSV: {exc}") from None
         schema = reader.schema
@@ -76,6 +136,12 @@ def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_ro
             yield from pf.iter_batches(batch_size=chunk_rows, columns=columns)
 
     names = list(schema.names)
+    if feature_columns is None and names and (names[0] in INDEX_NAMES or index_first):
+        index = names.pop(0)
+        what = f"{index!r}" if index in INDEX_NAMES else f"{index} (0, 1, 2, …)"
+        notes.append(f"dropped column {what}: a pandas index, not a feature")
+    if notes:
+        log.warning("%s: %s", path, "; ".join(notes))
     columns = _columns(path, names, label_column, feature_columns)
     for col in columns:
         t = schema.field(col).type

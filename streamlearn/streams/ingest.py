@@ -459,9 +459,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Creates TOPIC (as many partitions as RAW_TOPIC) and RAW_TOPIC.dlq when missing, then
     runs the faust worker until SIGINT/SIGTERM. A missing RAW_TOPIC or a bad argument is a
-    user error: one line on stderr, exit status 2.
+    user error: one line on stderr, exit status 2; Kafka unreachable: one line, exit status 3.
     """
-    from streamlearn.config import Settings
+    from streamlearn.config import KafkaUnreachable, Settings
     from streamlearn.streams.topics import TopicError, ensure_topic, partitions
 
     args = _parser().parse_args(argv)
@@ -480,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     except TopicError as exc:
         print(f"streamlearn ingest: {exc}", file=sys.stderr)
         return 2
+    except KafkaUnreachable as exc:
+        print(f"streamlearn ingest: {exc}", file=sys.stderr)
+        return 3
     if settings.kafka_conf:
         log.warning("STREAMLEARN_KAFKA_* client properties are librdkafka settings and are not passed to faust "
                     "(aiokafka); configure faust's broker_credentials for secured clusters")

@@ -9,14 +9,16 @@ raised (at the next send or at :meth:`Producer.flush`), never swallowed.
 """
 from __future__ import annotations
 
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Producer as _KafkaProducer
 
 from streamlearn.batch import SparseRows
+from streamlearn.config import KafkaUnreachable, kafka_logging
 from streamlearn.streams.serde import encode_training_batch, encode_training_record
 
 #: Upper bound for one message's uncompressed value (the broker default limit is ~1 MB).
@@ -45,9 +47,10 @@ class Producer:
         else:
             conf["bootstrap.servers"] = bootstrap
         conf.update(extra_conf or {})
-        self.conf = conf
+        self.conf = conf = kafka_logging(conf)
         self.batch_size = int(batch_size)
-        self._producer = _KafkaProducer(conf)
+        self._down_since: float | None = None  # librdkafka said every broker is down, and no delivery since
+        self._producer = _KafkaProducer({**conf, "error_cb": self._on_error})
         self._errors: list[str] = []
         self._partitions: dict[str, int] = {}
         self._next: dict[str, int] = {}
@@ -58,6 +61,21 @@ class Producer:
     def _on_delivery(self, err, _msg) -> None:
         if err is not None:
             self._errors.append(str(err))
+        else:
+            self._down_since = None
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def _check_reachable(self) -> None:
+        """Give up on a broker that stays down (messages would otherwise wait out
+        ``message.timeout.ms``, 5 minutes by default)."""
+        from streamlearn.streams.topics import REACH_TIMEOUT_S
+
+        if self._down_since is not None and time.monotonic() - self._down_since > REACH_TIMEOUT_S:
+            raise KafkaUnreachable(f"cannot reach Kafka at {self.conf.get('bootstrap.servers')}: every broker "
+                                   f"has been down for {REACH_TIMEOUT_S:.0f} s with messages undelivered")
 
     def _raise_errors(self) -> None:
         if self._errors:
@@ -95,6 +113,7 @@ class Producer:
                 break
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self._producer.poll(0.1)
+                self._check_reachable()
             except KafkaException as exc:
                 raise ProduceError(f"cannot produce to {topic!r}: {exc}") from None
         self._producer.poll(0)
@@ -176,8 +195,14 @@ class Producer:
         self._produce(topic, value, key=key, partition=partition, headers=headers)
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait for every message's delivery; raise :class:`ProduceError` on any failure."""
-        left = self._producer.flush(timeout)
+        """Wait for every message's delivery; raise :class:`ProduceError` on any failure, or
+        :class:`KafkaUnreachable` when every broker stays down."""
+        deadline = time.monotonic() + timeout
+        left = len(self._producer)
+        while left and time.monotonic() < deadline:
+            left = self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+            self._raise_errors()
+            self._check_reachable()
         self._raise_errors()
         if left:
             raise ProduceError(f"{left} message(s) still undelivered after {timeout}s")
@@ -194,7 +219,7 @@ class Producer:
 
 def produce_file(bootstrap, topic: str, path, label_column: str | None = None, partitions: int | None = None,
                  batch_size: int = 1000, n_features: int | None = None, feature_columns: list[str] | None = None,
-                 extra_conf: dict | None = None) -> int:
+                 extra_conf: dict | None = None, header: bool | None = None) -> int:
     """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``; returns the number
     of records. ``partitions``: create the topic with that many partitions if missing
     (otherwise a missing topic is created with one). ``batch_size`` rows per message; 1 sends
@@ -207,7 +232,7 @@ def produce_file(bootstrap, topic: str, path, label_column: str | None = None, p
         raise ValueError("batch_size must be >= 1")
     conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
     chunks = read_examples(Path(path), label_column=label_column, feature_columns=feature_columns,
-                           n_features=n_features)
+                           n_features=n_features, header=header)
     ensure_topic(conf, topic, partitions or 1)
     n = 0
     with Producer(conf, extra_conf, batch_size=batch_size) as producer:

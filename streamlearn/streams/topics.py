@@ -11,6 +11,12 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamlearn.config import ConfigError, KafkaUnreachable, kafka_logging
+
+#: how long a short-lived command waits for a first answer from Kafka before it reports the
+#: broker unreachable (a refused connection is reported after about one second)
+REACH_TIMEOUT_S = 10.0
+
 
 class TopicError(RuntimeError):
     """A topic that is missing, too small, or cannot be created."""
@@ -33,19 +39,58 @@ _CLIENT_ONLY = ("enable.idempotence", "linger.ms", "compression.type", "acks", "
                 "partitioner", "compression.codec")
 
 
-def _admin(conf) -> AdminClient:
-    c = {k: v for k, v in _conf(conf).items() if k not in _CLIENT_ONLY}
-    return AdminClient(c)
+class _Admin(AdminClient):
+    """An admin client that remembers librdkafka's reports that every broker is down or
+    that the credentials were rejected."""
+
+    def __init__(self, conf: dict):
+        self.servers = conf["bootstrap.servers"]
+        self.all_down: KafkaError | None = None
+        self.rejected: KafkaError | None = None
+        super().__init__({**conf, "error_cb": self._on_error})
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
+            self.all_down = err
+        elif err.code() == KafkaError._AUTHENTICATION:
+            self.rejected = err
 
 
-def _topic_partitions(admin: AdminClient, name: str, timeout: float) -> list[int] | None:
+def _admin(conf) -> _Admin:
+    return _Admin(kafka_logging({k: v for k, v in _conf(conf).items() if k not in _CLIENT_ONLY}))
+
+
+def _metadata(admin: _Admin, timeout: float):
+    """All-topics metadata, or :class:`KafkaUnreachable` as soon as librdkafka reports every
+    broker down (or after ``REACH_TIMEOUT_S``): a blocking ``list_topics`` would only give up
+    at its own timeout, while the connection failures pile up unseen in the client's queue."""
+    deadline = time.monotonic() + min(timeout, REACH_TIMEOUT_S)
+    while True:
+        try:
+            return admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT)):
+                raise TopicError(f"Kafka metadata request failed: {exc}") from None
+        admin.poll(0)  # serves the error callback
+        if admin.rejected is not None:
+            raise ConfigError(f"Kafka at {admin.servers} rejected the client: {admin.rejected.str()} "
+                              f"— check the STREAMLEARN_KAFKA_SASL_* / _SSL_* settings")
+        if admin.all_down is not None or time.monotonic() >= deadline:
+            why = admin.all_down.str() if admin.all_down is not None else f"no answer within {REACH_TIMEOUT_S:.0f} s"
+            raise KafkaUnreachable(f"cannot reach Kafka at {admin.servers}: {why}")
+
+
+def require_kafka(conf, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Return once a Kafka broker answers; :class:`KafkaUnreachable` within ``timeout``
+    seconds (sooner when the connection is refused) when none does."""
+    _metadata(_admin(conf), timeout)
+
+
+def _topic_partitions(admin: _Admin, name: str, timeout: float) -> list[int] | None:
     # All-topics metadata: asking for one topic by name makes a broker with
     # auto.create.topics.enable create it (with the broker's default partition count).
-    try:
-        md = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise TopicError(f"cannot reach Kafka for topic {name!r}: {exc}") from None
-    t = md.topics.get(name)
+    t = _metadata(admin, timeout).topics.get(name)
     if t is None or t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
         return None
     if t.error is not None and t.error.code() != KafkaError.LEADER_NOT_AVAILABLE:
@@ -108,7 +153,7 @@ def watermarks(conf, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, 
     """``{partition: (low, high)}`` watermarks of ``topic``; high = the next offset to be written."""
     parts = partitions(conf, topic, timeout)
     c = {k: v for k, v in _conf(conf).items() if k not in _CLIENT_ONLY}
-    consumer = Consumer({**c, "group.id": f"streamlearn-offsets-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    consumer = Consumer({**kafka_logging(c), "group.id": f"streamlearn-offsets-{uuid.uuid4().hex}", "enable.auto.commit": False})
     deadline = time.monotonic() + timeout
     try:
         out = {}

@@ -107,3 +107,69 @@ def test_round_trip_through_decode(tmp_path):
     (X, y), = list(read_examples(p))
     res = decode_messages([encode_training_batch(X[:4], y[:4]), encode_training_batch(X[4:], y[4:])], 3, False, True)
     assert not res.rejected and np.array_equal(res.batch.X, X) and np.array_equal(res.batch.y, y)
+
+
+# -- CSV layout: header detection, pandas index column --------------------------------------------
+def test_csv_without_header_keeps_its_first_row_and_says_so(tmp_path, caplog):
+    p = tmp_path / "d.csv"
+    p.write_text("1,2,0\n3.5,4,1\n5,6,1\n")
+    with caplog.at_level("WARNING", logger="streamlearn.streams.files"):
+        X, y, _ = collect(read_examples(p, label_column="c2"))
+    assert X.tolist() == [[1, 2], [3.5, 4], [5, 6]] and y.tolist() == [0, 1, 1]
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == [f"{p}: no header found: treating the first row as data, columns named c0..c2"]
+
+
+def test_csv_header_detection_can_be_overridden(tmp_path, caplog):
+    p = tmp_path / "d.csv"
+    p.write_text("1,2\n3,4\n")
+    X, _, _ = collect(read_examples(p, header=True))  # forced: the first row names the columns
+    assert X.tolist() == [[3, 4]]
+    p.write_text("a,b\n3,4\n")
+    with pytest.raises(FileFormatError, match="column 'c0' is not numeric"):  # forced: "a,b" is data
+        list(read_examples(p, header=False))
+    with caplog.at_level("WARNING", logger="streamlearn.streams.files"):
+        X, _, _ = collect(read_examples(p))
+    assert X.tolist() == [[3, 4]] and not caplog.records  # a header: nothing assumed, nothing said
+
+
+def test_csv_numeric_range_header_is_a_header(tmp_path):
+    """pandas writes a DataFrame built from an array with the header 0,1,…,N-1."""
+    p = tmp_path / "d.csv"
+    p.write_text("0,1,2\n7,8,1\n9,10,0\n")
+    X, y, _ = collect(read_examples(p, label_column="2"))
+    assert X.tolist() == [[7, 8], [9, 10]] and y.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("head", [",a,b,y", "Unnamed: 0,a,b,y"])
+def test_csv_pandas_index_column_is_dropped(tmp_path, caplog, head):
+    p = tmp_path / "d.csv"
+    p.write_text(head + "\n0,1,2,0\n1,3,4,1\n")
+    with caplog.at_level("WARNING", logger="streamlearn.streams.files"):
+        X, y, _ = collect(read_examples(p, label_column="y"))
+    assert X.tolist() == [[1, 2], [3, 4]] and y.tolist() == [0, 1]
+    name = head.split(",")[0]
+    assert [r.getMessage() for r in caplog.records] == [f"{p}: dropped column {name!r}: a pandas index, not a feature"]
+    X, _, _ = collect(read_examples(p, feature_columns=["a"]))  # columns named explicitly: nothing dropped
+    assert X.tolist() == [[1], [3]]
+
+
+def test_headerless_csv_with_index_column(tmp_path, caplog):
+    p = tmp_path / "d.csv"
+    p.write_text("".join(f"{i},{i * 0.5},{10 - i},{i % 2}\n" for i in range(5)))
+    with caplog.at_level("WARNING", logger="streamlearn.streams.files"):
+        X, y, _ = collect(read_examples(p, label_column="c3"))
+    assert X.tolist() == [[i * 0.5, 10 - i] for i in range(5)] and y.tolist() == [i % 2 for i in range(5)]
+    (note,) = [r.getMessage() for r in caplog.records]  # one line says everything assumed
+    assert "no header found" in note and "columns named c0..c3" in note and "dropped column c0 (0, 1, 2, …)" in note
+    p.write_text("3,1,0\n4,2,1\n")  # a first column that does not count 0, 1, 2… is a feature
+    X, _, _ = collect(read_examples(p, label_column="c2"))
+    assert X.tolist() == [[3, 1], [4, 2]]
+
+
+def test_parquet_pandas_index_column_is_dropped(tmp_path):
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0], "y": [0, 1], "__index_level_0__": [10, 11]}).select(
+        ["__index_level_0__", "a", "y"]), p)
+    X, y, _ = collect(read_examples(p, label_column="y"))
+    assert X.tolist() == [[1], [2]] and y.tolist() == [0, 1]
