@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from streamlearn.errors import ServiceUnavailable, UserError
 
-class UsageError(Exception):
+
+class UsageError(UserError):
     """A user error to print as one line (exit status 2)."""
 
 
@@ -217,10 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # user-facing errors: one line, no traceback
         from streamlearn._internal.errors import USER_ERRORS, unreachable_service
 
-        if isinstance(exc, (UsageError,) + USER_ERRORS):
+        if isinstance(exc, USER_ERRORS):
             print(f"streamlearn: error: {exc}", file=sys.stderr)
             return 2
-        message = unreachable_service(exc)
+        message = str(exc) if isinstance(exc, ServiceUnavailable) else unreachable_service(exc)
         if message:
             print(f"streamlearn: error: {message}", file=sys.stderr)
             return 3

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from streamlearn.errors import UserError
+
 __all__ = ["ConfigError", "Settings", "mask_url", "kafka_env_conf"]
 
 ENV_KAFKA = "STREAMLEARN_KAFKA"
@@ -43,7 +45,7 @@ _PY_LEVEL_KEYS = frozenset(
 _SECRET_KEY = re.compile(r"password|secret|token|\.pem$|sasl\.oauthbearer\.config|sasl\.jaas", re.I)
 
 
-class ConfigError(RuntimeError):
+class ConfigError(UserError, RuntimeError):
     """The configuration is missing or wrong (message says what to set; never holds a secret)."""
 
 

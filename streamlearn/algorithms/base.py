@@ -13,10 +13,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from streamlearn.batch import Batch
+from streamlearn.errors import UserError
 from streamlearn.statestore.base import State
 
 
-class ParamError(ValueError):
+class ParamError(UserError, ValueError):
     """A bad algorithm parameter: unknown name, wrong type or out-of-range value."""
 
 

@@ -18,11 +18,12 @@ from typing import Iterator
 import numpy as np
 
 from streamlearn.batch import SparseRows
+from streamlearn.errors import UserError
 
 SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
-class FileFormatError(ValueError):
+class FileFormatError(UserError, ValueError):
     """A file that cannot be read as examples (unknown extension, missing/non-numeric column...)."""
 
 

@@ -11,8 +11,10 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamlearn.errors import UserError
 
-class TopicError(RuntimeError):
+
+class TopicError(UserError, RuntimeError):
     """A topic that is missing, too small, or cannot be created."""
 
 
