@@ -1,4 +1,4 @@
-"""``streamlearn`` command line: stack, produce, job, worker, snapshot, predict, models.
+"""``streamlearn`` command line: stack, produce, job, worker, snapshot, predict, models, algorithms.
 
 Every command reads STREAMLEARN_KAFKA / STREAMLEARN_REDIS, else the running local stack.
 Errors a user can fix (unknown job, bad parameter, missing topic, wrong password) print
@@ -130,6 +130,39 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_algorithms(args) -> int:
+    from streamlearn.algorithms import algorithm_class, available
+    from streamlearn.algorithms.params import params_table
+
+    if args.action == "list":
+        if args.name:
+            raise UsageError("`streamlearn algorithms` takes no name; use `streamlearn algorithms describe NAME`")
+        rows = [{"algorithm": n, "summary": _summary(algorithm_class(n))} for n in available() if not n.startswith("_")]
+        if args.json:
+            _print(rows, True)
+        else:
+            width = max(len(r["algorithm"]) for r in rows)
+            for r in rows:
+                print(f"{r['algorithm'].ljust(width)}  {r['summary']}")
+        return 0
+    if not args.name:
+        raise UsageError("`streamlearn algorithms describe` needs an algorithm NAME")
+    cls = algorithm_class(args.name)
+    infos = cls.describe_params()
+    if args.json:
+        _print({"algorithm": cls.name, "summary": _summary(cls), "parameters": [i.as_dict() for i in infos]}, True)
+    else:
+        print(f"{cls.name}: {_summary(cls)}\n")
+        print(params_table(infos))
+    return 0
+
+
+def _summary(cls) -> str:
+    """The first line of the algorithm module's docstring."""
+    doc = sys.modules[cls.__module__].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
 def cmd_demo(args) -> int:
     from streamlearn.demo import run_demo
 
@@ -195,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--job")
     md.add_argument("--algorithm")
     md.set_defaults(func=cmd_models)
+
+    al = sub.add_parser("algorithms", help="list the algorithms; `algorithms describe NAME`: its parameters")
+    al.add_argument("action", nargs="?", choices=["list", "describe"], default="list")
+    al.add_argument("name", nargs="?")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_algorithms)
 
     sub.add_parser("ingest", add_help=False,
                    help="faust app: validate JSON events of a raw topic into Avro training records "

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamlearn.backends import NumpyBackend
+from streamlearn.algorithms.params import Options, Param
+from streamlearn.backends import BACKENDS, NumpyBackend
 from streamlearn.batch import Batch, SparseRows
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -121,6 +122,14 @@ def softmax(z: np.ndarray, axis: int = -1, xp=np) -> np.ndarray:
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
+#: the declarations of the ``backend``/``device`` parameters every algorithm with a tensor
+#: engine has (whether the engine is installed and sees the device is check_backend's part)
+BACKEND_PARAMS = {
+    "backend": Param("tensor engine of the update step", Options(*BACKENDS)),
+    "device": Param("where the engine computes: 'cpu', 'cuda' or 'cuda:N'", str),
+}
+
+
 def check_backend(algo) -> None:
     """``check_params`` part for algorithms with ``backend``/``device`` parameters: a clear
     ParamError at job creation for an unknown, uninstalled or unusable engine."""
@@ -165,15 +174,3 @@ def feature_count(value):
 
 #: the default engine (its arrays are numpy's own; see streamlearn.backends)
 NUMPY_BACKEND = NumpyBackend()
-
-
-def check_features_and_type(algo, predictor_types: tuple[str, ...]) -> None:
-    """The checks every supervised algorithm starts with: ``n_features`` a positive
-    integer and ``predictor_type`` one this algorithm supports."""
-    from streamlearn.algorithms.base import require
-
-    n = algo.name
-    require(isinstance(algo.n_features, (int, np.integer)) and not isinstance(algo.n_features, bool)
-            and algo.n_features > 0, n, f"n_features must be a positive integer, got {algo.n_features!r}")
-    require(algo.predictor_type in predictor_types, n, f"predictor_type must be one of {predictor_types}, "
-            f"got {algo.predictor_type!r}")

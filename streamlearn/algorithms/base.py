@@ -1,17 +1,18 @@
 """The algorithm contract (the paper's initialize / update / finalize) and the Model base.
 
 Parameters are the ``__init__`` signature (River / scikit-learn style): ``__init__`` only
-stores them; :meth:`Algorithm.check_params` validates, so a bad ``--param`` gets a clear
-error at ``job create`` rather than a traceback inside a worker.
+stores them; each class declares their constraints and meaning once in ``param_spec``
+(:mod:`streamlearn.algorithms.params`), from which :meth:`Algorithm.from_params` converts
+``--param`` strings and :meth:`Algorithm.check_params` validates, so a bad ``--param`` gets a
+clear error at ``job create`` rather than a traceback inside a worker.
 """
 from __future__ import annotations
 
-import inspect
-import json
 from typing import Any, ClassVar
 
 import numpy as np
 
+from streamlearn.algorithms.params import Param, ParamInfo, convert, param_infos, violations
 from streamlearn.batch import Batch
 from streamlearn.errors import UserError
 from streamlearn.statestore.base import State
@@ -39,6 +40,8 @@ class Algorithm:
     #: (k-means) sets more, because small steps are dominated by per-call overhead.
     #: ``STREAMLEARN_WORKER_UPDATE_ROWS`` overrides it for every algorithm.
     step_rows: ClassVar[int] = 500
+    #: every ``__init__`` parameter's meaning and constraints (see :mod:`~streamlearn.algorithms.params`)
+    param_spec: ClassVar[dict[str, Param]] = {}
 
     def initialize(self, state: State) -> None:
         raise NotImplementedError
@@ -58,14 +61,22 @@ class Algorithm:
     # -- parameters -------------------------------------------------------------------
     @classmethod
     def param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+        return [info.name for info in param_infos(cls)]
+
+    @classmethod
+    def describe_params(cls) -> list[ParamInfo]:
+        """Every parameter with its type, default, constraints and meaning."""
+        return param_infos(cls)
 
     def get_params(self) -> dict[str, Any]:
         return {p: getattr(self, p) for p in self.param_names()}
 
     def check_params(self) -> None:
-        """Raise :class:`ParamError` for an invalid parameter. Subclasses extend this."""
+        """Raise :class:`ParamError` for an invalid parameter: the declared constraints
+        first; subclasses extend this with checks that relate several parameters."""
+        problems = violations(self)
+        if problems:
+            raise ParamError(f"{self.name}: " + "; ".join(problems))
 
     def n_features(self) -> int:
         """The input width every record must have (checked at decode time)."""
@@ -73,14 +84,13 @@ class Algorithm:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Algorithm":
-        """Build from user parameters, converting strings (``--param k=v``) by the
-        type of each parameter's default, and validate."""
-        sig = inspect.signature(cls.__init__)
-        allowed = {n: p for n, p in sig.parameters.items() if n != "self"}
-        unknown = sorted(set(params) - set(allowed))
+        """Build from user parameters, converting strings (``--param k=v``) by each
+        parameter's declared type, and validate."""
+        infos = {info.name: info for info in param_infos(cls)}
+        unknown = sorted(set(params) - set(infos))
         if unknown:
-            raise ParamError(f"{cls.name}: unknown parameter(s) {unknown}; known: {sorted(allowed)}")
-        kwargs = {k: _convert(cls.name, k, v, allowed[k].default) for k, v in params.items()}
+            raise ParamError(f"{cls.name}: unknown parameter(s) {unknown}; known: {sorted(infos)}")
+        kwargs = {k: _from_text(cls.name, infos[k], v) if isinstance(v, str) else v for k, v in params.items()}
         try:
             algo = cls(**kwargs)
         except TypeError as exc:  # a required parameter is missing
@@ -93,27 +103,12 @@ class Algorithm:
         return f"{type(self).__name__}({args})"
 
 
-def _convert(algo: str, name: str, value: Any, default: Any) -> Any:
-    if not isinstance(value, str) or isinstance(default, str):
-        return value
+def _from_text(algo: str, info: ParamInfo, text: str) -> Any:
     try:
-        if isinstance(default, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if default is None or default is inspect.Parameter.empty:
-            return json.loads(value) if value[:1] in "[{0123456789-." or value in ("true", "false", "null") else value
-        if isinstance(default, (list, tuple, dict)):
-            return json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        raise ParamError(f"{algo}: parameter {name}={value[:80]!r} is not a valid {type(default).__name__}") from None
-    return value
+        return convert(text, info)
+    except (ValueError, TypeError, RecursionError):  # RecursionError: absurdly nested JSON
+        kind = info.type_text or type(info.default).__name__
+        raise ParamError(f"{algo}: parameter {info.name}={text[:80]!r} is not a valid {kind}") from None
 
 
 def require(condition: bool, algo: str, message: str) -> None:

@@ -22,10 +22,10 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import check_features_and_type
-from streamlearn.algorithms._common import (NUMPY_BACKEND, ColumnIndex, backend_of, check_backend, feature_count,
-                                            sigmoid)
-from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.algorithms._common import (BACKEND_PARAMS, NUMPY_BACKEND, ColumnIndex, backend_of, check_backend,
+                                            feature_count, sigmoid)
+from streamlearn.algorithms.base import Algorithm, Model
+from streamlearn.algorithms.params import Interval, Options, Param
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.statestore.base import State
 
@@ -48,6 +48,20 @@ class FactorizationMachines(Algorithm):
     name = "factorization_machines"
     accepts_sparse = True
     needs_label = True
+    param_spec = {
+        "n_features": Param("features per record (the input width, e.g. 2**20 hashed)", Interval(int, 1, None)),
+        "predictor_type": Param("what is predicted: a 0/1 class or a value", Options(*PREDICTOR_TYPES)),
+        "num_factors": Param("latent factors per feature (the rank of the pairwise interactions)",
+                             Interval(int, 1, None)),
+        "optimizer": Param("update rule", Options("adagrad", "sgd")),
+        "learning_rate": Param("step size", Interval(float, 0, None, closed="neither")),
+        "bias_l2": Param("L2 regularization of the global bias", Interval(float, 0, None)),
+        "linear_l2": Param("L2 regularization of the linear weights (lazy, on touched rows)", Interval(float, 0, None)),
+        "factors_l2": Param("L2 regularization of the factors (lazy, on touched rows)", Interval(float, 0, None)),
+        "init_sigma": Param("standard deviation of the factors' random start", Interval(float, 0, None)),
+        "seed": Param("seed of the factors' random start", Interval(int, 0, None)),
+        **BACKEND_PARAMS,
+    }
 
     def __init__(self, n_features: int, predictor_type: str = "binary_classifier", num_factors: int = 8,
                  optimizer: str = "adagrad", learning_rate: float = 0.1, bias_l2: float = 0.0,
@@ -68,14 +82,7 @@ class FactorizationMachines(Algorithm):
         self._columns = ColumnIndex()  # scratch for sparse batches, not a parameter
 
     def check_params(self) -> None:
-        n = self.name
-        check_features_and_type(self, PREDICTOR_TYPES)
-        require(isinstance(self.num_factors, (int, np.integer)) and self.num_factors >= 1, n,
-                "num_factors must be an integer >= 1")
-        require(self.optimizer in ("adagrad", "sgd"), n, "optimizer must be 'adagrad' or 'sgd'")
-        require(np.isfinite(self.learning_rate) and self.learning_rate > 0, n, "learning_rate must be > 0")
-        for p in ("bias_l2", "linear_l2", "factors_l2", "init_sigma"):
-            require(np.isfinite(getattr(self, p)) and getattr(self, p) >= 0, n, f"{p} must be >= 0")
+        super().check_params()
         check_backend(self)
 
     def _keyargs(self) -> dict:
