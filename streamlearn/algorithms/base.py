@@ -8,7 +8,8 @@ clear error at ``job create`` rather than a traceback inside a worker.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import functools
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -126,6 +127,20 @@ class Model:
 
     algorithm: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """``evaluate``, ``score`` and ``predict_records`` take a :class:`Batch` (what the
+        runtime passes) or user data ``(X, y=None, …)`` (numpy, pandas, scipy sparse: see
+        :meth:`Batch.of`); subclasses implement them for a Batch only."""
+        super().__init_subclass__(**kwargs)
+        for name in ("evaluate", "score", "predict_records"):
+            if name in cls.__dict__:
+                setattr(cls, name, _taking_user_data(cls.__dict__[name]))
+
+    def predict(self, X) -> np.ndarray:
+        """The model's output for the rows of ``X`` (numpy, pandas DataFrame, scipy sparse):
+        ``evaluate`` of a batch of them."""
+        return self.evaluate(Batch.of(X))
+
     def evaluate(self, batch: Batch) -> np.ndarray:
         raise NotImplementedError
 
@@ -142,6 +157,17 @@ class Model:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> "Model":
         raise NotImplementedError
+
+
+def _taking_user_data(method: Callable) -> Callable:
+    """``method(batch, *args)`` also callable as ``method(X, y, *args)`` (``y=`` by keyword)."""
+    @functools.wraps(method)
+    def taking(self, data, *args: Any, **kwargs: Any):
+        if not isinstance(data, Batch):
+            y = args[0] if args else kwargs.pop("y", None)
+            data, args = Batch.of(data, y), args[1:]
+        return method(self, data, *args, **kwargs)
+    return taking
 
 
 def _jsonable(v: Any) -> Any:

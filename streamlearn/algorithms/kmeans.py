@@ -39,10 +39,10 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import (BACKEND_PARAMS, backend_of, check_backend, feature_count, group_sum,
-                                            row_hash)
+from streamlearn.algorithms._common import BACKEND_PARAMS, backend_of, check_backend, feature_count, row_hash
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.algorithms.params import Interval, Param
+from streamlearn.backends import group_sum
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
 
