@@ -211,8 +211,8 @@ def _type_text(tp: Any) -> str:
 def convert(text: str, info: ParamInfo) -> Any:
     """``text`` (``--param NAME=TEXT``) as the parameter's declared type. Raises ValueError.
 
-    Union members are tried in order, ``str`` last, so ``int | str`` reads ``"5"`` as 5 and
-    ``"auto"`` as ``"auto"``. Without an annotation the default's type decides; a parameter
+    Union members are tried in order, ``None`` first (the words ``none``/``null``) and ``str``
+    last, so ``int | str`` reads ``"5"`` as 5 and ``"auto"`` as ``"auto"``. Without an annotation the default's type decides; a parameter
     with neither keeps the string."""
     tp = info.type
     if tp is None:
@@ -224,7 +224,7 @@ def _convert(text: str, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if _is_union(tp):
         members = typing.get_args(tp)
-        for member in sorted(members, key=lambda m: m is str):
+        for member in sorted(members, key=lambda m: (m is not type(None), m is str)):
             try:
                 return _convert(text, member)
             except (ValueError, TypeError):
