@@ -160,10 +160,11 @@ class Model:
 
 
 def _taking_user_data(method: Callable) -> Callable:
-    """``method(batch, *args)`` also callable as ``method(X, y, *args)`` (``y=`` by keyword)."""
+    """``method(batch, *args)`` also callable as ``method(X, y, *args)`` (``y=`` by keyword).
+    Anything with an ``X`` attribute, other than a DataFrame, passes as a batch."""
     @functools.wraps(method)
     def taking(self, data, *args: Any, **kwargs: Any):
-        if not isinstance(data, Batch):
+        if not isinstance(data, Batch) and (not hasattr(data, "X") or hasattr(data, "columns")):
             y = args[0] if args else kwargs.pop("y", None)
             data, args = Batch.of(data, y), args[1:]
         return method(self, data, *args, **kwargs)
