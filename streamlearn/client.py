@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis as redis_py
+
 from streamlearn import jobs
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.batch import as_features, split_label
-from streamlearn.config import Settings, _client_key
-from streamlearn.errors import StreamlearnError, UserError
+from streamlearn.config import Settings, _client_key, mask_url
+from streamlearn.errors import ServiceUnavailable, StreamlearnError, UserError
 from streamlearn.snapshots.finalize import publish
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
@@ -42,7 +44,8 @@ def connect(kafka: str | None = None, redis: str | None = None, **kafka_conf: An
     running local stack (``streamlearn stack up``), as for the command line. ``kafka_conf``
     are librdkafka properties for every Kafka client, dotted or with underscores
     (``security_protocol="SASL_SSL"``); ``STREAMLEARN_KAFKA_<PROPERTY>`` variables apply
-    underneath them."""
+    underneath them. Raises :class:`~streamlearn.ServiceUnavailable` when Redis cannot be
+    reached, :class:`~streamlearn.UserError` when nothing is configured."""
     env = dict(os.environ)
     if kafka:
         env["STREAMLEARN_KAFKA"] = kafka
@@ -62,6 +65,11 @@ class Connection:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.redis = settings.redis_client()
+        try:
+            self.redis.ping()
+        except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
+            self.redis.close()
+            raise ServiceUnavailable(f"cannot reach Redis at {mask_url(settings.redis)}: {exc}") from None
         self.kafka_conf: dict[str, Any] = settings.kafka_client_conf()
         self._subscribers: list[ModelSubscriber] = []
 

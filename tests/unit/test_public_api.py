@@ -79,6 +79,14 @@ def test_cli_unreachable_redis_exits_3(monkeypatch, capsys):
     assert "cannot reach Redis" in capsys.readouterr().err
 
 
+def test_connect_to_an_unreachable_redis_is_service_unavailable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(sl.ServiceUnavailable, match=f"cannot reach Redis at redis://127.0.0.1:{port}/0"):
+        sl.connect(kafka="127.0.0.1:1", redis=f"redis://127.0.0.1:{port}/0")
+
+
 def test_an_internal_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(cli, "cmd_algorithms", lambda args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
