@@ -1,4 +1,4 @@
-"""``streamlearn`` command line: stack, produce, job, worker, snapshot, predict, evaluate, models.
+"""``streamlearn`` command line: stack, produce, job, worker, snapshot, predict, evaluate, models, algorithms.
 
 Every command reads STREAMLEARN_KAFKA / STREAMLEARN_REDIS, else the running local stack.
 Errors a user can fix (unknown job, bad parameter, missing topic, wrong password) print
@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from streamlearn.errors import ServiceUnavailable, UserError
 
-class UsageError(Exception):
+
+class UsageError(UserError):
     """A user error to print as one line (exit status 2)."""
 
 
@@ -165,6 +167,39 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_algorithms(args) -> int:
+    from streamlearn.algorithms import algorithm_class, available
+    from streamlearn.algorithms.params import params_table
+
+    if args.action == "list":
+        if args.name:
+            raise UsageError("`streamlearn algorithms` takes no name; use `streamlearn algorithms describe NAME`")
+        rows = [{"algorithm": n, "summary": _summary(algorithm_class(n))} for n in available() if not n.startswith("_")]
+        if args.json:
+            _print(rows, True)
+        else:
+            width = max(len(r["algorithm"]) for r in rows)
+            for r in rows:
+                print(f"{r['algorithm'].ljust(width)}  {r['summary']}")
+        return 0
+    if not args.name:
+        raise UsageError("`streamlearn algorithms describe` needs an algorithm NAME")
+    cls = algorithm_class(args.name)
+    infos = cls.describe_params()
+    if args.json:
+        _print({"algorithm": cls.name, "summary": _summary(cls), "parameters": [i.as_dict() for i in infos]}, True)
+    else:
+        print(f"{cls.name}: {_summary(cls)}\n")
+        print(params_table(infos))
+    return 0
+
+
+def _summary(cls) -> str:
+    """The first line of the algorithm module's docstring."""
+    doc = sys.modules[cls.__module__].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
 def cmd_demo(args) -> int:
     from streamlearn.demo import run_demo
 
@@ -264,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--algorithm")
     md.set_defaults(func=cmd_models)
 
+    al = sub.add_parser("algorithms", help="list the algorithms; `algorithms describe NAME`: its parameters")
+    al.add_argument("action", nargs="?", choices=["list", "describe"], default="list")
+    al.add_argument("name", nargs="?")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_algorithms)
+
     sub.add_parser("ingest", add_help=False,
                    help="faust app: validate JSON events of a raw topic into Avro training records "
                         "(`streamlearn ingest RAW --to TOPIC --n-features D [--label-required] [--batch-size B]`)")
@@ -310,10 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # user-facing errors: one line, no traceback
         from streamlearn._internal.errors import USER_ERRORS, unreachable_service
 
-        if isinstance(exc, (UsageError,) + USER_ERRORS):
+        if isinstance(exc, USER_ERRORS):
             print(f"streamlearn: error: {exc}", file=sys.stderr)
             return 2
-        message = unreachable_service(exc)
+        message = str(exc) if isinstance(exc, ServiceUnavailable) else unreachable_service(exc)
         if message:
             print(f"streamlearn: error: {message}", file=sys.stderr)
             return 3

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from streamlearn.errors import ServiceUnavailable, UserError
+
 __all__ = ["ConfigError", "KafkaUnreachable", "Settings", "mask_url", "kafka_env_conf", "kafka_logging",
            "LIBRDKAFKA_LOGGER"]
 
@@ -52,11 +54,11 @@ LIBRDKAFKA_LOGGER = "streamlearn.librdkafka"
 logging.getLogger(LIBRDKAFKA_LOGGER).addHandler(logging.NullHandler())
 
 
-class ConfigError(RuntimeError):
+class ConfigError(UserError, RuntimeError):
     """The configuration is missing or wrong (message says what to set; never holds a secret)."""
 
 
-class KafkaUnreachable(ConnectionError):
+class KafkaUnreachable(ServiceUnavailable, ConnectionError):
     """No Kafka broker answered within a short-lived command's bounded wait."""
 
 

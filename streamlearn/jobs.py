@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from streamlearn.algorithms import Algorithm, make_algorithm
+from streamlearn.errors import UserError
 from streamlearn.statestore.keys import JOBS, JobKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
 
@@ -22,7 +23,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SNAPSHOT_TOPIC = "streamlearn.snapshots"
 
 
-class JobError(RuntimeError):
+class JobError(UserError, RuntimeError):
     """A job command that cannot be done: unknown job, name taken, missing topic..."""
 
 

@@ -1,22 +1,13 @@
-"""The exception types that mean "the user asked for something wrong" (printed as one line)."""
+"""How the CLI classifies an exception: a user error (one line, exit 2) or an unreachable
+service (one line, exit 3); anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
+import os
 
-def _collect() -> tuple[type[BaseException], ...]:
-    from streamlearn.algorithms.base import ParamError
-    from streamlearn.jobs import JobError
-    from streamlearn.statestore.base import StateError
+from streamlearn.errors import UserError
 
-    found: list[type[BaseException]] = [ParamError, JobError, StateError, FileNotFoundError]
-    for module, name in (("streamlearn.config", "ConfigError"), ("streamlearn.snapshots.format", "SnapshotError"),
-                         ("streamlearn.snapshots.store", "SnapshotNotFound"),
-                         ("streamlearn.streams.topics", "TopicError"), ("streamlearn.streams.files", "FileFormatError"),
-                         ("streamlearn.streams.schema_store", "SchemaRegistrationError")):
-        found.append(getattr(__import__(module, fromlist=[name]), name))
-    return tuple(found)
-
-
-USER_ERRORS = _collect()
+#: what the CLI prints as one line with exit status 2 (a missing input file is the user's too)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
 def unreachable_service(exc: BaseException) -> str | None:
@@ -29,8 +20,6 @@ def unreachable_service(exc: BaseException) -> str | None:
     if isinstance(exc, KafkaUnreachable):
         return str(exc)
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        import os
-
         where = mask_url(os.environ.get("STREAMLEARN_REDIS", "")) or "the local stack's Redis"
         return f"cannot reach Redis at {where}: {exc}"
     if isinstance(exc, KafkaException):

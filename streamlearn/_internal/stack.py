@@ -51,6 +51,7 @@ from typing import Callable, Iterator, Mapping
 from urllib.parse import quote
 
 from streamlearn.config import ConfigError, Settings, kafka_logging, mask_url
+from streamlearn.errors import UserError
 
 __all__ = [
     "KAFKA_VERSION",
@@ -113,7 +114,7 @@ logger.authorizer.level = WARN
 """
 
 
-class StackError(RuntimeError):
+class StackError(UserError, RuntimeError):
     """The local stack could not be started/stopped (message includes the relevant log tail)."""
 
 

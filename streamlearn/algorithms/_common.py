@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamlearn.backends import NumpyBackend
+from streamlearn.algorithms.base import AUTO, ParamError, require
+from streamlearn.algorithms.params import Options, Param
+from streamlearn.backends import BACKENDS, NumpyBackend
 from streamlearn.batch import Batch, SparseRows
+from streamlearn.labels import LabelCoding, parse_classes
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -85,31 +88,6 @@ class ColumnIndex:
         return cols, self._lookup[X.indices].astype(np.int64)
 
 
-def row_sum(indptr: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per-row sums (float64) of per-stored-value ``values`` (nnz, ...) of a CSR layout:
-    one ``add.reduceat`` over the rows that have values (empty rows stay 0). The numpy
-    backend's ``row_sum`` and so its ``spmm``."""
-    out = np.zeros((len(indptr) - 1,) + values.shape[1:], dtype=np.float64)
-    if len(values) == 0:
-        return out
-    nonempty = np.flatnonzero(np.diff(indptr) > 0)
-    out[nonempty] = np.add.reduceat(values, indptr[nonempty], axis=0)
-    return out
-
-
-def group_sum(keys: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """``out[g] = values[keys == g].sum(0)`` into ``n_groups`` rows (float64), for 1-D or 2-D
-    ``values``: one ``bincount`` over (key, column) pairs. 10-35x faster than sorting the
-    keys and ``add.reduceat`` (20,000 values x 8: 3.3 -> 0.56 ms), and than ``np.add.at``."""
-    keys = np.asarray(keys, dtype=np.int64)
-    if values.ndim == 1:
-        return np.bincount(keys, weights=values, minlength=n_groups)
-    m = int(np.prod(values.shape[1:], dtype=np.int64))
-    flat = (keys[:, None] * m + np.arange(m)).ravel()
-    return np.bincount(flat, weights=values.reshape(len(keys), m).ravel(),
-                       minlength=n_groups * m).reshape((n_groups,) + values.shape[1:])
-
-
 def sigmoid(z: np.ndarray, xp=np) -> np.ndarray:
     """``xp``: the array namespace of a backend (:mod:`streamlearn.backends`); numpy by default."""
     return 1.0 / (1.0 + xp.exp(-xp.clip(z, -35.0, 35.0)))
@@ -119,6 +97,14 @@ def softmax(z: np.ndarray, axis: int = -1, xp=np) -> np.ndarray:
     z = z - xp.amax(z, axis=axis, keepdims=True)
     e = xp.exp(z)
     return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+#: the declarations of the ``backend``/``device`` parameters every algorithm with a tensor
+#: engine has (whether the engine is installed and sees the device is check_backend's part)
+BACKEND_PARAMS = {
+    "backend": Param("tensor engine of the update step", Options(*BACKENDS)),
+    "device": Param("where the engine computes: 'cpu', 'cuda' or 'cuda:N'", str),
+}
 
 
 def check_backend(algo) -> None:
@@ -167,34 +153,11 @@ def feature_count(value):
 NUMPY_BACKEND = NumpyBackend()
 
 
-def check_feature_count(algo) -> None:
-    """``n_features`` is a positive integer or "auto" (inferred from the topic at job create)."""
-    from streamlearn.algorithms.base import AUTO, require
-
-    v = algo.n_features
-    require(v == AUTO or isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0, algo.name,
-            f"n_features must be a positive integer or 'auto', got {v!r}")
-
-
-def check_features_and_type(algo, predictor_types: tuple[str, ...]) -> None:
-    """The checks every supervised algorithm starts with: ``n_features`` a positive
-    integer and ``predictor_type`` one this algorithm supports."""
-    from streamlearn.algorithms.base import require
-
-    n = algo.name
-    check_feature_count(algo)
-    require(algo.predictor_type in predictor_types, n, f"predictor_type must be one of {predictor_types}, "
-            f"got {algo.predictor_type!r}")
-
-
 # -- the label and step parameters of the supervised learners (linear learner, FM) -----------
 def check_classes(algo, sizes: dict) -> None:
     """``classes`` is "auto" or a list of distinct numbers fitting the predictor type:
     ``sizes[predictor_type]`` is how many it must have ("auto": at least 2); a predictor
     type without an entry (a regressor) takes no classes."""
-    from streamlearn.algorithms.base import AUTO, require
-    from streamlearn.labels import parse_classes
-
     n = algo.name
     if algo.classes == AUTO:
         return
@@ -212,9 +175,6 @@ def check_classes(algo, sizes: dict) -> None:
 def coding_of(predictor_type: str, classes, num_classes):
     """The :class:`~streamlearn.labels.LabelCoding` of a learner's parameters: ``classes`` when
     given, else the identity (0/1; 0..num_classes-1); a regressor takes any number."""
-    from streamlearn.algorithms.base import AUTO, ParamError
-    from streamlearn.labels import LabelCoding, parse_classes
-
     if predictor_type == "regressor":
         return LabelCoding(None)
     if classes != AUTO:
@@ -230,21 +190,11 @@ def coding_of(predictor_type: str, classes, num_classes):
 def model_coding(attrs: dict):
     """A classifier model's label coding from its attrs (snapshots from before label mappings
     carry no ``classes``: the identity coding)."""
-    from streamlearn.labels import LabelCoding
-
     if attrs["predictor_type"] == "regressor":
         return LabelCoding(None)
     if attrs.get("classes") is not None:
         return LabelCoding.of(attrs["classes"])
     return LabelCoding.identity(int(attrs.get("num_classes", 2)))
-
-
-def check_mini_batch_size(algo) -> None:
-    from streamlearn.algorithms.base import AUTO, require
-
-    v = algo.mini_batch_size
-    require(v == AUTO or isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, algo.name,
-            f"mini_batch_size must be a positive integer or 'auto', got {v!r}")
 
 
 def step_rows_of(algo) -> int:

@@ -1,27 +1,30 @@
 """The algorithm contract (the paper's initialize / update / finalize) and the Model base.
 
 Parameters are the ``__init__`` signature (River / scikit-learn style): ``__init__`` only
-stores them; :meth:`Algorithm.check_params` validates, so a bad ``--param`` gets a clear
-error at ``job create`` rather than a traceback inside a worker.
+stores them; each class declares their constraints and meaning once in ``param_spec``
+(:mod:`streamlearn.algorithms.params`), from which :meth:`Algorithm.from_params` converts
+``--param`` strings and :meth:`Algorithm.check_params` validates, so a bad ``--param`` gets a
+clear error at ``job create`` rather than a traceback inside a worker.
 """
 from __future__ import annotations
 
-import inspect
-import json
-from typing import Any, ClassVar
+import functools
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from streamlearn.algorithms.params import Param, ParamInfo, convert, param_infos, violations
 from streamlearn.batch import Batch
+from streamlearn.errors import UserError
 from streamlearn.statestore.base import State
 
 
-class ParamError(ValueError):
+class ParamError(UserError, ValueError):
     """A bad algorithm parameter: unknown name, wrong type or out-of-range value."""
 
 
 #: the value of a parameter inferred from the topic's records at ``job create``
-#: (:mod:`streamlearn.streams.inspect`): ``n_features``, ``classes``, ``num_classes``...
+#: (:mod:`streamlearn.contract`): ``n_features``, ``classes``, ``num_classes``...
 AUTO = "auto"
 
 
@@ -43,6 +46,8 @@ class Algorithm:
     #: (k-means) sets more, because small steps are dominated by per-call overhead.
     #: ``STREAMLEARN_WORKER_UPDATE_ROWS`` overrides it for every algorithm.
     step_rows: ClassVar[int] = 500
+    #: every ``__init__`` parameter's meaning and constraints (see :mod:`~streamlearn.algorithms.params`)
+    param_spec: ClassVar[dict[str, Param]] = {}
 
     def initialize(self, state: State) -> None:
         raise NotImplementedError
@@ -62,14 +67,22 @@ class Algorithm:
     # -- parameters -------------------------------------------------------------------
     @classmethod
     def param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+        return [info.name for info in param_infos(cls)]
+
+    @classmethod
+    def describe_params(cls) -> list[ParamInfo]:
+        """Every parameter with its type, default, constraints and meaning."""
+        return param_infos(cls)
 
     def get_params(self) -> dict[str, Any]:
         return {p: getattr(self, p) for p in self.param_names()}
 
     def check_params(self) -> None:
-        """Raise :class:`ParamError` for an invalid parameter. Subclasses extend this."""
+        """Raise :class:`ParamError` for an invalid parameter: the declared constraints
+        first; subclasses extend this with checks that relate several parameters."""
+        problems = violations(self)
+        if problems:
+            raise ParamError(f"{self.name}: " + "; ".join(problems))
 
     def unresolved(self) -> list[str]:
         """Parameters still ``"auto"`` that only data can settle (``job create`` infers them
@@ -87,14 +100,13 @@ class Algorithm:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Algorithm":
-        """Build from user parameters, converting strings (``--param k=v``) by the
-        type of each parameter's default, and validate."""
-        sig = inspect.signature(cls.__init__)
-        allowed = {n: p for n, p in sig.parameters.items() if n != "self"}
-        unknown = sorted(set(params) - set(allowed))
+        """Build from user parameters, converting strings (``--param k=v``) by each
+        parameter's declared type, and validate."""
+        infos = {info.name: info for info in param_infos(cls)}
+        unknown = sorted(set(params) - set(infos))
         if unknown:
-            raise ParamError(f"{cls.name}: unknown parameter(s) {unknown}; known: {sorted(allowed)}")
-        kwargs = {k: _convert(cls.name, k, v, allowed[k].default) for k, v in params.items()}
+            raise ParamError(f"{cls.name}: unknown parameter(s) {unknown}; known: {sorted(infos)}")
+        kwargs = {k: _from_text(cls.name, infos[k], v) if isinstance(v, str) else v for k, v in params.items()}
         try:
             algo = cls(**kwargs)
         except TypeError as exc:  # a required parameter is missing
@@ -107,42 +119,12 @@ class Algorithm:
         return f"{type(self).__name__}({args})"
 
 
-def _convert(algo: str, name: str, value: Any, default: Any) -> Any:
-    if isinstance(value, str) and default == AUTO:
-        return _auto_value(value)
-    if not isinstance(value, str) or isinstance(default, str):
-        return value
+def _from_text(algo: str, info: ParamInfo, text: str) -> Any:
     try:
-        if isinstance(default, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if default is None or default is inspect.Parameter.empty:
-            return json.loads(value) if value[:1] in "[{0123456789-." or value in ("true", "false", "null") else value
-        if isinstance(default, (list, tuple, dict)):
-            return json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        raise ParamError(f"{algo}: parameter {name}={value[:80]!r} is not a valid {type(default).__name__}") from None
-    return value
-
-
-def _auto_value(value: str) -> Any:
-    """A parameter whose default is "auto" takes "auto", a JSON value or a comma-separated
-    list (``classes=1,2``); anything else stays a string for ``check_params`` to judge."""
-    if value == AUTO:
-        return value
-    try:
-        return json.loads(value)
-    except (ValueError, RecursionError):
-        if "," in value:
-            return [_auto_value(v.strip()) for v in value.split(",")]
-        return value
+        return convert(text, info)
+    except (ValueError, TypeError, RecursionError):  # RecursionError: absurdly nested JSON
+        kind = info.type_text or type(info.default).__name__
+        raise ParamError(f"{algo}: parameter {info.name}={text[:80]!r} is not a valid {kind}") from None
 
 
 def require(condition: bool, algo: str, message: str) -> None:
@@ -159,6 +141,20 @@ class Model:
     """
 
     algorithm: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """``evaluate``, ``score`` and ``predict_records`` take a :class:`Batch` (what the
+        runtime passes) or user data ``(X, y=None, …)`` (numpy, pandas, scipy sparse: see
+        :meth:`Batch.of`); subclasses implement them for a Batch only."""
+        super().__init_subclass__(**kwargs)
+        for name in ("evaluate", "score", "predict_records"):
+            if name in cls.__dict__:
+                setattr(cls, name, _taking_user_data(cls.__dict__[name]))
+
+    def predict(self, X) -> np.ndarray:
+        """The model's output for the rows of ``X`` (numpy, pandas DataFrame, scipy sparse):
+        ``evaluate`` of a batch of them."""
+        return self.evaluate(Batch.of(X))
 
     def evaluate(self, batch: Batch) -> np.ndarray:
         raise NotImplementedError
@@ -181,6 +177,18 @@ class Model:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> "Model":
         raise NotImplementedError
+
+
+def _taking_user_data(method: Callable) -> Callable:
+    """``method(batch, *args)`` also callable as ``method(X, y, *args)`` (``y=`` by keyword).
+    Anything with an ``X`` attribute, other than a DataFrame, passes as a batch."""
+    @functools.wraps(method)
+    def taking(self, data, *args: Any, **kwargs: Any):
+        if not isinstance(data, Batch) and (not hasattr(data, "X") or hasattr(data, "columns")):
+            y = args[0] if args else kwargs.pop("y", None)
+            data, args = Batch.of(data, y), args[1:]
+        return method(self, data, *args, **kwargs)
+    return taking
 
 
 def _jsonable(v: Any) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.algorithms.params import Interval, Param
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
 
@@ -23,6 +24,11 @@ _MAX_IDS = 50_000_000
 
 class Counter(Algorithm):
     name = "counter"
+    param_spec = {
+        "dim": Param("features per record", Interval(int, 1, 4096)),
+        "n_ids": Param("record ids to count hits for (0 = none)", Interval(int, 0, _MAX_IDS)),
+        "id_column": Param("feature holding the record id (-1 = none)", Interval(int, -1, None)),
+    }
 
     def __init__(self, dim: int = 1, n_ids: int = 0, id_column: int = -1):
         self.dim = dim
@@ -30,12 +36,8 @@ class Counter(Algorithm):
         self.id_column = id_column
 
     def check_params(self) -> None:
-        require(isinstance(self.dim, int) and 1 <= self.dim <= 4096, self.name,
-                "dim (features per record) must be an integer in [1, 4096]")
-        require(isinstance(self.n_ids, int) and 0 <= self.n_ids <= _MAX_IDS, self.name,
-                f"n_ids must be an integer in [0, {_MAX_IDS}]")
-        require(isinstance(self.id_column, int) and -1 <= self.id_column < self.dim, self.name,
-                "id_column must be -1 (none) or a feature index")
+        super().check_params()
+        require(self.id_column < self.dim, self.name, "id_column must be -1 (none) or a feature index")
         require(self.n_ids == 0 or self.id_column >= 0, self.name, "n_ids needs an id_column")
 
     def _value_columns(self) -> list[int]:

@@ -22,11 +22,11 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import check_features_and_type
-from streamlearn.algorithms._common import (NUMPY_BACKEND, ColumnIndex, backend_of, check_backend, check_classes,
-                                            check_mini_batch_size, coding_of, feature_count, model_coding, sigmoid,
+from streamlearn.algorithms._common import (BACKEND_PARAMS, NUMPY_BACKEND, ColumnIndex, backend_of, check_backend,
+                                            check_classes, coding_of, feature_count, model_coding, sigmoid,
                                             step_rows_of)
-from streamlearn.algorithms.base import AUTO, Algorithm, Model, require
+from streamlearn.algorithms.base import AUTO, Algorithm, Model
+from streamlearn.algorithms.params import Interval, ListOf, Options, Param
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding
 from streamlearn.statestore.base import State
@@ -52,9 +52,30 @@ class FactorizationMachines(Algorithm):
     needs_label = True
     #: the step of ``mini_batch_size="auto"`` when the data size is not known
     default_step_rows = 500
+    param_spec = {
+        "n_features": Param("features per record (the input width, e.g. 2**20 hashed); auto = inferred from "
+                            "the topic at job create",
+                            Interval(int, 1, None), Options("auto")),
+        "predictor_type": Param("what is predicted: a 0/1 class or a value", Options(*PREDICTOR_TYPES)),
+        "classes": Param("the user's label of each class, in class order (e.g. 1,2); auto = 0/1, or inferred "
+                         "from the topic at job create", ListOf(int, float), Options("auto")),
+        "mini_batch_size": Param("examples per update step; auto = sized from a bounded job's data at job create",
+                                 Interval(int, 1, None), Options("auto")),
+        "num_factors": Param("latent factors per feature (the rank of the pairwise interactions)",
+                             Interval(int, 1, None)),
+        "optimizer": Param("update rule", Options("adagrad", "sgd")),
+        "learning_rate": Param("step size", Interval(float, 0, None, closed="neither")),
+        "bias_l2": Param("L2 regularization of the global bias", Interval(float, 0, None)),
+        "linear_l2": Param("L2 regularization of the linear weights (lazy, on touched rows)", Interval(float, 0, None)),
+        "factors_l2": Param("L2 regularization of the factors (lazy, on touched rows)", Interval(float, 0, None)),
+        "init_sigma": Param("standard deviation of the factors' random start", Interval(float, 0, None)),
+        "seed": Param("seed of the factors' random start", Interval(int, 0, None)),
+        **BACKEND_PARAMS,
+    }
 
     def __init__(self, n_features: int | str = AUTO, predictor_type: str = "binary_classifier",
-                 classes: list | str = AUTO, mini_batch_size: int | str = AUTO, num_factors: int = 8, optimizer: str = "adagrad", learning_rate: float = 0.1, bias_l2: float = 0.0,
+                 classes: list[float] | str = AUTO, mini_batch_size: int | str = AUTO, num_factors: int = 8,
+                 optimizer: str = "adagrad", learning_rate: float = 0.1, bias_l2: float = 0.0,
                  linear_l2: float = 1e-5, factors_l2: float = 1e-5, init_sigma: float = 0.05, seed: int = 0,
                  backend: str = "numpy", device: str = "cpu"):
         self.n_features = feature_count(n_features)
@@ -74,16 +95,8 @@ class FactorizationMachines(Algorithm):
         self._columns = ColumnIndex()  # scratch for sparse batches, not a parameter
 
     def check_params(self) -> None:
-        n = self.name
-        check_features_and_type(self, PREDICTOR_TYPES)
+        super().check_params()
         check_classes(self, {"binary_classifier": 2})
-        check_mini_batch_size(self)
-        require(isinstance(self.num_factors, (int, np.integer)) and self.num_factors >= 1, n,
-                "num_factors must be an integer >= 1")
-        require(self.optimizer in ("adagrad", "sgd"), n, "optimizer must be 'adagrad' or 'sgd'")
-        require(np.isfinite(self.learning_rate) and self.learning_rate > 0, n, "learning_rate must be > 0")
-        for p in ("bias_l2", "linear_l2", "factors_l2", "init_sigma"):
-            require(np.isfinite(getattr(self, p)) and getattr(self, p) >= 0, n, f"{p} must be >= 0")
         check_backend(self)
 
     @property

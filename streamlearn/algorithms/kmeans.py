@@ -39,9 +39,10 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import (backend_of, check_backend, check_feature_count, feature_count, group_sum,
-                                            row_hash)
+from streamlearn.algorithms._common import BACKEND_PARAMS, backend_of, check_backend, feature_count, row_hash
 from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.algorithms.params import Interval, Options, Param
+from streamlearn.backends import group_sum
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
 
@@ -58,8 +59,22 @@ class KMeans(Algorithm):
     #: openings and assignments are decided per mini-batch; at 500 rows a step was mostly
     #: per-call overhead (update 0.61 s vs 0.29 s for 500k x 10 rows at 5,000)
     step_rows = 5_000
+    param_spec = {
+        "n_features": Param("features per record (the input width); auto = inferred from the topic at job create",
+                            Interval(int, 1, None), Options("auto")),
+        "k": Param("clusters of the model finalize solves", Interval(int, 1, None)),
+        "k_max": Param("largest k the summary can be re-solved for without retraining (0 = k)",
+                       Interval(int, 0, None)),
+        "summary_factor": Param("summary slots per cluster (the summary holds k_max * summary_factor points)",
+                                Interval(int, 1, None)),
+        "n_init": Param("k-means++ restarts when solving the summary at finalize", Interval(int, 1, None)),
+        "max_iter": Param("Lloyd iterations per restart at finalize", Interval(int, 1, None)),
+        "seed": Param("seed of the slot openings and of finalize's restarts", Interval(int, 0, None)),
+        **BACKEND_PARAMS,
+    }
 
-    def __init__(self, n_features: int | str = "auto", k: int = 10, k_max: int = 0, summary_factor: int = 10, n_init: int = 50,
+    def __init__(self, n_features: int | str = "auto", k: int = 10, k_max: int = 0, summary_factor: int = 10,
+                 n_init: int = 50,
                  max_iter: int = 100, seed: int = 0, backend: str = "numpy", device: str = "cpu"):
         self.n_features = feature_count(n_features)
         self.k = k
@@ -73,13 +88,7 @@ class KMeans(Algorithm):
 
     def check_params(self) -> None:
         n = self.name
-        check_feature_count(self)
-        for p in ("k", "summary_factor", "n_init", "max_iter"):
-            v = getattr(self, p)
-            require(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, n,
-                    f"{p} must be a positive integer, got {v!r}")
-        require(isinstance(self.k_max, (int, np.integer)) and self.k_max >= 0, n,
-                "k_max must be an integer >= 0 (0 = use k)")
+        super().check_params()
         require(self._k_max >= self.k, n, f"k ({self.k}) must be <= k_max ({self.k_max})")
         require(self._k_max * self.summary_factor <= 1_000_000, n, "k_max * summary_factor is too large")
         check_backend(self)

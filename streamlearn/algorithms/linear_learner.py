@@ -46,11 +46,11 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import check_features_and_type
-from streamlearn.algorithms._common import (ColumnIndex, as_pair, backend_of, check_backend, check_classes,
-                                            check_mini_batch_size, coding_of, feature_count, holdout_mask,
-                                            model_coding, sigmoid, softmax, step_rows_of)
+from streamlearn.algorithms._common import (BACKEND_PARAMS, ColumnIndex, as_pair, backend_of, check_backend,
+                                            check_classes, coding_of, feature_count, holdout_mask, model_coding,
+                                            sigmoid, softmax, step_rows_of)
 from streamlearn.algorithms.base import AUTO, Algorithm, Model, require
+from streamlearn.algorithms.params import Interval, ListOf, Options, Param, Span
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding
 from streamlearn.statestore.base import State
@@ -75,15 +75,50 @@ class LinearLearner(Algorithm):
     needs_label = True
     #: SageMaker's default mini_batch_size, the step of ``mini_batch_size="auto"`` when the
     #: data size is not known (job create sizes steps of bounded jobs from the data:
-    #: streamlearn.streams.inspect.default_step_rows). A dense 100-feature, 32-model step is
+    #: streamlearn.contract.default_step_rows). A dense 100-feature, 32-model step is
     #: mostly per-call overhead at 500 rows (fit_local 0.67 -> 0.77 M rows/s at 1,000, same
     #: accuracy 0.7721 on the benchmark set); larger steps were slower (BLAS threads).
     default_step_rows = 1_000
+    param_spec = {
+        "n_features": Param("features per record (the input width); auto = inferred from the topic at job create",
+                            Interval(int, 1, None), Options("auto")),
+        "predictor_type": Param("what is predicted: a 0/1 class, one of num_classes classes, or a value",
+                                Options(*PREDICTOR_TYPES)),
+        "num_classes": Param("classes of a multiclass_classifier (labels 0 .. num_classes - 1 unless classes maps "
+                             "them); auto = inferred from the topic at job create", Interval(int, 2, None),
+                             Options("auto")),
+        "classes": Param("the user's label of each class, in class order (e.g. 1,2 or 1,2,...,10); auto = "
+                         "0 .. num_classes - 1, or inferred from the topic at job create", ListOf(int, float),
+                         Options("auto")),
+        "mini_batch_size": Param("examples per update step; auto = sized from a bounded job's data at job create",
+                                 Interval(int, 1, None), Options("auto")),
+        "loss": Param("training loss; auto = logistic, softmax or squared by predictor_type",
+                      Options("auto", *sorted({loss for losses in LOSSES.values() for loss in losses}))),
+        "num_models": Param("models trained at once in one pass (model packing); the holdout picks the best",
+                            Interval(int, 1, 1024)),
+        "learning_rate": Param("step size; a range spreads the packed models over it (log-uniform)",
+                               Span(Interval(float, 0, None, closed="neither"))),
+        "l1": Param("L1 regularization; a range spreads the packed models over it", Span(Interval(float, 0, None))),
+        "l2": Param("L2 regularization; a range spreads the packed models over it", Span(Interval(float, 0, None))),
+        "pack": Param("how the packed models' hyperparameters are chosen: random draws or a grid",
+                      Options("random", "grid")),
+        "optimizer": Param("update rule", Options("adagrad", "sgd")),
+        "averaging": Param("average the iterates (polynomial decay) for the final weights", bool),
+        "normalize": Param("standardize dense features on the fly (folded into the weights at finalize)", bool),
+        "holdout_fraction": Param("share of records (chosen by content hash) held out to pick the best model",
+                                  Interval(float, 0, 1, closed="left")),
+        "validation_metric": Param("holdout metric that picks the best model; auto = by the loss",
+                                   Options("auto", *sorted({m for ms in VAL_METRICS.values() for m in ms}))),
+        "seed": Param("seed of the packed models' hyperparameter draws", Interval(int, 0, None)),
+        **BACKEND_PARAMS,
+    }
 
     def __init__(self, n_features: int | str = AUTO, predictor_type: str = "binary_classifier",
-                 num_classes: int | str = AUTO, classes: list | str = AUTO, mini_batch_size: int | str = AUTO,
-                 loss: str = "auto", num_models: int = 32, learning_rate: tuple = (0.02, 2.0),
-                 l1: tuple = (0.0, 0.0), l2: tuple = (0.0, 1e-3), pack: str = "random",
+                 num_classes: int | str = AUTO, classes: list[float] | str = AUTO, mini_batch_size: int | str = AUTO,
+                 loss: str = "auto", num_models: int = 32,
+                 learning_rate: float | tuple[float, float] = (0.02, 2.0),
+                 l1: float | tuple[float, float] = (0.0, 0.0), l2: float | tuple[float, float] = (0.0, 1e-3),
+                 pack: str = "random",
                  optimizer: str = "adagrad", averaging: bool = True, normalize: bool = True,
                  holdout_fraction: float = 0.05, validation_metric: str = "auto", seed: int = 0,
                  backend: str = "numpy", device: str = "cpu"):
@@ -111,29 +146,13 @@ class LinearLearner(Algorithm):
     # -- parameters -----------------------------------------------------------------------
     def check_params(self) -> None:
         n = self.name
-        check_features_and_type(self, PREDICTOR_TYPES)
-        require(self.num_classes == AUTO or isinstance(self.num_classes, (int, np.integer)) and self.num_classes >= 2,
-                n, "num_classes must be an integer >= 2 or 'auto'")
+        super().check_params()
         check_classes(self, {"binary_classifier": 2, "multiclass_classifier": self.num_classes})
-        check_mini_batch_size(self)
-        require(self.loss == "auto" or self.loss in LOSSES.get(self.predictor_type, ()), n,
+        require(self.loss == "auto" or self.loss in LOSSES[self.predictor_type], n,
                 f"loss {self.loss!r} does not fit predictor_type {self.predictor_type!r}; use 'auto' or one of "
-                f"{LOSSES.get(self.predictor_type, ())}")
-        require(isinstance(self.num_models, (int, np.integer)) and 1 <= self.num_models <= 1024, n,
-                "num_models must be an integer in [1, 1024]")
-        for pname in ("learning_rate", "l1", "l2"):
-            try:
-                lo, hi = as_pair(getattr(self, pname), pname)
-            except (TypeError, ValueError):
-                require(False, n, f"{pname} must be a number or a [low, high] range, got {getattr(self, pname)!r}")
-            require(np.isfinite(lo) and np.isfinite(hi) and 0 <= lo <= hi, n,
-                    f"{pname} range must satisfy 0 <= low <= high, got {getattr(self, pname)!r}")
-        require(as_pair(self.learning_rate, "learning_rate")[0] > 0, n, "learning_rate must be > 0")
-        require(self.pack in ("random", "grid"), n, "pack must be 'random' or 'grid'")
-        require(self.optimizer in ("adagrad", "sgd"), n, "optimizer must be 'adagrad' or 'sgd'")
-        require(0.0 <= self.holdout_fraction < 1.0, n, "holdout_fraction must be in [0, 1)")
-        require(self.validation_metric == "auto" or self.validation_metric in VAL_METRICS.get(self.predictor_type, ()),
-                n, f"validation_metric must be 'auto' or one of {VAL_METRICS.get(self.predictor_type, ())}")
+                f"{LOSSES[self.predictor_type]}")
+        require(self.validation_metric == "auto" or self.validation_metric in VAL_METRICS[self.predictor_type],
+                n, f"validation_metric must be 'auto' or one of {VAL_METRICS[self.predictor_type]}")
         check_backend(self)
 
     # -- derived settings --------------------------------------------------------------------

@@ -11,22 +11,25 @@ from typing import Any
 import numpy as np
 
 from streamlearn.algorithms import register
-from streamlearn.algorithms.base import Algorithm, Model, require
+from streamlearn.algorithms.base import Algorithm, Model
+from streamlearn.algorithms.params import Interval, Param
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
 
 
 class Median(Algorithm):
     name = "median"
+    param_spec = {
+        "learning_rate": Param("step size multiplier (1.0 = the paper's inc / sqrt(n))",
+                               Interval(float, 0, None, closed="neither")),
+        "initial_guess": Param("the estimate before the first record", Interval(float)),
+        "synchronized": Param("every worker waits for the others after each step (state.barrier)", bool),
+    }
 
     def __init__(self, learning_rate: float = 1.0, initial_guess: float = 0.0, synchronized: bool = False):
         self.learning_rate = learning_rate
         self.initial_guess = initial_guess
         self.synchronized = synchronized
-
-    def check_params(self) -> None:
-        require(np.isfinite(self.learning_rate) and self.learning_rate > 0, self.name, "learning_rate must be > 0")
-        require(np.isfinite(self.initial_guess), self.name, "initial_guess must be finite")
 
     def n_features(self) -> int:
         return 1

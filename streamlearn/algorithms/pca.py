@@ -28,8 +28,9 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import check_feature_count, feature_count
+from streamlearn.algorithms._common import feature_count
 from streamlearn.algorithms.base import AUTO, Algorithm, Model, require
+from streamlearn.algorithms.params import Interval, Options, Param
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.statestore.base import State
 
@@ -38,9 +39,19 @@ class PCA(Algorithm):
     name = "pca"
     accepts_sparse = True
     needs_label = False
+    param_spec = {
+        "n_features": Param("features per record (the input width); auto = inferred from the topic at job create",
+                            Interval(int, 1, None), Options("auto")),
+        "n_components": Param("principal components kept (at most n_features)", Interval(int, 1, None)),
+        "mode": Param("exact: d x d moments (n_features <= 20000); randomized: a mergeable O(k d) sketch",
+                      Options("exact", "randomized")),
+        "oversampling": Param("randomized mode: extra sketch columns (0 = max(20, 2 * n_components))",
+                              Interval(int, 0, None)),
+        "seed": Param("seed of the randomized sketch's test matrix", Interval(int, 0, None)),
+    }
 
-    def __init__(self, n_features: int | str = "auto", n_components: int = 10, mode: str = "exact", oversampling: int = 0,
-                 seed: int = 0):
+    def __init__(self, n_features: int | str = AUTO, n_components: int = 10, mode: str = "exact",
+                 oversampling: int = 0, seed: int = 0):
         self.n_features = feature_count(n_features)
         self.n_components = n_components
         self.mode = mode
@@ -49,15 +60,9 @@ class PCA(Algorithm):
 
     def check_params(self) -> None:
         n = self.name
-        check_feature_count(self)
-        v = self.n_components
-        require(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1, n,
-                f"n_components must be a positive integer, got {v!r}")
+        super().check_params()
         require(self.n_features == AUTO or self.n_components <= self.n_features, n,
                 f"n_components ({self.n_components}) must be <= n_features ({self.n_features})")
-        require(self.mode in ("exact", "randomized"), n, f"mode must be 'exact' or 'randomized', got {self.mode!r}")
-        require(isinstance(self.oversampling, (int, np.integer)) and self.oversampling >= 0, n,
-                "oversampling must be an integer >= 0 (0 = automatic)")
         require(self.mode == "randomized" or self.n_features == AUTO or self.n_features <= 20_000, n,
                 "mode='exact' keeps a d x d matrix; use mode='randomized' for n_features > 20000")
 

@@ -167,6 +167,31 @@ class Backend:
         return f"<backend {self.name} on {self.device}>"
 
 
+def row_sum(indptr: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-row sums (float64) of per-stored-value ``values`` (nnz, ...) of a CSR layout:
+    one ``add.reduceat`` over the rows that have values (empty rows stay 0). The numpy
+    backend's ``row_sum`` and so its ``spmm``."""
+    out = np.zeros((len(indptr) - 1,) + values.shape[1:], dtype=np.float64)
+    if len(values) == 0:
+        return out
+    nonempty = np.flatnonzero(np.diff(indptr) > 0)
+    out[nonempty] = np.add.reduceat(values, indptr[nonempty], axis=0)
+    return out
+
+
+def group_sum(keys: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """``out[g] = values[keys == g].sum(0)`` into ``n_groups`` rows (float64), for 1-D or 2-D
+    ``values``: one ``bincount`` over (key, column) pairs. 10-35x faster than sorting the
+    keys and ``add.reduceat`` (20,000 values x 8: 3.3 -> 0.56 ms), and than ``np.add.at``."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if values.ndim == 1:
+        return np.bincount(keys, weights=values, minlength=n_groups)
+    m = int(np.prod(values.shape[1:], dtype=np.int64))
+    flat = (keys[:, None] * m + np.arange(m)).ravel()
+    return np.bincount(flat, weights=values.reshape(len(keys), m).ravel(),
+                       minlength=n_groups * m).reshape((n_groups,) + values.shape[1:])
+
+
 class NumpyBackend(Backend):
     name = "numpy"
     device = "cpu"
@@ -187,11 +212,9 @@ class NumpyBackend(Backend):
                    np.asarray(data).astype(np.float64))
 
     def row_sum(self, A, values):
-        from streamlearn.algorithms._common import row_sum
         return row_sum(A.indptr, values)
 
     def group_sum(self, A, values):
-        from streamlearn.algorithms._common import group_sum
         return group_sum(A.cols, values, A.n_cols)
 
     def nearest(self, X, centers):
@@ -199,4 +222,5 @@ class NumpyBackend(Backend):
         return nearest(X, centers)
 
 
-__all__ = ["BACKENDS", "DEVICES", "Backend", "BackendError", "Csr", "NumpyBackend", "get_backend", "validate"]
+__all__ = ["BACKENDS", "DEVICES", "Backend", "BackendError", "Csr", "NumpyBackend", "get_backend", "group_sum",
+           "row_sum", "validate"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
@@ -98,33 +99,14 @@ class WorkerConfig:
 
 
 def limit_blas_threads(n: int) -> bool:
-    """Set the thread count of every OpenBLAS loaded in this process (numpy's bundled one
+    """Set the thread count of every BLAS loaded in this process (numpy's bundled OpenBLAS
     included) to ``n``; numpy is imported long before a worker starts, so the
-    ``OPENBLAS_NUM_THREADS`` variable would come too late. Returns whether any was set;
-    never fails (an unknown BLAS is left alone)."""
-    import ctypes
-
-    if n <= 0:
+    ``OPENBLAS_NUM_THREADS`` variable would come too late. Returns whether any was set."""
+    blas = ThreadpoolController().select(user_api="blas")
+    if n <= 0 or not blas.info():
         return False
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return False
-    done = False
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for symbol in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-                       "openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
-            fn = getattr(lib, symbol, None)
-            if fn is not None:
-                fn(ctypes.c_int(int(n)))
-                done = True
-                break
-    return done
+    blas.limit(limits=int(n), user_api="blas")
+    return True
 
 
 class Worker:

@@ -37,6 +37,8 @@ import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streamlearn.errors import UserError
+
 __all__ = [
     "FORMAT_VERSION",
     "SUPPORTED_FORMAT_VERSIONS",
@@ -76,7 +78,7 @@ _SCHEMA_FILES = {1: "snapshot.avsc"}
 _FROM_ENV: Any = object()  # sentinel: "read the key from STREAMLEARN_SNAPSHOT_KEY"
 
 
-class SnapshotError(ValueError):
+class SnapshotError(UserError, ValueError):
     """The bytes are not a valid, intact (and, when a key is set, authentic) snapshot."""
 
 

@@ -20,6 +20,8 @@ import hashlib
 import json
 from typing import Any
 
+from streamlearn.errors import UserError
+
 __all__ = ["ModelStore", "SnapshotNotFound", "SnapshotConflict"]
 
 PREFIX = "sl"
@@ -42,7 +44,7 @@ return 1
 """
 
 
-class SnapshotNotFound(KeyError):
+class SnapshotNotFound(UserError, KeyError):
     """No snapshot (or no registry entry) for that job/version."""
 
 

@@ -12,6 +12,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from streamlearn.errors import UserError
+
 Aggregator = Literal["sum", "min", "max", "replace"]
 AGGREGATORS: tuple[str, ...] = ("sum", "min", "max", "replace")
 DTYPES: tuple[str, ...] = ("float32", "float64")
@@ -23,7 +25,7 @@ DTYPES: tuple[str, ...] = ("float32", "float64")
 CHUNK_BYTES = 1 << 20
 
 
-class StateError(RuntimeError):
+class StateError(UserError, RuntimeError):
     """A state operation that cannot be carried out (unknown key, wrong shape, ...)."""
 
 

@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from streamlearn.batch import SparseRows
+from streamlearn.errors import UserError
 
 SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -43,7 +44,7 @@ INDEX_NAMES = ("", "Unnamed: 0", "__index_level_0__")
 _SNIFF_ROWS = 1000
 
 
-class FileFormatError(ValueError):
+class FileFormatError(UserError, ValueError):
     """A file that cannot be read as examples (unknown extension, missing/non-numeric column...)."""
 
 

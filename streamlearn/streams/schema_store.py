@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import fastavro
 
+from streamlearn.errors import UserError
 from streamlearn.statestore.keys import PREFIX
 from streamlearn.streams.schema_compat import full_name, incompatibilities
 from streamlearn.streams.serde import (
@@ -38,7 +39,7 @@ log = logging.getLogger("streamlearn.schemas")
 SCHEMAS_KEY = f"{PREFIX}:schemas"
 
 
-class SchemaRegistrationError(SerdeError):
+class SchemaRegistrationError(UserError, SerdeError):
     """A schema that cannot be registered (not a project record type, incompatible, a clash)."""
 
 

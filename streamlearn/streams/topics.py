@@ -12,13 +12,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamlearn.config import ConfigError, KafkaUnreachable, kafka_logging
+from streamlearn.errors import UserError
 
 #: how long a short-lived command waits for a first answer from Kafka before it reports the
 #: broker unreachable (a refused connection is reported after about one second)
 REACH_TIMEOUT_S = 10.0
 
 
-class TopicError(RuntimeError):
+
+class TopicError(UserError, RuntimeError):
     """A topic that is missing, too small, or cannot be created."""
 
 

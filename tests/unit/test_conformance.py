@@ -1,13 +1,13 @@
-"""One conformance suite for every registered algorithm (River ``checks`` style).
+"""The public conformance suite (``streamlearn.algorithms.checks``) for every built-in algorithm.
 
 Each algorithm gets a small fixture (parameters, a few mini-batches, a quality measure);
-every check below runs against all of them: the initialize/update/finalize contract,
-parameters, snapshot round trip, determinism, pause + resume, and several workers.
+every check of :data:`checks.CHECKS` runs against all of them (declarations, the
+initialize/update/finalize contract, snapshot round trip, pause + resume, determinism),
+plus what needs a quality measure or a known bad value: clear parameter errors and
+several workers.
 """
 from __future__ import annotations
 
-import inspect
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from streamlearn import datasets as D
-from streamlearn.algorithms import BUILTIN, Model, ParamError, algorithm_class, model_class
+import streamlearn as sl
+from streamlearn.algorithms import BUILTIN, Model, ParamError, algorithm_class, checks
 from streamlearn.batch import Batch
 from streamlearn.statestore.local import LocalState, MemoryBackend
 
@@ -87,75 +88,49 @@ def make(name: str):
     return algorithm_class(name).from_params(fixture(name).params)
 
 
-def fit(name: str, batches, state: LocalState | None = None, algo=None):
-    algo = algo or make(name)
-    if state is None:
-        state = LocalState()
-        algo.initialize(state)
-        state.commit()
-    for b in batches:
-        algo.update(state, b)
-        state.commit()
-    return algo.finalize(state), state
-
-
-def arrays_equal(m1: Model, m2: Model, exact: bool = True) -> None:
-    a1, t1 = m1.to_arrays()
-    a2, t2 = m2.to_arrays()
-    assert sorted(a1) == sorted(a2)
-    for k in a1:
-        if exact:
-            np.testing.assert_array_equal(a1[k], a2[k], err_msg=k)
-        else:
-            np.testing.assert_allclose(a1[k], a2[k], rtol=1e-9, atol=1e-12, err_msg=k)
-
-
 def test_every_builtin_is_registered():
     assert {"median", "linear_learner", "factorization_machines", "kmeans", "pca"} <= set(ALGORITHMS)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_contract(name):
+def case(name: str) -> checks.Case:
     fx = fixture(name)
-    algo = make(name)
-    state = LocalState()
-    algo.initialize(state)
-    state.commit()
-    declared = set(state.keys())
-    assert declared, "initialize declares the state"
-    for b in fx.train[:3]:
-        algo.update(state, b)
-        state.commit()
-    assert set(state.keys()) == declared, "update must not declare keys"
-    model = algo.finalize(state)
-    assert isinstance(model, model_class(name)) and model.algorithm == name
-    out = model.evaluate(fx.test)
-    assert len(out) == len(fx.test)
-    assert np.isfinite(model.score(fx.test))
-    recs = model.predict_records(fx.test.take(np.arange(5)))
-    assert len(recs) == 5 and all(isinstance(r, dict) and "prediction" in r for r in recs)
-    json.dumps(recs)
-    with pytest.raises(ValueError):
-        model.score(fx.test, metric="no-such-metric")
-    assert algo.n_features() >= 1
+    return checks.Case(algorithm_class(name), fx.params, fx.train, fx.test)
 
 
+@pytest.mark.parametrize("check", checks.CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("name", ALGORITHMS)
-def test_parameters_are_the_init_signature(name):
-    cls = algorithm_class(name)
-    algo = make(name)
-    sig = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    assert cls.param_names() == sig
-    params = algo.get_params()
-    assert list(params) == sig
-    # every parameter given as a string (as from the CLI) converts back to the same value
-    as_strings = {k: (json.dumps(list(v)) if isinstance(v, (list, tuple)) else
-                      ("true" if v is True else "false" if v is False else str(v))) for k, v in params.items()}
-    again = cls.from_params(as_strings)
-    for k, v in params.items():
-        got = again.get_params()[k]
-        assert (list(got) if isinstance(got, (list, tuple)) else got) == (list(v) if isinstance(v, (list, tuple)) else v), k
-    json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()})
+def test_conformance(name, check):
+    check(case(name))
+
+
+@pytest.mark.parametrize("cls", [sl.Median, sl.LinearLearner, sl.FactorizationMachines, sl.KMeans, sl.PCA,
+                                 sl.Counter], ids=lambda c: c.name)
+def test_check_algorithm_on_its_synthetic_data(cls):
+    """``check_algorithm`` as an algorithm's author calls it: the class and test parameters."""
+    required = {"n_features": 12} if "n_features" in cls.param_names() else {}
+    checks.check_algorithm(cls, **required)
+
+
+def test_check_algorithm_names_the_failing_check():
+    class Forgetful(sl.Median):  # a parameter that is not declared
+        def __init__(self, learning_rate: float = 1.0, initial_guess: float = 0.0, synchronized: bool = False,
+                      extra: int = 0):
+            super().__init__(learning_rate, initial_guess, synchronized)
+            self.extra = extra
+
+    with pytest.raises(AssertionError, match=r"check_declarations\(Forgetful\).*undeclared \['extra'\]"):
+        checks.check_algorithm(Forgetful)
+
+    class Drifting(sl.Median):  # depends on something outside the state: not deterministic
+        runs = 0
+
+        def initialize(self, state):
+            Drifting.runs += 1
+            state.initialize("median", float(Drifting.runs))
+            state.initialize("n", 0.0)
+
+    with pytest.raises(AssertionError, match=r"check_pause_resume\(Drifting\)|check_deterministic\(Drifting\)"):
+        checks.check_algorithm(Drifting)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -170,52 +145,11 @@ def test_bad_parameters_give_clear_errors(name):
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
-def test_snapshot_round_trip(name):
-    fx = fixture(name)
-    model, _ = fit(name, fx.train[:4])
-    arrays, attrs = model.to_arrays()
-    assert all(isinstance(a, np.ndarray) for a in arrays.values())
-    copied = {k: np.array(v, copy=True) for k, v in arrays.items()}
-    loaded = model_class(name).from_arrays(copied, json.loads(json.dumps(attrs)))
-    np.testing.assert_array_equal(np.asarray(model.evaluate(fx.test)), np.asarray(loaded.evaluate(fx.test)))
-    assert model.predict_records(fx.test) == loaded.predict_records(fx.test)
-    assert model.score(fx.test) == loaded.score(fx.test)
-
-
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_deterministic_with_fixed_seed(name):
-    fx = fixture(name)
-    m1, _ = fit(name, fx.train)
-    m2, _ = fit(name, fx.train)
-    arrays_equal(m1, m2)
-
-
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_pause_and_resume_equals_uninterrupted(name):
-    """Fit part of the stream, drop the algorithm instance, continue with a NEW one on the
-    same committed state (no initialize): the model equals an uninterrupted run."""
-    fx = fixture(name)
-    half = len(fx.train) // 2
-    straight, _ = fit(name, fx.train)
-    backend = MemoryBackend()
-    first = LocalState(backend)
-    algo = make(name)
-    algo.initialize(first)
-    first.commit()
-    for b in fx.train[:half]:
-        algo.update(first, b)
-        first.commit()
-    del algo, first
-    resumed, _ = fit(name, fx.train[half:], state=LocalState(backend), algo=make(name))
-    arrays_equal(straight, resumed, exact=False)
-
-
-@pytest.mark.parametrize("name", ALGORITHMS)
 def test_several_workers_match_one(name):
     """Three workers (LocalStates over one backend) interleave the batches; the model is as
     good as one worker's on the same data."""
     fx = fixture(name)
-    single, _ = fit(name, fx.train)
+    single, _ = checks.fit(make(name), fx.train)
     backend = MemoryBackend()
     init = LocalState(backend)
     make(name).initialize(init)
@@ -232,4 +166,4 @@ def test_several_workers_match_one(name):
     q1, q3 = fx.quality(single, fx.test), fx.quality(multi, fx.test)
     assert q3 >= q1 - fx.multi_worker_tol * max(1.0, abs(q1)), (q1, q3)
     if name == "pca":  # sum-based: exactly the same moments
-        arrays_equal(single, multi, exact=False)
+        checks.assert_same_model(single, multi, exact=False, what="pca")

@@ -147,7 +147,7 @@ def test_declared_classes_param_forms_and_checks():
     assert make_algorithm("linear_learner", {"n_features": "2", "classes": "1,2"}).classes == [1, 2]
     assert make_algorithm("linear_learner", {"n_features": "2", "classes": "[-1, 1]"}).classes == [-1, 1]
     for bad, match in [({"classes": "1,2,3"}, "binary_classifier with 2 classes"), ({"classes": "1,1"}, "distinct"),
-                       ({"classes": "a,b"}, "list of distinct numbers"),
+                       ({"classes": "a,b"}, "list of distinct int or float"),
                        ({"predictor_type": "regressor", "classes": "0,1"}, "classes is for classifiers"),
                        ({"predictor_type": "multiclass_classifier", "num_classes": "3", "classes": "1,2"},
                         "with 3 classes")]:
