@@ -7,14 +7,16 @@ failure rolls the pending pushes back to it. The fast path (no step raises) cost
 extra; after the first failure the window's pushes are dropped and its steps run again
 one by one under checkpoints.
 
-When is a failure the algorithm's bug rather than the record's? Two rules, both cheap and
-both about *the same* exception (type and message):
+When is a failure the algorithm's bug rather than the record's? Two rules, both about
+*the same* exception (type and message):
 
 - ``update`` raises it on an empty batch: no data caused it;
-- every record of a step of more than one record raises it on its own.
+- :data:`BUG_RUN` records in a row raise it, with no record applied in between
+  (:class:`FailureRun`, kept per worker across windows).
 
 Either raises :class:`AlgorithmBug` (the job is marked failed) instead of dead-lettering a
-whole stream because of a bug.
+whole stream because of a bug. A few poison records in a row stay data; a bounded job whose
+every record failed (fewer than ``BUG_RUN``) ends failed anyway: no model from zero records.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from streamlearn.streams.serde import encode_training_record
 #: what an update may raise that says nothing about the data: infrastructure, handled by the
 #: worker's outage recovery (a pull inside ``update`` talks to Redis)
 _NOT_DATA = (redis.RedisError, KafkaException)
+#: this many records in a row failing the same way, none applied in between, is a bug
+BUG_RUN = 1000
 
 
 class AlgorithmBug(RuntimeError):
@@ -93,9 +97,35 @@ def _isolate(algorithm: Algorithm, state: BufferedState, step: Batch, start: int
         raise AlgorithmBug(f"update raises {reason} on an empty batch")
     failures: list[Failure] = []
     _bisect(algorithm, state, step, np.arange(len(step)), reason, start, failures)
-    if len(step) > 1 and len(failures) == len(step) and all(f.reason == reason for f in failures):
-        raise AlgorithmBug(f"update raises {reason} on every record")
     return failures
+
+
+class FailureRun:
+    """The records of one worker that failed ``update`` in a row with the same reason."""
+
+    def __init__(self, limit: int = BUG_RUN):
+        self.limit = limit
+        self.reason: str | None = None
+        self.length = 0
+
+    def observe(self, n_records: int, failures: list[Failure]) -> None:
+        """Count a window of ``n_records`` decoded records; raise :class:`AlgorithmBug` once
+        ``limit`` records in a row failed the same way."""
+        if n_records == 0:
+            return
+        reasons = {f.reason for f in failures}
+        if len(failures) == n_records and len(reasons) == 1:
+            reason = reasons.pop()
+            self.length = (self.length if reason == self.reason else 0) + n_records
+            self.reason = reason
+        else:  # the run starts again after the window's last record applied (or reason change)
+            self.reason, self.length = None, 0
+            for f in reversed(failures):  # failures are in row order
+                if f.row != n_records - 1 - self.length or self.reason not in (None, f.reason):
+                    break
+                self.reason, self.length = f.reason, self.length + 1
+        if self.length >= self.limit:
+            raise AlgorithmBug(f"update raises {self.reason} on every record ({self.length} in a row)")
 
 
 def _bisect(algorithm: Algorithm, state: BufferedState, step: Batch, rows: np.ndarray, reason: str, start: int,
@@ -125,4 +155,4 @@ def _attempt(algorithm: Algorithm, state: BufferedState, batch: Batch) -> str | 
         return describe(exc)
 
 
-__all__ = ["AlgorithmBug", "Failure", "apply_steps", "describe"]
+__all__ = ["AlgorithmBug", "BUG_RUN", "Failure", "FailureRun", "apply_steps", "describe"]

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
-from streamlearn.consumers.isolate import AlgorithmBug, Failure, apply_steps
+from streamlearn.consumers.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
 from streamlearn.jobs import JobSpec, fail_job, load_spec
 from streamlearn.snapshots.finalize import ensure_published, maybe_finalize, periodic_snapshot
 from streamlearn.snapshots.publisher import SnapshotPublishError
@@ -144,6 +144,7 @@ class Worker:
         self._unsettled: Exception | None = None  # set while a recovery's seek is still owed
         self.records_applied = 0
         self.failure: str | None = None  # why this worker failed the job (an AlgorithmBug)
+        self.failing = FailureRun()
         self._next_control = 0.0
         self._consumer: Consumer | None = None
         self._dlq: Producer | None = None
@@ -373,6 +374,7 @@ class Worker:
                                  self.algorithm.accepts_sparse, self.algorithm.needs_label)
         try:
             failures = apply_steps(self.algorithm, self.state, result.steps(self.config.step_rows(self.algorithm)))
+            self.failing.observe(result.n_records, failures)
         except AlgorithmBug as exc:
             self.state.discard()
             self._fail(str(exc))

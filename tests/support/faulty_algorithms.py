@@ -41,6 +41,10 @@ class PoisonedCounter(Counter):
         state.push("n", -float(len(X)))
         super().update(state, batch)
 
+    def finalize(self, state: State) -> "PoisonedCounterModel":
+        counts = super().finalize(state)
+        return PoisonedCounterModel(counts.n, counts.sum_, counts.xtx_)
+
 
 class BrokenCounter(Counter):
     name = "broken_counter"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from streamlearn.batch import Batch
-from streamlearn.consumers.isolate import AlgorithmBug, apply_steps
+from streamlearn.consumers.isolate import AlgorithmBug, FailureRun, apply_steps
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.local import LocalState
 from tests.support.faulty_algorithms import BrokenCounter, PoisonedCounter
@@ -55,14 +55,29 @@ def test_a_failure_after_earlier_steps_keeps_nothing_twice():
     assert float(state.pull("sum")[0]) == float(X.sum()) + 1.0
 
 
-def test_an_update_that_fails_on_every_record_is_a_bug():
+def test_an_update_that_fails_on_every_record_is_a_bug_after_a_run_of_them():
     algo = BrokenCounter(dim=1)
     state = _state(algo)
-    with pytest.raises(AlgorithmBug, match="RuntimeError: the update step has a bug"):
-        apply_steps(algo, state, _steps(np.ones((10, 1), np.float32), 5))
-    state.discard()
+    run = FailureRun(limit=25)
+    for _ in range(2):  # 20 records in a row: still data (a few poison records in a row happen)
+        failures = apply_steps(algo, state, _steps(np.ones((10, 1), np.float32), 5))
+        assert len(failures) == 10
+        run.observe(10, failures)
+    with pytest.raises(AlgorithmBug, match=r"RuntimeError: the update step has a bug on every record \(30 in a row\)"):
+        run.observe(10, apply_steps(algo, state, _steps(np.ones((10, 1), np.float32), 5)))
     state.commit()
-    assert float(state.pull("n")) == 0.0
+    assert float(state.pull("n")) == 0.0  # none of the failed updates' pushes is pending
+
+
+def test_an_applied_record_ends_a_run_of_failures():
+    algo = PoisonedCounter(dim=1, poison=-1.0)
+    state = _state(algo)
+    run = FailureRun(limit=4)
+    X = np.array([[-1.0], [-1.0], [-1.0], [2.0], [-1.0], [-1.0]], np.float32)
+    run.observe(6, apply_steps(algo, state, _steps(X, 3)))
+    assert (run.length, run.reason) == (2, "ValueError: poisoned record (value -1)")
+    with pytest.raises(AlgorithmBug):
+        run.observe(2, apply_steps(algo, state, _steps(X[:2], 3)))
 
 
 def test_an_update_that_fails_on_an_empty_batch_is_a_bug():
