@@ -297,7 +297,7 @@ def delete_job(client: redis.Redis, kafka_conf: dict, name: str, force: bool = F
                                f"(the job stays 'deleting': run `job delete --force` again)")
             time.sleep(0.2)
     doomed = {k.decode() for k in client.scan_iter(match=f"{keys.base}:*", count=1000)}
-    doomed.update(keys.all_keys([]))
+    doomed = {k for k in doomed if not k.startswith(keys.snapshots)} | set(keys.all_keys([]))
     pipe = client.pipeline(transaction=True)
     pipe.delete(*sorted(doomed))
     pipe.srem(JOBS, name)

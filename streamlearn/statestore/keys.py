@@ -27,6 +27,8 @@ class JobKeys:
         self.barrier_arrived = f"{base}:barrier:arrived:"  # + generation
         self.finalize_lock = f"{base}:finalize:lock"
         self.snapshot_lock = f"{base}:snapshot:lock"
+        # the model store's keys (snapshots/store.py): published models outlive a deleted job
+        self.snapshots = f"{base}:snapshot:"
 
     def state(self, key: str) -> str:
         return f"{self.base}:k:{key}"  # hash: chunk id -> little-endian bytes
