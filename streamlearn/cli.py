@@ -57,12 +57,12 @@ def cmd_stack(args) -> int:
 
     if args.action == "up":
         settings = stack.up()
-        print("\n".join(settings.shell_lines(reveal=True)))  # meant for `eval $(streamlearn stack up)`
+        print("\n".join(settings.shell_lines(reveal=True, export=True)))  # for `eval "$(streamlearn stack up)"`
         if args.schema_registry:
             from streamlearn._internal import schema_registry_server
             from streamlearn.streams.confluent import ENV_URL
 
-            print(f"{ENV_URL}={schema_registry_server.up(progress=lambda m: print(m, file=sys.stderr))}")
+            print(f"export {ENV_URL}={schema_registry_server.up(progress=lambda m: print(m, file=sys.stderr))}")
     elif args.action == "down":
         stack.down()
     else:
@@ -91,21 +91,32 @@ def cmd_job(args) -> int:
     if args.action == "create":
         spec = jobs.create_job(client, s.kafka_client_conf(), args.name, args.algorithm, args.topic,
                                _parse_params(args.param), until=args.until, snapshot_every=args.snapshot_every,
-                               from_snapshot=args.from_snapshot)
-        print(f"created job {spec.name} ({spec.algorithm} on {spec.topic}, until {spec.until})")
+                               from_snapshot=args.from_snapshot, epochs=args.epochs)
+        epochs = f", {spec.epochs} epochs" if spec.epochs > 1 else ""
+        print(f"created job {spec.name} ({spec.algorithm} on {spec.topic}, until {spec.until}{epochs})")
     elif args.action == "list":
         _print(jobs.list_jobs(client), args.json)
     elif args.action == "status":
         _print(jobs.job_status(client, args.name), args.json)
     elif args.action in ("pause", "resume"):
         print(f"job {args.name}: {jobs.set_paused(client, args.name, args.action == 'pause')}")
+    elif args.action == "delete":
+        jobs.delete_job(client, s.kafka_client_conf(), args.name, force=args.force)
+        print(f"deleted job {args.name} (its snapshots stay in the model store)")
     return 0
 
 
 def cmd_worker(args) -> int:
     from streamlearn.consumers.worker import run_worker
 
-    status = run_worker(args.name, _settings())
+    from streamlearn.jobs import job_status
+
+    s = _settings()
+    status = run_worker(args.name, s)
+    if status == "failed":  # one line, non-zero: the job will not go on by itself
+        print(f"streamlearn: error: job {args.name} failed: {job_status(s.redis_client(), args.name)['reason']}",
+              file=sys.stderr)
+        return 1
     print(f"worker stopped; job {args.name} is {status}")
     return 0
 
@@ -258,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     c.add_argument("--until", choices=["end", "never"], default="end")
     c.add_argument("--snapshot-every", type=float, metavar="SECONDS")
+    c.add_argument("--epochs", type=int, metavar="E", help="bounded jobs: read the topic range E times (default 1)")
     c.add_argument("--from-snapshot", metavar="JOB[@VERSION]",
                    help="incremental training: start from that snapshot's model instead of initialize")
     ls = jsub.add_parser("list")
@@ -266,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         a = jsub.add_parser(action)
         a.add_argument("name")
         a.add_argument("--json", action="store_true")
+    dl = jsub.add_parser("delete", help="remove a job's keys, offsets and consumer group (snapshots stay)")
+    dl.add_argument("name")
+    dl.add_argument("--force", action="store_true", help="stop the job's running workers first")
     jb.set_defaults(func=cmd_job)
 
     wk = sub.add_parser("worker", help="join a job's consumer group and train until the job ends")

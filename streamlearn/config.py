@@ -223,8 +223,9 @@ class Settings:
         return client
 
     # -- printing ---------------------------------------------------------------------------
-    def shell_lines(self, *, reveal: bool = False) -> list[str]:
-        """``NAME=value`` lines (shell-quoted) that reproduce these settings.
+    def shell_lines(self, *, reveal: bool = False, export: bool = False) -> list[str]:
+        """``NAME=value`` lines (shell-quoted) that reproduce these settings; ``export``
+        prefixes ``export `` so that ``eval "$(streamlearn stack up)"`` reaches child processes.
 
         Passwords are masked unless ``reveal=True`` (e.g. for ``eval "$(streamlearn stack env)"``).
         """
@@ -234,7 +235,7 @@ class Settings:
         for key, value in conf.items():
             name = ENV_KAFKA_PREFIX + key.replace("_", "__").replace(".", "_").upper()
             lines.append(f"{name}={shlex.quote(str(value))}")
-        return lines
+        return [f"export {line}" for line in lines] if export else lines
 
     def env(self) -> dict[str, str]:
         """Environment variables (real values, unquoted) that make a child process resolve to

@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from streamlearn.algorithms import Algorithm, make_algorithm
+from streamlearn.algorithms import Algorithm, algorithm_class, make_algorithm
+from streamlearn.contract import default_epochs, infer_params, sample_topic
 from streamlearn.errors import UserError
 from streamlearn.statestore.keys import JOBS, JobKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
@@ -39,6 +40,7 @@ class JobSpec:
     start_offsets: dict[int, int] = field(default_factory=dict)
     end_offsets: dict[int, int] = field(default_factory=dict)
     created_at: float = 0.0
+    epochs: int = 1  # bounded jobs: passes over [start_offsets, end_offsets)
 
     @property
     def dlq_topic(self) -> str:
@@ -77,11 +79,14 @@ def load_spec(client: redis.Redis, name: str) -> JobSpec:
 
 def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str, topic: str,
                params: dict[str, Any] | None = None, until: str = "end",
-               snapshot_every: float | None = None, from_snapshot: str | None = None) -> JobSpec:
+               snapshot_every: float | None = None, from_snapshot: str | None = None,
+               epochs: int | None = None) -> JobSpec:
     """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
 
     ``from_snapshot`` ("JOB" or "JOB@VERSION") trains incrementally: the state starts from
     that snapshot's model (``Algorithm.initialize_from``) and the lineage records it.
+    ``epochs`` (or ``params["epochs"]`` when the algorithm has no such parameter): a bounded
+    job reads its topic range that many times.
     """
     from streamlearn.streams.topics import ensure_topic, watermarks
 
@@ -90,14 +95,17 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         raise JobError(f"--until must be 'end' or 'never', not {until!r}")
     if snapshot_every is not None and not snapshot_every > 0:
         raise JobError("--snapshot-every must be a positive number of seconds")
-    algo = make_algorithm(algorithm, params or {})
+    params, epochs = _job_epochs(algorithm, dict(params or {}), epochs, until)
+    algo = make_algorithm(algorithm, params)
     parent, parent_model = _parent_model(client, from_snapshot, algorithm) if from_snapshot else (None, None)
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
-    algo = _with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
+    algo, n_records = _with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
+    if epochs is None:  # enough passes for small bounded data, where the learner gains from them
+        epochs = default_epochs(n_records) if until == "end" and algo.multi_pass else 1
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,
                    snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
-                   created_at=time.time())
+                   created_at=time.time(), epochs=epochs)
     keys = JobKeys(name)
     if not client.set(keys.spec, spec.to_json(), nx=True):
         raise JobError(f"job {name!r} already exists")
@@ -118,16 +126,40 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     return spec
 
 
-def _with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm, bounded: bool) -> Algorithm:
-    """The algorithm with its "auto" parameters inferred from the topic's records, after
-    checking its explicit ones against them (streamlearn/contract.py)."""
-    from streamlearn.contract import infer_params, sample_topic
-
+def _with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm,
+                        bounded: bool) -> tuple[Algorithm, int]:
+    """(the algorithm with its "auto" parameters inferred from the topic's records, after
+    checking its explicit ones against them; the records in the topic range, 0 when not
+    sampled) — streamlearn/contract.py."""
     params = algo.get_params()
     if not ({"n_features", "classes", "mini_batch_size"} & set(params)):
-        return algo
-    inferred = infer_params(algo, sample_topic(kafka_conf, topic, marks), bounded)
-    return make_algorithm(algo.name, {**params, **inferred}) if inferred else algo
+        return algo, 0
+    profile = sample_topic(kafka_conf, topic, marks)
+    inferred = infer_params(algo, profile, bounded)
+    return (make_algorithm(algo.name, {**params, **inferred}) if inferred else algo), profile.n_records
+
+
+def _job_epochs(algorithm: str, params: dict[str, Any], epochs: int | None,
+                until: str) -> tuple[dict[str, Any], int | None]:
+    """(the algorithm's params, the job's epochs; None: not given, sized from the data): ``epochs``
+    is a job parameter, also accepted as ``--param epochs=E`` unless the algorithm declares a
+    parameter of that name."""
+    if "epochs" in params and "epochs" not in algorithm_class(algorithm).param_names():
+        given = params.pop("epochs")
+        if epochs is not None and str(epochs) != str(given).strip():
+            raise JobError(f"--epochs {epochs} and --param epochs={given} disagree")
+        epochs = given
+    if epochs is None or str(epochs).strip() == "auto":
+        return params, None
+    try:
+        value = int(str(epochs).strip())
+    except ValueError:
+        raise JobError(f"epochs must be a positive integer, got {epochs!r}") from None
+    if value < 1:
+        raise JobError(f"epochs must be a positive integer, got {epochs!r}")
+    if value > 1 and until != "end":
+        raise JobError("epochs > 1 needs a bounded job (--until end): an unbounded stream has no end to start over from")
+    return params, value
 
 
 def _parent_model(client: redis.Redis, ref: str, algorithm: str):
@@ -152,7 +184,8 @@ def _parent_model(client: redis.Redis, ref: str, algorithm: str):
 
 def set_paused(client: redis.Redis, name: str, paused: bool) -> str:
     """Pause or resume. Workers stay in the group but stop consuming; resume continues
-    from the stored offsets (``initialize`` is never called again)."""
+    from the stored offsets (``initialize`` is never called again). A barrier: every batch
+    commit checks the status in its own transaction, so none is applied once this returns."""
     load_spec(client, name)
     keys = JobKeys(name)
     with client.pipeline(transaction=True) as pipe:
@@ -160,8 +193,8 @@ def set_paused(client: redis.Redis, name: str, paused: bool) -> str:
             try:
                 pipe.watch(keys.status)
                 status = (pipe.get(keys.status) or b"").decode()
-                if status == "finished":
-                    raise JobError(f"job {name!r} is finished; it cannot be paused or resumed")
+                if status in ENDED:
+                    raise JobError(f"job {name!r} is {status}; it cannot be paused or resumed")
                 pipe.multi()
                 pipe.set(keys.status, "paused" if paused else "running")
                 pipe.execute()
@@ -181,16 +214,24 @@ def job_status(client: redis.Redis, name: str) -> dict[str, Any]:
     pipe.zrangebyscore(keys.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")
     pipe.lrange(keys.rate, 0, -1)
     pipe.hget(keys.counters, "snapshot_version")
-    status, counters, offsets, members, rate, snapshot_version = pipe.execute()
+    pipe.hgetall(keys.data_epochs)
+    pipe.hget(keys.info, "reason")
+    status, counters, offsets, members, rate, snapshot_version, passes, reason = pipe.execute()
     counters = {k.decode(): int(v) for k, v in counters.items()}
     partitions = {int(p): int(o) for p, o in offsets.items()}
+    partition_epochs = {p: int(passes.get(str(p).encode(), 0)) for p in sorted(partitions)}
+    state = (status or b"unknown").decode()
     return {
         "job": name,
         "algorithm": spec.algorithm,
         "topic": spec.topic,
         "params": spec.params,
         "until": spec.until,
-        "state": (status or b"unknown").decode(),
+        "state": state,
+        "reason": None if reason is None else reason.decode(),
+        "epochs": spec.epochs,
+        "epoch": min(partition_epochs.values(), default=0),
+        "partition_epochs": {str(p): e for p, e in partition_epochs.items()},
         "records_applied": counters.get("records_applied", 0),
         "records_dead_lettered": counters.get("records_dead_lettered", 0),
         "initialize_calls": counters.get("initialize_calls", 0),
@@ -200,19 +241,90 @@ def job_status(client: redis.Redis, name: str) -> dict[str, Any]:
         "end_offsets": {str(p): o for p, o in sorted(spec.end_offsets.items())},
         "members": sorted(m.decode() for m in members),
         "snapshot_version": None if snapshot_version is None else int(snapshot_version),
-        "records_per_second": _rate(rate),
+        "records_per_second": _rate(rate) if state == "running" else 0.0,
     }
 
 
-def _rate(samples: list[bytes]) -> float:
-    """Records per second over the recent commits (the list holds ``ms:records``, newest first)."""
-    if len(samples) < 2:
-        return 0.0
+#: how far back ``records_per_second`` looks: the current rate, not the job's average
+RATE_WINDOW_MS = 5_000
+
+
+def _rate(samples: list[bytes], now: int | None = None) -> float:
+    """Records per second over the commits of the last ``RATE_WINDOW_MS`` (the list holds
+    ``ms:records``, newest first; a job that started within the window is measured from its
+    first commit, whose own records came before it)."""
+    now = now_ms() if now is None else now
     parsed = [tuple(int(x) for x in s.decode().split(":")) for s in samples]
-    newest, oldest = parsed[0][0], parsed[-1][0]
-    if now_ms() - newest > 10_000 or newest <= oldest:
+    recent = [(t, n) for t, n in parsed if t > now - RATE_WINDOW_MS]
+    if not recent:
         return 0.0
-    return round(sum(n for _, n in parsed[:-1]) / ((newest - oldest) / 1000.0), 1)
+    if len(recent) < len(parsed):
+        return round(sum(n for _, n in recent) / (RATE_WINDOW_MS / 1000.0), 1)
+    span = now - recent[-1][0]
+    if len(recent) < 2 or span <= 0:
+        return 0.0
+    return round(sum(n for _, n in recent[:-1]) / (span / 1000.0), 1)
+
+
+#: states a job does not leave (``deleting`` ends in the job's keys being removed)
+ENDED = ("finished", "failed", "deleting")
+
+
+def fail_job(client: redis.Redis, name: str, reason: str) -> bool:
+    """Mark the job ``failed`` with ``reason`` (one line) unless it already ended; returns
+    whether this call failed it. Workers see it and exit non-zero."""
+    keys = JobKeys(name)
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.status)
+                if (pipe.get(keys.status) or b"").decode() in ENDED:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.set(keys.status, "failed")
+                pipe.hset(keys.info, "reason", reason)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
+def delete_job(client: redis.Redis, kafka_conf: dict, name: str, force: bool = False,
+               timeout_s: float = 60.0) -> None:
+    """Remove the job: its Redis keys, its entry in the jobs set and its Kafka consumer group.
+
+    A job with live workers needs ``force``: its status becomes ``deleting``, its workers
+    see it within a control interval, commit nothing more (the commit checks the status) and
+    exit 0; this waits up to ``timeout_s`` for them to leave. Published snapshots stay in the
+    model store: they are models, with their own lineage, not the job's training state.
+    """
+    from streamlearn.streams.topics import delete_group
+
+    spec = load_spec(client, name)
+    keys = JobKeys(name)
+    members = _live_members(client, keys)
+    if members and not force:
+        raise JobError(f"job {name!r} has {len(members)} running worker(s); stop them or use --force")
+    if members:
+        client.set(keys.status, "deleting")
+        deadline = time.monotonic() + timeout_s
+        while _live_members(client, keys):
+            if time.monotonic() > deadline:
+                raise JobError(f"job {name!r}: workers still running after {timeout_s:.0f} s; nothing deleted "
+                               f"(the job stays 'deleting': run `job delete --force` again)")
+            time.sleep(0.2)
+    doomed = {k.decode() for k in client.scan_iter(match=f"{keys.base}:*", count=1000)}
+    doomed = {k for k in doomed if not k.startswith(keys.snapshots)} | set(keys.all_keys([]))
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(*sorted(doomed))
+    pipe.srem(JOBS, name)
+    pipe.execute()
+    delete_group(kafka_conf, spec.group_id)
+
+
+def _live_members(client: redis.Redis, keys: JobKeys) -> list[bytes]:
+    return client.zrangebyscore(keys.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")
 
 
 def list_jobs(client: redis.Redis) -> list[dict[str, Any]]:

@@ -48,6 +48,10 @@ class Algorithm:
     step_rows: ClassVar[int] = 500
     #: every ``__init__`` parameter's meaning and constraints (see :mod:`~streamlearn.algorithms.params`)
     param_spec: ClassVar[dict[str, Param]] = {}
+    #: True when more passes over a small bounded data set make a better model (SGD
+    #: learners): a bounded job without ``epochs`` then takes ``contract.default_epochs``
+    #: of its records. Exact summaries (sums, sketches) must see each record once.
+    multi_pass: ClassVar[bool] = False
 
     def initialize(self, state: State) -> None:
         raise NotImplementedError

@@ -50,6 +50,7 @@ class FactorizationMachines(Algorithm):
     name = "factorization_machines"
     accepts_sparse = True
     needs_label = True
+    multi_pass = True
     #: the step of ``mini_batch_size="auto"`` when the data size is not known
     default_step_rows = 500
     param_spec = {

@@ -73,6 +73,7 @@ class LinearLearner(Algorithm):
     name = "linear_learner"
     accepts_sparse = True
     needs_label = True
+    multi_pass = True
     #: SageMaker's default mini_batch_size, the step of ``mini_batch_size="auto"`` when the
     #: data size is not known (job create sizes steps of bounded jobs from the data:
     #: streamlearn.contract.default_step_rows). A dense 100-feature, 32-model step is

@@ -18,16 +18,18 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
-from streamlearn.jobs import JobSpec, load_spec
+from streamlearn.consumers.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
+from streamlearn.jobs import JobSpec, fail_job, load_spec
 from streamlearn.snapshots.finalize import ensure_published, maybe_finalize, periodic_snapshot
 from streamlearn.snapshots.publisher import SnapshotPublishError
-from streamlearn.statestore.base import FencedError
+from streamlearn.statestore.base import CommitRefused, FencedError
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.keys import JobKeys
 from streamlearn.statestore.redis_state import RedisState
@@ -123,10 +125,14 @@ class Worker:
         self.confluent_schemas = ConfluentSchemas.from_env()
         self.fence: dict[int, int] = {}  # partition -> epoch we own it under
         self.done_partitions: set[int] = set()  # reached the job's end offset
+        self.passes: dict[int, int] = {}  # partition -> the data epoch (pass) being read
         self._stop = threading.Event()
         self._paused = False
         self._unsettled: Exception | None = None  # set while a recovery's seek is still owed
         self.records_applied = 0
+        self.failure: str | None = None  # why this worker failed the job (an AlgorithmBug)
+        self.failing = FailureRun()
+        self._next_control = 0.0
         self._consumer: Consumer | None = None
         self._dlq: Producer | None = None
 
@@ -139,8 +145,8 @@ class Worker:
             signal.signal(sig, lambda *_: self.stop())
 
     def run(self) -> str:
-        """Work until the job finishes (bounded jobs) or ``stop`` is called; returns the
-        job's state as last seen."""
+        """Work until the job finishes (bounded jobs), fails, is deleted or ``stop`` is
+        called; returns the job's state as last seen."""
         limit_blas_threads(self.config.blas_threads)
         conf = self.settings.kafka_client_conf(**{
             "group.id": self.spec.group_id,
@@ -157,18 +163,22 @@ class Worker:
         self._consumer.subscribe([self.spec.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         status = "running"
-        next_control = 0.0
         try:
             while not self._stop.is_set():
                 try:
                     try:
-                        if time.monotonic() >= next_control:
+                        if time.monotonic() >= self._next_control:
                             status = self._control()
-                            next_control = time.monotonic() + self.config.control_interval_s
+                            self._next_control = time.monotonic() + self.config.control_interval_s
                             if status == "finished":
                                 ensure_published(self.settings, self.client, self.spec.name)
                                 break
+                            if status in ("failed", "deleting"):
+                                break
                         self._step()
+                        if self.failure is not None:
+                            status = "failed"
+                            break
                     except _OUTAGES as exc:
                         if self._stop.is_set():
                             raise _StopDuringOutage(str(exc)) from exc
@@ -236,8 +246,10 @@ class Worker:
         assigned = [tp.partition for tp in self._consumer.assignment()]
         if not assigned:
             return
-        stored = self._retry(lambda: self.client.hmget(self.keys.offsets, [str(p) for p in assigned]), "recovery")
-        for p, offset in zip(assigned, stored):
+        stored, passes = self._retry(lambda: self._positions(self.client.pipeline(transaction=True), assigned).execute(),
+                                     "recovery")
+        for p, offset, done_passes in zip(assigned, stored, passes):
+            self.passes[p] = int(done_passes or 0)
             if offset is not None and p in self.fence:
                 try:
                     self._consumer.seek(TopicPartition(self.spec.topic, p, int(offset)))
@@ -269,9 +281,10 @@ class Worker:
                 self._dlq.flush(10)
 
     def _control(self) -> str:
-        """Heartbeat, and react to the job's status (pause / resume / finished)."""
+        """Heartbeat, and react to the job's status (pause / resume / finished / failed /
+        deleting; a job whose status is gone was deleted)."""
         self.state.backend.heartbeat()
-        status = (self.client.get(self.keys.status) or b"running").decode()
+        status = (self.client.get(self.keys.status) or b"deleting").decode()
         want_paused = status == "paused"
         if want_paused != self._paused:
             assignment = self._consumer.assignment()
@@ -291,13 +304,14 @@ class Worker:
             for p in ids:
                 pipe.hincrby(self.keys.epochs, str(p), 1)
             if ids:
-                pipe.hmget(self.keys.offsets, [str(p) for p in ids])
+                self._positions(pipe, ids)
             return pipe.execute()
 
         results = self._retry(claim, "partition assignment")
-        epochs, stored = results[: len(ids)], (results[len(ids)] if ids else [])
-        for tp, epoch, offset in zip(partitions, epochs, stored):
+        epochs, stored, passes = results[: len(ids)], *(results[len(ids):] if ids else ([], []))
+        for tp, epoch, offset, done_passes in zip(partitions, epochs, stored, passes):
             self.fence[tp.partition] = int(epoch)
+            self.passes[tp.partition] = int(done_passes or 0)
             tp.offset = int(offset) if offset is not None else OFFSET_BEGINNING
             end = self.spec.end_offsets.get(tp.partition)
             if end is not None and offset is not None and int(offset) >= end:
@@ -307,6 +321,11 @@ class Worker:
         if paused:
             consumer.pause(paused)
         log.info("%s: assigned %s", self.member, {tp.partition: tp.offset for tp in partitions})
+
+    def _positions(self, pipe, ids: list[int]):
+        """Queue the reads of the stored position (offset, data epoch) of partitions ``ids``."""
+        fields = [str(p) for p in ids]
+        return pipe.hmget(self.keys.offsets, fields).hmget(self.keys.data_epochs, fields)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -331,8 +350,9 @@ class Worker:
                 continue  # revoked while this message was in flight
             end = self.spec.end_offsets.get(p)
             if end is not None and off >= end:
-                self._mark_done(p)
-                continue
+                if self._last_pass(p):
+                    self._mark_done(p)
+                continue  # an earlier pass: the commit that reached the end moves it to the start
             good.append(m)
             next_offsets[p] = off + 1
         if not good:
@@ -341,24 +361,68 @@ class Worker:
                                  self.algorithm.accepts_sparse, self.algorithm.needs_label,
                                  shared=self.shared_schemas, confluent=self.confluent_schemas,
                                  labels=self.algorithm.label_coding())
-        dead = self._dead_letter(good, result.rejected)
-        for part in result.steps(self.config.step_rows(self.algorithm)):
-            self.algorithm.update(self.state, part)
-        info = CommitInfo(offsets=next_offsets, fence={p: self.fence[p] for p in next_offsets},
-                          records_applied=result.n_records, records_dead_lettered=dead)
+        try:
+            failures = apply_steps(self.algorithm, self.state, result.steps(self.config.step_rows(self.algorithm)))
+            self.failing.observe(result.n_records, failures)
+        except AlgorithmBug as exc:
+            self.state.discard()
+            self._fail(str(exc))
+            return
+        dead = self._dead_letter(good, result.rejected) + self._dead_letter_records(good, result.row_messages(), failures)
+        reasons = [r.reason for r in result.rejected] + [f.reason for f in failures]
+        offsets, passes = self._positions_after(next_offsets)
+        applied = result.n_records - len(failures)
+        info = CommitInfo(offsets=offsets, fence={p: self.fence[p] for p in offsets},
+                          records_applied=applied, records_dead_lettered=dead,
+                          data_epochs=passes if self.spec.epochs > 1 else {},
+                          dead_letter_reason=reasons[0] if reasons else None)
         try:
             self.state.commit(info)
         except FencedError as exc:
             log.warning("%s: %s", self.member, exc)
             self.state.discard()
             return
-        self.records_applied += result.n_records
-        self._consumer.commit(offsets=[TopicPartition(self.spec.topic, p, o) for p, o in next_offsets.items()],
+        except CommitRefused as exc:  # paused (or failed, deleted) before this commit: back to the stored offsets
+            self._recover(exc)
+            self._next_control = 0.0
+            return
+        self.records_applied += applied
+        for p, o in offsets.items():
+            if passes[p] != self.passes.get(p, 0):  # the commit started the partition's next pass
+                self.passes[p] = passes[p]
+                try:
+                    self._consumer.seek(TopicPartition(self.spec.topic, p, o))
+                except KafkaException as exc:
+                    log.warning("%s: seek of partition %d to its next pass failed (%s)", self.member, p, exc)
+                    self._unsettled = exc
+        self._consumer.commit(offsets=[TopicPartition(self.spec.topic, p, o) for p, o in offsets.items()],
                               asynchronous=True)
-        for p, o in next_offsets.items():
+        for p, o in offsets.items():
             end = self.spec.end_offsets.get(p)
             if end is not None and o >= end:
                 self._mark_done(p)
+
+    def _last_pass(self, partition: int) -> bool:
+        return self.passes.get(partition, 0) >= self.spec.epochs - 1
+
+    def _positions_after(self, next_offsets: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
+        """(offset, data epoch) to store for each partition after this batch: reaching the end
+        of a pass that is not the last stores the start offset of the next pass instead."""
+        offsets, passes = {}, {}
+        for p, o in next_offsets.items():
+            start, end, done = self.spec.start_offsets.get(p, 0), self.spec.end_offsets.get(p), self.passes.get(p, 0)
+            if end is not None and o >= end and not self._last_pass(p) and start < end:
+                offsets[p], passes[p] = start, done + 1
+            else:
+                offsets[p], passes[p] = o, done
+        return offsets, passes
+
+    def _fail(self, reason: str) -> None:
+        """The algorithm fails whatever the data: fail the job (every worker stops) rather
+        than dead-letter the stream."""
+        log.error("%s: %s; failing job %s", self.member, reason, self.spec.name)
+        fail_job(self.client, self.spec.name, reason)
+        self.failure = reason
 
     def _mark_done(self, partition: int) -> None:
         if partition not in self.done_partitions:
@@ -373,13 +437,38 @@ class Worker:
         errors: list[str] = []
         for r in rejected:
             m = msgs[r.index]
-            headers = rejection_headers(r) + [("streamlearn.job", self.spec.name.encode()),
-                                              ("streamlearn.source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode())]
-            self._dlq.produce(self.spec.dlq_topic, value=m.value(), key=m.key(), headers=headers,
-                              on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
+            self._send_dead(m, m.value(), rejection_headers(r), errors)
+        self._flush_dead(errors)
+        return sum(r.n_records for r in rejected)
+
+    def _dead_letter_records(self, msgs, row_messages: np.ndarray, failures: list[Failure]) -> int:
+        """Send the records that made ``update`` raise to ``<topic>.dlq``, one message each
+        with the exception as the reason: a message's own bytes when it held just that
+        record, else the record re-encoded alone (``streamlearn.row`` says which row of the
+        source message it was)."""
+        if not failures:
+            return 0
+        errors: list[str] = []
+        for f in failures:
+            index = int(row_messages[f.row])
+            first = int(np.searchsorted(row_messages, index))  # rows of one message are consecutive
+            alone = int(np.searchsorted(row_messages, index, side="right")) - first == 1
+            m = msgs[index]
+            headers = [("streamlearn.reason", f.reason.encode()), ("streamlearn.records", b"1"),
+                       ("streamlearn.row", str(f.row - first).encode())]
+            self._send_dead(m, m.value() if alone else f.encoded(), headers, errors)
+        self._flush_dead(errors)
+        return len(failures)
+
+    def _send_dead(self, m, value: bytes, headers: list, errors: list[str]) -> None:
+        headers = headers + [("streamlearn.job", self.spec.name.encode()),
+                             ("streamlearn.source", f"{m.topic()}/{m.partition()}/{m.offset()}".encode())]
+        self._dlq.produce(self.spec.dlq_topic, value=value, key=m.key(), headers=headers,
+                          on_delivery=lambda err, _msg: errors.append(str(err)) if err else None)
+
+    def _flush_dead(self, errors: list[str]) -> None:
         if self._dlq.flush(30) or errors:
             raise DeadLetterUnavailable(f"dead-letter topic {self.spec.dlq_topic} did not take the records: {errors[:3]}")
-        return sum(r.n_records for r in rejected)
 
 
 def run_worker(job: str, settings: Settings | None = None) -> str:

@@ -7,6 +7,10 @@ finished — guarded by WATCH on the status, so a second finalizer can never pub
 second "final" model. Unbounded jobs publish periodically (``--snapshot-every``) or on
 request (``streamlearn snapshot NAME``); finalize only reads the state, so it may run in
 any process, concurrently with training.
+
+No model is published from zero records: a bounded job that applied none (every record
+dead-lettered, or an empty range) ends ``failed`` with the reason instead, and a periodic
+or on-demand snapshot waits for the first applied record.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import logging
 import redis
 
 from streamlearn.config import Settings
-from streamlearn.jobs import JobError, JobSpec, is_complete
+from streamlearn.jobs import ENDED, JobError, JobSpec, fail_job, is_complete
 from streamlearn.snapshots.format import encode, snapshot_of
 from streamlearn.snapshots.publisher import produce_snapshot
 from streamlearn.snapshots.store import ModelStore
@@ -24,13 +28,17 @@ from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
 
+class NothingToSnapshot(JobError):
+    """The job has applied no record yet: its state is no model."""
+
+
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def maybe_finalize(settings: Settings, client: redis.Redis, spec: JobSpec, member: str) -> int | None:
     """Finalize a bounded job if all of its data is applied and nobody else is doing it."""
     keys = JobKeys(spec.name)
-    if client.get(keys.status) == b"finished":
+    if (client.get(keys.status) or b"").decode() in ENDED:
         return None
     offsets = {int(p): int(o) for p, o in client.hgetall(keys.offsets).items()}
     if not is_complete(spec, offsets):
@@ -51,19 +59,29 @@ def periodic_snapshot(settings: Settings, client: redis.Redis, spec: JobSpec, me
     keys = JobKeys(spec.name)
     if not client.set(keys.snapshot_lock, member, nx=True, px=int(spec.snapshot_every * 1000)):
         return None
-    return publish(settings, client, spec, final=False)
+    try:
+        return publish(settings, client, spec, final=False)
+    except NothingToSnapshot:
+        return None
 
 
 def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool) -> int | None:
     """Finalize the current state into a new snapshot version, store it, publish it.
 
-    Returns the version, or None when ``final`` and another finalizer already finished the job.
+    Returns the version, or None when ``final`` and another finalizer already finished the
+    job, or the job applied no record (then it is marked failed). Raises
+    :class:`NothingToSnapshot` for a non-final snapshot of a state that applied no record.
     """
     keys = JobKeys(spec.name)
     state = RedisState(client, spec.name)
     offsets, counters = state.load_consistent()
     if final and not is_complete(spec, offsets):
         raise JobError(f"job {spec.name!r}: finalize called before all data was applied")
+    if not counters.get("records_applied", 0):
+        if not final:
+            raise NothingToSnapshot(f"job {spec.name!r} has applied no record yet: there is no model to snapshot")
+        fail_job(client, spec.name, _no_records_reason(client, spec, counters.get("records_dead_lettered", 0)))
+        return None
     model = spec.algorithm_instance().finalize(state)
     store = ModelStore(client)
     version = store.next_version(spec.name)
@@ -103,6 +121,13 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
     log.info("job %s: stored snapshot version %d%s", spec.name, version, " (final)" if final else "")
     ensure_published(settings, client, spec.name, just_stored=(version, data, metadata))
     return version
+
+
+def _no_records_reason(client: redis.Redis, spec: JobSpec, dead: int) -> str:
+    if not dead:
+        return "no records: the topic range was empty"
+    first = client.hget(JobKeys(spec.name).info, "first_dead_letter")
+    return f"all {dead} records dead-lettered: {first.decode() if first else 'see ' + spec.dlq_topic}"
 
 
 def ensure_published(settings: Settings, client: redis.Redis, job: str,

@@ -37,6 +37,15 @@ class FencedError(StateError):
     """
 
 
+class CommitRefused(StateError):
+    """The job is not running (paused, failed, being deleted): a batch commit is refused.
+
+    The commit checks the job's status inside its atomic step, so once ``job pause`` has
+    returned no batch is applied; the worker drops the batch and goes back to the stored
+    offsets, so nothing is lost.
+    """
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """How one state key is stored and aggregated; fixed at ``initialize``."""

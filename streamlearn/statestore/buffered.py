@@ -47,12 +47,17 @@ class CommitInfo:
 
     ``fence`` maps each partition to the epoch this worker got when it was assigned the
     partition; a backend rejects the commit (``FencedError``) if any epoch moved on.
+    ``data_epochs`` maps a partition to the data pass (``--epochs``) its new offset belongs
+    to, written with the offset; ``dead_letter_reason`` is the reason of one record this
+    commit dead-letters (the job keeps the first ever, for ``job status``).
     """
 
     offsets: dict[int, int] = field(default_factory=dict)
     fence: dict[int, int] = field(default_factory=dict)
     records_applied: int = 0
     records_dead_lettered: int = 0
+    data_epochs: dict[int, int] = field(default_factory=dict)
+    dead_letter_reason: str | None = None
 
 
 class StateBackend(Protocol):
@@ -343,6 +348,27 @@ class BufferedState:
         """Drop pending pushes (a fenced batch) and everything read."""
         self._views = {}
 
+    def checkpoint(self) -> "Checkpoint":
+        """What is pending now, to :meth:`rollback` to if the next update raises (its
+        partial pushes must not reach the state). Copies the pending deltas: meant for the
+        slow path that isolates a failing record, not for every step."""
+        return Checkpoint({key: (view.delta.copy() if view.dirty.any() else None, view.dirty.copy(), view.stale)
+                           for key, view in self._views.items()})
+
+    def rollback(self, mark: "Checkpoint") -> None:
+        """Forget every push made since ``mark`` (what was read stays: it is global state)."""
+        for key in list(self._views):
+            view = self._views[key]
+            if key not in mark.views:
+                if view.dirty.any():  # first used after the mark: nothing of it was pending
+                    del self._views[key]
+                continue
+            delta, dirty, stale = mark.views[key]
+            if delta is not None:
+                np.copyto(view.delta, delta)
+            view.dirty[:] = dirty
+            view.stale = stale if delta is not None else True  # no pending change: any content is "none"
+
     def refresh(self) -> None:
         """Forget what was read so the next pull sees other workers' commits."""
         for view in self._views.values():
@@ -361,6 +387,13 @@ class BufferedState:
         for key in dests:
             self._views[key].loaded[:] = True
         return out
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Pending pushes at one moment: key -> (delta copy or None if nothing was pending, dirty mask, stale)."""
+
+    views: dict[str, tuple["np.ndarray | None", np.ndarray, bool]]
 
 
 def _applier(view: _KeyView, out: dict[int, np.ndarray]) -> Callable[[int], None]:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import redis
 
-from streamlearn.statestore.base import FencedError, KeySpec, StateError
+from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import JobKeys
 from streamlearn.statestore.resp_into import exec_multi, hmget_into, multi_into, versioned_hmget_into
@@ -107,7 +107,9 @@ class RedisBackend:
 
     def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
         k = self.keys
-        watched = [k.epochs] + [k.state(key) for key in touched]
+        # a batch commit (one with offsets) also watches the job's status: a pause (or a
+        # failure, a delete) that lands before EXEC refuses it, so `job pause` is a barrier
+        watched = [k.epochs] + ([k.status] if info.offsets else []) + [k.state(key) for key in touched]
         parts = sorted(info.fence)
         mine = sorted(p for p in info.offsets if p in info.fence)
         retry = False
@@ -120,12 +122,21 @@ class RedisBackend:
                         stale = [p for p, e in zip(parts, epochs) if e is None or int(e) != info.fence[p]]
                         if stale:
                             raise FencedError(f"partitions {stale} were reassigned; batch dropped")
+                    if info.offsets:
+                        status = pipe.get(k.status)
+                        if status is not None and status != b"running":  # None: a bare state, no job record
+                            raise CommitRefused(f"job {k.job!r} is {status.decode()}; batch dropped")
                     if retry and mine and info.offsets.keys() <= info.fence.keys():
                         # redis-py turns a connection lost during EXEC into a WatchError, but
                         # that EXEC may have been applied (reply lost). Only the fence holder
-                        # moves these offsets, so if they already equal ours it was: done.
-                        stored = pipe.hmget(k.offsets, [str(p) for p in mine])
-                        if all(o is not None and int(o) == info.offsets[p] for p, o in zip(mine, stored)):
+                        # moves these offsets (and their data epochs), so if they already equal
+                        # ours it was: done. The epoch tells a pass that ended where the batch
+                        # began (offset back at the start) from the batch not applied.
+                        fields = [str(p) for p in mine]
+                        stored = pipe.hmget(k.offsets, fields)
+                        passes = pipe.hmget(k.data_epochs, fields)
+                        if all(o is not None and int(o) == info.offsets[p] and int(e or 0) == info.data_epochs.get(p, 0)
+                               for p, o, e in zip(mine, stored, passes)):
                             pipe.unwatch()
                             return
                     # a key's version moves only together with its chunks (same MULTI), and the
@@ -139,6 +150,10 @@ class RedisBackend:
                         commands.append(("HINCRBY", k.versions, key, 1))
                     if info.offsets:
                         commands.append(("HSET", k.offsets, *_pairs({str(p): o for p, o in info.offsets.items()})))
+                    if info.data_epochs:
+                        commands.append(("HSET", k.data_epochs, *_pairs({str(p): e for p, e in info.data_epochs.items()})))
+                    if info.dead_letter_reason:
+                        commands.append(("HSETNX", k.info, "first_dead_letter", info.dead_letter_reason))
                     if info.records_applied:
                         commands.append(("HINCRBY", k.counters, "records_applied", info.records_applied))
                     if info.records_dead_lettered:

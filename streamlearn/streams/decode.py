@@ -83,6 +83,13 @@ class DecodeResult:
     def n_rejected_records(self) -> int:
         return sum(r.n_records for r in self.rejected)
 
+    def row_messages(self) -> np.ndarray:
+        """The message index (position in the decoded list) of every accepted row, in
+        ``steps`` order: where a record that an update step rejects came from."""
+        parts = [np.full(p.n, p.src, dtype=np.int64) if np.isscalar(p.src) else np.asarray(p.src, dtype=np.int64)
+                 for p in self.pieces if p.n]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     @cached_property
     def batch(self) -> Batch:
         """Every accepted row as one Batch (a copy of all of them)."""
@@ -119,11 +126,12 @@ class DecodeResult:
 class _Piece:
     """The rows of one or more accepted messages: dense (X) or CSR (indptr/indices/values)."""
 
-    __slots__ = ("n", "X", "indptr", "indices", "values", "y", "w", "keys")
+    __slots__ = ("n", "X", "indptr", "indices", "values", "y", "w", "keys", "src")
 
     def __init__(self, n, X=None, indptr=None, indices=None, values=None, y=None, w=None, keys=None):
         self.n, self.X, self.indptr, self.indices, self.values = n, X, indptr, indices, values
         self.y, self.w, self.keys = y, w, keys
+        self.src: "int | list[int]" = -1  # the message index of its rows (one, or one per row)
 
     @property
     def sparse(self) -> bool:
@@ -395,7 +403,9 @@ class _RecordRun:
             n = len(rows)
         if n == 0:
             return None
-        return _Piece(n, X=X, indptr=indptr, indices=indices, values=values, y=y, w=w, keys=keys)
+        piece = _Piece(n, X=X, indptr=indptr, indices=indices, values=values, y=y, w=w, keys=keys)
+        piece.src = self.index if good.all() else [self.index[int(r)] for r in np.flatnonzero(good)]
+        return piece
 
 
 def _isfinite(x: float) -> bool:
@@ -523,6 +533,7 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
                 continue
             close_run()
             run = None
+            piece.src = i
             pieces.append(piece)
     close_run()
     rejected.sort(key=lambda r: r.index)

@@ -183,4 +183,24 @@ def end_offsets(conf, topic: str, timeout: float = 10.0) -> dict[int, int]:
     return {p: hi for p, (_, hi) in watermarks(conf, topic, timeout).items()}
 
 
-__all__ = ["TopicError", "ensure_topic", "partitions", "end_offsets", "watermarks"]
+def delete_group(conf, group: str, timeout: float = 30.0) -> None:
+    """Delete consumer group ``group`` (its committed offsets); a group that does not exist
+    is fine. Members that just left may keep the group non-empty for a moment: retried
+    until ``timeout``."""
+    admin = _admin(conf)
+    deadline = time.monotonic() + timeout
+    while True:
+        future = admin.delete_consumer_groups([group], request_timeout=10)[group]
+        try:
+            future.result()
+            return
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if code == KafkaError.GROUP_ID_NOT_FOUND:
+                return
+            if code != KafkaError.NON_EMPTY_GROUP or time.monotonic() > deadline:
+                raise TopicError(f"cannot delete consumer group {group!r}: {exc}") from None
+            time.sleep(0.5)
+
+
+__all__ = ["TopicError", "ensure_topic", "partitions", "end_offsets", "watermarks", "delete_group"]
