@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--from", dest="from_file", required=True, type=Path)
     pr.add_argument("--label-column")
     pr.add_argument("--partitions", type=int, help="create the topic with N partitions if missing")
-    pr.add_argument("--batch-size", type=int, default=1000, help="records per message (1 = one record a message)")
+    pr.add_argument("--batch-size", type=int, help="records per message (1 = one record a message; default 1,000, "
+                                                   "fewer for a small file so every partition gets several messages)")
     pr.add_argument("--n-features", type=int, help="width of sparse records (jsonl indices/values form)")
     _add_header_options(pr)
     pr.set_defaults(func=cmd_produce)

@@ -80,12 +80,13 @@ class Connection:
         return topics.ensure_topic(self.kafka_conf, name, partitions, config)
 
     def produce(self, topic: str, X, y=None, *, weights=None, keys=None, partitions: int | None = None,
-                batch_size: int = 1000) -> int:
+                batch_size: int | None = None) -> int:
         """Send the rows of ``X`` as training records; returns how many.
 
         ``X``: a numpy array, a pandas DataFrame or a scipy sparse matrix; ``y``: labels (an
         array or Series) or the name of ``X``'s label column. Rows go out as batch messages
-        of ``batch_size`` rows (the fast path), round-robin over the partitions, or by a
+        of ``batch_size`` rows (the fast path; None: 1,000, fewer for a small data set so that
+        every partition gets several messages), round-robin over the partitions, or by a
         stable hash of ``keys`` (one per row). With ``partitions`` a missing topic is created
         with that many; without, a missing topic is a :class:`~streamlearn.UserError`."""
         X, labels = split_label(X, y)

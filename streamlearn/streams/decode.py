@@ -422,7 +422,9 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
     whose width is not known yet). A fingerprint unknown to ``registry`` is looked up in
     ``shared`` (one round trip for all unknown fingerprints of the call); Confluent-framed
     values are read when ``confluent`` is given. ``labels``: the job's label coding, a record
-    whose label is outside it is rejected (a batch message as a whole, like every batch rule).
+    message whose label is outside it is rejected. A batch message is not rejected whole for
+    some of its labels: its records reach the update step, whose label encoding raises for
+    them, and the worker isolates and dead-letters them one by one (consumers/isolate.py).
     Never raises for bad input bytes: everything wrong with a message is a rejection (an
     unreachable Redis or schema registry raises: the window is retried).
     """
@@ -527,7 +529,7 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
                 run.has_key = True
             run.index.append(i)
         elif name == TRAINING_BATCH:
-            piece, reason, n_rec = _batch_piece(rec, n_features, accepts_sparse, needs_label, labels)
+            piece, reason, n_rec = _batch_piece(rec, n_features, accepts_sparse, needs_label)
             if piece is None:
                 rejected.append(Rejection(i, reason, n_rec))
                 continue
@@ -598,7 +600,7 @@ def _check_record(rec: dict, n_features: int, accepts_sparse: bool, needs_label:
     return None, sparse
 
 
-def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool, coding=None):
+def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool):
     """(piece, None, n) for a good training_batch, else (None, reason, n_records)."""
     nr, nf = rec["n_rows"], rec["n_features"]
     if nr < 0 or nf < 0:
@@ -666,9 +668,6 @@ def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: 
             return None, R_INF_Y, nr
         if needs_label and np.isnan(y).any():
             return None, R_MISSING_LABEL, nr
-        off_contract = None if coding is None else coding.first_violation(y)
-        if off_contract is not None:
-            return None, off_contract, nr
         piece.y = y
     elif needs_label and nr:
         return None, R_MISSING_LABEL, nr

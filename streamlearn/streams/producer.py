@@ -23,6 +23,8 @@ from streamlearn.streams.serde import encode_training_batch, encode_training_rec
 
 #: Upper bound for one message's uncompressed value (the broker default limit is ~1 MB).
 MAX_MESSAGE_BYTES = 900_000
+#: messages per partition the default batch size leaves a small data set (see send_batch)
+MESSAGES_PER_PARTITION = 8
 
 DEFAULTS = {
     "enable.idempotence": True,
@@ -125,8 +127,13 @@ class Producer:
         at most ``batch_size`` rows (fewer when a message would exceed ~900 kB). Without keys
         messages go round-robin over the partitions; with per-row ``keys`` rows are grouped by
         a stable hash of their key (the same key always lands in the same partition).
-        Returns the number of records sent."""
-        batch_size = int(batch_size or self.batch_size)
+        ``batch_size=None``: the producer's own, but small enough that a small data set still
+        makes :data:`MESSAGES_PER_PARTITION` messages a partition, so that every worker of an
+        elastic group gets a share and commits often. Returns the number of records sent."""
+        n = len(X) if isinstance(X, SparseRows) else len(np.asarray(X))
+        if batch_size is None:
+            batch_size = min(self.batch_size, max(1, -(-n // (MESSAGES_PER_PARTITION * self.n_partitions(topic)))))
+        batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         sparse = isinstance(X, SparseRows)
@@ -134,7 +141,6 @@ class Producer:
             X = np.asarray(X, dtype=np.float32)
             if X.ndim == 1:
                 X = X[:, None]
-        n = len(X) if sparse else X.shape[0]
         y = None if y is None else np.asarray(y, dtype=np.float64).reshape(-1)
         w = None if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
         for name, a in (("y", y), ("w", w), ("keys", keys)):
@@ -218,24 +224,24 @@ class Producer:
 
 
 def produce_file(bootstrap, topic: str, path, label_column: str | None = None, partitions: int | None = None,
-                 batch_size: int = 1000, n_features: int | None = None, feature_columns: list[str] | None = None,
+                 batch_size: int | None = None, n_features: int | None = None, feature_columns: list[str] | None = None,
                  extra_conf: dict | None = None, header: bool | None = None) -> int:
     """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``; returns the number
     of records. ``partitions``: create the topic with that many partitions if missing
-    (otherwise a missing topic is created with one). ``batch_size`` rows per message; 1 sends
-    one ``training_record`` message per example. ``bootstrap`` is a bootstrap string or a
+    (otherwise a missing topic is created with one). ``batch_size`` rows per message (None:
+    :meth:`Producer.send_batch`'s default); 1 sends one ``training_record`` message per example. ``bootstrap`` is a bootstrap string or a
     client configuration dict."""
     from streamlearn.streams.files import read_examples
     from streamlearn.streams.topics import ensure_topic
 
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
     chunks = read_examples(Path(path), label_column=label_column, feature_columns=feature_columns,
                            n_features=n_features, header=header)
     ensure_topic(conf, topic, partitions or 1)
     n = 0
-    with Producer(conf, extra_conf, batch_size=batch_size) as producer:
+    with Producer(conf, extra_conf) as producer:
         for X, y in chunks:
             if batch_size == 1:
                 for i in range(len(X)):

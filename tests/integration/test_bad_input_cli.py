@@ -59,7 +59,7 @@ def test_bad_median_params(stack, topic, capsys, params, expect):
 
 
 @pytest.mark.parametrize("algorithm,params,expect", [
-    ("linear_learner", [], "linear_learner"),  # required parameters missing
+    ("linear_learner", ["mini_batch_size=0"], "mini_batch_size"),
     ("linear_learner", ["n_features=0", "predictor_type=regressor"], "n_features"),
     ("linear_learner", ["n_features=abc", "predictor_type=regressor"], "n_features"),
     ("linear_learner", ["n_features=3", "predictor_type=telepathy"], "predictor_type"),

@@ -3,7 +3,6 @@ label codings (mapped, dead-lettered with reasons, predictions in the user's cod
 ``n_features=auto`` and a contradicting value, and the small-data quality targets."""
 from __future__ import annotations
 
-import inspect
 import json
 import uuid
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamlearn.batch import Batch
-from streamlearn.jobs import JobSpec, create_job, load_spec
+from streamlearn.jobs import create_job, load_spec
 from streamlearn.predict import load_job_model
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
@@ -67,7 +66,9 @@ def test_binary_labels_1_2_declared_bad_labels_dead_lettered_predictions_in_user
     params = load_spec(stack.redis_client(), job).params
     assert params["n_features"] == 30 and params["classes"] == [1, 2]  # n_features inferred from the records
     status = _train(stack, tmp_path, job)
-    assert status["records_applied"] == len(Xtr) and status["records_dead_lettered"] == 3
+    # every pass applies the good records and dead-letters the bad ones again
+    assert status["records_applied"] == len(Xtr) * status["epochs"]
+    assert status["records_dead_lettered"] == 3 * status["epochs"]
 
     model = load_job_model(stack.redis_client(), job)
     pred = model.evaluate(Batch(Xte))
@@ -83,11 +84,12 @@ def test_binary_labels_1_2_declared_bad_labels_dead_lettered_predictions_in_user
     consumer = Consumer({"bootstrap.servers": stack.kafka, "group.id": _name("dlq"), "enable.auto.commit": False})
     consumer.assign([TopicPartition(f"{topic}.dlq", 0, 0)])
     reasons = []
-    while len(reasons) < 3:
-        for m in consumer.consume(10, timeout=10):
+    while len(reasons) < 3 * status["epochs"]:  # every pass dead-letters them again
+        for m in consumer.consume(100, timeout=10):
             reasons.append(dict(m.headers())["streamlearn.reason"].decode())
     consumer.close()
-    assert sorted(reasons) == sorted(f"label {v} is not one of the classes [1, 2]" for v in ("3", "-1", "2.5"))
+    want = [f"label {v} is not one of the classes [1, 2]" for v in ("3", "-1", "2.5")]
+    assert sorted(reasons) == sorted(want * status["epochs"])
 
 
 def test_digits_labels_1_to_10_are_mapped_not_a_poison_pill(stack, tmp_path):
@@ -99,7 +101,7 @@ def test_digits_labels_1_to_10_are_mapped_not_a_poison_pill(stack, tmp_path):
                       {"predictor_type": "multiclass_classifier", "num_classes": "10"})
     assert spec.params["classes"] == list(range(1, 11)) and spec.params["n_features"] == 64
     status = _train(stack, tmp_path, job)
-    assert status["records_applied"] == len(Xtr) and status["records_dead_lettered"] == 0
+    assert status["records_applied"] == len(Xtr) * status["epochs"] and status["records_dead_lettered"] == 0
     model = load_job_model(stack.redis_client(), job)
     assert model.attrs["classes"] == list(range(1, 11))
     pred = model.evaluate(Batch(Xte))
@@ -129,27 +131,20 @@ QUALITY = [(load_breast_cancer, "binary_classifier", 0.01), (load_digits, "multi
            (load_diabetes, "regressor", 0.03)]
 
 
-@pytest.mark.skipif("epochs" not in JobSpec.__dataclass_fields__, reason="needs the job-level epochs runtime (JobSpec.epochs, issue 11's other branch)")
 @pytest.mark.parametrize("loader,predictor_type,tolerance", QUALITY, ids=["breast_cancer", "digits", "diabetes"])
 def test_small_data_with_defaults_and_two_workers_matches_sklearn(stack, tmp_path, loader, predictor_type, tolerance):
-    """Held-out, defaults (epochs and steps from the data size), 2 workers, vs StandardScaler +
-    LogisticRegression / Ridge on the same 80/20 split."""
-    from streamlearn.contract import default_epochs
-
+    """Held-out, defaults (the producer's batch size; the job's epochs and steps sized from
+    the data), 2 workers, vs StandardScaler + LogisticRegression / Ridge on the same 80/20 split."""
     Xtr, Xte, ytr, yte = _split(loader)
     peer = LogisticRegression(max_iter=5000) if predictor_type != "regressor" else Ridge()
     ref = make_pipeline(StandardScaler(), peer).fit(Xtr, ytr).score(Xte, yte)
-    topic = _topic(stack, Xtr, ytr, partitions=2, batch_size=50)
+    topic = _topic(stack, Xtr, ytr, partitions=2, batch_size=None)
     job = _name("quality")
-    epochs = default_epochs(len(Xtr))
-    if "epochs" in inspect.signature(create_job).parameters:
-        create_job(stack.redis_client(), stack.kafka_client_conf(), job, "linear_learner", topic,
-                   {"predictor_type": predictor_type}, epochs=epochs)
-    else:
-        cli("job", "create", job, "--algorithm", "linear_learner", "--topic", topic,
-            "--param", f"predictor_type={predictor_type}", "--param", f"epochs={epochs}")
-    _train(stack, tmp_path, job)
+    create_job(stack.redis_client(), stack.kafka_client_conf(), job, "linear_learner", topic,
+               {"predictor_type": predictor_type})
+    status = _train(stack, tmp_path, job)
+    assert status["epochs"] > 1
     model = load_job_model(stack.redis_client(), job)
     ours = model.score(Batch(Xte, yte), "r2" if predictor_type == "regressor" else "accuracy")
-    print(f"{loader.__name__}: ours {ours:.4f} vs sklearn {ref:.4f}")
+    print(f"{loader.__name__}: ours {ours:.4f} vs sklearn {ref:.4f} ({status['epochs']} epochs)")
     assert ours >= ref - tolerance

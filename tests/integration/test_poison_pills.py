@@ -36,18 +36,19 @@ def _ended(s: dict) -> bool:
 
 
 def test_digits_labelled_1_to_10_do_not_stall_the_job(stack, tmp_path):
-    """The issue's reproduction: labels 1..10 with num_classes=10 crashed every worker with
-    IndexError. Now label 10 is dead-lettered, the rest trains and the job finishes."""
+    """The issue's reproduction: labels 1..10 with 10 classes crashed every worker with
+    IndexError. Declared as classes 0..9, label 10 is outside the contract: inside batch
+    messages those records reach the update step, which raises for them, and each is
+    isolated and dead-lettered alone; the rest trains and the job finishes."""
     X, y = load_digits(return_X_y=True)
     y = y + 1
     topic = _topic(stack)
     with Producer(stack.kafka, stack.kafka_conf) as p:
-        for row, label in zip(X, y):
-            p.send_record(topic, row.astype(np.float32), label=float(label))
+        p.send_batch(topic, X.astype(np.float32), y.astype(np.float64), batch_size=100)
     client = stack.redis_client()
     job = f"digits-{uuid.uuid4().hex[:8]}"
     create_job(client, stack.kafka_client_conf(), job, "linear_learner", topic,
-               {"n_features": 64, "predictor_type": "multiclass_classifier", "num_classes": 10})
+               {"n_features": 64, "predictor_type": "multiclass_classifier", "classes": list(range(10))}, epochs=1)
     procs = [start_worker(job, tmp_path), start_worker(job, tmp_path)]
     status = wait_status(client, job, _ended, 180, "the job to end")
     assert stop_all(procs) == [0, 0]

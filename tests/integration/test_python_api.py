@@ -37,11 +37,11 @@ def test_numpy_data_and_an_algorithm_instance(conn, unique_name, tmp_path):
         status = job.wait(timeout=300)
     finally:
         codes = [w.wait(timeout=60) for w in workers]
-    assert status["state"] == "finished" and status["records_applied"] == 3000
+    assert status["state"] == "finished" and status["records_applied"] == 3000 * status["epochs"]
     assert codes == [0, 0]
     assert {"job": unique_name, "algorithm": "linear_learner", "topic": unique_name, "state": "finished"} in conn.jobs()
     [entry] = conn.models(job=unique_name)
-    assert entry["version"] == 1 and entry["records_applied"] == 3000
+    assert entry["version"] == 1 and entry["records_applied"] == 3000 * status["epochs"]
     model = conn.subscribe(job).wait_for(timeout=60)
     assert model.predict(X).shape == (3000,)
     np.testing.assert_array_equal(model.evaluate(X, y), model.predict(X))
@@ -81,7 +81,8 @@ def test_scipy_csr_rows_train_a_sparse_model(conn, unique_name):
                           topic=unique_name)
     [worker] = job.run_workers(1)
     try:
-        assert job.wait(timeout=300)["records_applied"] == 4000
+        status = job.wait(timeout=300)
+        assert status["records_applied"] == 4000 * status["epochs"]
         assert worker.wait(timeout=60) == 0  # it leaves by itself once the job is finished
     finally:
         job.stop_workers()

@@ -29,9 +29,9 @@ def test_readme_python_example_runs_as_written(stack, capsys):
             worker.stop(timeout=30)
     status, model = namespace["status"], namespace["model"]
     X, y, test = namespace["X"], namespace["y"], namespace["test"]
-    assert status["state"] == "finished" and status["records_applied"] == 450
+    assert status["state"] == "finished" and status["records_applied"] == 450 * status["epochs"]
     assert all(w.returncode == 0 for w in namespace["workers"]), "workers leave by themselves when the job finishes"
     assert model.score(X[test], y[test], "accuracy") > 0.85
     assert np.isin(model.predict(X[test]), [0, 1]).all()
     out = capsys.readouterr().out
-    assert "finished 450" in out and "held-out accuracy" in out
+    assert f"finished {status['epochs']} {450 * status['epochs']}" in out and "held-out accuracy" in out

@@ -10,10 +10,12 @@ from streamlearn.algorithms import make_algorithm
 from streamlearn.algorithms.base import ParamError
 from streamlearn.algorithms.factorization_machines import FactorizationMachines
 from streamlearn.algorithms.linear_learner import LinearLearner
+from streamlearn.consumers.isolate import apply_steps
 from streamlearn.contract import DataProfile, default_epochs, default_step_rows, infer_params
 from streamlearn.labels import LabelCoding, LabelError
 from streamlearn.local_training import fit_local
 from streamlearn.snapshots.format import decode_snapshot, encode_snapshot, load_model
+from streamlearn.statestore.local import LocalState
 from streamlearn.streams.decode import decode_messages
 from streamlearn.streams.serde import encode_training_batch, encode_training_record
 
@@ -82,10 +84,17 @@ def test_decode_dead_letters_labels_outside_the_coding_with_reasons():
               encode_training_batch(np.ones((4, 2), np.float32), np.array([1.0, 2.0, 0.0, 1.0]))]
     res = decode_messages(values, 2, True, True, labels=coding)
     assert [(r.index, r.reason, r.n_records) for r in res.rejected] == [
-        (2, "label -1 is not one of the classes [1, 2]", 1), (3, "label 2.5 is not one of the classes [1, 2]", 1),
-        (5, "label 0 is not one of the classes [1, 2]", 4)]
-    assert res.n_records == 5 and res.accepted == [0, 1, 4]
-    np.testing.assert_array_equal(res.batch.y, [1, 2, 1, 2, 1])
+        (2, "label -1 is not one of the classes [1, 2]", 1), (3, "label 2.5 is not one of the classes [1, 2]", 1)]
+    # a batch message is not rejected whole for one label: its records reach the update step
+    assert res.n_records == 9 and res.accepted == [0, 1, 4, 5]
+    np.testing.assert_array_equal(res.batch.y, [1, 2, 1, 2, 1, 1, 2, 0, 1])
+    # ... whose label encoding raises for the bad one, which the worker isolates alone
+    algo = LinearLearner(n_features=2, classes=[1, 2], num_models=2)
+    state = LocalState()
+    algo.initialize(state)
+    state.commit()
+    failures = apply_steps(algo, state, list(res.steps(4)))
+    assert [(f.row, f.reason) for f in failures] == [(7, "LabelError: label 0 is not one of the classes [1, 2]")]
     multi = decode_messages([encode_training_record([1.0], label=v) for v in (0.0, 9.0, 10.0, 2.5, -1.0)], 1, False,
                             True, labels=LabelCoding.identity(10))
     assert [r.index for r in multi.rejected] == [2, 3, 4] and all("not a class" in r.reason for r in multi.rejected)
