@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--use-env", action="store_true", help="use STREAMLEARN_KAFKA/REDIS, not a private stack")
     a = ap.parse_args(argv)
 
-    from streamlearn._internal import stack
+    from streamlearn.devstack import stack
     from streamlearn.config import Settings
-    from streamlearn.jobs import create_job, job_status
+    from streamlearn.runtime.jobs import create_job, job_status
     from streamlearn.streams.producer import Producer
     from streamlearn.streams.topics import ensure_topic
 

@@ -38,7 +38,7 @@ _HOMES = {
     "Model": "streamlearn.algorithms.base",
     "State": "streamlearn.statestore.base",
     "Batch": "streamlearn.batch",
-    "fit_local": "streamlearn.local_training",
+    "fit_local": "streamlearn.runtime.local",
     "Counter": "streamlearn.algorithms.counter",
     "FactorizationMachines": "streamlearn.algorithms.factorization_machines",
     "KMeans": "streamlearn.algorithms.kmeans",

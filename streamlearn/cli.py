@@ -23,6 +23,27 @@ class UsageError(UserError):
     """A user error to print as one line (exit status 2)."""
 
 
+#: what the CLI prints as one line with exit status 2 (a missing input file is the user's too)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
+
+
+def unreachable_service(exc: BaseException) -> str | None:
+    """One line for "Redis or Kafka cannot be reached" (no traceback, no credentials), else None."""
+    import redis  # start-up cost: only an exception that is no streamlearn error gets here
+    from confluent_kafka import KafkaException
+
+    from streamlearn.config import KafkaUnreachable, mask_url
+
+    if isinstance(exc, KafkaUnreachable):
+        return str(exc)
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        where = mask_url(os.environ.get("STREAMLEARN_REDIS", "")) or "the local stack's Redis"
+        return f"cannot reach Redis at {where}: {exc}"
+    if isinstance(exc, KafkaException):
+        return f"Kafka error: {exc}"
+    return None
+
+
 def _settings():
     from streamlearn.config import Settings
 
@@ -53,14 +74,14 @@ def _print(obj: Any, as_json: bool) -> None:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_stack(args) -> int:
-    from streamlearn._internal import stack
+    from streamlearn.devstack import stack
 
     if args.action == "up":
         settings = stack.up()
         print("\n".join(settings.shell_lines(reveal=True, export=True)))  # for `eval "$(streamlearn stack up)"`
         if args.schema_registry:
-            from streamlearn._internal import schema_registry_server
-            from streamlearn.streams.confluent import ENV_URL
+            from streamlearn.devstack import schema_registry as schema_registry_server
+            from streamlearn.wire.confluent import ENV_URL
 
             print(f"export {ENV_URL}={schema_registry_server.up(progress=lambda m: print(m, file=sys.stderr))}")
     elif args.action == "down":
@@ -72,7 +93,7 @@ def cmd_stack(args) -> int:
 
 def cmd_produce(args) -> int:
     from streamlearn.streams.producer import produce_file
-    from streamlearn.streams.schema_store import SharedSchemas
+    from streamlearn.wire.schema_store import SharedSchemas
 
     s = _settings()
     SharedSchemas(s.redis_client()).register_project_schemas()  # workers of other releases can read us
@@ -84,7 +105,7 @@ def cmd_produce(args) -> int:
 
 
 def cmd_job(args) -> int:
-    from streamlearn import jobs
+    from streamlearn.runtime import jobs
 
     s = _settings()
     client = s.redis_client()
@@ -107,9 +128,9 @@ def cmd_job(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from streamlearn.consumers.worker import run_worker
+    from streamlearn.runtime.worker import run_worker
 
-    from streamlearn.jobs import job_status
+    from streamlearn.runtime.jobs import job_status
 
     s = _settings()
     status = run_worker(args.name, s)
@@ -122,8 +143,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from streamlearn.streams.schema_store import SharedSchemas
-    from streamlearn.streams.serde import fingerprint_hex
+    from streamlearn.wire.schema_store import SharedSchemas
+    from streamlearn.wire.serde import fingerprint_hex
 
     shared = SharedSchemas(_settings().redis_client())
     if args.action == "register":
@@ -136,8 +157,8 @@ def cmd_schema(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
-    from streamlearn import jobs
-    from streamlearn.snapshots.finalize import publish
+    from streamlearn.runtime import jobs
+    from streamlearn.runtime.finalize import publish
     from streamlearn.streams.topics import require_kafka
 
     s = _settings()
@@ -150,7 +171,7 @@ def cmd_snapshot(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from streamlearn.predict import predict_file
+    from streamlearn.runtime.predict import predict_file
 
     s = _settings()
     n = predict_file(s.redis_client(), args.name, args.from_file, args.output, version=args.version,
@@ -161,7 +182,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from streamlearn.predict import evaluate_file
+    from streamlearn.runtime.predict import evaluate_file
 
     s = _settings()
     scores = evaluate_file(s.redis_client(), args.name, args.from_file, args.label_column, version=args.version,
@@ -348,7 +369,7 @@ def _configure_logging(verbose: bool, command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ingest"]:  # the ingest app parses its own arguments (and --help)
-        from streamlearn.streams.ingest import main as ingest_main
+        from streamlearn.ingest.app import main as ingest_main
 
         return ingest_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -364,8 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors: one line, no traceback
-        from streamlearn._internal.errors import USER_ERRORS, unreachable_service
-
         if isinstance(exc, USER_ERRORS):
             print(f"streamlearn: error: {exc}", file=sys.stderr)
             return 2

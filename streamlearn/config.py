@@ -152,7 +152,7 @@ class Settings:
         if kafka and redis_url:
             return cls(kafka=kafka, redis=redis_url, kafka_conf=kafka_conf)
 
-        from streamlearn._internal import stack  # local import: stack imports this module
+        from streamlearn.devstack import stack  # local import: stack imports this module
 
         local = stack.running_settings(home, env=env)
         if local is None and autostart:

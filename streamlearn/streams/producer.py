@@ -19,7 +19,7 @@ from confluent_kafka import Producer as _KafkaProducer
 
 from streamlearn.batch import SparseRows
 from streamlearn.config import KafkaUnreachable, kafka_logging
-from streamlearn.streams.serde import encode_training_batch, encode_training_record
+from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
 #: Upper bound for one message's uncompressed value (the broker default limit is ~1 MB).
 MAX_MESSAGE_BYTES = 900_000

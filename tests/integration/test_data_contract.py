@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from streamlearn.batch import Batch
-from streamlearn.jobs import JobSpec, create_job, load_spec
-from streamlearn.predict import load_job_model
+from streamlearn.runtime.jobs import JobSpec, create_job, load_spec
+from streamlearn.runtime.predict import load_job_model
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
 from tests.integration.procs import cli, start_worker, stop_all, wait_status
@@ -134,7 +134,7 @@ QUALITY = [(load_breast_cancer, "binary_classifier", 0.01), (load_digits, "multi
 def test_small_data_with_defaults_and_two_workers_matches_sklearn(stack, tmp_path, loader, predictor_type, tolerance):
     """Held-out, defaults (epochs and steps from the data size), 2 workers, vs StandardScaler +
     LogisticRegression / Ridge on the same 80/20 split."""
-    from streamlearn.contract import default_epochs
+    from streamlearn.runtime.contract import default_epochs
 
     Xtr, Xte, ytr, yte = _split(loader)
     peer = LogisticRegression(max_iter=5000) if predictor_type != "regressor" else Ridge()

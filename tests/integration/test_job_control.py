@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streamlearn.jobs import create_job, job_status, set_paused
+from streamlearn.runtime.jobs import create_job, job_status, set_paused
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.keys import JOBS, JobKeys
 from streamlearn.statestore.redis_state import RedisState

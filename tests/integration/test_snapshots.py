@@ -132,7 +132,7 @@ def test_a_stored_snapshot_is_published_from_the_store_or_as_just_stored(stack):
     ``ensure_published`` (a worker's control loop, the CLI) sends the stored bytes, not what
     a caller offers for another version; a caller that has just stored the newest version
     has its own bytes sent; a published version is not sent again."""
-    from streamlearn.snapshots.finalize import ensure_published
+    from streamlearn.runtime.finalize import ensure_published
     from streamlearn.statestore.keys import JobKeys
 
     from streamlearn.snapshots.publisher import SNAPSHOT_TOPIC

@@ -9,7 +9,7 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamlearn._internal import stack as st
+from streamlearn.devstack import stack as st
 from streamlearn.config import ConfigError, Settings, kafka_env_conf, mask_url
 
 pytestmark = pytest.mark.integration

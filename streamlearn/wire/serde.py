@@ -10,7 +10,7 @@ schema by fingerprint and reads into the *current* reader schema of the same nam
 message written with an older (or newer) compatible version of a schema is read with
 Avro's schema-resolution rules (added fields take their defaults, removed ones are
 skipped). Evolved versions are made known with :func:`register` (in this process) or in
-the shared registry of :mod:`~streamlearn.streams.schema_store` (to every worker).
+the shared registry of :mod:`~streamlearn.wire.schema_store` (to every worker).
 
 Schema names are the ``.avsc`` file stems (``"training_record"``, ``"training_batch"``);
 full Avro names (``"streamlearn.TrainingRecord"``) are accepted as aliases.

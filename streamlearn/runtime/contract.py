@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from streamlearn.algorithms.base import AUTO, Algorithm, ParamError
 from streamlearn.batch import Batch
 from streamlearn.labels import LabelCoding
-from streamlearn.streams.decode import decode_messages
+from streamlearn.wire.decode import decode_messages
 from streamlearn.streams.topics import _CLIENT_ONLY, _conf
 
 SAMPLE_RECORDS = 200_000

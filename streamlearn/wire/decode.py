@@ -26,9 +26,9 @@ from fastavro import schemaless_reader
 
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding
-from streamlearn.streams.confluent import ConfluentSchemas, is_confluent_framed
-from streamlearn.streams.schema_store import SharedSchemas
-from streamlearn.streams.serde import (
+from streamlearn.wire.confluent import ConfluentSchemas, is_confluent_framed
+from streamlearn.wire.schema_store import SharedSchemas
+from streamlearn.wire.serde import (
     HEADER_LEN, MAGIC, REGISTRY, TRAINING_BATCH, TRAINING_RECORD, SchemaRegistry, fingerprint_hex,
 )
 

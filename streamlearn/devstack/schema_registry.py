@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from streamlearn._internal import stack
+from streamlearn.devstack import stack
 
 APICURIO_VERSION = "3.3.3"
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"

@@ -920,13 +920,13 @@ def restart_redis(home: Path | str | None = None, *, kill: bool = False,
 
 
 # --------------------------------------------------------------------------------------------
-# python -m streamlearn._internal.stack  (debugging and CI; the user CLI is streamlearn.cli)
+# python -m streamlearn.devstack.stack  (debugging and CI; the user CLI is streamlearn.cli)
 
 
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m streamlearn._internal.stack")
+    p = argparse.ArgumentParser(prog="python -m streamlearn.devstack.stack")
     p.add_argument("--home", type=Path, default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
     pu = sub.add_parser("up")

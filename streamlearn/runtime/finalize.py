@@ -19,7 +19,7 @@ import logging
 import redis
 
 from streamlearn.config import Settings
-from streamlearn.jobs import ENDED, JobError, JobSpec, fail_job, is_complete
+from streamlearn.runtime.jobs import ENDED, JobError, JobSpec, fail_job, is_complete
 from streamlearn.snapshots.format import encode, snapshot_of
 from streamlearn.snapshots.publisher import produce_snapshot
 from streamlearn.snapshots.store import ModelStore

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from streamlearn.algorithms import Algorithm, algorithm_class, make_algorithm
-from streamlearn.contract import default_epochs, infer_params, sample_topic
+from streamlearn.runtime.contract import default_epochs, infer_params, sample_topic
 from streamlearn.errors import UserError
 from streamlearn.statestore.keys import JOBS, JobKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
@@ -130,7 +130,7 @@ def _with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorit
                         bounded: bool) -> tuple[Algorithm, int]:
     """(the algorithm with its "auto" parameters inferred from the topic's records, after
     checking its explicit ones against them; the records in the topic range, 0 when not
-    sampled) — streamlearn/contract.py."""
+    sampled) — streamlearn/runtime/contract.py."""
     params = algo.get_params()
     if not ({"n_features", "classes", "mini_batch_size"} & set(params)):
         return algo, 0

@@ -25,17 +25,17 @@ from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
-from streamlearn.consumers.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
-from streamlearn.jobs import JobSpec, fail_job, load_spec
-from streamlearn.snapshots.finalize import ensure_published, maybe_finalize, periodic_snapshot
+from streamlearn.runtime.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
+from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
+from streamlearn.runtime.finalize import ensure_published, maybe_finalize, periodic_snapshot
 from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.statestore.base import CommitRefused, FencedError
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.keys import JobKeys
 from streamlearn.statestore.redis_state import RedisState
-from streamlearn.streams.confluent import ConfluentSchemas, SchemaRegistryUnavailable
-from streamlearn.streams.decode import decode_messages, rejection_headers
-from streamlearn.streams.schema_store import SharedSchemas
+from streamlearn.wire.confluent import ConfluentSchemas, SchemaRegistryUnavailable
+from streamlearn.wire.decode import decode_messages, rejection_headers
+from streamlearn.wire.schema_store import SharedSchemas
 
 log = logging.getLogger("streamlearn.worker")
 

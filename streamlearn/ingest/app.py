@@ -12,7 +12,7 @@ write one JSON object per Kafka message to a *raw* topic. A faust app (faust-str
   of its events', per-event times are not kept);
 * **dead-letter** it: the raw bytes and key go unchanged to ``<raw topic>.dlq`` with the
   reason in the ``streamlearn.reason`` header and ``streamlearn.records: 1`` (the worker's
-  convention, :func:`streamlearn.streams.decode.rejection_headers`), plus
+  convention, :func:`streamlearn.wire.decode.rejection_headers`), plus
   ``streamlearn.source`` = ``topic/partition/offset`` of the raw event.
 
 Nothing is lost: events are counted per raw partition in a faust ``Table``
@@ -70,11 +70,11 @@ from typing import Any
 
 import numpy as np
 
-from streamlearn.streams.decode import (
+from streamlearn.wire.decode import (
     R_BOTH_FORMS, R_MISSING_LABEL, R_NEGATIVE_W, R_NO_FEATURES, R_NONFINITE_W, R_NONFINITE_X, R_NONFINITE_Y,
     R_SPARSE_LENGTHS, R_SPARSE_RANGE, Rejection, rejection_headers,
 )
-from streamlearn.streams.serde import encode_training_batch, encode_training_record
+from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
 log = logging.getLogger("streamlearn.ingest")
 
