@@ -229,7 +229,7 @@ def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers
     from streamlearn.runtime.finalize import publish
     from streamlearn.snapshots.format import decode_snapshot, load_model
     from streamlearn.snapshots.store import ModelStore
-    from streamlearn.statestore.keys import JobKeys
+    from streamlearn.statestore.keys import StoreKeys
     from streamlearn.streams.producer import Producer
     from streamlearn.streams.topics import ensure_topic
 
@@ -242,7 +242,7 @@ def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers
     create_job(client, s.kafka_client_conf(), job, algorithm, topic, params, until="never")
     procs = _start_workers(ctx, job, workers, None)
     try:
-        epochs = JobKeys(job).epochs
+        epochs = StoreKeys(job).epochs
         _wait(ctx, job, procs, lambda st: len(st.get("members", [])) >= workers and client.hlen(epochs) >= parts,
               "every worker joined and every partition assigned")
         time.sleep(1.0)  # let a last rebalance settle: no partition may be moving when the clock starts

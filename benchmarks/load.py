@@ -40,11 +40,11 @@ def rss_mb(pid: int) -> float | None:
 
 
 def lag(client, job: str, conf: dict, topic: str) -> int:
-    from streamlearn.statestore.keys import JobKeys
+    from streamlearn.statestore.keys import StoreKeys
     from streamlearn.streams.topics import watermarks
 
     marks = watermarks(conf, topic)
-    stored = {int(p): int(o) for p, o in client.hgetall(JobKeys(job).offsets).items()}
+    stored = {int(p): int(o) for p, o in client.hgetall(StoreKeys(job).offsets).items()}
     return sum(hi - stored.get(p, lo) for p, (lo, hi) in marks.items())
 
 

@@ -21,10 +21,10 @@ import json
 from typing import Any
 
 from streamlearn.errors import UserError
+from streamlearn.statestore.keys import PREFIX
 
 __all__ = ["ModelStore", "SnapshotNotFound", "SnapshotConflict"]
 
-PREFIX = "sl"
 JOBS_KEY = f"{PREFIX}:models:jobs"
 
 # KEYS: data, index, seq, meta, sha ; ARGV: version, data, metadata json, sha256
@@ -76,6 +76,11 @@ class ModelStore:
         self._put = self.redis.register_script(_PUT)
 
     # -- keys ------------------------------------------------------------------------------
+    @staticmethod
+    def prefix(job: str) -> str:
+        """What every key of ``job``'s stored snapshots starts with (they outlive the job)."""
+        return f"{ModelStore._base(job)}:"
+
     @staticmethod
     def _base(job: str) -> str:
         if not isinstance(job, str) or not job:
