@@ -87,7 +87,7 @@ def raw_consume(ctx: Context, prod: Produced) -> dict:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         from streamlearn.runtime.worker import FETCH_CONF
-        from streamlearn.wire.decode import _long as avro_long
+        from streamlearn.wire.serde import read_long as avro_long
         from streamlearn.wire.serde import HEADER_LEN
         from streamlearn.streams.topics import watermarks
 

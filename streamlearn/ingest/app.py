@@ -20,10 +20,7 @@ Nothing is lost: events are counted per raw partition in a faust ``Table``
 Kafka, so the counts survive restarts), and the totals are logged every ``log_every_s``
 and when the app stops (``ingest totals: forwarded=N dead_lettered=M``).
 
-A JSON event (see :func:`validate_event`)::
-
-    {"features": [0.5, 1, -2.25], "label": 1, "weight": 2.0, "key": "user-7", "event_time": 1718000000000}
-    {"indices": [0, 7], "values": [1.0, 0.5], "n_features": 10, "label": 0}
+What a valid event is: :mod:`streamlearn.ingest.events`.
 
 Delivery guarantees
 -------------------
@@ -56,252 +53,22 @@ topic).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import math
 import os
-import sys
 import tempfile
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from streamlearn.wire.decode import (
-    R_BOTH_FORMS, R_MISSING_LABEL, R_NEGATIVE_W, R_NO_FEATURES, R_NONFINITE_W, R_NONFINITE_X, R_NONFINITE_Y,
-    R_SPARSE_LENGTHS, R_SPARSE_RANGE, Rejection, rejection_headers,
-)
-from streamlearn.wire.serde import encode_training_batch, encode_training_record
+from streamlearn.config import Settings
+from streamlearn.ingest.events import IngestConfig, check_event, encode_batch
+from streamlearn.streams.topics import ensure_topic, partitions
+from streamlearn.wire.decode import Rejection, rejection_headers
 
 log = logging.getLogger("streamlearn.ingest")
 
-FIELDS = frozenset(("features", "indices", "values", "n_features", "label", "weight", "key", "event_time"))
-_F32_MAX = float(np.finfo(np.float32).max)
-_I64 = 2 ** 63
 AT_LEAST_ONCE = "at_least_once"
 EXACTLY_ONCE = "exactly_once"
-
-# Reasons specific to JSON events (the shared ones come from decode).
-R_NOT_JSON = "not JSON"
-R_NOT_OBJECT = "event is not a JSON object"
-R_UNKNOWN_FIELDS = "unknown field(s)"
-R_F32_RANGE = "feature out of float32 range"
-
-
-class InvalidEvent(ValueError):
-    """A raw event that cannot become a training example; ``str(exc)`` is the reason."""
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """What a valid event is, and how valid ones are forwarded.
-
-    ``n_features``: the width every event must have; ``label_required``: events without a
-    label are dead-lettered; ``batch_size``: 1 = one ``training_record`` per event, > 1 = up
-    to that many events (of one raw partition, arriving within ``batch_within_s``) per
-    ``training_batch``; ``allow_extra_fields``: ignore unknown top-level fields instead of
-    dead-lettering the event (the default rejects them: a typo such as ``"lable"`` would
-    otherwise silently drop labels).
-    """
-
-    n_features: int
-    label_required: bool = False
-    batch_size: int = 1
-    batch_within_s: float = 0.2
-    allow_extra_fields: bool = False
-
-
-@dataclass(frozen=True)
-class TrainingEvent:
-    """A validated event: dense ``features`` or sparse ``indices``/``values`` (lists)."""
-
-    features: list | None = None
-    indices: list | None = None
-    values: list | None = None
-    n_features: int | None = None
-    label: float | None = None
-    weight: float = 1.0
-    key: str | None = None
-    event_time: int | None = None
-
-    @property
-    def sparse(self) -> bool:
-        return self.features is None
-
-    def encode_record(self) -> bytes:
-        """The Avro single-object ``training_record`` of this event."""
-        if self.sparse:
-            return encode_training_record(indices=self.indices, values=self.values, n_features=self.n_features,
-                                          label=self.label, weight=self.weight, key=self.key,
-                                          event_time=self.event_time)
-        return encode_training_record(self.features, label=self.label, weight=self.weight, key=self.key,
-                                      event_time=self.event_time)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _number_list(name: str, x: Any) -> list:
-    if not isinstance(x, list):
-        raise InvalidEvent(f"{name} is not a list")
-    for v in x:
-        if not _is_number(v):
-            raise InvalidEvent(f"{name} holds a non-number ({type(v).__name__})")
-    out = [float(v) for v in x]  # OverflowError impossible: JSON ints that large become floats first
-    for v in out:
-        if v - v != 0.0:
-            raise InvalidEvent(R_NONFINITE_X)
-        if abs(v) > _F32_MAX:
-            raise InvalidEvent(R_F32_RANGE)
-    return out
-
-
-def validate_event(raw: bytes | str | dict, config: IngestConfig) -> TrainingEvent:
-    """Parse and check one raw event; raises :class:`InvalidEvent` with the reason.
-
-    Accepted: a JSON object with dense ``features`` (list of ``n_features`` finite numbers)
-    *or* sparse ``indices`` (distinct ints in ``[0, n_features)``) + ``values`` (finite
-    numbers, same length) + optional ``n_features`` (must equal the configured width);
-    optional ``label`` (finite number or null; required with ``label_required``),
-    ``weight`` (finite number >= 0, default 1), ``key`` (string or null), ``event_time``
-    (integer UTC milliseconds or null). JSON's ``NaN``/``Infinity`` literals are rejected
-    as non-finite values.
-    """
-    d = int(config.n_features)
-    if isinstance(raw, dict):
-        ev = raw
-    else:
-        try:
-            # UTF-8 only (RFC 8259 for exchanged JSON); json.loads would guess UTF-16/32 from bytes
-            ev = json.loads(bytes(raw).decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidEvent(f"{R_NOT_JSON} ({exc.msg} at char {exc.pos})") from None
-        except UnicodeDecodeError:
-            raise InvalidEvent(f"{R_NOT_JSON} (not UTF-8)") from None
-        except (ValueError, TypeError) as exc:
-            raise InvalidEvent(f"{R_NOT_JSON} ({type(exc).__name__})") from None
-        except RecursionError:
-            raise InvalidEvent(f"{R_NOT_JSON} (nested too deeply)") from None
-    if not isinstance(ev, dict):
-        raise InvalidEvent(R_NOT_OBJECT)
-    if not config.allow_extra_fields:
-        extra = sorted(k for k in ev if k not in FIELDS)
-        if extra:
-            raise InvalidEvent(f"{R_UNKNOWN_FIELDS}: {', '.join(map(repr, extra[:5]))}")
-
-    features, indices = ev.get("features"), ev.get("indices")
-    values, width = ev.get("values"), ev.get("n_features")
-    out: dict = {}
-    if features is not None:
-        if indices is not None or values is not None:
-            raise InvalidEvent(f"event has {R_BOTH_FORMS}")
-        out["features"] = _number_list("features", features)
-        if len(out["features"]) != d:
-            raise InvalidEvent(f"dimension {len(out['features'])} != {d}")
-    elif indices is not None or values is not None:
-        if indices is None or values is None:
-            raise InvalidEvent("sparse event needs both indices and values")
-        if not isinstance(indices, list) or not all(_is_int(i) for i in indices):
-            raise InvalidEvent("indices is not a list of integers")
-        vals = _number_list("values", values)
-        if len(vals) != len(indices):
-            raise InvalidEvent(f"{R_SPARSE_LENGTHS} ({len(indices)} != {len(vals)})")
-        if width is not None:
-            if not _is_int(width):
-                raise InvalidEvent("n_features is not an integer")
-            if width != d:
-                raise InvalidEvent(f"sparse n_features {width} != {d}")
-        if indices and (min(indices) < 0 or max(indices) >= d):
-            raise InvalidEvent(f"{R_SPARSE_RANGE} [0, {d})")
-        if len(set(indices)) != len(indices):
-            raise InvalidEvent("duplicate sparse index")
-        out.update(indices=list(indices), values=vals, n_features=d)
-    else:
-        raise InvalidEvent(f"event has {R_NO_FEATURES}")
-
-    label = ev.get("label")
-    if label is None:
-        if config.label_required:
-            raise InvalidEvent(R_MISSING_LABEL)
-    elif not _is_number(label):
-        raise InvalidEvent(f"label is not a number ({type(label).__name__})")
-    elif not math.isfinite(label):
-        raise InvalidEvent(R_NONFINITE_Y)
-    else:
-        out["label"] = float(label)
-
-    weight = ev.get("weight", 1.0)
-    if weight is None:
-        weight = 1.0
-    if not _is_number(weight):
-        raise InvalidEvent(f"weight is not a number ({type(weight).__name__})")
-    if not math.isfinite(weight):
-        raise InvalidEvent(R_NONFINITE_W)
-    if weight < 0:
-        raise InvalidEvent(R_NEGATIVE_W)
-    out["weight"] = float(weight)
-
-    key = ev.get("key")
-    if key is not None and not isinstance(key, str):
-        raise InvalidEvent(f"key is not a string ({type(key).__name__})")
-    out["key"] = key
-
-    t = ev.get("event_time")
-    if t is not None:
-        if not _is_int(t):
-            raise InvalidEvent("event_time is not integer milliseconds")
-        if not -_I64 <= t < _I64:
-            raise InvalidEvent("event_time out of range")
-        out["event_time"] = t
-    return TrainingEvent(**out)
-
-
-def check_event(raw: bytes | str | dict, config: IngestConfig) -> tuple[TrainingEvent | None, str | None]:
-    """``(event, None)`` for a valid raw event, ``(None, reason)`` otherwise. Never raises."""
-    try:
-        return validate_event(raw, config), None
-    except InvalidEvent as exc:
-        return None, str(exc)
-    except Exception as exc:  # noqa: BLE001 - whatever a hostile payload triggers is a rejection
-        return None, f"invalid event ({type(exc).__name__})"
-
-
-def encode_batch(events: list[TrainingEvent], n_features: int) -> bytes:
-    """One ``training_batch`` of valid events (dense unless any is sparse: then CSR)."""
-    from streamlearn.batch import SparseRows
-
-    n = len(events)
-    if any(e.sparse for e in events):
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        idx: list = []
-        vals: list = []
-        for i, e in enumerate(events):
-            if e.sparse:
-                idx.extend(e.indices)
-                vals.extend(e.values)
-            else:
-                nz = [j for j, v in enumerate(e.features) if v != 0.0]
-                idx.extend(nz)
-                vals.extend(e.features[j] for j in nz)
-            indptr[i + 1] = len(idx)
-        X = SparseRows(indptr, np.asarray(idx, dtype=np.int64), np.asarray(vals, dtype=np.float32), n_features)
-    else:
-        X = np.asarray([e.features for e in events], dtype=np.float32).reshape(n, n_features)
-    y = None
-    if any(e.label is not None for e in events):
-        y = [math.nan if e.label is None else e.label for e in events]
-    w = [e.weight for e in events] if any(e.weight != 1.0 for e in events) else None
-    keys = [e.key for e in events] if any(e.key is not None for e in events) else None
-    times = [e.event_time for e in events if e.event_time is not None]
-    return encode_training_batch(X, y, w, keys, event_time=max(times) if times else None)
 
 
 # -- the faust app ------------------------------------------------------------------------------
@@ -335,7 +102,7 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
     memory store, and it would otherwise litter the working directory).
     Run it with :func:`run_worker` or ``app.main()``.
     """
-    import faust
+    import faust  # start-up cost: faust (and its aiokafka) loads only when the app is built
 
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {config.batch_size}")
@@ -430,70 +197,32 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
 def run_worker(app, loglevel: str = "info") -> None:
     """Run ``app`` as a faust worker in this process until SIGINT/SIGTERM (then it flushes,
     commits and exits). Raises ``SystemExit``."""
-    import faust
+    import faust  # start-up cost: faust (and its aiokafka) loads only when the app is built
 
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamlearn ingest",
-                                description="Validate JSON events of RAW_TOPIC and forward them as Avro training "
-                                            "messages to TOPIC; invalid ones go to RAW_TOPIC.dlq (faust app).")
-    p.add_argument("raw_topic", metavar="RAW_TOPIC")
-    p.add_argument("--to", dest="topic", required=True, metavar="TOPIC")
-    p.add_argument("--n-features", type=int, required=True, metavar="D")
-    p.add_argument("--label-required", action="store_true")
-    p.add_argument("--batch-size", type=int, default=1, metavar="B",
-                   help="events per training_batch message (1 = one training_record per event)")
-    p.add_argument("--allow-extra-fields", action="store_true")
-    p.add_argument("--exactly-once", action="store_true",
-                   help="Kafka transactions (processing_guarantee=exactly_once) instead of at-least-once")
-    p.add_argument("--app-id", default=None, help="faust app id = consumer group (default: derived from the topics)")
-    p.add_argument("--loglevel", default="info")
-    return p
+def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *, exactly_once: bool = False,
+        app_id: str | None = None, loglevel: str = "info") -> int:
+    """What ``streamlearn ingest RAW_TOPIC --to TOPIC …`` runs; returns its exit status.
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``streamlearn ingest RAW_TOPIC --to TOPIC --n-features D [--label-required] ...``.
-
-    Creates TOPIC (as many partitions as RAW_TOPIC) and RAW_TOPIC.dlq when missing, then
-    runs the faust worker until SIGINT/SIGTERM. A missing RAW_TOPIC or a bad argument is a
-    user error: one line on stderr, exit status 2; Kafka unreachable: one line, exit status 3.
+    Creates TOPIC (as many partitions as RAW_TOPIC) and RAW_TOPIC.dlq when missing, then runs
+    the faust worker until SIGINT/SIGTERM. A missing RAW_TOPIC raises :class:`~streamlearn.streams.topics.TopicError` (a
+    user error), an unreachable Kafka :class:`~streamlearn.config.KafkaUnreachable`.
     """
-    from streamlearn.config import KafkaUnreachable, Settings
-    from streamlearn.streams.topics import TopicError, ensure_topic, partitions
-
-    args = _parser().parse_args(argv)
-    if args.n_features < 1 or args.batch_size < 1:
-        print("streamlearn ingest: --n-features and --batch-size must be >= 1", file=sys.stderr)
-        return 2
-    if args.raw_topic == args.topic:
-        print("streamlearn ingest: RAW_TOPIC and --to TOPIC must differ", file=sys.stderr)
-        return 2
-    try:
-        settings = Settings.resolve()
-        conf = settings.kafka_client_conf()
-        n = len(partitions(conf, args.raw_topic))
-        n_out = ensure_topic(conf, args.topic, n)
-        ensure_topic(conf, dlq_topic(args.raw_topic), n)
-    except TopicError as exc:
-        print(f"streamlearn ingest: {exc}", file=sys.stderr)
-        return 2
-    except KafkaUnreachable as exc:
-        print(f"streamlearn ingest: {exc}", file=sys.stderr)
-        return 3
+    conf = settings.kafka_client_conf()
+    n = len(partitions(conf, raw_topic))
+    n_out = ensure_topic(conf, topic, n)
+    ensure_topic(conf, dlq_topic(raw_topic), n)
     if settings.kafka_conf:
         log.warning("STREAMLEARN_KAFKA_* client properties are librdkafka settings and are not passed to faust "
                     "(aiokafka); configure faust's broker_credentials for secured clusters")
-    config = IngestConfig(args.n_features, label_required=args.label_required, batch_size=args.batch_size,
-                          allow_extra_fields=args.allow_extra_fields)
-    app = create_app(args.raw_topic, args.topic, config, broker=settings.kafka, app_id=args.app_id,
-                     partitions=n, out_partitions=n_out,
-                     processing_guarantee=EXACTLY_ONCE if args.exactly_once else AT_LEAST_ONCE)
+    app = create_app(raw_topic, topic, config, broker=settings.kafka, app_id=app_id, partitions=n, out_partitions=n_out,
+                     processing_guarantee=EXACTLY_ONCE if exactly_once else AT_LEAST_ONCE)
     started = time.monotonic()
     try:
-        run_worker(app, loglevel=args.loglevel)
+        run_worker(app, loglevel=loglevel)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         log.info("ingest worker stopped after %.1f s", time.monotonic() - started)
@@ -501,8 +230,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["IngestConfig", "TrainingEvent", "InvalidEvent", "validate_event", "check_event", "encode_batch",
-           "create_app", "run_worker", "main", "dlq_topic", "default_app_id", "faust_broker"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["create_app", "run_worker", "run", "dlq_topic", "default_app_id", "faust_broker", "AT_LEAST_ONCE",
+           "EXACTLY_ONCE"]

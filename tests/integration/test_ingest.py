@@ -118,7 +118,7 @@ def run_ingest(stack, tmp_path: Path, raw_topic: str, out_topic: str, *extra: st
     log_path = tmp_path / f"ingest-{uuid.uuid4().hex[:6]}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlearn.ingest.app", raw_topic, "--to", out_topic,
+        proc = subprocess.Popen([sys.executable, "-m", "streamlearn", "ingest", raw_topic, "--to", out_topic,
                                  "--n-features", str(D), "--label-required", *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     try:
@@ -204,7 +204,7 @@ def test_ingest_exactly_once_with_batches(stack, tmp_path):
 
 
 def test_missing_raw_topic_is_a_user_error(stack):
-    res = subprocess.run([sys.executable, "-m", "streamlearn.ingest.app", f"nope-{uuid.uuid4().hex[:8]}",
+    res = subprocess.run([sys.executable, "-m", "streamlearn", "ingest", f"nope-{uuid.uuid4().hex[:8]}",
                           "--to", "x", "--n-features", "3"], capture_output=True, text=True, timeout=60,
                          cwd=str(REPO))
     assert res.returncode == 2

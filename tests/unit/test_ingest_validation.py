@@ -9,9 +9,8 @@ import pytest
 
 from streamlearn.batch import SparseRows
 from streamlearn.wire.decode import decode_messages
-from streamlearn.ingest.app import (
-    IngestConfig, InvalidEvent, TrainingEvent, check_event, encode_batch, faust_broker, validate_event,
-)
+from streamlearn.ingest.app import faust_broker
+from streamlearn.ingest.events import IngestConfig, InvalidEvent, TrainingEvent, check_event, encode_batch, validate_event
 
 CFG = IngestConfig(n_features=3)
 LABELLED = IngestConfig(n_features=3, label_required=True)
