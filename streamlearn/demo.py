@@ -17,6 +17,7 @@ import numpy as np
 from streamlearn.batch import Batch
 from streamlearn.config import Settings
 from streamlearn.datasets import dense_classification
+from streamlearn.devstack import stack
 from streamlearn.runtime.jobs import create_job, job_status
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.streams.producer import Producer
@@ -39,8 +40,6 @@ def run_demo() -> float:
     try:
         settings = Settings.resolve()
     except Exception:
-        from streamlearn.devstack import stack
-
         print("starting the local stack (Kafka KRaft + Redis)...", flush=True)
         settings = stack.up()
     env = {**os.environ, **settings.env(),
