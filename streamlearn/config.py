@@ -192,7 +192,7 @@ class Settings:
         client connects on its first command, and raises redis' ``ConnectionError`` then).
         Credentials rejected later (e.g. on a reconnect) also raise :class:`ConfigError`.
         """
-        import redis
+        import redis  # start-up cost: a command that never talks to Redis does not load redis-py
 
         kwargs = dict(self.redis_conf)
         kwargs.update(extra)

@@ -30,6 +30,7 @@ import platform
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib.metadata import version as package_version
 from typing import Any, Callable, Iterator
 
 import fastavro
@@ -244,9 +245,7 @@ def _dumps(obj: Any) -> str:
 
 def _library_versions() -> dict[str, str]:
     try:
-        from importlib.metadata import version
-
-        streamlearn_version = version("streamlearn")
+        streamlearn_version = package_version("streamlearn")
     except Exception:  # running from a source checkout that is not installed
         streamlearn_version = "unknown"
     return {"streamlearn": streamlearn_version, "numpy": np.__version__, "python": platform.python_version()}

@@ -20,6 +20,8 @@ import hashlib
 import json
 from typing import Any
 
+import redis
+
 from streamlearn.errors import UserError
 from streamlearn.statestore.keys import PREFIX
 
@@ -58,8 +60,6 @@ def _binary_client(client: Any) -> Any:
     kwargs = getattr(pool, "connection_kwargs", None)
     if not kwargs or not kwargs.get("decode_responses"):
         return client
-    import redis
-
     new_pool = type(pool)(connection_class=pool.connection_class, **{**kwargs, "decode_responses": False})
     return redis.Redis(connection_pool=new_pool)
 
@@ -117,8 +117,6 @@ class ModelStore:
         if pipe is not None:
             self._put(keys=keys, args=args, client=pipe)
             return
-        import redis
-
         try:
             self._put(keys=keys, args=args)
         except redis.ResponseError as exc:
