@@ -103,7 +103,7 @@ def library_versions() -> dict[str, str]:
         import confluent_kafka
         out["librdkafka"] = confluent_kafka.libversion()[0]
     with contextlib.suppress(Exception):
-        from streamlearn._internal import stack
+        from streamlearn.devstack import stack
         out["kafka (broker)"] = stack.KAFKA_VERSION
     with contextlib.suppress(Exception):
         v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=5).stdout
@@ -164,7 +164,7 @@ class Context:
     @property
     def settings(self):
         if self._settings is None:
-            from streamlearn._internal import stack
+            from streamlearn.devstack import stack
 
             self._home = str(self.tmp / "stack")
             self.log(f"starting a private local stack in {self._home}")
@@ -203,7 +203,7 @@ class Context:
                 self._spark.stop()
             self._spark = None
         if self._home is not None:
-            from streamlearn._internal import stack
+            from streamlearn.devstack import stack
 
             self.log("stopping the private local stack")
             stack.down(self._home, purge=True)
@@ -221,8 +221,8 @@ def fit_ours(algorithm, batches):
     busy on the other core. Peers keep their libraries' defaults."""
     from threadpoolctl import threadpool_limits
 
-    from streamlearn.consumers.worker import WorkerConfig
-    from streamlearn.local_training import fit_local
+    from streamlearn.runtime.worker import WorkerConfig
+    from streamlearn.runtime.local import fit_local
 
     with threadpool_limits(WorkerConfig.blas_threads, user_api="blas"):
         return fit_local(algorithm, batches)

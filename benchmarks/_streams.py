@@ -86,9 +86,9 @@ def raw_consume(ctx: Context, prod: Produced) -> dict:
     def make():
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        from streamlearn.consumers.worker import FETCH_CONF
-        from streamlearn.streams.decode import _long as avro_long
-        from streamlearn.streams.serde import HEADER_LEN
+        from streamlearn.runtime.worker import FETCH_CONF
+        from streamlearn.wire.serde import read_long as avro_long
+        from streamlearn.wire.serde import HEADER_LEN
         from streamlearn.streams.topics import watermarks
 
         s = ctx.settings
@@ -171,7 +171,7 @@ def _start_workers(ctx: Context, job: str, workers: int, env: dict | None) -> li
 
 def _wait(ctx: Context, job: str, procs: list[subprocess.Popen], done, what: str) -> dict:
     """Poll the job's status every 20 ms until ``done(status)``; fail on a dead worker or timeout."""
-    from streamlearn.jobs import job_status
+    from streamlearn.runtime.jobs import job_status
 
     client = ctx.settings.redis_client()
     deadline = time.monotonic() + ctx.p["case_timeout_s"]
@@ -225,11 +225,11 @@ def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers
     one record sent to a side topic: a fresh broker's "coordinator load in progress" had
     added 0.1-0.6 s to the first send); the producer, broker, workers and Redis share the
     machine's cores throughout."""
-    from streamlearn.jobs import create_job, load_spec
-    from streamlearn.snapshots.finalize import publish
+    from streamlearn.runtime.jobs import create_job, load_spec
+    from streamlearn.runtime.finalize import publish
     from streamlearn.snapshots.format import decode_snapshot, load_model
     from streamlearn.snapshots.store import ModelStore
-    from streamlearn.statestore.keys import JobKeys
+    from streamlearn.statestore.keys import StoreKeys
     from streamlearn.streams.producer import Producer
     from streamlearn.streams.topics import ensure_topic
 
@@ -242,7 +242,7 @@ def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers
     create_job(client, s.kafka_client_conf(), job, algorithm, topic, params, until="never")
     procs = _start_workers(ctx, job, workers, None)
     try:
-        epochs = JobKeys(job).epochs
+        epochs = StoreKeys(job).epochs
         _wait(ctx, job, procs, lambda st: len(st.get("members", [])) >= workers and client.hlen(epochs) >= parts,
               "every worker joined and every partition assigned")
         time.sleep(1.0)  # let a last rebalance settle: no partition may be moving when the clock starts
@@ -272,7 +272,7 @@ def run_job(ctx: Context, prod: Produced, algorithm: str, params: dict, workers:
     """create_job (bounded: until the end offsets at creation), start ``workers``
     ``python -m streamlearn worker`` processes, wait until the job is finished and its
     final snapshot stored; load the model from the snapshot store."""
-    from streamlearn.jobs import create_job
+    from streamlearn.runtime.jobs import create_job
     from streamlearn.snapshots.format import decode_snapshot, load_model
     from streamlearn.snapshots.store import ModelStore
 

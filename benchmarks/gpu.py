@@ -30,7 +30,7 @@ from streamlearn import backends
 from streamlearn import datasets as D
 from streamlearn.algorithms import make_algorithm
 from streamlearn.batch import Batch
-from streamlearn.local_training import fit_local
+from streamlearn.runtime.local import fit_local
 from streamlearn.statestore.local import LocalState
 
 ENGINES = {"numpy": ("numpy", "cpu"), "torch-cpu": ("torch", "cpu"), "torch-cuda": ("torch", "cuda")}

@@ -40,11 +40,11 @@ def rss_mb(pid: int) -> float | None:
 
 
 def lag(client, job: str, conf: dict, topic: str) -> int:
-    from streamlearn.statestore.keys import JobKeys
+    from streamlearn.statestore.keys import StoreKeys
     from streamlearn.streams.topics import watermarks
 
     marks = watermarks(conf, topic)
-    stored = {int(p): int(o) for p, o in client.hgetall(JobKeys(job).offsets).items()}
+    stored = {int(p): int(o) for p, o in client.hgetall(StoreKeys(job).offsets).items()}
     return sum(hi - stored.get(p, lo) for p, (lo, hi) in marks.items())
 
 
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--use-env", action="store_true", help="use STREAMLEARN_KAFKA/REDIS, not a private stack")
     a = ap.parse_args(argv)
 
-    from streamlearn._internal import stack
+    from streamlearn.devstack import stack
     from streamlearn.config import Settings
-    from streamlearn.jobs import create_job, job_status
+    from streamlearn.runtime.jobs import create_job, job_status
     from streamlearn.streams.producer import Producer
     from streamlearn.streams.topics import ensure_topic
 

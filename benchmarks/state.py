@@ -30,9 +30,9 @@ def _state(ctx: Context, n: int, tag: str):
 
 
 def _cleanup(client, job: str) -> None:
-    from streamlearn.statestore.keys import JobKeys
+    from streamlearn.statestore.keys import StoreKeys
 
-    k = JobKeys(job)
+    k = StoreKeys(job)
     client.delete(*k.all_keys(["x"]))
 
 

@@ -14,6 +14,13 @@ The public API (everything else is internal)::
 
 Names are loaded on first use, so ``import streamlearn`` stays cheap for the command line
 and the worker processes.
+
+Public beyond this module (documented in the README): writing an algorithm with
+``streamlearn.algorithms`` (``register``), ``streamlearn.algorithms.params`` (the parameter
+declarations) and ``streamlearn.algorithms.checks`` (``check_algorithm``). Everything else is
+internal and may change without notice: ``cli``, ``config``, ``labels``, ``datasets``,
+``demo``, and the packages ``runtime``, ``wire``, ``ingest``, ``streams``, ``snapshots``,
+``statestore``, ``backends``, ``devstack`` and ``registry`` (``_``-prefixed modules anywhere).
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ _HOMES = {
     "Model": "streamlearn.algorithms.base",
     "State": "streamlearn.statestore.base",
     "Batch": "streamlearn.batch",
-    "fit_local": "streamlearn.local_training",
+    "fit_local": "streamlearn.runtime.local",
     "Counter": "streamlearn.algorithms.counter",
     "FactorizationMachines": "streamlearn.algorithms.factorization_machines",
     "KMeans": "streamlearn.algorithms.kmeans",

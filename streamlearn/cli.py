@@ -1,6 +1,8 @@
-"""``streamlearn`` command line: stack, produce, job, worker, snapshot, predict, evaluate, models, algorithms.
+"""``streamlearn`` command line: stack, produce, ingest, job, worker, schema, snapshot, predict, evaluate, models, algorithms.
 
-Every command reads STREAMLEARN_KAFKA / STREAMLEARN_REDIS, else the running local stack.
+One parser for every command. Each command imports what it needs inside its function, so that
+``streamlearn --help`` or ``job status`` does not load faust, pyarrow or the algorithms (start-up
+cost, not cycles: nothing in the package imports this module). Every command reads STREAMLEARN_KAFKA / STREAMLEARN_REDIS, else the running local stack.
 Errors a user can fix (unknown job, bad parameter, missing topic, wrong password) print
 one clear line and exit with status 2; they never print a traceback or a secret. Kafka or
 Redis unreachable: one line, exit status 3. Output to a pipe closed early (``| head``):
@@ -21,6 +23,27 @@ from streamlearn.errors import ServiceUnavailable, UserError
 
 class UsageError(UserError):
     """A user error to print as one line (exit status 2)."""
+
+
+#: what the CLI prints as one line with exit status 2 (a missing input file is the user's too)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
+
+
+def unreachable_service(exc: BaseException) -> str | None:
+    """One line for "Redis or Kafka cannot be reached" (no traceback, no credentials), else None."""
+    import redis  # start-up cost: only an exception that is no streamlearn error gets here
+    from confluent_kafka import KafkaException
+
+    from streamlearn.config import KafkaUnreachable, mask_url
+
+    if isinstance(exc, KafkaUnreachable):
+        return str(exc)
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        where = mask_url(os.environ.get("STREAMLEARN_REDIS", "")) or "the local stack's Redis"
+        return f"cannot reach Redis at {where}: {exc}"
+    if isinstance(exc, KafkaException):
+        return f"Kafka error: {exc}"
+    return None
 
 
 def _settings():
@@ -53,26 +76,46 @@ def _print(obj: Any, as_json: bool) -> None:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_stack(args) -> int:
-    from streamlearn._internal import stack
+    from streamlearn.devstack import schema_registry, stack
+    from streamlearn.wire.confluent import ENV_URL
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
 
     if args.action == "up":
-        settings = stack.up()
+        password = os.environ.get(args.redis_password_env) if args.redis_password_env else None
+        settings = stack.up(args.home, redis_aof=args.aof, redis_password=password, progress=say)
         print("\n".join(settings.shell_lines(reveal=True, export=True)))  # for `eval "$(streamlearn stack up)"`
         if args.schema_registry:
-            from streamlearn._internal import schema_registry_server
-            from streamlearn.streams.confluent import ENV_URL
-
-            print(f"export {ENV_URL}={schema_registry_server.up(progress=lambda m: print(m, file=sys.stderr))}")
+            print(f"export {ENV_URL}={schema_registry.up(args.home, progress=say)}")
     elif args.action == "down":
-        stack.down()
+        stack.down(args.home, purge=args.purge)
+    elif args.action == "fetch":
+        print(stack.ensure_kafka(say))
+    elif args.action in ("restart-kafka", "restart-redis"):
+        (stack.restart_kafka if args.action == "restart-kafka" else stack.restart_redis)(args.home, kill=args.kill)
     else:
-        _print(stack.status(), args.json)
+        _print(stack.status(args.home), args.json)
     return 0
+
+
+def cmd_ingest(args) -> int:
+    from streamlearn.ingest.app import run
+    from streamlearn.ingest.events import IngestConfig
+
+    if args.n_features < 1 or args.batch_size < 1:
+        raise UsageError("ingest: --n-features and --batch-size must be >= 1")
+    if args.raw_topic == args.topic:
+        raise UsageError("ingest: RAW_TOPIC and --to TOPIC must differ")
+    config = IngestConfig(args.n_features, label_required=args.label_required, batch_size=args.batch_size,
+                          allow_extra_fields=args.allow_extra_fields)
+    return run(args.raw_topic, args.topic, config, _settings(), exactly_once=args.exactly_once, app_id=args.app_id,
+               loglevel=args.loglevel)
 
 
 def cmd_produce(args) -> int:
     from streamlearn.streams.producer import produce_file
-    from streamlearn.streams.schema_store import SharedSchemas
+    from streamlearn.wire.schema_store import SharedSchemas
 
     s = _settings()
     SharedSchemas(s.redis_client()).register_project_schemas()  # workers of other releases can read us
@@ -84,7 +127,7 @@ def cmd_produce(args) -> int:
 
 
 def cmd_job(args) -> int:
-    from streamlearn import jobs
+    from streamlearn.runtime import jobs
 
     s = _settings()
     client = s.redis_client()
@@ -107,9 +150,9 @@ def cmd_job(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from streamlearn.consumers.worker import run_worker
+    from streamlearn.runtime.worker import run_worker
 
-    from streamlearn.jobs import job_status
+    from streamlearn.runtime.jobs import job_status
 
     s = _settings()
     status = run_worker(args.name, s)
@@ -122,8 +165,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from streamlearn.streams.schema_store import SharedSchemas
-    from streamlearn.streams.serde import fingerprint_hex
+    from streamlearn.wire.schema_store import SharedSchemas
+    from streamlearn.wire.serde import fingerprint_hex
 
     shared = SharedSchemas(_settings().redis_client())
     if args.action == "register":
@@ -136,8 +179,8 @@ def cmd_schema(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
-    from streamlearn import jobs
-    from streamlearn.snapshots.finalize import publish
+    from streamlearn.runtime import jobs
+    from streamlearn.runtime.finalize import publish
     from streamlearn.streams.topics import require_kafka
 
     s = _settings()
@@ -150,7 +193,7 @@ def cmd_snapshot(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from streamlearn.predict import predict_file
+    from streamlearn.runtime.predict import predict_file
 
     s = _settings()
     n = predict_file(s.redis_client(), args.name, args.from_file, args.output, version=args.version,
@@ -161,7 +204,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from streamlearn.predict import evaluate_file
+    from streamlearn.runtime.predict import evaluate_file
 
     s = _settings()
     scores = evaluate_file(s.redis_client(), args.name, args.from_file, args.label_column, version=args.version,
@@ -244,10 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     st = sub.add_parser("stack", help="local Kafka (KRaft) + Redis on free ports")
-    st.add_argument("action", choices=["up", "down", "status"])
+    st.add_argument("action", choices=["up", "down", "status", "fetch", "restart-kafka", "restart-redis"],
+                    help="fetch: Kafka's jars into the cache, once (what scripts/install runs)")
+    st.add_argument("--home", type=Path, help="the stack's home (default $STREAMLEARN_HOME or ~/.local/state/streamlearn/stack)")
     st.add_argument("--json", action="store_true")
     st.add_argument("--schema-registry", action="store_true",
                     help="up: also start a Confluent-compatible schema registry (Apicurio; needs Java 21+)")
+    st.add_argument("--aof", action="store_true", default=None, help="up: Redis with an append-only file")
+    st.add_argument("--redis-password-env", metavar="VAR", help="up: protect Redis with the password in $VAR")
+    st.add_argument("--purge", action="store_true", help="down: also delete the stack's data and logs")
+    st.add_argument("--kill", action="store_true", help="restart-*: SIGKILL (a crash) instead of SIGTERM")
     st.set_defaults(func=cmd_stack)
 
     pr = sub.add_parser("produce", help="produce a .csv/.jsonl/.parquet file as training records")
@@ -321,9 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--json", action="store_true")
     al.set_defaults(func=cmd_algorithms)
 
-    sub.add_parser("ingest", add_help=False,
-                   help="faust app: validate JSON events of a raw topic into Avro training records "
-                        "(`streamlearn ingest RAW --to TOPIC --n-features D [--label-required] [--batch-size B]`)")
+    ig = sub.add_parser("ingest", help="faust app: validate JSON events of RAW_TOPIC into Avro training messages "
+                                       "of TOPIC; invalid ones go to RAW_TOPIC.dlq")
+    ig.add_argument("raw_topic", metavar="RAW_TOPIC")
+    ig.add_argument("--to", dest="topic", required=True, metavar="TOPIC")
+    ig.add_argument("--n-features", type=int, required=True, metavar="D")
+    ig.add_argument("--label-required", action="store_true")
+    ig.add_argument("--batch-size", type=int, default=1, metavar="B",
+                    help="events per training_batch message (1 = one training_record per event)")
+    ig.add_argument("--allow-extra-fields", action="store_true")
+    ig.add_argument("--exactly-once", action="store_true",
+                    help="Kafka transactions (processing_guarantee=exactly_once) instead of at-least-once")
+    ig.add_argument("--app-id", default=None, help="faust app id = consumer group (default: derived from the topics)")
+    ig.add_argument("--loglevel", default="info", help="faust's log level")
+    ig.set_defaults(func=cmd_ingest)
 
     dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
     dm.set_defaults(func=cmd_demo)
@@ -339,6 +399,8 @@ def _configure_logging(verbose: bool, command: str) -> None:
 
     if command == "worker":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    elif command == "ingest":
+        pass  # faust's worker sets up logging itself (--loglevel)
     elif verbose:
         logging.basicConfig(level=logging.INFO, format="streamlearn: %(name)s %(levelname)s %(message)s")
     else:
@@ -347,12 +409,7 @@ def _configure_logging(verbose: bool, command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["ingest"]:  # the ingest app parses its own arguments (and --help)
-        from streamlearn.streams.ingest import main as ingest_main
-
-        return ingest_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     _configure_logging(args.verbose, args.command)
     try:
         status = args.func(args)
@@ -365,8 +422,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors: one line, no traceback
-        from streamlearn._internal.errors import USER_ERRORS, unreachable_service
-
         if isinstance(exc, USER_ERRORS):
             print(f"streamlearn: error: {exc}", file=sys.stderr)
             return 2

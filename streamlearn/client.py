@@ -20,12 +20,12 @@ from typing import Any
 
 import redis as redis_py
 
-from streamlearn import jobs
+from streamlearn.runtime import jobs
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.batch import as_features, split_label
 from streamlearn.config import Settings, _client_key, mask_url
 from streamlearn.errors import ServiceUnavailable, StreamlearnError, UserError
-from streamlearn.snapshots.finalize import publish
+from streamlearn.runtime.finalize import publish
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.streams.producer import Producer

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+from streamlearn.devstack.state import live_state, stale_hint
 from streamlearn.errors import ServiceUnavailable, UserError
 
 __all__ = ["ConfigError", "KafkaUnreachable", "Settings", "mask_url", "kafka_env_conf", "kafka_logging",
-           "LIBRDKAFKA_LOGGER"]
+           "local_stack_settings", "LIBRDKAFKA_LOGGER"]
 
 ENV_KAFKA = "STREAMLEARN_KAFKA"
 ENV_REDIS = "STREAMLEARN_REDIS"
@@ -136,14 +137,11 @@ class Settings:
         cls,
         env: Mapping[str, str] | None = None,
         home: Path | str | None = None,
-        *,
-        autostart: bool = False,
     ) -> "Settings":
         """Settings from the environment, else from the running local stack.
 
         ``env`` defaults to ``os.environ``; ``home`` is the local stack's home (default
-        ``$STREAMLEARN_HOME`` or ``~/.local/state/streamlearn/stack``). With ``autostart`` a
-        missing local stack is started (``streamlearn stack up``) instead of raising.
+        ``$STREAMLEARN_HOME`` or ``~/.local/state/streamlearn/stack``).
         """
         env = os.environ if env is None else env
         kafka = (env.get(ENV_KAFKA) or "").strip()
@@ -152,21 +150,22 @@ class Settings:
         if kafka and redis_url:
             return cls(kafka=kafka, redis=redis_url, kafka_conf=kafka_conf)
 
-        from streamlearn._internal import stack  # local import: stack imports this module
-
-        local = stack.running_settings(home, env=env)
-        if local is None and autostart:
-            local = stack.up(home)
+        local = local_stack_settings(home, env=env)
         for what, var, given in (("Kafka", ENV_KAFKA, kafka), ("Redis", ENV_REDIS, redis_url)):
             if not given and local is None:
                 raise ConfigError(f"no {what} configured: set {var} or run `streamlearn stack up`"
-                                  + stack.stale_hint(home, env=env))
+                                  + stale_hint(home, env=env))
         kafka = kafka or local.kafka
         redis_url = redis_url or local.redis
         merged = dict(local.kafka_conf) if local is not None and not env.get(ENV_KAFKA) else {}
         merged.update(kafka_conf)
         return cls(kafka=kafka, redis=redis_url, kafka_conf=merged,
                    redis_conf=dict(local.redis_conf) if local is not None else {})
+
+    @classmethod
+    def of_stack(cls, state: dict) -> "Settings":
+        """The settings a local stack's state file records (:mod:`streamlearn.devstack.state`)."""
+        return cls(kafka=state["settings"]["kafka"], redis=state["settings"]["redis"])
 
     # -- Kafka ------------------------------------------------------------------------------
     def kafka_client_conf(self, **extra: Any) -> dict:
@@ -193,7 +192,7 @@ class Settings:
         client connects on its first command, and raises redis' ``ConnectionError`` then).
         Credentials rejected later (e.g. on a reconnect) also raise :class:`ConfigError`.
         """
-        import redis
+        import redis  # start-up cost: a command that never talks to Redis does not load redis-py
 
         kwargs = dict(self.redis_conf)
         kwargs.update(extra)
@@ -262,6 +261,12 @@ class Settings:
         )
 
     __str__ = __repr__
+
+
+def local_stack_settings(home: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings | None:
+    """Settings of the local stack (``streamlearn stack up``) in ``home`` when it is running, else None."""
+    state = live_state(home, env)
+    return None if state is None else Settings.of_stack(state)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import numpy as np
 from streamlearn.batch import Batch
 from streamlearn.config import Settings
 from streamlearn.datasets import dense_classification
-from streamlearn.jobs import create_job, job_status
+from streamlearn.devstack import stack
+from streamlearn.runtime.jobs import create_job, job_status
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
@@ -39,8 +40,6 @@ def run_demo() -> float:
     try:
         settings = Settings.resolve()
     except Exception:
-        from streamlearn._internal import stack
-
         print("starting the local stack (Kafka KRaft + Redis)...", flush=True)
         settings = stack.up()
     env = {**os.environ, **settings.env(),

@@ -49,7 +49,7 @@ def alive(pid):
             return False
 while alive(parent):
     time.sleep(1.0)
-from streamlearn._internal import stack
+from streamlearn.devstack import stack
 stack.down(home)
 """
 
@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _require_prerequisites() -> None:
-    from streamlearn._internal import stack as st
+    from streamlearn.devstack import stack as st
 
     problems = st.check_prerequisites()
     if problems:
@@ -87,7 +87,7 @@ def _watchdog(home: Path) -> subprocess.Popen:
 
 
 def _start(home: Path, **up_kwargs):
-    from streamlearn._internal import stack as st
+    from streamlearn.devstack import stack as st
 
     _require_prerequisites()
     dog = _watchdog(home)
@@ -104,7 +104,7 @@ def _start(home: Path, **up_kwargs):
 
 
 def _stop(home: Path, dog: subprocess.Popen, *, purge: bool) -> None:
-    from streamlearn._internal import stack as st
+    from streamlearn.devstack import stack as st
 
     try:
         st.down(home, purge=purge)
@@ -145,19 +145,19 @@ class LocalStack:
     settings: "object"
 
     def status(self) -> dict:
-        from streamlearn._internal import stack as st
+        from streamlearn.devstack import stack as st
         return st.status(self.home)
 
     def restart_redis(self, *, kill: bool = False):
-        from streamlearn._internal import stack as st
+        from streamlearn.devstack import stack as st
         return st.restart_redis(self.home, kill=kill)
 
     def restart_kafka(self, *, kill: bool = False):
-        from streamlearn._internal import stack as st
+        from streamlearn.devstack import stack as st
         return st.restart_kafka(self.home, kill=kill)
 
     def down(self, *, purge: bool = False) -> bool:
-        from streamlearn._internal import stack as st
+        from streamlearn.devstack import stack as st
         return st.down(self.home, purge=purge)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from streamlearn.algorithms.base import AUTO, ParamError, require
 from streamlearn.algorithms.params import Options, Param
+from streamlearn import backends
 from streamlearn.backends import BACKENDS, NumpyBackend
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding, parse_classes
@@ -110,8 +111,6 @@ BACKEND_PARAMS = {
 def check_backend(algo) -> None:
     """``check_params`` part for algorithms with ``backend``/``device`` parameters: a clear
     ParamError at job creation for an unknown, uninstalled or unusable engine."""
-    from streamlearn import backends
-    from streamlearn.algorithms.base import ParamError
     try:
         backends.validate(algo.backend, algo.device)
     except backends.BackendError as exc:
@@ -120,7 +119,6 @@ def check_backend(algo) -> None:
 
 def backend_of(algo):
     """The :class:`~streamlearn.backends.Backend` an algorithm's update step computes on."""
-    from streamlearn import backends
     if algo.backend == "numpy" and algo.device == "cpu":
         return NUMPY_BACKEND
     return backends.get_backend(algo.backend, algo.device)

@@ -24,7 +24,7 @@ class ParamError(UserError, ValueError):
 
 
 #: the value of a parameter inferred from the topic's records at ``job create``
-#: (:mod:`streamlearn.contract`): ``n_features``, ``classes``, ``num_classes``...
+#: (:mod:`streamlearn.runtime.contract`): ``n_features``, ``classes``, ``num_classes``...
 AUTO = "auto"
 
 

@@ -42,7 +42,7 @@ from streamlearn.algorithms import _metrics as metrics
 from streamlearn.algorithms._common import BACKEND_PARAMS, backend_of, check_backend, feature_count, row_hash
 from streamlearn.algorithms.base import Algorithm, Model, require
 from streamlearn.algorithms.params import Interval, Options, Param
-from streamlearn.backends import group_sum
+from streamlearn.backends import group_sum, nearest
 from streamlearn.batch import Batch
 from streamlearn.statestore.base import State
 
@@ -140,7 +140,7 @@ class KMeans(Algorithm):
         if not used.any():
             m = min(2 * self._k_max, self.slots, len(X))
             open_mask[_kmeanspp(X, w, m, rng)] = True
-            _, d2 = metrics.nearest(X, X[open_mask])
+            _, d2 = nearest(X, X[open_mask])
         else:
             slots_used = np.flatnonzero(used)
             centers = sum_x[slots_used] / np.maximum(weight[slots_used], 1e-300)[:, None]
@@ -185,7 +185,7 @@ class KMeans(Algorithm):
             # assign the rest to the seeds just opened in this batch
             sl = slots[: int(open_mask.sum())]
             seeds = X[open_mask]
-            idx2, d2r = metrics.nearest(X[rest], seeds)
+            idx2, d2r = nearest(X[rest], seeds)
             wr = w[rest]
             _push_assigned(state, sl, idx2, wr, X[rest])
             cost = float(wr @ d2r)
@@ -266,7 +266,7 @@ def weighted_kmeans(P: np.ndarray, w: np.ndarray, k: int, n_init: int, max_iter:
         C = P[_greedy_kmeanspp(P, w, k, rng)].copy()
         prev = np.inf
         for _ in range(max_iter):
-            idx, d2 = metrics.nearest(P, C)
+            idx, d2 = nearest(P, C)
             cost = float(w @ d2)
             tot = np.bincount(idx, weights=w, minlength=k)
             sums = group_sum(idx, w[:, None] * P, k)
@@ -275,7 +275,7 @@ def weighted_kmeans(P: np.ndarray, w: np.ndarray, k: int, n_init: int, max_iter:
             if prev - cost <= 1e-10 * max(cost, 1e-300):
                 break
             prev = cost
-        cost = float(w @ metrics.nearest(P, C)[1])
+        cost = float(w @ nearest(P, C)[1])
         if cost < best_cost:
             best, best_cost = C.copy(), cost
     return best, best_cost
@@ -314,7 +314,7 @@ class KMeansModel(Model):
 
     def evaluate(self, batch: Batch) -> np.ndarray:
         """Index of the closest cluster for every example."""
-        return metrics.nearest(np.asarray(batch.dense(), np.float64), self.centers)[0]
+        return nearest(np.asarray(batch.dense(), np.float64), self.centers)[0]
 
     def metric_names(self) -> tuple[str, ...]:
         return ("mean_sse", "sse")
@@ -326,7 +326,7 @@ class KMeansModel(Model):
         return total if metric == "sse" else total / max(float(batch.weights.sum()), 1e-300)
 
     def predict_records(self, batch: Batch) -> list[dict[str, Any]]:
-        idx, d2 = metrics.nearest(np.asarray(batch.dense(), np.float64), self.centers)
+        idx, d2 = nearest(np.asarray(batch.dense(), np.float64), self.centers)
         return [{"prediction": int(i), "distance": float(d)} for i, d in zip(idx.tolist(), np.sqrt(d2).tolist())]
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -76,7 +76,7 @@ class LinearLearner(Algorithm):
     multi_pass = True
     #: SageMaker's default mini_batch_size, the step of ``mini_batch_size="auto"`` when the
     #: data size is not known (job create sizes steps of bounded jobs from the data:
-    #: streamlearn.contract.default_step_rows). A dense 100-feature, 32-model step is
+    #: streamlearn.runtime.contract.default_step_rows). A dense 100-feature, 32-model step is
     #: mostly per-call overhead at 500 rows (fit_local 0.67 -> 0.77 M rows/s at 1,000, same
     #: accuracy 0.7721 on the benchmark set); larger steps were slower (BLAS threads).
     default_step_rows = 1_000

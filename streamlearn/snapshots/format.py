@@ -1,7 +1,7 @@
 """The snapshot format: a model's numeric arrays + JSON metadata, and nothing that can run code.
 
 A snapshot is one Avro record (``streamlearn/schemas/snapshot.avsc``) in Avro *single-object
-encoding*::
+encoding* (the framing of :mod:`streamlearn.wire.serde`)::
 
     C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema | Avro body
 
@@ -30,14 +30,15 @@ import platform
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from importlib.metadata import version as package_version
 from typing import Any, Callable, Iterator
 
 import fastavro
 import numpy as np
-from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streamlearn.algorithms import model_class
 from streamlearn.errors import UserError
+from streamlearn.wire.serde import HEADER_LEN, MAGIC, SCHEMA_DIR, MalformedAvro, parsed_fingerprint, read_long
 
 __all__ = [
     "FORMAT_VERSION",
@@ -61,8 +62,6 @@ KEY_ENV = "STREAMLEARN_SNAPSHOT_KEY"
 #: The only element types a snapshot may hold (no object, no structured, no strings).
 DTYPES = ("float32", "float64", "int32", "int64", "uint8", "bool")
 
-MAGIC = b"\xc3\x01"
-HEADER_LEN = 10
 #: Refuse inputs larger than this before parsing anything (snapshots are tens of MB).
 MAX_SNAPSHOT_BYTES = 1 << 30
 MAX_METADATA_BYTES = 16 << 20
@@ -70,7 +69,6 @@ MAX_ARRAYS = 4096
 MAX_NDIM = 32
 MAX_NAME_LEN = 1024
 
-_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 #: format version -> schema file. A new format version gets a new file; the old file is
 #: kept (renamed to ``snapshot_v<N>.avsc``) so that its snapshots still decode.
 _SCHEMA_FILES = {1: "snapshot.avsc"}
@@ -115,12 +113,9 @@ class _Reader:
 
 
 def _load_schema(filename: str) -> tuple[Any, bytes]:
-    with open(_SCHEMA_DIR / filename, encoding="utf-8") as f:
+    with open(SCHEMA_DIR / filename, encoding="utf-8") as f:
         parsed = fastavro.parse_schema(json.load(f), _write_hint=False)
-    # fastavro returns the CRC-64-AVRO fingerprint as the hex of its little-endian bytes,
-    # which is exactly what single-object encoding puts on the wire.
-    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
-    return parsed, fp
+    return parsed, parsed_fingerprint(parsed)
 
 
 def _upgrade_v1(record: dict) -> dict:
@@ -134,17 +129,13 @@ class _Scan:
         self.data, self.pos = data, pos
 
     def long(self) -> int:
-        shift = result = 0
-        for _ in range(10):
-            if self.pos >= len(self.data):
-                raise SnapshotError("malformed snapshot body: truncated")
-            b = self.data[self.pos]
-            self.pos += 1
-            result |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return (result >> 1) ^ -(result & 1)
-            shift += 7
-        raise SnapshotError("malformed snapshot body: varint too long")
+        try:
+            value, self.pos = read_long(self.data, self.pos)
+        except IndexError:
+            raise SnapshotError("malformed snapshot body: truncated") from None
+        except MalformedAvro:
+            raise SnapshotError("malformed snapshot body: varint too long") from None
+        return value
 
     def skip_bytes(self, what: str, limit: int) -> None:
         n = self.long()
@@ -254,9 +245,7 @@ def _dumps(obj: Any) -> str:
 
 def _library_versions() -> dict[str, str]:
     try:
-        from importlib.metadata import version
-
-        streamlearn_version = version("streamlearn")
+        streamlearn_version = package_version("streamlearn")
     except Exception:  # running from a source checkout that is not installed
         streamlearn_version = "unknown"
     return {"streamlearn": streamlearn_version, "numpy": np.__version__, "python": platform.python_version()}
@@ -453,6 +442,4 @@ def decode_snapshot(data: bytes, key: bytes | str | None = _FROM_ENV) -> Snapsho
 def load_model(snapshot: Snapshot) -> Any:
     """The :class:`~streamlearn.algorithms.base.Model` a snapshot holds, rebuilt by its
     algorithm's ``from_arrays`` (no code comes from the snapshot itself)."""
-    from streamlearn.algorithms import model_class
-
     return model_class(snapshot.metadata["algorithm"]).from_arrays(dict(snapshot.arrays), snapshot.metadata["model_attrs"])

@@ -9,8 +9,12 @@ import json
 import logging
 from typing import Any
 
+from confluent_kafka import KafkaException, Producer
+
+from streamlearn.config import KafkaUnreachable
 from streamlearn.snapshots.format import SnapshotError, decode_snapshot
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.streams.topics import TopicError, ensure_topic, raise_config
 
 __all__ = ["SNAPSHOT_TOPIC", "MAX_MESSAGE_BYTES", "SnapshotPublishError", "ensure_snapshot_topic", "publish_snapshot", "produce_snapshot"]
 
@@ -38,11 +42,6 @@ class SnapshotPublishError(RuntimeError):
     """The snapshot could not be stored or delivered."""
 
 
-def _admin_conf(conf: dict[str, Any]) -> dict[str, Any]:
-    keep = ("bootstrap.servers", "security.protocol", "client.id", "logger")
-    return {k: v for k, v in conf.items() if k in keep or k.startswith(("sasl.", "ssl."))}
-
-
 #: clusters (bootstrap servers) whose snapshot topic this process has checked: an admin
 #: client and a metadata request cost ~60 ms, as much as finalizing a k-means model, on
 #: every periodic snapshot. A failed produce forgets the cluster (checked again next time).
@@ -61,38 +60,11 @@ def ensure_snapshot_topic(kafka_conf: dict[str, Any], partitions: int = 1, timeo
 
 
 def _check_snapshot_topic(kafka_conf: dict[str, Any], partitions: int, timeout: float) -> None:
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
-
-    admin = AdminClient(_admin_conf(kafka_conf))
-    metadata = admin.list_topics(timeout=timeout)
-    if SNAPSHOT_TOPIC not in metadata.topics:
-        futures = admin.create_topics(
-            [NewTopic(SNAPSHOT_TOPIC, num_partitions=partitions, replication_factor=-1, config=dict(TOPIC_CONFIG))],
-            request_timeout=timeout,
-        )
-        try:
-            futures[SNAPSHOT_TOPIC].result(timeout)
-            return
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise SnapshotPublishError(f"cannot create topic {SNAPSHOT_TOPIC}: {exc}") from exc
-    resource = ConfigResource(ConfigResource.Type.TOPIC, SNAPSHOT_TOPIC)
     try:
-        current = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
-        entry = current.get("max.message.bytes")
-        if entry is not None and int(entry.value) < MAX_MESSAGE_BYTES:
-            fix = ConfigResource(
-                ConfigResource.Type.TOPIC,
-                SNAPSHOT_TOPIC,
-                incremental_configs=[
-                    ConfigEntry("max.message.bytes", str(MAX_MESSAGE_BYTES), incremental_operation=AlterConfigOpType.SET)
-                ],
-            )
-            admin.incremental_alter_configs([fix])[fix].result(timeout)
-            log.info("raised %s max.message.bytes from %s to %d", SNAPSHOT_TOPIC, entry.value, MAX_MESSAGE_BYTES)
-    except Exception as exc:  # the produce below reports a real size problem precisely
-        log.warning("could not check/raise max.message.bytes of %s: %s", SNAPSHOT_TOPIC, exc)
+        ensure_topic(kafka_conf, SNAPSHOT_TOPIC, partitions, config=TOPIC_CONFIG, timeout=timeout)
+    except (TopicError, KafkaUnreachable) as exc:  # an outage for the worker: it retries
+        raise SnapshotPublishError(f"cannot create topic {SNAPSHOT_TOPIC}: {exc}") from exc
+    raise_config(kafka_conf, SNAPSHOT_TOPIC, "max.message.bytes", MAX_MESSAGE_BYTES, timeout)
 
 
 def _jsonable_equal(a: Any, b: Any) -> bool:
@@ -140,8 +112,6 @@ def produce_snapshot(
 ) -> None:
     """Produce already-stored snapshot bytes to ``streamlearn.snapshots`` (key = job, headers
     version/algorithm), creating the topic when missing, and wait for the acknowledgement."""
-    from confluent_kafka import KafkaException, Producer
-
     version = metadata.get("version")
     if len(data) > MAX_MESSAGE_BYTES:
         raise SnapshotPublishError(f"snapshot is {len(data)} bytes; the topic carries at most {MAX_MESSAGE_BYTES}")

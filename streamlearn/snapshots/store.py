@@ -20,11 +20,13 @@ import hashlib
 import json
 from typing import Any
 
+import redis
+
 from streamlearn.errors import UserError
+from streamlearn.statestore.keys import PREFIX
 
 __all__ = ["ModelStore", "SnapshotNotFound", "SnapshotConflict"]
 
-PREFIX = "sl"
 JOBS_KEY = f"{PREFIX}:models:jobs"
 
 # KEYS: data, index, seq, meta, sha ; ARGV: version, data, metadata json, sha256
@@ -58,8 +60,6 @@ def _binary_client(client: Any) -> Any:
     kwargs = getattr(pool, "connection_kwargs", None)
     if not kwargs or not kwargs.get("decode_responses"):
         return client
-    import redis
-
     new_pool = type(pool)(connection_class=pool.connection_class, **{**kwargs, "decode_responses": False})
     return redis.Redis(connection_pool=new_pool)
 
@@ -76,6 +76,11 @@ class ModelStore:
         self._put = self.redis.register_script(_PUT)
 
     # -- keys ------------------------------------------------------------------------------
+    @staticmethod
+    def prefix(job: str) -> str:
+        """What every key of ``job``'s stored snapshots starts with (they outlive the job)."""
+        return f"{ModelStore._base(job)}:"
+
     @staticmethod
     def _base(job: str) -> str:
         if not isinstance(job, str) or not job:
@@ -112,8 +117,6 @@ class ModelStore:
         if pipe is not None:
             self._put(keys=keys, args=args, client=pipe)
             return
-        import redis
-
         try:
             self._put(keys=keys, args=args)
         except redis.ResponseError as exc:

@@ -17,6 +17,8 @@ import time
 import uuid
 from typing import Any, NamedTuple
 
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
 from streamlearn.config import kafka_logging
 from streamlearn.snapshots.format import _FROM_ENV, SnapshotError, decode_snapshot, load_model
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, SNAPSHOT_TOPIC
@@ -51,8 +53,6 @@ class ModelSubscriber:
         key: bytes | str | None = _FROM_ENV,
         poll_interval: float = 0.5,
     ):
-        from confluent_kafka import Consumer
-
         self.job = job
         self._job_key = job.encode("utf-8")
         self._key = key
@@ -136,8 +136,6 @@ class ModelSubscriber:
 
     # -- background thread -----------------------------------------------------------------
     def _assign_new_partitions(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
-
         topic = self._consumer.list_topics(SNAPSHOT_TOPIC, timeout=5).topics.get(SNAPSHOT_TOPIC)
         if topic is None or topic.error is not None:
             return  # not created yet: nothing published so far

@@ -24,7 +24,7 @@ import redis
 
 from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
-from streamlearn.statestore.keys import JobKeys
+from streamlearn.statestore.keys import StoreKeys
 from streamlearn.statestore.resp_into import exec_multi, hmget_into, multi_into, versioned_hmget_into
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
@@ -55,10 +55,11 @@ def _pairs(mapping: dict) -> list:
 
 
 class RedisBackend:
-    def __init__(self, client: redis.Redis, job: str, member: str | None = None):
+    def __init__(self, client: redis.Redis, job: str, member: str | None = None, gate: str | None = None):
         self.client = client
-        self.keys = JobKeys(job)
+        self.keys = StoreKeys(job)
         self.member = member
+        self.gate = gate
         self._specs: dict[str, KeySpec] | None = None
         self._barrier = client.register_script(_BARRIER)
         self.conflicts = 0  # optimistic retries, for benchmarks
@@ -107,9 +108,10 @@ class RedisBackend:
 
     def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
         k = self.keys
-        # a batch commit (one with offsets) also watches the job's status: a pause (or a
-        # failure, a delete) that lands before EXEC refuses it, so `job pause` is a barrier
-        watched = [k.epochs] + ([k.status] if info.offsets else []) + [k.state(key) for key in touched]
+        # a batch commit (one with offsets) also watches the gate (the job's status): a pause
+        # (or a failure, a delete) that lands before EXEC refuses it, so `job pause` is a barrier
+        gated = bool(info.offsets) and self.gate is not None
+        watched = [k.epochs] + ([self.gate] if gated else []) + [k.state(key) for key in touched]
         parts = sorted(info.fence)
         mine = sorted(p for p in info.offsets if p in info.fence)
         retry = False
@@ -122,9 +124,9 @@ class RedisBackend:
                         stale = [p for p, e in zip(parts, epochs) if e is None or int(e) != info.fence[p]]
                         if stale:
                             raise FencedError(f"partitions {stale} were reassigned; batch dropped")
-                    if info.offsets:
-                        status = pipe.get(k.status)
-                        if status is not None and status != b"running":  # None: a bare state, no job record
+                    if gated:
+                        status = pipe.get(self.gate)
+                        if status is not None and status != b"running":  # None: no job record (deleted)
                             raise CommitRefused(f"job {k.job!r} is {status.decode()}; batch dropped")
                     if retry and mine and info.offsets.keys() <= info.fence.keys():
                         # redis-py turns a connection lost during EXEC into a WatchError, but
@@ -189,6 +191,28 @@ class RedisBackend:
         counters = {c.decode(): int(v) for c, v in zip(raw_counters[::2], raw_counters[1::2])}
         return offsets, counters
 
+    def claim(self, partitions: list[int]) -> list[tuple[int, int | None, int]]:
+        """Take ownership of ``partitions`` (a new owner epoch each, fencing out any previous
+        owner's commits), then read where each stands: (epoch, stored offset or None, data epoch).
+        The epochs are bumped first, so a fenced writer's last commit is visible in the offsets."""
+        if not partitions:
+            return []
+        pipe = self.client.pipeline(transaction=True)
+        for p in partitions:
+            pipe.hincrby(self.keys.epochs, str(p), 1)
+        fields = [str(p) for p in partitions]
+        pipe.hmget(self.keys.offsets, fields).hmget(self.keys.data_epochs, fields)
+        results = pipe.execute()
+        epochs, (stored, passes) = results[:len(partitions)], results[len(partitions):]
+        return [(int(e), None if o is None else int(o), int(d or 0)) for e, o, d in zip(epochs, stored, passes)]
+
+    def positions(self, partitions: list[int]) -> list[tuple[int | None, int]]:
+        """The stored (next offset or None, data epoch) of each of ``partitions``, of one instant."""
+        fields = [str(p) for p in partitions]
+        stored, passes = self.client.pipeline(transaction=True).hmget(self.keys.offsets, fields).hmget(
+            self.keys.data_epochs, fields).execute()
+        return [(None if o is None else int(o), int(d or 0)) for o, d in zip(stored, passes)]
+
     def heartbeat(self) -> None:
         if self.member:
             self.client.zadd(self.keys.members, {self.member: now_ms()})
@@ -216,12 +240,15 @@ class RedisBackend:
 
 
 class RedisState(BufferedState):
-    """The State of job ``job`` in Redis, as one worker (``member``) sees it."""
+    """The State of job ``job`` in Redis, as one worker (``member``) sees it.
+
+    ``gate``: a key whose value must be ``running`` (or absent) for a batch commit to apply,
+    checked inside the commit's transaction; the job record passes the job's status."""
 
     backend: RedisBackend
 
-    def __init__(self, client: redis.Redis, job: str, member: str | None = None):
-        super().__init__(RedisBackend(client, job, member))
+    def __init__(self, client: redis.Redis, job: str, member: str | None = None, gate: str | None = None):
+        super().__init__(RedisBackend(client, job, member, gate))
 
     def load_consistent(self) -> tuple[dict[int, int], dict[str, int]]:
         """Fill the cache with one consistent cut of the whole state (for finalize) and

@@ -105,7 +105,7 @@ def _csv_layout(path: Path, header: bool | None) -> tuple[list[str] | None, bool
 
 # -- csv / parquet (pyarrow) ------------------------------------------------------------------
 def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_rows, header) -> Iterator[Chunk]:
-    import pyarrow as pa
+    import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
 
     notes: list[str] = []
     index_first = False
@@ -164,7 +164,7 @@ def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_ro
 
 
 def _column(arr) -> np.ndarray:
-    import pyarrow as pa
+    import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
 
     if pa.types.is_boolean(arr.type) or pa.types.is_null(arr.type):
         arr = arr.cast(pa.float64())

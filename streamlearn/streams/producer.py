@@ -19,7 +19,9 @@ from confluent_kafka import Producer as _KafkaProducer
 
 from streamlearn.batch import SparseRows
 from streamlearn.config import KafkaUnreachable, kafka_logging
-from streamlearn.streams.serde import encode_training_batch, encode_training_record
+from streamlearn.streams.files import read_examples
+from streamlearn.streams.topics import REACH_TIMEOUT_S, ensure_topic
+from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
 #: Upper bound for one message's uncompressed value (the broker default limit is ~1 MB).
 MAX_MESSAGE_BYTES = 900_000
@@ -73,8 +75,6 @@ class Producer:
     def _check_reachable(self) -> None:
         """Give up on a broker that stays down (messages would otherwise wait out
         ``message.timeout.ms``, 5 minutes by default)."""
-        from streamlearn.streams.topics import REACH_TIMEOUT_S
-
         if self._down_since is not None and time.monotonic() - self._down_since > REACH_TIMEOUT_S:
             raise KafkaUnreachable(f"cannot reach Kafka at {self.conf.get('bootstrap.servers')}: every broker "
                                    f"has been down for {REACH_TIMEOUT_S:.0f} s with messages undelivered")
@@ -229,11 +229,8 @@ def produce_file(bootstrap, topic: str, path, label_column: str | None = None, p
     """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``; returns the number
     of records. ``partitions``: create the topic with that many partitions if missing
     (otherwise a missing topic is created with one). ``batch_size`` rows per message (None:
-    :meth:`Producer.send_batch`'s default); 1 sends one ``training_record`` message per example. ``bootstrap`` is a bootstrap string or a
-    client configuration dict."""
-    from streamlearn.streams.files import read_examples
-    from streamlearn.streams.topics import ensure_topic
-
+    :meth:`Producer.send_batch`'s default); 1 sends one ``training_record`` message per
+    example. ``bootstrap`` is a bootstrap string or a client configuration dict."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)

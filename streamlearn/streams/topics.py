@@ -1,4 +1,6 @@
-"""Kafka topic helpers: idempotent creation, partitions, offsets.
+"""Kafka topic admin, written once for every topic the project creates (training topics,
+dead letters, the snapshot topic): idempotent creation, a config floor, partitions, offsets,
+consumer groups.
 
 ``conf`` arguments are librdkafka client configurations (a dict with at least
 ``bootstrap.servers``) or just the bootstrap string.
@@ -8,8 +10,10 @@ from __future__ import annotations
 import time
 import uuid
 
+import logging
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from streamlearn.config import ConfigError, KafkaUnreachable, kafka_logging
 from streamlearn.errors import UserError
@@ -18,6 +22,7 @@ from streamlearn.errors import UserError
 #: broker unreachable (a refused connection is reported after about one second)
 REACH_TIMEOUT_S = 10.0
 
+log = logging.getLogger(__name__)
 
 
 class TopicError(UserError, RuntimeError):
@@ -146,16 +151,38 @@ def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = N
     return len(existing)
 
 
+def raise_config(admin_conf, name: str, key: str, floor: int, timeout: float = 30.0) -> None:
+    """Raise the numeric topic config ``key`` of ``name`` to ``floor`` where it is lower (a topic
+    auto-created with broker defaults, say). Best effort: a failure is logged, not raised (what
+    the lower value breaks reports itself precisely later)."""
+    admin = _admin(admin_conf)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    try:
+        entry = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout).get(key)
+        if entry is not None and int(entry.value) < floor:
+            fix = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+                ConfigEntry(key, str(floor), incremental_operation=AlterConfigOpType.SET)])
+            admin.incremental_alter_configs([fix])[fix].result(timeout)
+            log.info("raised %s %s from %s to %d", name, key, entry.value, floor)
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        log.warning("could not check/raise %s of %s: %s", key, name, exc)
+
+
 #: what a topic created a moment ago may answer before its leaders are serving
 _NEW_TOPIC_ERRORS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION)
 
 
+def consumer_conf(conf) -> dict:
+    """``conf`` without the properties of other client kinds, logging through Python's
+    (a base for short-lived readers: offsets, samples)."""
+    return kafka_logging({k: v for k, v in _conf(conf).items() if k not in _CLIENT_ONLY})
+
+
 def watermarks(conf, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
     """``{partition: (low, high)}`` watermarks of ``topic``; high = the next offset to be written."""
     parts = partitions(conf, topic, timeout)
-    c = {k: v for k, v in _conf(conf).items() if k not in _CLIENT_ONLY}
-    consumer = Consumer({**kafka_logging(c), "group.id": f"streamlearn-offsets-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    consumer = Consumer({**consumer_conf(conf), "group.id": f"streamlearn-offsets-{uuid.uuid4().hex}", "enable.auto.commit": False})
     deadline = time.monotonic() + timeout
     try:
         out = {}
@@ -203,4 +230,5 @@ def delete_group(conf, group: str, timeout: float = 30.0) -> None:
             time.sleep(0.5)
 
 
-__all__ = ["TopicError", "ensure_topic", "partitions", "end_offsets", "watermarks", "delete_group"]
+__all__ = ["TopicError", "ensure_topic", "raise_config", "partitions", "end_offsets", "watermarks", "delete_group",
+           "require_kafka", "consumer_conf", "REACH_TIMEOUT_S"]

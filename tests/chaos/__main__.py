@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=1, help="runs (seeds seed, seed+1, ...)")
     ap.add_argument("--keep", action="store_true", help="keep the stack home and worker logs")
     a = ap.parse_args(argv)
-    from streamlearn._internal import stack
+    from streamlearn.devstack import stack
 
     profile = PROFILES[a.profile]
     if a.records:

@@ -211,7 +211,7 @@ def make_data(profile: Profile) -> np.ndarray:
 def produce(settings, topic: str, profile: Profile, X: np.ndarray) -> int:
     """Good rows plus bad messages; returns the number of bad *records* produced."""
     from streamlearn.streams.producer import Producer
-    from streamlearn.streams.serde import encode_training_batch
+    from streamlearn.wire.serde import encode_training_batch
     from streamlearn.streams.topics import ensure_topic
 
     ensure_topic(settings.kafka_client_conf(), topic, partitions=profile.partitions)
@@ -233,7 +233,7 @@ def produce(settings, topic: str, profile: Profile, X: np.ndarray) -> int:
 
 
 def _status(client, job: str) -> dict | None:
-    from streamlearn.jobs import job_status
+    from streamlearn.runtime.jobs import job_status
 
     try:
         return job_status(client, job)
@@ -257,7 +257,7 @@ class Injector:
         self.ensure_at_least(self.profile.min_workers)
 
     def inject(self, kind: str) -> None:
-        from streamlearn._internal import stack
+        from streamlearn.devstack import stack
 
         w, rng = self.w, self.rng
         if kind == "kill":
@@ -319,7 +319,7 @@ class Injector:
 
 
 def check_invariants(client, job: str, X: np.ndarray, bad_records: int, result: RunResult) -> None:
-    from streamlearn.jobs import job_status, load_spec
+    from streamlearn.runtime.jobs import job_status, load_spec
     from streamlearn.snapshots.format import decode_snapshot, load_model
     from streamlearn.snapshots.store import ModelStore
     from streamlearn.statestore.redis_state import RedisState
@@ -373,7 +373,7 @@ def check_invariants(client, job: str, X: np.ndarray, bad_records: int, result: 
 def run_chaos(settings, home: Path, profile: Profile, work_dir: Path, say=print) -> RunResult:
     """One chaos run on the private stack (``settings``, ``home``); returns the result
     (``result.summary()`` is the one-line report)."""
-    from streamlearn.jobs import create_job
+    from streamlearn.runtime.jobs import create_job
 
     rng = random.Random(profile.seed)
     result = RunResult(profile.name, profile.seed)

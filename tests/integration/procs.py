@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from streamlearn.jobs import job_status
+from streamlearn.runtime.jobs import job_status
 
 
 def start_worker(job: str, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from streamlearn.batch import Batch
-from streamlearn.jobs import create_job, load_spec
-from streamlearn.predict import load_job_model
+from streamlearn.runtime.jobs import create_job, load_spec
+from streamlearn.runtime.predict import load_job_model
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
 from tests.integration.procs import cli, start_worker, stop_all, wait_status

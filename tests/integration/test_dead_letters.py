@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer
 
-from streamlearn.jobs import create_job
+from streamlearn.runtime.jobs import create_job
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic

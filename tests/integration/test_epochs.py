@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import pytest
 
-from streamlearn.jobs import job_status
+from streamlearn.runtime.jobs import job_status
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer

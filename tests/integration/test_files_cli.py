@@ -17,9 +17,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from streamlearn.batch import Batch
-from streamlearn.predict import load_job_model
+from streamlearn.runtime.predict import load_job_model
 from streamlearn.snapshots.store import ModelStore
-from streamlearn.streams.decode import decode_messages
+from streamlearn.wire.decode import decode_messages
 from tests.integration.procs import cli, start_worker, stop_all, wait_status
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """The faust ingest app on the real local Kafka: JSON events -> Avro training topic + DLQ.
 
-The app runs as ``python -m streamlearn.streams.ingest`` (what ``streamlearn ingest`` calls)
+The app runs as ``python -m streamlearn.ingest.app`` (what ``streamlearn ingest`` calls)
 in a subprocess; the run is bounded: once the app's consumer group has committed the raw
 topic's end offsets, the test sends SIGTERM and the app flushes, commits and exits.
 """
@@ -19,8 +19,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streamlearn.batch import SparseRows
-from streamlearn.streams.decode import decode_messages
-from streamlearn.streams.ingest import default_app_id, dlq_topic
+from streamlearn.wire.decode import decode_messages
+from streamlearn.ingest.app import default_app_id, dlq_topic
 from streamlearn.streams.topics import end_offsets, ensure_topic
 from tests.integration.procs import wait_for
 
@@ -118,7 +118,7 @@ def run_ingest(stack, tmp_path: Path, raw_topic: str, out_topic: str, *extra: st
     log_path = tmp_path / f"ingest-{uuid.uuid4().hex[:6]}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlearn.streams.ingest", raw_topic, "--to", out_topic,
+        proc = subprocess.Popen([sys.executable, "-m", "streamlearn", "ingest", raw_topic, "--to", out_topic,
                                  "--n-features", str(D), "--label-required", *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     try:
@@ -204,7 +204,7 @@ def test_ingest_exactly_once_with_batches(stack, tmp_path):
 
 
 def test_missing_raw_topic_is_a_user_error(stack):
-    res = subprocess.run([sys.executable, "-m", "streamlearn.streams.ingest", f"nope-{uuid.uuid4().hex[:8]}",
+    res = subprocess.run([sys.executable, "-m", "streamlearn", "ingest", f"nope-{uuid.uuid4().hex[:8]}",
                           "--to", "x", "--n-features", "3"], capture_output=True, text=True, timeout=60,
                          cwd=str(REPO))
     assert res.returncode == 2

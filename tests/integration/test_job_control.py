@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streamlearn.jobs import create_job, job_status, set_paused
+from streamlearn.runtime.jobs import create_job, job_status, set_paused
 from streamlearn.snapshots.store import ModelStore
-from streamlearn.statestore.keys import JOBS, JobKeys
+from streamlearn.runtime.record import JOBS
+from streamlearn.statestore.keys import StoreKeys
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
@@ -39,7 +40,7 @@ def test_pause_is_a_barrier_and_resume_finishes_exactly(stack, tmp_path):
     env = {"STREAMLEARN_WORKER_MAX_MESSAGES": "50"}
     procs = [start_worker(job, tmp_path, env), start_worker(job, tmp_path, env)]
     wait_status(client, job, lambda s: s["records_applied"] > 10_000, 120, "the workers to be busy")
-    keys = JobKeys(job)
+    keys = StoreKeys(job)
     set_paused(client, job, True)
     at_pause = (client.hget(keys.counters, "records_applied"), client.hgetall(keys.offsets))  # nothing in flight lands
     for _ in range(30):
@@ -62,8 +63,8 @@ def _group_exists(stack, group: str) -> bool:
 
 def _job_keys(client, job: str) -> list[bytes]:
     """The job's keys in Redis, but for the model store's (published snapshots stay)."""
-    keys = JobKeys(job)
-    return [k for k in client.scan_iter(match=f"{keys.base}:*") if not k.decode().startswith(keys.snapshots)]
+    snapshots = ModelStore.prefix(job)
+    return [k for k in client.scan_iter(match=f"{StoreKeys(job).base}:*") if not k.decode().startswith(snapshots)]
 
 
 def test_delete_an_idle_job_keeps_its_snapshots(stack, tmp_path):

@@ -11,8 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
-from streamlearn._internal import stack as st
-from streamlearn.jobs import create_job, job_status
+from streamlearn.devstack import stack as st
+from streamlearn.runtime.jobs import create_job, job_status
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
 from tests.integration.procs import start_worker, wait_for

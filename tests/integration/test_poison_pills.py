@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from streamlearn.jobs import create_job, job_status
+from streamlearn.runtime.jobs import create_job, job_status
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
-from streamlearn.streams.serde import decode
+from streamlearn.wire.serde import decode
 from streamlearn.streams.topics import ensure_topic
 from tests.integration.procs import cli, start_worker, stop_all, wait_status
 from tests.integration.test_dead_letters import read_dlq

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 import streamlearn as sl
 from streamlearn import datasets as D
-from streamlearn import jobs
+from streamlearn.runtime import jobs
 from tests.integration.procs import wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 
 from streamlearn.statestore.base import FencedError, StateError
 from streamlearn.statestore.buffered import CommitInfo
-from streamlearn.statestore.keys import JobKeys
+from streamlearn.statestore.keys import StoreKeys
 from streamlearn.statestore.redis_state import RedisState
 
 pytestmark = pytest.mark.integration
@@ -43,14 +43,14 @@ def test_concurrent_pushes_sum_exactly(stack, job):
     np.testing.assert_array_equal(state.pull("v"), np.full(5000, 160.0))
     rows = state.pull("rows")
     assert rows[999, 0] == 160 and rows[500:540, 0].tolist() == [4.0] * 40 and rows[:4, 0].tolist() == [40.0] * 4
-    assert {int(k): int(v) for k, v in client.hgetall(JobKeys(job).offsets).items()} == {0: 40, 1: 40, 2: 40, 3: 40}
-    assert int(client.hget(JobKeys(job).counters, "records_applied")) == 160
+    assert {int(k): int(v) for k, v in client.hgetall(StoreKeys(job).offsets).items()} == {0: 40, 1: 40, 2: 40, 3: 40}
+    assert int(client.hget(StoreKeys(job).counters, "records_applied")) == 160
 
 
 def test_reassigned_partition_fences_the_old_owner(stack, job):
     client = stack.redis_client()
     RedisState(client, job).initialize("n", 0.0)
-    keys = JobKeys(job)
+    keys = StoreKeys(job)
     old_epoch = client.hincrby(keys.epochs, "0", 1)
     zombie = RedisState(client, job, "zombie")
     zombie.push("n", 10.0)
@@ -178,7 +178,7 @@ def test_a_missing_or_damaged_chunk_is_a_state_error_and_the_client_goes_on(stac
     a = RedisState(client, job)
     a.initialize("w", np.zeros((100, 2)), chunk_rows=10)
     a.initialize("n", 5.0)
-    keys = JobKeys(job)
+    keys = StoreKeys(job)
     client.hdel(keys.state("w"), "3")
     with pytest.raises(StateError, match="chunk 3 is missing"):
         RedisState(client, job).pull("w")

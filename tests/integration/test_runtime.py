@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from streamlearn.jobs import create_job, job_status, set_paused
+from streamlearn.runtime.jobs import create_job, job_status, set_paused
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic

@@ -15,10 +15,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from streamlearn.jobs import create_job
+from streamlearn.runtime.jobs import create_job
 from streamlearn.statestore.redis_state import RedisState
-from streamlearn.streams.schema_store import SCHEMAS_KEY
-from streamlearn.streams.serde import SCHEMA_DIR
+from streamlearn.wire.schema_store import SCHEMAS_KEY
+from streamlearn.wire.serde import SCHEMA_DIR
 from streamlearn.streams.topics import ensure_topic
 from tests.integration.procs import cli, start_worker, stop_all, wait_status
 from tests.integration.test_dead_letters import read_dlq
@@ -160,7 +160,7 @@ def test_produce_registers_the_project_schemas(stack, redis_client, unique_name,
 # -- the Confluent wire format against a real Confluent-compatible registry --------------------
 @pytest.fixture(scope="module")
 def confluent_registry(stack, stack_home):
-    from streamlearn._internal import schema_registry_server
+    from streamlearn.devstack import schema_registry as schema_registry_server
 
     return schema_registry_server.up(stack_home)  # stopped with the session stack
 

@@ -208,7 +208,7 @@ def test_kafka_security_settings_reach_every_client_config(monkeypatch):
     # librdkafka accepts every passed property (an unknown or misspelt one raises here)
     confluent_kafka.Producer(settings.kafka_client_conf()).flush(0)
     # the worker's consumer and dead-letter producer are built from the same settings
-    from streamlearn.consumers import worker as worker_mod
+    from streamlearn.runtime import worker as worker_mod
 
     seen: list[dict] = []
 

@@ -10,7 +10,7 @@ import pytest
 
 from streamlearn.batch import Batch
 from streamlearn.datasets import dense_classification
-from streamlearn.jobs import create_job, load_spec
+from streamlearn.runtime.jobs import create_job, load_spec
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer

@@ -132,15 +132,15 @@ def test_a_stored_snapshot_is_published_from_the_store_or_as_just_stored(stack):
     ``ensure_published`` (a worker's control loop, the CLI) sends the stored bytes, not what
     a caller offers for another version; a caller that has just stored the newest version
     has its own bytes sent; a published version is not sent again."""
-    from streamlearn.snapshots.finalize import ensure_published
-    from streamlearn.statestore.keys import JobKeys
+    from streamlearn.runtime.finalize import ensure_published
+    from streamlearn.statestore.keys import StoreKeys
 
     from streamlearn.snapshots.publisher import SNAPSHOT_TOPIC
     from streamlearn.streams.topics import end_offsets
 
     client = stack.redis_client()
     job, store = _job(), ModelStore(client)
-    counters = JobKeys(job).counters
+    counters = StoreKeys(job).counters
 
     def stored(version: int, median: float) -> tuple[bytes, dict]:
         metadata = {"job": job, "version": version, "algorithm": "median"}

@@ -9,8 +9,9 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamlearn._internal import stack as st
-from streamlearn.config import ConfigError, Settings, kafka_env_conf, mask_url
+from streamlearn.devstack import kafka, procs, redis_server
+from streamlearn.devstack import stack as st
+from streamlearn.config import ConfigError, Settings, kafka_env_conf, local_stack_settings, mask_url
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def _create_topic(settings: Settings, topic: str, partitions: int = 1) -> None:
 
 
 def _produce(settings: Settings, topic: str, values: list[bytes]) -> None:
-    producer = Producer(settings.kafka_client_conf(**{"message.max.bytes": st.MAX_MESSAGE_BYTES}))
+    producer = Producer(settings.kafka_client_conf(**{"message.max.bytes": kafka.MAX_MESSAGE_BYTES}))
     for i, v in enumerate(values):
         producer.produce(topic, key=str(i).encode(), value=v)
     assert producer.flush(30) == 0
@@ -185,10 +186,10 @@ def test_down_stops_processes_and_frees_ports(make_stack):
     assert all(_pid_alive(p) for p in pids)
     assert ls.down() is True
     assert not any(_pid_alive(p) for p in pids)
-    assert all(st._port_free(p) for p in ports)
+    assert all(procs.port_free(p) for p in ports)
     assert not (ls.home / "state.json").exists()
     assert ls.status()["running"] is False
-    assert st.running_settings(ls.home) is None
+    assert local_stack_settings(ls.home) is None
     assert ls.down() is False  # idempotent
     # data is kept without purge; purge removes it
     assert (ls.home / "kafka" / "data" / "meta.properties").exists()
@@ -197,8 +198,8 @@ def test_down_stops_processes_and_frees_ports(make_stack):
 
 
 def test_a_failing_component_reports_its_log_tail(tmp_path, monkeypatch):
-    real = st._redis_conf
-    monkeypatch.setattr(st, "_redis_conf",
+    real = redis_server.redis_conf
+    monkeypatch.setattr(redis_server, "redis_conf",
                         lambda *a, **k: real(*a, **k) + "this-is-not-a-directive yes\n")
     with pytest.raises(st.StackError) as ei:
         st.up(tmp_path / "broken", timeout=60)

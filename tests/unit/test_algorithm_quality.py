@@ -18,7 +18,7 @@ from streamlearn.algorithms.kmeans import KMeans  # noqa: E402
 from streamlearn.algorithms.linear_learner import LinearLearner  # noqa: E402
 from streamlearn.algorithms.pca import PCA  # noqa: E402
 from streamlearn.batch import SparseRows  # noqa: E402
-from streamlearn.local_training import fit_local  # noqa: E402
+from streamlearn.runtime.local import fit_local  # noqa: E402
 from streamlearn.statestore.local import LocalState, MemoryBackend  # noqa: E402
 
 

@@ -22,7 +22,7 @@ import pytest
 from streamlearn import backends
 from streamlearn import datasets as D
 from streamlearn.algorithms import ParamError, make_algorithm
-from streamlearn.local_training import fit_local
+from streamlearn.runtime.local import fit_local
 
 RTOL64, RTOL32 = 1e-7, 1e-4
 
@@ -165,7 +165,7 @@ def test_the_cli_reports_a_backend_error_at_job_creation():
 
 def test_numpy_jobs_never_import_torch_or_mxnet():
     code = ("import sys; from streamlearn import datasets as D; from streamlearn.algorithms import make_algorithm;"
-            "from streamlearn.local_training import fit_local;"
+            "from streamlearn.runtime.local import fit_local;"
             "X, y = D.dense_classification(600, d=4, seed=0);"
             "fit_local(make_algorithm('linear_learner', {'n_features': 4, 'num_models': 2}), D.batches(X, y, 100));"
             "fit_local(make_algorithm('kmeans', {'n_features': 4, 'k': 2}), D.batches(X, None, 100));"

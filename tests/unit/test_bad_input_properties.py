@@ -21,9 +21,9 @@ from streamlearn import cli
 from streamlearn.algorithms import BUILTIN, available, make_algorithm
 from streamlearn.algorithms.base import Algorithm, ParamError
 from streamlearn.config import ConfigError
-from streamlearn.jobs import JobError, check_name
-from streamlearn.streams import serde
-from streamlearn.streams.decode import decode_messages, rejection_headers
+from streamlearn.runtime.jobs import JobError, check_name
+from streamlearn.wire import serde
+from streamlearn.wire.decode import decode_messages, rejection_headers
 from tests.avro_bytes import zigzag
 
 FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -126,7 +126,7 @@ def test_absurd_size_claims_are_rejected_before_allocation(n_rows, n_features, f
 @FAST
 @given(st.integers(0, 100), st.text(max_size=300), st.integers(0, 10**12))
 def test_rejection_headers_are_bytes_for_any_reason(index, reason, n_records):
-    from streamlearn.streams.decode import Rejection
+    from streamlearn.wire.decode import Rejection
 
     headers = rejection_headers(Rejection(index, reason, n_records))
     assert headers and all(isinstance(k, str) and isinstance(v, bytes) for k, v in headers)

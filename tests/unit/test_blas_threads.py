@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from streamlearn.consumers.worker import limit_blas_threads
+from streamlearn.runtime.worker import limit_blas_threads
 
 
 def _blas_threads() -> list[int]:

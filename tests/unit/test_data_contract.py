@@ -10,14 +10,14 @@ from streamlearn.algorithms import make_algorithm
 from streamlearn.algorithms.base import ParamError
 from streamlearn.algorithms.factorization_machines import FactorizationMachines
 from streamlearn.algorithms.linear_learner import LinearLearner
-from streamlearn.consumers.isolate import apply_steps
-from streamlearn.contract import DataProfile, default_epochs, default_step_rows, infer_params
+from streamlearn.runtime.contract import DataProfile, default_epochs, default_step_rows, infer_params
+from streamlearn.runtime.isolate import apply_steps
 from streamlearn.labels import LabelCoding, LabelError
-from streamlearn.local_training import fit_local
+from streamlearn.runtime.local import fit_local
 from streamlearn.snapshots.format import decode_snapshot, encode_snapshot, load_model
 from streamlearn.statestore.local import LocalState
-from streamlearn.streams.decode import decode_messages
-from streamlearn.streams.serde import encode_training_batch, encode_training_record
+from streamlearn.wire.decode import decode_messages
+from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
 
 def _two_blobs(n=600, d=4, seed=0):

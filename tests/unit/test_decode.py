@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamlearn.batch import SparseRows
-from streamlearn.streams import serde
-from streamlearn.streams.decode import decode_messages
-from streamlearn.streams.serde import SCHEMA_DIR, SchemaRegistry, encode_training_batch, encode_training_record
+from streamlearn.wire import serde
+from streamlearn.wire.decode import decode_messages
+from streamlearn.wire.serde import SCHEMA_DIR, SchemaRegistry, encode_training_batch, encode_training_record
 from tests.avro_bytes import zigzag
 
 D = 4
@@ -301,7 +301,7 @@ record_strategy = st.fixed_dictionaries({
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record_strategy)
 def test_fast_record_reader_matches_fastavro(rec):
-    from streamlearn.streams.decode import _from_fastavro_record, _read_record_fast
+    from streamlearn.wire.decode import _from_fastavro_record, _read_record_fast
     value = serde.encode(rec, "training_record")
     fast = _read_record_fast(value)
     ref = _from_fastavro_record(serde.decode(value)[1])

@@ -98,8 +98,8 @@ def test_errors(tmp_path):
 
 def test_round_trip_through_decode(tmp_path):
     """A file's rows, encoded as training_batch messages, decode back to the same arrays."""
-    from streamlearn.streams.decode import decode_messages
-    from streamlearn.streams.serde import encode_training_batch
+    from streamlearn.wire.decode import decode_messages
+    from streamlearn.wire.serde import encode_training_batch
 
     p = tmp_path / "d.jsonl"
     rows = np.random.default_rng(1).normal(size=(7, 3))

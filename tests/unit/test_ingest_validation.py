@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from streamlearn.batch import SparseRows
-from streamlearn.streams.decode import decode_messages
-from streamlearn.streams.ingest import (
-    IngestConfig, InvalidEvent, TrainingEvent, check_event, encode_batch, faust_broker, validate_event,
-)
+from streamlearn.wire.decode import decode_messages
+from streamlearn.ingest.app import faust_broker
+from streamlearn.ingest.events import IngestConfig, InvalidEvent, TrainingEvent, check_event, encode_batch, validate_event
 
 CFG = IngestConfig(n_features=3)
 LABELLED = IngestConfig(n_features=3, label_required=True)
@@ -167,7 +166,7 @@ def test_faust_broker_url():
 
 
 def test_bad_batch_size_is_refused():
-    from streamlearn.streams.ingest import create_app
+    from streamlearn.ingest.app import create_app
 
     with pytest.raises(ValueError, match="batch_size"):
         create_app("raw", "train", IngestConfig(3, batch_size=0), broker="127.0.0.1:1")

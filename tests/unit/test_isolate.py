@@ -1,4 +1,4 @@
-"""Fault isolation of update steps (consumers/isolate.py) and the state's checkpoint/rollback,
+"""Fault isolation of update steps (runtime/isolate.py) and the state's checkpoint/rollback,
 in process on the memory backend: a step that raises is bisected to its bad records, their
 partial pushes never reach the state, and an update that fails whatever the data is a bug."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from streamlearn.batch import Batch
-from streamlearn.consumers.isolate import AlgorithmBug, FailureRun, apply_steps
+from streamlearn.runtime.isolate import AlgorithmBug, FailureRun, apply_steps
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.local import LocalState
 from tests.support.faulty_algorithms import BrokenCounter, PoisonedCounter

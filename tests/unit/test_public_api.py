@@ -16,7 +16,7 @@ from streamlearn import cli
 from streamlearn.algorithms.base import ParamError
 from streamlearn.batch import Batch, DataError, SparseRows
 from streamlearn.config import ConfigError
-from streamlearn.jobs import JobError
+from streamlearn.runtime.jobs import JobError
 from streamlearn.snapshots.format import SnapshotError
 from streamlearn.snapshots.store import SnapshotNotFound
 from streamlearn.statestore.base import StateError

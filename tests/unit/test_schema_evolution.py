@@ -11,11 +11,11 @@ import fastavro
 import numpy as np
 import pytest
 
-from streamlearn.streams import serde
-from streamlearn.streams.decode import decode_messages
-from streamlearn.streams.schema_compat import incompatibilities
-from streamlearn.streams.schema_store import SchemaRegistrationError, check_compatible
-from streamlearn.streams.serde import SCHEMA_DIR, SchemaRegistry, load_project_schemas
+from streamlearn.wire import serde
+from streamlearn.wire.decode import decode_messages
+from streamlearn.wire.schema_compat import incompatibilities
+from streamlearn.wire.schema_store import SchemaRegistrationError, check_compatible
+from streamlearn.wire.serde import SCHEMA_DIR, SchemaRegistry, load_project_schemas
 
 D = 3
 

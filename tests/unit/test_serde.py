@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from streamlearn.streams import serde
-from streamlearn.streams.serde import SCHEMA_DIR, SchemaRegistry, SerdeError, UnknownSchemaError
+from streamlearn.wire import serde
+from streamlearn.wire.serde import SCHEMA_DIR, SchemaRegistry, SerdeError, UnknownSchemaError
 
 
 def crc64_avro(data: bytes) -> int:

@@ -9,8 +9,8 @@ import pytest
 
 from streamlearn import datasets as D
 from streamlearn.algorithms import make_algorithm
-from streamlearn.contract import DataProfile, default_epochs, infer_params
-from streamlearn.local_training import fit_local
+from streamlearn.runtime.contract import DataProfile, default_epochs, infer_params
+from streamlearn.runtime.local import fit_local
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits  # noqa: E402

@@ -26,6 +26,7 @@ from streamlearn.snapshots.format import (
     load_model,
     snapshot_of,
 )
+from streamlearn.wire.serde import SCHEMA_DIR
 
 
 class _MatrixAlgorithm(Algorithm):
@@ -127,7 +128,7 @@ def test_encoding_is_deterministic_and_framed():
     a, b = encode_snapshot(model, md), encode_snapshot(model, md)
     assert a == b
     assert a[:2] == b"\xc3\x01"
-    schema = fastavro.parse_schema(json.load(open(fmt._SCHEMA_DIR / "snapshot.avsc")))
+    schema = fastavro.parse_schema(json.load(open(SCHEMA_DIR / "snapshot.avsc")))
     assert a[2:10] == bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
 
@@ -289,7 +290,7 @@ def test_huge_counts_are_rejected_before_the_parser_builds_lists():
 
 
 def _loose_schema(dtype_type):
-    raw = json.load(open(fmt._SCHEMA_DIR / "snapshot.avsc"))
+    raw = json.load(open(SCHEMA_DIR / "snapshot.avsc"))
     raw["fields"][2]["type"]["items"]["fields"][1]["type"] = dtype_type
     return fastavro.parse_schema(raw)
 

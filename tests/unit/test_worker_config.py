@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from streamlearn.algorithms import make_algorithm
-from streamlearn.consumers.worker import WorkerConfig
+from streamlearn.runtime.worker import WorkerConfig
 
 
 def test_each_algorithm_gets_its_own_step_size_unless_the_environment_overrides_it(monkeypatch):

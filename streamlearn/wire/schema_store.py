@@ -29,8 +29,8 @@ import fastavro
 
 from streamlearn.errors import UserError
 from streamlearn.statestore.keys import PREFIX
-from streamlearn.streams.schema_compat import full_name, incompatibilities
-from streamlearn.streams.serde import (
+from streamlearn.wire.schema_compat import full_name, incompatibilities
+from streamlearn.wire.serde import (
     REGISTRY, SCHEMA_DIR, SchemaRegistry, SerdeError, fingerprint, fingerprint_hex,
 )
 

@@ -1,16 +1,20 @@
 """Avro serde: single-object encoding with an in-process schema registry.
 
-Wire format of every message value (Avro spec, "Single-object encoding")::
+Wire format of every message value and of every snapshot (Avro spec, "Single-object encoding")::
 
     0xC3 0x01 | CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form
               |   (8 bytes, little-endian) | Avro binary body
+
+The framing (:data:`MAGIC`, :data:`HEADER_LEN`), the fingerprint (:func:`fingerprint`,
+:func:`parsed_fingerprint`) and Avro's zig-zag varint (:func:`read_long`) are defined here
+once, for the training messages and for the snapshot format.
 
 The registry maps fingerprints to writer schemas. :func:`decode` resolves the writer
 schema by fingerprint and reads into the *current* reader schema of the same name, so a
 message written with an older (or newer) compatible version of a schema is read with
 Avro's schema-resolution rules (added fields take their defaults, removed ones are
 skipped). Evolved versions are made known with :func:`register` (in this process) or in
-the shared registry of :mod:`~streamlearn.streams.schema_store` (to every worker).
+the shared registry of :mod:`~streamlearn.wire.schema_store` (to every worker).
 
 Schema names are the ``.avsc`` file stems (``"training_record"``, ``"training_batch"``);
 full Avro names (``"streamlearn.TrainingRecord"``) are accepted as aliases.
@@ -25,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import numpy as np
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
+
+from streamlearn.batch import SparseRows
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAGIC = b"\xc3\x01"
@@ -53,14 +60,47 @@ def fingerprint_hex(fp: bytes) -> str:
     return f"0x{int.from_bytes(fp, 'little'):016x}"
 
 
+class MalformedAvro(SerdeError):
+    """Avro binary that cannot be read (a varint too long, a length past the end...)."""
+
+
 def fingerprint(schema: Any) -> bytes:
     """CRC-64-AVRO fingerprint of ``schema``'s Parsing Canonical Form, as the 8 wire bytes
     (little-endian). ``schema`` is a dict/list/str schema or JSON text."""
     if isinstance(schema, str) and schema.lstrip()[:1] in ("{", "[", '"'):
         schema = json.loads(schema)
-    canonical = to_parsing_canonical_form(fastavro.parse_schema(schema))
-    # fastavro renders the CRC-64-AVRO fingerprint as the hex of its little-endian bytes.
+    return parsed_fingerprint(fastavro.parse_schema(schema))
+
+
+def parsed_fingerprint(parsed: Any) -> bytes:
+    """:func:`fingerprint` of a schema fastavro has parsed already."""
+    return canonical_fingerprint(to_parsing_canonical_form(parsed))
+
+
+def canonical_fingerprint(canonical: str) -> bytes:
+    """The fingerprint of a Parsing Canonical Form: fastavro renders the CRC-64-AVRO
+    fingerprint as the hex of its little-endian bytes, the 8 bytes on the wire."""
     return bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def read_long(b: bytes, pos: int) -> tuple[int, int]:
+    """Avro zig-zag varint at ``pos`` -> (value, next pos). IndexError past the end,
+    :class:`MalformedAvro` for more than 10 bytes. The hot path of the fast readers."""
+    x = b[pos]
+    if x < 0x80:
+        return (x >> 1) ^ -(x & 1), pos + 1
+    result = x & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        x = b[pos]
+        pos += 1
+        result |= (x & 0x7F) << shift
+        if x < 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise MalformedAvro("varint too long")
 
 
 @dataclass(frozen=True)
@@ -95,7 +135,7 @@ class SchemaRegistry:
             schema = json.loads(schema)
         parsed = fastavro.parse_schema(schema)  # keeps fastavro's "parsed" hint: no re-parse per call
         canonical = to_parsing_canonical_form(parsed)
-        fp = bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+        fp = canonical_fingerprint(canonical)
         full = parsed.get("name", "") if isinstance(parsed, dict) else ""
         with self._lock:
             short = name or self._aliases.get(full) or full
@@ -204,8 +244,6 @@ def schema_fingerprint(schema_name: str) -> bytes:
 
 # -- training messages ----------------------------------------------------------------------
 def _le_bytes(a, dtype: str) -> bytes:
-    import numpy as np
-
     return np.ascontiguousarray(a, dtype=dtype).tobytes()
 
 
@@ -215,10 +253,6 @@ def encode_training_batch(X, y=None, w=None, keys=None, event_time=None) -> byte
     ``X``: dense (n, d) array (sent as float32) or a :class:`~streamlearn.batch.SparseRows`;
     ``y``: labels (NaN = missing) or None; ``w``: weights or None; ``keys``: n strings/None.
     """
-    import numpy as np
-
-    from streamlearn.batch import SparseRows
-
     if isinstance(X, SparseRows):
         n, d = X.shape
         rec = {"n_rows": n, "n_features": d, "indptr": _le_bytes(X.indptr, "<i8"),
@@ -252,8 +286,6 @@ def encode_training_batch(X, y=None, w=None, keys=None, event_time=None) -> byte
 def encode_training_record(features=None, *, indices=None, values=None, n_features=None, label=None,
                            weight: float = 1.0, key: str | None = None, event_time: int | None = None) -> bytes:
     """One ``training_record`` message: dense ``features`` or sparse ``indices``/``values``/``n_features``."""
-    import numpy as np
-
     if (features is None) == (indices is None):
         raise SerdeError("give either dense features or sparse indices/values")
     rec: dict = {"weight": float(weight), "key": None if key is None else str(key),
@@ -271,7 +303,8 @@ def encode_training_record(features=None, *, indices=None, values=None, n_featur
 
 
 __all__ = [
-    "MAGIC", "HEADER_LEN", "TRAINING_RECORD", "TRAINING_BATCH", "SerdeError", "UnknownSchemaError",
-    "SchemaRegistry", "SchemaEntry", "REGISTRY", "register", "encode", "decode", "fingerprint",
+    "MAGIC", "HEADER_LEN", "TRAINING_RECORD", "TRAINING_BATCH", "SerdeError", "UnknownSchemaError", "MalformedAvro",
+    "SchemaRegistry", "SchemaEntry", "REGISTRY", "register", "encode", "decode", "fingerprint", "parsed_fingerprint",
+    "canonical_fingerprint", "read_long",
     "fingerprint_hex", "schema_fingerprint", "check_header", "encode_training_batch", "encode_training_record",
 ]

@@ -28,8 +28,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from streamlearn.algorithms.base import AUTO, Algorithm, ParamError
 from streamlearn.batch import Batch
 from streamlearn.labels import LabelCoding
-from streamlearn.streams.decode import decode_messages
-from streamlearn.streams.topics import _CLIENT_ONLY, _conf
+from streamlearn.wire.decode import decode_messages
+from streamlearn.streams.topics import consumer_conf
 
 SAMPLE_RECORDS = 200_000
 SAMPLE_BYTES = 64 << 20
@@ -94,8 +94,7 @@ def sample_topic(kafka_conf: dict, topic: str, marks: dict[int, tuple[int, int]]
     total_messages = sum(hi - lo for lo, hi in marks.values())
     if not todo:
         return profile
-    conf = {k: v for k, v in _conf(kafka_conf).items() if k not in _CLIENT_ONLY}
-    consumer = Consumer({**conf, "group.id": f"streamlearn-inspect-{uuid.uuid4().hex}", "enable.auto.commit": False,
+    consumer = Consumer({**consumer_conf(kafka_conf), "group.id": f"streamlearn-inspect-{uuid.uuid4().hex}", "enable.auto.commit": False,
                          "enable.partition.eof": False})
     consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in todo])
     messages = nbytes = 0

@@ -1,7 +1,7 @@
 """Job specs and control: create, pause, resume, status, list.
 
 A job is a named training run: an algorithm with its parameters over a topic. Its spec,
-status, state and offsets live in Redis under ``sl:{job}:*`` (see statestore/keys.py).
+status, state and offsets live in Redis under ``sl:{job}:*`` (see :mod:`streamlearn.runtime.record`).
 ``initialize`` runs here, once, at creation; workers only ever update.
 """
 from __future__ import annotations
@@ -15,13 +15,15 @@ from typing import Any
 import redis
 
 from streamlearn.algorithms import Algorithm, algorithm_class, make_algorithm
-from streamlearn.contract import default_epochs, infer_params, sample_topic
 from streamlearn.errors import UserError
-from streamlearn.statestore.keys import JOBS, JobKeys
-from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
+from streamlearn.runtime.contract import default_epochs, infer_params, sample_topic
+from streamlearn.runtime.record import ENDED, JobRecord
+from streamlearn.snapshots.format import decode_snapshot, load_model
+from streamlearn.snapshots.store import ModelStore
+from streamlearn.statestore.redis_state import now_ms
+from streamlearn.streams.topics import delete_group, ensure_topic, watermarks
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-SNAPSHOT_TOPIC = "streamlearn.snapshots"
 
 
 class JobError(UserError, RuntimeError):
@@ -71,7 +73,7 @@ def check_name(name: str) -> None:
 
 def load_spec(client: redis.Redis, name: str) -> JobSpec:
     check_name(name)
-    raw = client.get(JobKeys(name).spec)
+    raw = JobRecord(client, name).spec_json()
     if raw is None:
         raise JobError(f"unknown job {name!r}; `streamlearn job list` shows the jobs")
     return JobSpec.from_json(raw)
@@ -88,8 +90,6 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     ``epochs`` (or ``params["epochs"]`` when the algorithm has no such parameter): a bounded
     job reads its topic range that many times.
     """
-    from streamlearn.streams.topics import ensure_topic, watermarks
-
     check_name(name)
     if until not in ("end", "never"):
         raise JobError(f"--until must be 'end' or 'never', not {until!r}")
@@ -106,22 +106,16 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
                    snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
                    created_at=time.time(), epochs=epochs)
-    keys = JobKeys(name)
-    if not client.set(keys.spec, spec.to_json(), nx=True):
+    record = JobRecord(client, name)
+    if not record.claim(spec.to_json()):
         raise JobError(f"job {name!r} already exists")
-    client.sadd(JOBS, name)
-    state = RedisState(client, name)
+    state = record.state()
     if parent_model is None:
         algo.initialize(state)
     else:
         algo.initialize_from(state, parent_model)
     state.commit()
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(keys.offsets, mapping={str(p): o for p, o in spec.start_offsets.items()})
-    pipe.hset(keys.counters, mapping={"records_applied": 0, "records_dead_lettered": 0, "initialize_calls": 1,
-                                      "finalize_calls": 0})
-    pipe.set(keys.status, "running")
-    pipe.execute()
+    record.start(spec.start_offsets)
     ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
     return spec
 
@@ -130,7 +124,7 @@ def _with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorit
                         bounded: bool) -> tuple[Algorithm, int]:
     """(the algorithm with its "auto" parameters inferred from the topic's records, after
     checking its explicit ones against them; the records in the topic range, 0 when not
-    sampled) — streamlearn/contract.py."""
+    sampled) — streamlearn/runtime/contract.py."""
     params = algo.get_params()
     if not ({"n_features", "classes", "mini_batch_size"} & set(params)):
         return algo, 0
@@ -164,9 +158,6 @@ def _job_epochs(algorithm: str, params: dict[str, Any], epochs: int | None,
 
 def _parent_model(client: redis.Redis, ref: str, algorithm: str):
     """Resolve "JOB[@VERSION]" to (lineage link, verified model) for incremental training."""
-    from streamlearn.snapshots.format import decode_snapshot, load_model
-    from streamlearn.snapshots.store import ModelStore
-
     job, _, version_text = ref.partition("@")
     check_name(job)
     store = ModelStore(client)
@@ -187,40 +178,20 @@ def set_paused(client: redis.Redis, name: str, paused: bool) -> str:
     from the stored offsets (``initialize`` is never called again). A barrier: every batch
     commit checks the status in its own transaction, so none is applied once this returns."""
     load_spec(client, name)
-    keys = JobKeys(name)
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(keys.status)
-                status = (pipe.get(keys.status) or b"").decode()
-                if status in ENDED:
-                    raise JobError(f"job {name!r} is {status}; it cannot be paused or resumed")
-                pipe.multi()
-                pipe.set(keys.status, "paused" if paused else "running")
-                pipe.execute()
-                return "paused" if paused else "running"
-            except redis.WatchError:
-                continue
+    wanted = "paused" if paused else "running"
+    before = JobRecord(client, name).change_status(wanted)
+    if before in ENDED:
+        raise JobError(f"job {name!r} is {before}; it cannot be paused or resumed")
+    return wanted
 
 
 def job_status(client: redis.Redis, name: str) -> dict[str, Any]:
     """What ``streamlearn job status`` prints (nothing secret: no settings, no URLs)."""
     spec = load_spec(client, name)
-    keys = JobKeys(name)
-    pipe = client.pipeline(transaction=True)
-    pipe.get(keys.status)
-    pipe.hgetall(keys.counters)
-    pipe.hgetall(keys.offsets)
-    pipe.zrangebyscore(keys.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")
-    pipe.lrange(keys.rate, 0, -1)
-    pipe.hget(keys.counters, "snapshot_version")
-    pipe.hgetall(keys.data_epochs)
-    pipe.hget(keys.info, "reason")
-    status, counters, offsets, members, rate, snapshot_version, passes, reason = pipe.execute()
-    counters = {k.decode(): int(v) for k, v in counters.items()}
-    partitions = {int(p): int(o) for p, o in offsets.items()}
-    partition_epochs = {p: int(passes.get(str(p).encode(), 0)) for p in sorted(partitions)}
-    state = (status or b"unknown").decode()
+    view = JobRecord(client, name).read_status()
+    counters, partitions = view.counters, view.offsets
+    partition_epochs = {p: view.data_epochs.get(p, 0) for p in sorted(partitions)}
+    state = view.status or "unknown"
     return {
         "job": name,
         "algorithm": spec.algorithm,
@@ -228,7 +199,7 @@ def job_status(client: redis.Redis, name: str) -> dict[str, Any]:
         "params": spec.params,
         "until": spec.until,
         "state": state,
-        "reason": None if reason is None else reason.decode(),
+        "reason": view.reason,
         "epochs": spec.epochs,
         "epoch": min(partition_epochs.values(), default=0),
         "partition_epochs": {str(p): e for p, e in partition_epochs.items()},
@@ -239,9 +210,9 @@ def job_status(client: redis.Redis, name: str) -> dict[str, Any]:
         "commits": counters.get("commits", 0),
         "partitions": {str(p): o for p, o in sorted(partitions.items())},
         "end_offsets": {str(p): o for p, o in sorted(spec.end_offsets.items())},
-        "members": sorted(m.decode() for m in members),
-        "snapshot_version": None if snapshot_version is None else int(snapshot_version),
-        "records_per_second": _rate(rate) if state == "running" else 0.0,
+        "members": view.members,
+        "snapshot_version": view.snapshot_version,
+        "records_per_second": _rate(view.rate) if state == "running" else 0.0,
     }
 
 
@@ -266,28 +237,10 @@ def _rate(samples: list[bytes], now: int | None = None) -> float:
     return round(sum(n for _, n in recent[:-1]) / (span / 1000.0), 1)
 
 
-#: states a job does not leave (``deleting`` ends in the job's keys being removed)
-ENDED = ("finished", "failed", "deleting")
-
-
 def fail_job(client: redis.Redis, name: str, reason: str) -> bool:
     """Mark the job ``failed`` with ``reason`` (one line) unless it already ended; returns
     whether this call failed it. Workers see it and exit non-zero."""
-    keys = JobKeys(name)
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(keys.status)
-                if (pipe.get(keys.status) or b"").decode() in ENDED:
-                    pipe.unwatch()
-                    return False
-                pipe.multi()
-                pipe.set(keys.status, "failed")
-                pipe.hset(keys.info, "reason", reason)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                continue
+    return JobRecord(client, name).change_status("failed", reason) not in ENDED
 
 
 def delete_job(client: redis.Redis, kafka_conf: dict, name: str, force: bool = False,
@@ -299,44 +252,32 @@ def delete_job(client: redis.Redis, kafka_conf: dict, name: str, force: bool = F
     exit 0; this waits up to ``timeout_s`` for them to leave. Published snapshots stay in the
     model store: they are models, with their own lineage, not the job's training state.
     """
-    from streamlearn.streams.topics import delete_group
-
     spec = load_spec(client, name)
-    keys = JobKeys(name)
-    members = _live_members(client, keys)
+    record = JobRecord(client, name)
+    members = record.live_members()
     if members and not force:
         raise JobError(f"job {name!r} has {len(members)} running worker(s); stop them or use --force")
     if members:
-        client.set(keys.status, "deleting")
+        record.set_status("deleting")
         deadline = time.monotonic() + timeout_s
-        while _live_members(client, keys):
+        while record.live_members():
             if time.monotonic() > deadline:
                 raise JobError(f"job {name!r}: workers still running after {timeout_s:.0f} s; nothing deleted "
                                f"(the job stays 'deleting': run `job delete --force` again)")
             time.sleep(0.2)
-    doomed = {k.decode() for k in client.scan_iter(match=f"{keys.base}:*", count=1000)}
-    doomed = {k for k in doomed if not k.startswith(keys.snapshots)} | set(keys.all_keys([]))
-    pipe = client.pipeline(transaction=True)
-    pipe.delete(*sorted(doomed))
-    pipe.srem(JOBS, name)
-    pipe.execute()
+    record.delete()
     delete_group(kafka_conf, spec.group_id)
-
-
-def _live_members(client: redis.Redis, keys: JobKeys) -> list[bytes]:
-    return client.zrangebyscore(keys.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")
 
 
 def list_jobs(client: redis.Redis) -> list[dict[str, Any]]:
     out = []
-    for raw in sorted(client.smembers(JOBS)):
-        name = raw.decode()
-        status = client.get(JobKeys(name).status)
-        spec = client.get(JobKeys(name).spec)
+    for name in JobRecord.names(client):
+        record = JobRecord(client, name)
+        status, spec = record.status(), record.spec_json()
         if spec is None:
             continue
         s = JobSpec.from_json(spec)
-        out.append({"job": name, "algorithm": s.algorithm, "topic": s.topic, "state": (status or b"?").decode()})
+        out.append({"job": name, "algorithm": s.algorithm, "topic": s.topic, "state": status or "?"})
     return out
 
 

@@ -4,7 +4,7 @@ The id names a writer schema in a Confluent-compatible schema registry (Confluen
 Apicurio's ``/apis/ccompat/v7``, Karapace), set by ``STREAMLEARN_SCHEMA_REGISTRY_URL``. A
 worker asks ``GET /schemas/ids/{id}`` once per id and keeps the answer for its lifetime
 (an id names one schema forever); the schema is checked against the project's reader
-schema as a registration in :mod:`~streamlearn.streams.schema_store` is, and a message is
+schema as a registration in :mod:`~streamlearn.wire.schema_store` is, and a message is
 then reframed as single-object encoding so that it is decoded like any other.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 import urllib.error
 import urllib.request
 
-from streamlearn.streams.schema_store import SchemaRegistrationError, check_compatible
-from streamlearn.streams.serde import MAGIC, REGISTRY, SchemaRegistry, SerdeError, fingerprint
+from streamlearn.wire.schema_store import SchemaRegistrationError, check_compatible
+from streamlearn.wire.serde import MAGIC, REGISTRY, SchemaRegistry, SerdeError, fingerprint
 
 ENV_URL = "STREAMLEARN_SCHEMA_REGISTRY_URL"
 CONFLUENT_HEADER_LEN = 5  # magic 0 + 4-byte id

@@ -25,17 +25,16 @@ from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
-from streamlearn.consumers.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
-from streamlearn.jobs import JobSpec, fail_job, load_spec
-from streamlearn.snapshots.finalize import ensure_published, maybe_finalize, periodic_snapshot
+from streamlearn.runtime.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
+from streamlearn.runtime.finalize import ensure_published, maybe_finalize, periodic_snapshot
+from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
+from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.statestore.base import CommitRefused, FencedError
 from streamlearn.statestore.buffered import CommitInfo
-from streamlearn.statestore.keys import JobKeys
-from streamlearn.statestore.redis_state import RedisState
-from streamlearn.streams.confluent import ConfluentSchemas, SchemaRegistryUnavailable
-from streamlearn.streams.decode import decode_messages, rejection_headers
-from streamlearn.streams.schema_store import SharedSchemas
+from streamlearn.wire.confluent import ConfluentSchemas, SchemaRegistryUnavailable
+from streamlearn.wire.decode import decode_messages, rejection_headers
+from streamlearn.wire.schema_store import SharedSchemas
 
 log = logging.getLogger("streamlearn.worker")
 
@@ -119,8 +118,8 @@ class Worker:
         self.spec: JobSpec = load_spec(self.client, job)
         self.algorithm = self.spec.algorithm_instance()
         self.member = member or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.keys = JobKeys(job)
-        self.state = RedisState(self.client, job, self.member)
+        self.record = JobRecord(self.client, job)
+        self.state = self.record.state(self.member)
         self.shared_schemas = SharedSchemas(self.client)  # writer schemas this process was not started with
         self.confluent_schemas = ConfluentSchemas.from_env()
         self.fence: dict[int, int] = {}  # partition -> epoch we own it under
@@ -246,13 +245,12 @@ class Worker:
         assigned = [tp.partition for tp in self._consumer.assignment()]
         if not assigned:
             return
-        stored, passes = self._retry(lambda: self._positions(self.client.pipeline(transaction=True), assigned).execute(),
-                                     "recovery")
-        for p, offset, done_passes in zip(assigned, stored, passes):
-            self.passes[p] = int(done_passes or 0)
+        positions = self._retry(lambda: self.state.backend.positions(assigned), "recovery")
+        for p, (offset, done_passes) in zip(assigned, positions):
+            self.passes[p] = done_passes
             if offset is not None and p in self.fence:
                 try:
-                    self._consumer.seek(TopicPartition(self.spec.topic, p, int(offset)))
+                    self._consumer.seek(TopicPartition(self.spec.topic, p, offset))
                 except KafkaException as seek_error:
                     # never consume on from a position past a dropped batch: try again next step
                     log.warning("%s: seek of partition %d failed (%s)", self.member, p, seek_error)
@@ -284,7 +282,7 @@ class Worker:
         """Heartbeat, and react to the job's status (pause / resume / finished / failed /
         deleting; a job whose status is gone was deleted)."""
         self.state.backend.heartbeat()
-        status = (self.client.get(self.keys.status) or b"deleting").decode()
+        status = self.record.status() or "deleting"
         want_paused = status == "paused"
         if want_paused != self._paused:
             assignment = self._consumer.assignment()
@@ -298,34 +296,19 @@ class Worker:
     # -- rebalance callbacks --------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
-
-        def claim():  # bump first, then read offsets: a fenced writer's last commit is visible
-            pipe = self.client.pipeline(transaction=True)
-            for p in ids:
-                pipe.hincrby(self.keys.epochs, str(p), 1)
-            if ids:
-                self._positions(pipe, ids)
-            return pipe.execute()
-
-        results = self._retry(claim, "partition assignment")
-        epochs, stored, passes = results[: len(ids)], *(results[len(ids):] if ids else ([], []))
-        for tp, epoch, offset, done_passes in zip(partitions, epochs, stored, passes):
-            self.fence[tp.partition] = int(epoch)
-            self.passes[tp.partition] = int(done_passes or 0)
-            tp.offset = int(offset) if offset is not None else OFFSET_BEGINNING
+        claimed = self._retry(lambda: self.state.backend.claim(ids), "partition assignment")
+        for tp, (epoch, offset, done_passes) in zip(partitions, claimed):
+            self.fence[tp.partition] = epoch
+            self.passes[tp.partition] = done_passes
+            tp.offset = offset if offset is not None else OFFSET_BEGINNING
             end = self.spec.end_offsets.get(tp.partition)
-            if end is not None and offset is not None and int(offset) >= end:
+            if end is not None and offset is not None and offset >= end:
                 self.done_partitions.add(tp.partition)
         consumer.assign(partitions)
         paused = [tp for tp in partitions if self._paused or tp.partition in self.done_partitions]
         if paused:
             consumer.pause(paused)
         log.info("%s: assigned %s", self.member, {tp.partition: tp.offset for tp in partitions})
-
-    def _positions(self, pipe, ids: list[int]):
-        """Queue the reads of the stored position (offset, data epoch) of partitions ``ids``."""
-        fields = [str(p) for p in ids]
-        return pipe.hmget(self.keys.offsets, fields).hmget(self.keys.data_epochs, fields)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

@@ -22,7 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from streamlearn._internal import stack
+from streamlearn.devstack.procs import alive, free_ports, log_tail, spawn, stop_pid, tail_text
+from streamlearn.devstack.state import StackError, cache_dir, flock, read_state, require_state, resolve_home, write_state
 
 APICURIO_VERSION = "3.3.3"
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
@@ -52,7 +53,7 @@ def find_java() -> str | None:
 
 
 def _app_dir() -> Path:
-    return stack.cache_dir() / f"apicurio-registry-{APICURIO_VERSION}"
+    return cache_dir() / f"apicurio-registry-{APICURIO_VERSION}"
 
 
 def ensure_apicurio(progress=None) -> Path:
@@ -60,12 +61,12 @@ def ensure_apicurio(progress=None) -> Path:
     app = _app_dir()
     if (app / MARKER).exists():
         return app
-    with stack._flock(app.parent / f".apicurio-{APICURIO_VERSION}.lock"):
+    with flock(app.parent / f".apicurio-{APICURIO_VERSION}.lock"):
         if (app / MARKER).exists():
             return app
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise stack.StackError("Maven (mvn) is needed once to fetch Apicurio Registry")
+            raise StackError("Maven (mvn) is needed once to fetch Apicurio Registry")
         if progress:
             progress(f"fetching Apicurio Registry {APICURIO_VERSION} with Maven into {app} (once, ~160 MB)…")
         tmp = app.parent / f".apicurio-{APICURIO_VERSION}.tmp"
@@ -77,8 +78,8 @@ def ensure_apicurio(progress=None) -> Path:
                                   text=True, timeout=900, cwd=tmp)
             archives = list(tmp.glob("*.tar.gz"))
             if proc.returncode != 0 or not archives:
-                raise stack.StackError(f"fetching {ARTIFACT} with Maven failed (exit {proc.returncode}): "
-                                       f"{stack._tail_text(proc.stdout)}")
+                raise StackError(f"fetching {ARTIFACT} with Maven failed (exit {proc.returncode}): "
+                                       f"{tail_text(proc.stdout)}")
             with tarfile.open(archives[0]) as tar:
                 tar.extractall(tmp / "app", filter="data")
             shutil.rmtree(app, ignore_errors=True)
@@ -98,51 +99,51 @@ def _ready(url: str) -> bool:
 
 def up(home=None, *, timeout: float = 180.0, progress=None) -> str:
     """Start the registry beside the running local stack in ``home`` (idempotent); its Confluent API URL."""
-    h = stack._home(home)
+    h = resolve_home(home)
     java = find_java()
     if java is None:
-        raise stack.StackError(f"Apicurio Registry {APICURIO_VERSION} needs Java {JAVA_MIN}+ (found none; "
+        raise StackError(f"Apicurio Registry {APICURIO_VERSION} needs Java {JAVA_MIN}+ (found none; "
                                "set STREAMLEARN_REGISTRY_JAVA_HOME)")
     app = ensure_apicurio(progress)
-    with stack._flock(h / ".lock"):
-        state = stack._require_state(h)
+    with flock(h / ".lock"):
+        state = require_state(h)
         reg = state.get("schema_registry")
-        if reg and stack._alive(reg["pid"], MARKER):
+        if reg and alive(reg["pid"], MARKER):
             return reg["url"]
-        port = stack._free_ports(1)[0]
+        port = free_ports(1)[0]
         url = f"http://127.0.0.1:{port}{CCOMPAT_PATH}"
         log = h / "schema-registry" / "registry.log"
         # the management interface would take 0.0.0.0:9000 (one per machine): off
         cmd = [java, "-Xmx512m", "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={port}",
                "-Dquarkus.management.enabled=false", "-jar", str(app / MARKER)]
-        pid = stack._spawn(cmd, log=log, cwd=app)
+        pid = spawn(cmd, log=log, cwd=app)
         state["schema_registry"] = {"pid": pid, "port": port, "url": url, "log": str(log)}
-        stack._write_state(h, state)
+        write_state(h, state)
     deadline = time.monotonic() + timeout
     while not _ready(url):
-        if not stack._alive(pid, MARKER) or time.monotonic() > deadline:
+        if not alive(pid, MARKER) or time.monotonic() > deadline:
             down(h)
-            raise stack.StackError(f"Apicurio Registry did not start (log {log}):\n{stack._log_tail(log)}")
+            raise StackError(f"Apicurio Registry did not start (log {log}):\n{log_tail(log)}")
         time.sleep(0.5)
     return url
 
 
 def down(home=None) -> None:
     """Stop the registry of the local stack in ``home``, if one runs."""
-    h = stack._home(home)
-    state = stack._read_state(h)
+    h = resolve_home(home)
+    state = read_state(h)
     reg = (state or {}).get("schema_registry")
     if reg:
-        stack._stop_pid(reg["pid"], MARKER, timeout=20)
+        stop_pid(reg["pid"], MARKER, timeout=20)
         state.pop("schema_registry")
-        stack._write_state(h, state)
+        write_state(h, state)
 
 
 def url(home=None) -> str | None:
     """The Confluent API URL of the running registry of the stack in ``home``, else None."""
-    state = stack._read_state(stack._home(home)) or {}
+    state = read_state(resolve_home(home)) or {}
     reg = state.get("schema_registry")
-    return reg["url"] if reg and stack._alive(reg["pid"], MARKER) else None
+    return reg["url"] if reg and alive(reg["pid"], MARKER) else None
 
 
 __all__ = ["APICURIO_VERSION", "find_java", "ensure_apicurio", "up", "down", "url"]

@@ -26,34 +26,18 @@ from fastavro import schemaless_reader
 
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding
-from streamlearn.streams.confluent import ConfluentSchemas, is_confluent_framed
-from streamlearn.streams.schema_store import SharedSchemas
-from streamlearn.streams.serde import (
-    HEADER_LEN, MAGIC, REGISTRY, TRAINING_BATCH, TRAINING_RECORD, SchemaRegistry, fingerprint_hex,
+from streamlearn.wire.confluent import ConfluentSchemas, is_confluent_framed
+from streamlearn.wire.schema_store import SharedSchemas
+from streamlearn.wire.serde import (
+    HEADER_LEN, MAGIC, REGISTRY, TRAINING_BATCH, TRAINING_RECORD, MalformedAvro, SchemaRegistry, fingerprint_hex,
+    read_long,
+)
+from streamlearn.wire.rules import (
+    R_BAD_INDPTR, R_INF_Y, R_KEYS, R_MALFORMED, R_MISSING_LABEL, R_NEGATIVE_W,
+    R_NONFINITE_W, R_NONFINITE_X, R_NOT_AVRO, R_NOT_TRAINING, R_SIZE, R_SPARSE_RANGE, R_SPARSE_TO_DENSE, R_TRAILING,
+    R_TRUNCATED, R_UNKNOWN_FP, both_forms, dense_reason, label_reason, no_features, sparse_reason, weight_reason,
 )
 
-# Reason strings (prefixes; some carry numbers after them).
-R_NOT_AVRO = "not Avro single-object encoded (bad magic)"
-R_TRUNCATED = "truncated message"
-R_MALFORMED = "malformed Avro body"
-R_TRAILING = "trailing bytes after the Avro body"
-R_UNKNOWN_FP = "unknown schema fingerprint"
-R_NOT_TRAINING = "not a training schema"
-R_NONFINITE_X = "NaN or inf in features"
-R_NONFINITE_Y = "NaN or inf in label"
-R_INF_Y = "inf in labels"
-R_NONFINITE_W = "NaN or inf in weight"
-R_NEGATIVE_W = "negative weight"
-R_MISSING_LABEL = "missing label"
-R_SPARSE_TO_DENSE = "sparse input to a dense-only algorithm"
-R_SPARSE_RANGE = "sparse index out of range"
-R_SPARSE_LENGTHS = "sparse indices/values lengths differ"
-R_SPARSE_NO_WIDTH = "sparse record without n_features"
-R_BAD_INDPTR = "malformed sparse indptr"
-R_NO_FEATURES = "no features"
-R_BOTH_FORMS = "both dense and sparse features"
-R_SIZE = "size mismatch"
-R_KEYS = "keys count"
 
 
 @dataclass(frozen=True)
@@ -158,29 +142,6 @@ _BATCH_CANONICAL = (
 _unpack_double = struct.Struct("<d").unpack_from
 
 
-class _Malformed(Exception):
-    pass
-
-
-def _long(b: bytes, pos: int) -> tuple[int, int]:
-    """Avro zig-zag varint at ``pos`` -> (value, next pos). IndexError past the end."""
-    x = b[pos]
-    if x < 0x80:
-        return (x >> 1) ^ -(x & 1), pos + 1
-    result = x & 0x7F
-    shift = 7
-    pos += 1
-    while True:
-        x = b[pos]
-        pos += 1
-        result |= (x & 0x7F) << shift
-        if x < 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-        if shift > 63:
-            raise _Malformed("varint too long")
-
-
 def _union(b: bytes, pos: int) -> tuple[bool, int]:
     """A ["null", T] union's branch: (is T, next pos)."""
     x = b[pos]
@@ -188,7 +149,7 @@ def _union(b: bytes, pos: int) -> tuple[bool, int]:
         return False, pos + 1
     if x == 2:
         return True, pos + 1
-    raise _Malformed("bad union branch")
+    raise MalformedAvro("bad union branch")
 
 
 def _float_array(b: bytes, pos: int) -> tuple[bytes, int, int]:
@@ -196,15 +157,15 @@ def _float_array(b: bytes, pos: int) -> tuple[bytes, int, int]:
     chunks = []
     n = 0
     while True:
-        count, pos = _long(b, pos)
+        count, pos = read_long(b, pos)
         if count == 0:
             break
         if count < 0:
             count = -count
-            _, pos = _long(b, pos)  # block size in bytes
+            _, pos = read_long(b, pos)  # block size in bytes
         end = pos + 4 * count
         if end > len(b):
-            raise _Malformed("array past the end")
+            raise MalformedAvro("array past the end")
         chunks.append(b[pos:end])
         n += count
         pos = end
@@ -217,16 +178,16 @@ def _long_array(b: bytes, pos: int) -> tuple[list[int], int]:
     # 450k vs 500k records/s), the worker's record path.
     out: list[int] = []
     while True:
-        count, pos = _long(b, pos)
+        count, pos = read_long(b, pos)
         if count == 0:
             return out, pos
         if count < 0:
             count = -count
-            _, pos = _long(b, pos)
+            _, pos = read_long(b, pos)
         if count > len(b) - pos:  # every long takes at least one byte
-            raise _Malformed("array past the end")
+            raise MalformedAvro("array past the end")
         for _ in range(count):
-            x, pos = _long(b, pos)
+            x, pos = read_long(b, pos)
             out.append(x)
 
 
@@ -234,16 +195,16 @@ def _bytes(b: bytes, mv: memoryview, pos: int):
     present, pos = _union(b, pos)
     if not present:
         return None, pos
-    n, pos = _long(b, pos)
+    n, pos = read_long(b, pos)
     if n < 0 or pos + n > len(b):
-        raise _Malformed("bytes past the end")
+        raise MalformedAvro("bytes past the end")
     return mv[pos:pos + n], pos + n
 
 
 def _string(b: bytes, pos: int) -> tuple[str, int]:
-    n, pos = _long(b, pos)
+    n, pos = read_long(b, pos)
     if n < 0 or pos + n > len(b):
-        raise _Malformed("string past the end")
+        raise MalformedAvro("string past the end")
     return b[pos:pos + n].decode("utf-8"), pos + n
 
 
@@ -265,15 +226,15 @@ def _read_record_fast(b: bytes) -> dict:
         values, nval, pos = _float_array(b, pos)
     present, pos = _union(b, pos)
     if present:
-        width, pos = _long(b, pos)
+        width, pos = read_long(b, pos)
     present, pos = _union(b, pos)
     if present:
         if pos + 8 > len(b):
-            raise _Malformed("double past the end")
+            raise MalformedAvro("double past the end")
         label = _unpack_double(b, pos)[0]
         pos += 8
     if pos + 8 > len(b):
-        raise _Malformed("double past the end")
+        raise MalformedAvro("double past the end")
     weight = _unpack_double(b, pos)[0]
     pos += 8
     present, pos = _union(b, pos)
@@ -281,7 +242,7 @@ def _read_record_fast(b: bytes) -> dict:
         key, pos = _string(b, pos)
     present, pos = _union(b, pos)
     if present:
-        _, pos = _long(b, pos)
+        _, pos = read_long(b, pos)
     if pos != len(b):
         raise _Trailing(len(b) - pos)
     return {"features": features, "n_dense": nfeat, "indices": indices, "values": values, "n_values": nval,
@@ -291,8 +252,8 @@ def _read_record_fast(b: bytes) -> dict:
 def _read_batch_fast(b: bytes) -> dict:
     """A current-schema training_batch; bytes fields are zero-copy memoryviews."""
     mv = memoryview(b)
-    n_rows, pos = _long(b, HEADER_LEN)
-    n_features, pos = _long(b, pos)
+    n_rows, pos = read_long(b, HEADER_LEN)
+    n_features, pos = read_long(b, pos)
     dense, pos = _bytes(b, mv, pos)
     indptr, pos = _bytes(b, mv, pos)
     indices, pos = _bytes(b, mv, pos)
@@ -304,14 +265,14 @@ def _read_batch_fast(b: bytes) -> dict:
     if present:
         keys = []
         while True:
-            count, pos = _long(b, pos)
+            count, pos = read_long(b, pos)
             if count == 0:
                 break
             if count < 0:
                 count = -count
-                _, pos = _long(b, pos)
+                _, pos = read_long(b, pos)
             if count > len(b) - pos:  # every item takes at least one byte
-                raise _Malformed("array past the end")
+                raise MalformedAvro("array past the end")
             for _ in range(count):
                 present, pos = _union(b, pos)
                 if present:
@@ -321,7 +282,7 @@ def _read_batch_fast(b: bytes) -> dict:
                     keys.append(None)
     present, pos = _union(b, pos)
     if present:
-        _, pos = _long(b, pos)
+        _, pos = read_long(b, pos)
     if pos != len(b):
         raise _Trailing(len(b) - pos)
     return {"n_rows": n_rows, "n_features": n_features, "dense": dense, "indptr": indptr, "indices": indices,
@@ -408,10 +369,6 @@ class _RecordRun:
         return piece
 
 
-def _isfinite(x: float) -> bool:
-    return x - x == 0.0  # False for NaN and +-inf; cheaper than math.isfinite on hot paths
-
-
 def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse: bool, needs_label: bool,
                     registry: SchemaRegistry = REGISTRY, shared: SharedSchemas | None = None,
                     confluent: ConfluentSchemas | None = None, labels: LabelCoding | None = None) -> DecodeResult:
@@ -424,7 +381,7 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
     values are read when ``confluent`` is given. ``labels``: the job's label coding, a record
     message whose label is outside it is rejected. A batch message is not rejected whole for
     some of its labels: its records reach the update step, whose label encoding raises for
-    them, and the worker isolates and dead-letters them one by one (consumers/isolate.py).
+    them, and the worker isolates and dead-letters them one by one (runtime/isolate.py).
     Never raises for bad input bytes: everything wrong with a message is a rejection (an
     unreachable Redis or schema registry raises: the window is retried).
     """
@@ -561,43 +518,22 @@ def _width(name: str, rec: dict) -> int | None:
 
 
 def _check_record(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool):
-    """(reason or None, is_sparse) for one decoded training_record. Feature finiteness is
-    checked for all records of a run at once (:meth:`_RecordRun.piece`)."""
+    """(reason or None, is_sparse) for one decoded training_record (:mod:`~streamlearn.wire.rules`).
+    Feature finiteness is checked for all records of a run at once (:meth:`_RecordRun.piece`)."""
     features = rec["features"]
     indices = rec["indices"]
-    sparse = False
     if features is not None:
         if indices is not None:
-            return f"record has {R_BOTH_FORMS}", False
-        if rec["n_dense"] != n_features:
-            return f"dimension {rec['n_dense']} != {n_features}", False
+            return both_forms("record"), False
+        sparse, reason = False, dense_reason(rec["n_dense"], n_features)
     elif indices is not None:
-        sparse = True
         if not accepts_sparse:
             return R_SPARSE_TO_DENSE, True
-        if rec["n_values"] != len(indices):
-            return f"{R_SPARSE_LENGTHS} ({len(indices)} != {rec['n_values']})", True
-        width = rec["n_features"]
-        if width is None:
-            return R_SPARSE_NO_WIDTH, True
-        if width != n_features:
-            return f"sparse n_features {width} != {n_features}", True
-        if indices and (min(indices) < 0 or max(indices) >= n_features):
-            return f"{R_SPARSE_RANGE} [0, {n_features})", True
+        sparse, reason = True, sparse_reason(indices, rec["n_values"], rec["n_features"], n_features,
+                                             width_required=True)
     else:
-        return f"record has {R_NO_FEATURES}", False
-    label = rec["label"]
-    if label is None:
-        if needs_label:
-            return R_MISSING_LABEL, sparse
-    elif not _isfinite(label):
-        return R_NONFINITE_Y, sparse
-    weight = rec["weight"]
-    if not _isfinite(weight):
-        return R_NONFINITE_W, sparse
-    if weight < 0:
-        return R_NEGATIVE_W, sparse
-    return None, sparse
+        return no_features("record"), False
+    return reason or label_reason(rec["label"], needs_label) or weight_reason(rec["weight"]), sparse
 
 
 def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: bool):
@@ -611,7 +547,7 @@ def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: 
     # 1. Claimed sizes against byte lengths (Python ints: no overflow, nothing allocated).
     if dense is not None:
         if indptr is not None or indices is not None or values is not None:
-            return None, f"batch has {R_BOTH_FORMS}", 1
+            return None, both_forms("batch"), 1
         if nf == 0 and nr > 0:  # a claim no byte length could contradict
             return None, f"{R_SIZE}: {nr} rows of 0 features", 1
         if len(dense) != nr * nf * 4:
@@ -628,7 +564,7 @@ def _batch_piece(rec: dict, n_features: int, accepts_sparse: bool, needs_label: 
         if len(values) != nnz * 4:
             return None, f"{R_SIZE}: {nnz} indices need {nnz * 4} bytes of values, got {len(values)}", 1
     elif nr != 0:
-        return None, f"batch has {R_NO_FEATURES}", 1
+        return None, no_features("batch"), 1
     if labels is not None and len(labels) != nr * 8:
         return None, f"{R_SIZE}: {nr} rows need {nr * 8} bytes of labels, got {len(labels)}", 1
     if weights is not None and len(weights) != nr * 8:

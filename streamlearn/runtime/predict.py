@@ -14,7 +14,7 @@ import redis
 from streamlearn.algorithms import algorithm_class
 from streamlearn.algorithms.base import Model, ParamError
 from streamlearn.batch import Batch, SparseRows
-from streamlearn.jobs import JobError, load_spec
+from streamlearn.runtime.jobs import JobError, load_spec
 from streamlearn.snapshots.format import decode_snapshot, load_model
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.streams.files import FileFormatError, read_examples

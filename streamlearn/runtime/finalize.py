@@ -19,12 +19,11 @@ import logging
 import redis
 
 from streamlearn.config import Settings
-from streamlearn.jobs import ENDED, JobError, JobSpec, fail_job, is_complete
+from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete
+from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import encode, snapshot_of
 from streamlearn.snapshots.publisher import produce_snapshot
 from streamlearn.snapshots.store import ModelStore
-from streamlearn.statestore.keys import JobKeys
-from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
 
@@ -32,32 +31,25 @@ class NothingToSnapshot(JobError):
     """The job has applied no record yet: its state is no model."""
 
 
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
 def maybe_finalize(settings: Settings, client: redis.Redis, spec: JobSpec, member: str) -> int | None:
     """Finalize a bounded job if all of its data is applied and nobody else is doing it."""
-    keys = JobKeys(spec.name)
-    if (client.get(keys.status) or b"").decode() in ENDED:
+    record = JobRecord(client, spec.name)
+    if record.status() in ENDED:
         return None
-    offsets = {int(p): int(o) for p, o in client.hgetall(keys.offsets).items()}
-    if not is_complete(spec, offsets):
+    if not is_complete(spec, record.offsets()):
         return None
-    if not client.set(keys.finalize_lock, member, nx=True, px=300_000):
-        # redis-py retries a SET whose reply was lost (Redis restart): the lock may be ours
-        if client.get(keys.finalize_lock) != member.encode():
-            return None
+    if not record.take_finalize_lock(member):
+        return None
     try:
         return publish(settings, client, spec, final=True)
     finally:
-        client.eval(_RELEASE, 1, keys.finalize_lock, member)
+        record.release_finalize_lock(member)
 
 
 def periodic_snapshot(settings: Settings, client: redis.Redis, spec: JobSpec, member: str) -> int | None:
     """Publish if ``snapshot_every`` seconds passed since the last periodic snapshot (one
     worker wins the interval's lock; the lock's expiry is the period)."""
-    keys = JobKeys(spec.name)
-    if not client.set(keys.snapshot_lock, member, nx=True, px=int(spec.snapshot_every * 1000)):
+    if not JobRecord(client, spec.name).take_snapshot_turn(member, spec.snapshot_every):
         return None
     try:
         return publish(settings, client, spec, final=False)
@@ -72,8 +64,8 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
     job, or the job applied no record (then it is marked failed). Raises
     :class:`NothingToSnapshot` for a non-final snapshot of a state that applied no record.
     """
-    keys = JobKeys(spec.name)
-    state = RedisState(client, spec.name)
+    record = JobRecord(client, spec.name)
+    state = record.state()
     offsets, counters = state.load_consistent()
     if final and not is_complete(spec, offsets):
         raise JobError(f"job {spec.name!r}: finalize called before all data was applied")
@@ -103,21 +95,8 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
     snapshot = snapshot_of(model, metadata)  # the metadata exactly as a loader will see it
     data = encode(snapshot)
     metadata = snapshot.metadata
-    with client.pipeline(transaction=True) as pipe:
-        try:
-            if final:
-                pipe.watch(keys.status)
-                if pipe.get(keys.status) == b"finished":
-                    return None
-            pipe.multi()
-            store.put(spec.name, data, metadata, pipe=pipe)
-            pipe.hset(keys.counters, "snapshot_version", version)
-            if final:
-                pipe.hincrby(keys.counters, "finalize_calls", 1)
-                pipe.set(keys.status, "finished")
-            pipe.execute()
-        except redis.WatchError:
-            return None  # the status changed under us: another finalizer won
+    if not record.record_snapshot(version, final, lambda pipe: store.put(spec.name, data, metadata, pipe=pipe)):
+        return None  # another finalizer finished the job
     log.info("job %s: stored snapshot version %d%s", spec.name, version, " (final)" if final else "")
     ensure_published(settings, client, spec.name, just_stored=(version, data, metadata))
     return version
@@ -126,8 +105,8 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
 def _no_records_reason(client: redis.Redis, spec: JobSpec, dead: int) -> str:
     if not dead:
         return "no records: the topic range was empty"
-    first = client.hget(JobKeys(spec.name).info, "first_dead_letter")
-    return f"all {dead} records dead-lettered: {first.decode() if first else 'see ' + spec.dlq_topic}"
+    first = JobRecord(client, spec.name).first_dead_letter()
+    return f"all {dead} records dead-lettered: {first or 'see ' + spec.dlq_topic}"
 
 
 def ensure_published(settings: Settings, client: redis.Redis, job: str,
@@ -141,16 +120,15 @@ def ensure_published(settings: Settings, client: redis.Redis, job: str,
     when that version is still the newest stored one (reading a 38 MB FM snapshot back cost
     ~70 ms).
     """
-    keys = JobKeys(job)
-    stored, published = client.hmget(keys.counters, ["snapshot_version", "published_version"])
-    if stored is None or (published is not None and int(published) >= int(stored)):
+    record = JobRecord(client, job)
+    version, published = record.snapshot_versions()
+    if version is None or (published is not None and published >= version):
         return
-    version = int(stored)
     if just_stored is not None and just_stored[0] == version:
         _, data, metadata = just_stored
     else:
         store = ModelStore(client)
         data, metadata = store.get(job, version), store.metadata(job, version)
     produce_snapshot(settings.kafka_client_conf(), job, data, metadata)
-    client.hset(keys.counters, "published_version", version)
+    record.mark_published(version)
     log.info("job %s: published snapshot version %d", job, version)

@@ -29,7 +29,7 @@ from confluent_kafka import KafkaException
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.statestore.buffered import BufferedState
-from streamlearn.streams.serde import encode_training_record
+from streamlearn.wire.serde import encode_training_record
 
 #: what an update may raise that says nothing about the data: infrastructure, handled by the
 #: worker's outage recovery (a pull inside ``update`` talks to Redis)

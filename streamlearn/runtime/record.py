@@ -1,0 +1,217 @@
+"""The job's Redis record: the only module outside the state store that knows a job's keys.
+
+A job is ``sl:{job}:*`` (one hash tag, so one Redis Cluster slot, which MULTI/EXEC and
+WATCH need). Two owners share that prefix:
+
+- the state store (:mod:`streamlearn.statestore.keys`) names what its commit transaction
+  writes: the state's chunks and versions, each partition's next offset, owner epoch and data
+  epoch, and the commit's accounting (``records_applied``, ``records_dead_lettered``,
+  ``commits``, the rate samples, the first dead-letter reason), plus the members a barrier
+  waits for. Offsets and epochs are part of the store's contract (as a faust ``StoreT`` keeps
+  its changelog offsets with its data): they are only true together with the state.
+- this record names the rest, what the job's lifecycle reads and writes around the commits:
+  the spec, the status (which also gates every batch commit: see :meth:`JobRecord.state`),
+  the failure reason, the finalize and periodic-snapshot locks, and the set of job names.
+  It reads the store's offsets, counters and members for ``job status``, and counts the
+  lifecycle's own events (``initialize_calls``, ``finalize_calls``, snapshot versions) in the
+  same counters hash.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import redis
+
+from streamlearn.snapshots.store import ModelStore
+from streamlearn.statestore.keys import PREFIX, StoreKeys
+from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
+
+#: the set of job names
+JOBS = f"{PREFIX}:jobs"
+
+#: states a job does not leave (``deleting`` ends in the job's keys being removed)
+ENDED = ("finished", "failed", "deleting")
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """One instant of the record, as ``job status`` reports it (raw: decoding is the caller's)."""
+
+    status: str | None
+    reason: str | None
+    counters: dict[str, int]
+    offsets: dict[int, int]
+    data_epochs: dict[int, int]
+    members: list[str]
+    rate: list[bytes]  # "ms:records" samples, newest first
+    snapshot_version: int | None
+
+
+class JobRecord:
+    """The Redis record of job ``name`` on ``client`` (nothing is read until asked)."""
+
+    def __init__(self, client: redis.Redis, name: str):
+        self.client = client
+        self.name = name
+        self.store = StoreKeys(name)
+        base = self.store.base
+        self._spec = f"{base}:spec"  # JSON job spec
+        self._status = f"{base}:status"  # running | paused | finished | failed | deleting
+        self._finalize_lock = f"{base}:finalize:lock"
+        self._snapshot_lock = f"{base}:snapshot:lock"
+
+    # -- the jobs ------------------------------------------------------------------------------
+    @staticmethod
+    def names(client: redis.Redis) -> list[str]:
+        return sorted(raw.decode() for raw in client.smembers(JOBS))
+
+    # -- spec and creation ---------------------------------------------------------------------
+    def spec_json(self) -> bytes | None:
+        return self.client.get(self._spec)
+
+    def claim(self, spec_json: str) -> bool:
+        """Store the spec unless the name is taken; returns whether it was free."""
+        if not self.client.set(self._spec, spec_json, nx=True):
+            return False
+        self.client.sadd(JOBS, self.name)
+        return True
+
+    def state(self, member: str | None = None) -> RedisState:
+        """The job's state as ``member`` sees it; its batch commits apply only while the
+        status is ``running`` (a pause, failure or delete refuses them: a barrier)."""
+        return RedisState(self.client, self.name, member, gate=self._status)
+
+    def start(self, start_offsets: dict[int, int]) -> None:
+        """After ``initialize``: the first offsets, zeroed counters, status ``running``."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.store.offsets, mapping={str(p): o for p, o in start_offsets.items()})
+        pipe.hset(self.store.counters, mapping={"records_applied": 0, "records_dead_lettered": 0,
+                                                "initialize_calls": 1, "finalize_calls": 0})
+        pipe.set(self._status, "running")
+        pipe.execute()
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self) -> str | None:
+        raw = self.client.get(self._status)
+        return None if raw is None else raw.decode()
+
+    def set_status(self, status: str) -> None:
+        self.client.set(self._status, status)
+
+    def change_status(self, status: str, reason: str | None = None) -> str:
+        """Set ``status`` (and the failure ``reason``) unless the job already ended; returns
+        the status it had (unchanged when that is one of :data:`ENDED`)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self._status)
+                    before = (pipe.get(self._status) or b"").decode()
+                    if before in ENDED:
+                        pipe.unwatch()
+                        return before
+                    pipe.multi()
+                    pipe.set(self._status, status)
+                    if reason is not None:
+                        pipe.hset(self.store.info, "reason", reason)
+                    pipe.execute()
+                    return before
+                except redis.WatchError:
+                    continue
+
+    def read_status(self) -> StatusView:
+        """Status, counters, offsets, data epochs, live members and rate samples of one instant."""
+        k = self.store
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(self._status)
+        pipe.hgetall(k.counters)
+        pipe.hgetall(k.offsets)
+        pipe.zrangebyscore(k.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")
+        pipe.lrange(k.rate, 0, -1)
+        pipe.hgetall(k.data_epochs)
+        pipe.hget(k.info, "reason")
+        status, counters, offsets, members, rate, passes, reason = pipe.execute()
+        counters = {c.decode(): int(v) for c, v in counters.items()}
+        return StatusView(
+            status=None if status is None else status.decode(),
+            reason=None if reason is None else reason.decode(),
+            counters=counters,
+            offsets={int(p): int(o) for p, o in offsets.items()},
+            data_epochs={int(p): int(e) for p, e in passes.items()},
+            members=sorted(m.decode() for m in members),
+            rate=rate,
+            snapshot_version=counters.get("snapshot_version"),
+        )
+
+    def live_members(self) -> list[str]:
+        return [m.decode() for m in self.client.zrangebyscore(self.store.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")]
+
+    def offsets(self) -> dict[int, int]:
+        return {int(p): int(o) for p, o in self.client.hgetall(self.store.offsets).items()}
+
+    def first_dead_letter(self) -> str | None:
+        raw = self.client.hget(self.store.info, "first_dead_letter")
+        return None if raw is None else raw.decode()
+
+    # -- finalize and snapshots ----------------------------------------------------------------
+    def take_finalize_lock(self, member: str) -> bool:
+        """The lock of the one finalizer of a bounded job (expires after 5 minutes)."""
+        if self.client.set(self._finalize_lock, member, nx=True, px=300_000):
+            return True
+        # redis-py retries a SET whose reply was lost (Redis restart): the lock may be ours
+        return self.client.get(self._finalize_lock) == member.encode()
+
+    def release_finalize_lock(self, member: str) -> None:
+        self.client.eval(_RELEASE, 1, self._finalize_lock, member)
+
+    def take_snapshot_turn(self, member: str, period_s: float) -> bool:
+        """Whether ``member`` publishes this period's snapshot (the lock expires with the period)."""
+        return bool(self.client.set(self._snapshot_lock, member, nx=True, px=int(period_s * 1000)))
+
+    def record_snapshot(self, version: int, final: bool, store_put: Callable[[redis.client.Pipeline], None]) -> bool:
+        """In one transaction: ``store_put(pipe)`` (the model store's writes), the job's
+        ``snapshot_version`` and, when ``final``, ``finalize_calls`` + 1 and status
+        ``finished`` — unless the job is finished already (another finalizer won; then
+        nothing is written and False returned)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                if final:
+                    pipe.watch(self._status)
+                    if pipe.get(self._status) == b"finished":
+                        return False
+                pipe.multi()
+                store_put(pipe)
+                pipe.hset(self.store.counters, "snapshot_version", version)
+                if final:
+                    pipe.hincrby(self.store.counters, "finalize_calls", 1)
+                    pipe.set(self._status, "finished")
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False  # the status changed under us: another finalizer won
+
+    def snapshot_versions(self) -> tuple[int | None, int | None]:
+        """(the newest stored snapshot version, the newest one produced to the topic)."""
+        stored, published = self.client.hmget(self.store.counters, ["snapshot_version", "published_version"])
+        return (None if stored is None else int(stored)), (None if published is None else int(published))
+
+    def mark_published(self, version: int) -> None:
+        self.client.hset(self.store.counters, "published_version", version)
+
+    # -- deletion ------------------------------------------------------------------------------
+    def delete(self) -> None:
+        """Remove every key of the job but its published snapshots (the model store's), and
+        its name from the jobs set."""
+        base, snapshots = self.store.base, ModelStore.prefix(self.name)
+        doomed = {k.decode() for k in self.client.scan_iter(match=f"{base}:*", count=1000)}
+        doomed = {k for k in doomed if not k.startswith(snapshots)} | set(self.store.all_keys())
+        doomed |= {self._spec, self._status, self._finalize_lock, self._snapshot_lock}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(*sorted(doomed))
+        pipe.srem(JOBS, self.name)
+        pipe.execute()
+
+
+__all__ = ["ENDED", "JOBS", "JobRecord", "StatusView"]
