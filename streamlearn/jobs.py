@@ -89,7 +89,10 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         raise JobError(f"--until must be 'end' or 'never', not {until!r}")
     if snapshot_every is not None and not snapshot_every > 0:
         raise JobError("--snapshot-every must be a positive number of seconds")
-    algo = make_algorithm(algorithm, params or {})
+    from streamlearn.algorithms import algorithm_class
+    from streamlearn.streams.text import with_topic_vocabulary
+
+    algo = make_algorithm(algorithm, with_topic_vocabulary(client, algorithm_class(algorithm), topic, params or {}))
     parent, parent_model = _parent_model(client, from_snapshot, algorithm) if from_snapshot else (None, None)
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,

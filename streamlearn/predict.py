@@ -41,12 +41,14 @@ def with_options(model: Model, params: dict[str, str]) -> Model:
 
 
 def predict_file(client: redis.Redis, job: str, path: Path, output: Path | None = None,
-                 version: int | None = None, params: dict[str, str] | None = None) -> int:
+                 version: int | None = None, params: dict[str, str] | None = None,
+                 text_column: str | None = None) -> int:
+    """``text_column``: documents as raw text, read with the model's vocabulary."""
     model = with_options(load_job_model(client, job, version), params or {})
     out = open(output, "w") if output else sys.stdout
     n = 0
     try:
-        for X, _y in read_examples(path):
+        for X, _y in (_text_chunks(model, path, text_column) if text_column else read_examples(path)):
             for row in model.predict_records(Batch(np.asarray(X, dtype=np.float32) if not hasattr(X, "indptr") else X)):
                 out.write(json.dumps(row) + "\n")
                 n += 1
@@ -54,3 +56,13 @@ def predict_file(client: redis.Redis, job: str, path: Path, output: Path | None 
         if output:
             out.close()
     return n
+
+
+def _text_chunks(model: Model, path: Path, column: str):
+    from streamlearn.streams.text import read_texts
+
+    vocabulary = getattr(model, "text_vocabulary", None)
+    if vocabulary is None:
+        raise ParamError(f"{model.algorithm} models do not read raw text (--text-column)")
+    for texts in read_texts(path, column):
+        yield vocabulary().vectorize(texts)[0], None

@@ -38,6 +38,10 @@ class Algorithm:
     #: (k-means) sets more, because small steps are dominated by per-call overhead.
     #: ``STREAMLEARN_WORKER_UPDATE_ROWS`` overrides it for every algorithm.
     step_rows: ClassVar[int] = 500
+    #: At most this many messages per window (one commit each); 0 = the worker's setting.
+    #: An algorithm whose concurrent updates must not drift apart between commits (the
+    #: topic model's summed optimizer steps) keeps its windows small.
+    window_messages: ClassVar[int] = 0
 
     def initialize(self, state: State) -> None:
         raise NotImplementedError
@@ -65,6 +69,13 @@ class Algorithm:
 
     def check_params(self) -> None:
         """Raise :class:`ParamError` for an invalid parameter. Subclasses extend this."""
+
+    def row_rule(self):
+        """The algorithm's own rule for input rows, checked at decode time like the data
+        contract: a callable (CSR indptr, stored values) -> reason or None, or None for no
+        rule. A message breaking it is dead-lettered with the reason (the topic model: each
+        row must be a non-empty bag of whole, positive word counts)."""
+        return None
 
     def n_features(self) -> int:
         """The input width every record must have (checked at decode time)."""

@@ -392,13 +392,29 @@ class _RecordRun:
         return _Piece(n, X=X, indptr=indptr, indices=indices, values=values, y=y, w=w, keys=keys)
 
 
+#: an algorithm's rule for the rows of one message: (CSR indptr, stored values) -> the reason
+#: the message is dead-lettered, or None (see ``Algorithm.row_rule``)
+RowRule = "Callable[[np.ndarray, np.ndarray], str | None]"
+
+
+def _nonzero_rows(values, sparse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, values) of one record's values (sparse: as stored; dense: the non-zeros) or
+    of a dense message's rows, for a :data:`RowRule`."""
+    if sparse:
+        v = np.frombuffer(values or b"", dtype="<f4")
+        return np.array([0, len(v)]), v
+    X = np.frombuffer(values, dtype="<f4")[None, :] if not isinstance(values, np.ndarray) else values
+    nz = X != 0
+    return np.concatenate([[0], np.cumsum(nz.sum(1))]), X[nz]
+
+
 def _isfinite(x: float) -> bool:
     return x - x == 0.0  # False for NaN and +-inf; cheaper than math.isfinite on hot paths
 
 
 def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, needs_label: bool,
                     registry: SchemaRegistry = REGISTRY, shared: SharedSchemas | None = None,
-                    confluent: ConfluentSchemas | None = None) -> DecodeResult:
+                    confluent: ConfluentSchemas | None = None, row_rule: "RowRule | None" = None) -> DecodeResult:
     """Decode and validate Kafka message values into one :class:`Batch` (accepted examples,
     concatenated in message order) plus the :class:`Rejection` of every bad message.
 
@@ -406,6 +422,7 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
     unknown fingerprints of the call); Confluent-framed values are read when ``confluent``
     is given. Never raises for bad input bytes: everything wrong with a message is a
     rejection (an unreachable Redis or schema registry raises: the window is retried).
+    ``row_rule``: the algorithm's own rule for a message's rows (:data:`RowRule`).
     """
     n_features = int(n_features)
     by_fp = registry.by_fingerprint
@@ -478,6 +495,8 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
 
         if name == TRAINING_RECORD:
             reason, sparse = _check_record(rec, n_features, accepts_sparse, needs_label)
+            if reason is None and row_rule is not None:
+                reason = row_rule(*_nonzero_rows(rec["values"] if sparse else rec["features"], sparse))
             if reason is not None:
                 rejected.append(Rejection(i, reason))
                 continue
@@ -507,6 +526,9 @@ def decode_messages(values: list[bytes], n_features: int, accepts_sparse: bool, 
             run.index.append(i)
         elif name == TRAINING_BATCH:
             piece, reason, n_rec = _batch_piece(rec, n_features, accepts_sparse, needs_label)
+            if piece is not None and row_rule is not None and piece.n:
+                reason = row_rule(*(_nonzero_rows(piece.X, False) if piece.X is not None else (piece.indptr, piece.values)))
+                piece = None if reason else piece
             if piece is None:
                 rejected.append(Rejection(i, reason, n_rec))
                 continue
