@@ -198,6 +198,11 @@ class NTM(Algorithm):
                 parts.append(rng.standard_normal(shape) * np.sqrt(2.0 / (shape[0] + shape[1])))
             elif name == "beta":
                 parts.append(rng.standard_normal(shape) * 0.02)
+            elif name == "bg" and self.vocabulary:
+                # a built vocabulary lists words by falling document frequency: Zipf's law makes
+                # -log(rank) a fair start for the background log-frequency, which otherwise took
+                # thousands of steps to learn while the topics soaked up the frequent words
+                parts.append(-np.log1p(np.arange(shape[0], dtype=np.float64)))
             else:
                 parts.append(np.zeros(shape))
         theta = np.concatenate([p.ravel() for p in parts]).astype(np.float32)
