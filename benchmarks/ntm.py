@@ -191,3 +191,28 @@ def _widen(X, v: int):
 
 
 CASES = {"quality.ntm": case_quality, "speed.ntm": case_speed}
+
+
+def fit_workers(params: dict, windows, n_workers: int):
+    """Train with ``n_workers`` simulated workers on one in-memory store, as a job's workers
+    interleave: every round each worker reads the state, updates on its next window (a list
+    of update batches) and then all commit, so each one's steps are stale by the others'
+    (the most a window allows). Returns the finalized model."""
+    from streamlearn.algorithms import make_algorithm
+    from streamlearn.statestore.local import LocalState, MemoryBackend
+
+    backend = MemoryBackend()
+    first = LocalState(backend)
+    make_algorithm("ntm", params).initialize(first)
+    first.commit()
+    workers = [(make_algorithm("ntm", params), LocalState(backend)) for _ in range(n_workers)]
+    windows = list(windows)
+    for r in range(0, len(windows), n_workers):
+        group = list(zip(workers, windows[r:r + n_workers]))
+        for (algo, st), window in group:
+            st.refresh()
+            for b in window:
+                algo.update(st, b)
+        for (_, st), _ in group:
+            st.commit()
+    return make_algorithm("ntm", params).finalize(LocalState(backend))
