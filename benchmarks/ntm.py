@@ -190,7 +190,37 @@ def _widen(X, v: int):
     return SparseRows(X.indptr, ids, X.values, v)
 
 
-CASES = {"quality.ntm": case_quality, "speed.ntm": case_speed}
+def case_scaling(ctx: Context) -> list[Row]:
+    """1, 2 and 4 simulated workers (``fit_workers``: every round each reads the state, runs its
+    window, then all commit) on gensim's Lee corpus (250/50 split, 2,000 words, 10 topics,
+    40 epochs in windows of 64 documents): held-out document-completion perplexity."""
+    from benchmarks._text_corpora import documents
+    from streamlearn.algorithms.ntm import completion_perplexity
+    from streamlearn.batch import Batch
+    from streamlearn.streams.text import ENGLISH_STOP_WORDS, Vocabulary
+
+    docs = documents("lee")
+    vocab = Vocabulary.build(docs[:250], 2000, min_df=2, max_df=0.5, stop=ENGLISH_STOP_WORDS)
+    X, _ = vocab.vectorize(docs)
+    Xtr, Xte = X.take(np.arange(250)), X.take(np.arange(250, 300))
+    rng = np.random.default_rng(0)
+    windows = []
+    for _ in range(40):
+        order = rng.permutation(250)
+        windows += [[Batch(Xtr.take(order[s:s + 64]))] for s in range(0, 250, 64)]
+    rows = []
+    for optimizer, lr in (("adam", 0.005), ("adagrad", 0.05)):
+        params = {"vocabulary": vocab.words, "num_topics": 10, "learning_rate": lr, "mini_batch_size": 32,
+                  "holdout_fraction": 0.0, "optimizer": optimizer}
+        ppl = {n: completion_perplexity(fit_workers(params, windows, n), Xte) for n in (1, 2, 4)}
+        worst = max(abs(ppl[n] / ppl[1] - 1) for n in (2, 4))
+        rows.append(Row(f"scaling.ntm {optimizer}", ", ".join(f"{n} worker(s) {ppl[n]:.0f}" for n in ppl),
+                        "", 1 - worst, "within 2 % of 1 worker", "pass" if worst <= 0.02 else "FAIL",
+                        f"held-out completion perplexity, lr {lr}; ratio = 1 - largest relative difference"))
+    return rows
+
+
+CASES = {"quality.ntm": case_quality, "speed.ntm": case_speed, "scaling.ntm": case_scaling}
 
 
 def fit_workers(params: dict, windows, n_workers: int):

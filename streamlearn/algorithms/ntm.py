@@ -169,11 +169,7 @@ class NTM(Algorithm):
                 "holdout_fraction must be in [0, 1)")
         require(_is_int(self.seed), n, "seed must be an integer")
         require(self.precision in ("float32", "float64"), n, "precision must be 'float32' or 'float64'")
-        from streamlearn import backends
-        try:
-            backends.validate("torch", self.device)
-        except backends.BackendError as exc:
-            raise ParamError(f"{n}: {exc}") from None
+        _check_engine(self.device)
 
     def n_features(self) -> int:
         return len(self.vocabulary) or int(self.vocab_size)
@@ -267,6 +263,22 @@ class NTM(Algorithm):
                                                                           float(self.prior_alpha)),
                                    self.device, self.precision)
         return self._torch
+
+
+def _check_engine(device) -> None:
+    """torch must be installed, and for CUDA see a device; a CPU job is not made to import
+    torch (seconds) just to be created or validated."""
+    import importlib.util
+
+    from streamlearn import backends
+    try:
+        if device == "cpu":
+            if importlib.util.find_spec("torch") is None:
+                raise backends.BackendError("backend 'torch' is not installed; pip install 'streamlearn[ntm]'")
+        else:
+            backends.validate("torch", device)
+    except backends.BackendError as exc:
+        raise ParamError(f"ntm: {exc}") from None
 
 
 def _is_int(v) -> bool:
