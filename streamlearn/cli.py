@@ -119,10 +119,40 @@ def cmd_produce(args) -> int:
 
     s = _settings()
     SharedSchemas(s.redis_client()).register_project_schemas()  # workers of other releases can read us
+    if args.text_column:
+        return _produce_text(s, args)
     n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
                      partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
                      header=args.header)
     print(f"produced {n} records to {args.topic}")
+    return 0
+
+
+def _produce_text(s, args) -> int:
+    from streamlearn.streams.text import produce_text
+
+    report = produce_text(s.kafka_client_conf(), s.redis_client(), args.topic, args.from_file, args.text_column,
+                          vocab_size=args.vocab_size, min_df=args.min_df, max_df=args.max_df, stop=args.stop_words,
+                          vocab_file=args.vocab, partitions=args.partitions, batch_size=args.batch_size or 64)
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    print(f"produced {report.documents} documents to {args.topic}")
+    return 0
+
+
+def cmd_topics(args) -> int:
+    from streamlearn.runtime.predict import load_job_model
+
+    model = load_job_model(_settings().redis_client(), args.name, args.version)
+    topics = getattr(model, "topics", None)
+    if topics is None:
+        raise UsageError(f"job {args.name!r} trains {model.algorithm}, which has no topics")
+    words = topics(args.top)
+    if args.json:
+        print(json.dumps([{"topic": k, "words": w} for k, w in enumerate(words)], indent=2))
+    else:
+        for k, w in enumerate(words):
+            print(f"{k:3d}  {' '.join(w)}")
     return 0
 
 
@@ -197,7 +227,8 @@ def cmd_predict(args) -> int:
 
     s = _settings()
     n = predict_file(s.redis_client(), args.name, args.from_file, args.output, version=args.version,
-                     params=_parse_params(args.param), label_column=args.label_column, header=args.header)
+                     params=_parse_params(args.param), label_column=args.label_column, header=args.header,
+                     text_column=args.text_column)
     if args.output:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -305,9 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--label-column")
     pr.add_argument("--partitions", type=int, help="create the topic with N partitions if missing")
     pr.add_argument("--batch-size", type=int, help="records per message (1 = one record a message; default 1,000, "
-                                                   "fewer for a small file so every partition gets several messages)")
+                                                   "fewer for a small file so every partition gets several messages; "
+                                                   "text 64)")
     pr.add_argument("--n-features", type=int, help="width of sparse records (jsonl indices/values form)")
     _add_header_options(pr)
+    tx = pr.add_argument_group("text (bag-of-words records; the vocabulary is stored with the topic in Redis)")
+    tx.add_argument("--text-column", metavar="COL", help="produce the documents of this column as word counts")
+    tx.add_argument("--vocab-size", type=int, default=20_000, help="keep the V most frequent words (by documents)")
+    tx.add_argument("--min-df", type=int, default=2, help="keep words in at least N documents")
+    tx.add_argument("--max-df", type=float, default=0.5, help="drop words in more than this fraction of documents")
+    tx.add_argument("--stop-words", default="english", metavar="english|none|FILE")
+    tx.add_argument("--vocab", type=Path, metavar="FILE", help="use this vocabulary (one word a line) instead")
     pr.set_defaults(func=cmd_produce)
 
     jb = sub.add_parser("job", help="create, inspect and control training jobs")
@@ -358,6 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report only this metric (repeatable); default: every metric the model reports")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    pd.add_argument("--text-column", metavar="COL", help="raw text: read with the model's vocabulary (ntm)")
+
+    tp = sub.add_parser("topics", help="the top words of every topic of a topic model's newest snapshot")
+    tp.add_argument("name")
+    tp.add_argument("--top", type=int, default=10)
+    tp.add_argument("--version", type=int)
+    tp.add_argument("--json", action="store_true")
+    tp.set_defaults(func=cmd_topics)
 
     md = sub.add_parser("models", help="query the model registry (metadata and lineage)")
     md.add_argument("--job")

@@ -13,6 +13,7 @@ arrays (or :class:`~streamlearn.batch.SparseRows`) and never touches the network
   linear model cannot fit it).
 - :func:`clustered` — Gaussian blobs for k-means.
 - :func:`low_rank` — data with a clear spectral gap for PCA.
+- :func:`topic_documents` — bags of words drawn from an LDA model (the topic model's data).
 """
 from __future__ import annotations
 
@@ -130,6 +131,22 @@ def low_rank(n: int = 20_000, d: int = 50, rank: int = 5, seed: int = 0, gap: fl
     scales = gap * np.linspace(2.0, 1.0, rank)
     Z = rng.normal(size=(n, rank)) * scales
     return (Z @ basis.T + rng.normal(0.0, noise, (n, d)) + rng.normal(0.0, 3.0, d)).astype(np.float32)
+
+
+def topic_documents(n: int = 5_000, vocab_size: int = 200, num_topics: int = 5, length: int = 60, seed: int = 0,
+                    alpha: float = 0.2) -> SparseRows:
+    """Word counts of ``n`` documents of ``length`` words drawn from LDA: topics are disjoint
+    blocks of the vocabulary mixed with a Zipf background word distribution, mixtures
+    Dirichlet(``alpha``)."""
+    rng = np.random.default_rng(seed)
+    background = 1.0 / np.arange(1, vocab_size + 1)
+    topics = np.tile(background / background.sum() * 0.3, (num_topics, 1))
+    for k, block in enumerate(np.array_split(rng.permutation(vocab_size), num_topics)):
+        topics[k, block] += 0.7 / len(block)
+    mix = rng.dirichlet(np.full(num_topics, alpha), n)
+    counts = np.stack([rng.multinomial(length, p) for p in mix @ topics])
+    rows, cols = np.nonzero(counts)
+    return _csr(rows, cols, counts[rows, cols].astype(np.float32), n, vocab_size)
 
 
 def to_batch(X, y=None, w=None) -> Batch:

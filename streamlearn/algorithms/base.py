@@ -52,6 +52,10 @@ class Algorithm:
     #: learners): a bounded job without ``epochs`` then takes ``contract.default_epochs``
     #: of its records. Exact summaries (sums, sketches) must see each record once.
     multi_pass: ClassVar[bool] = False
+    #: At most this many messages per window (one commit each); 0 = the worker's setting.
+    #: An algorithm whose concurrent updates must not drift apart between commits (the
+    #: topic model's summed optimizer steps) keeps its windows small.
+    window_messages: ClassVar[int] = 0
 
     def initialize(self, state: State) -> None:
         raise NotImplementedError
@@ -96,6 +100,13 @@ class Algorithm:
     def label_coding(self):
         """The labels a record may carry (:class:`~streamlearn.labels.LabelCoding`), checked
         at decode time; None: any label (or none)."""
+        return None
+
+    def row_rule(self):
+        """The algorithm's own rule for input rows, checked at decode time like the data
+        contract: a callable (CSR indptr, stored values) -> reason or None, or None for no
+        rule. A message breaking it is dead-lettered with the reason (the topic model: each
+        row must be a non-empty bag of whole, positive word counts)."""
         return None
 
     def n_features(self) -> int:
@@ -185,14 +196,21 @@ class Model:
 
 def _taking_user_data(method: Callable) -> Callable:
     """``method(batch, *args)`` also callable as ``method(X, y, *args)`` (``y=`` by keyword).
-    Anything with an ``X`` attribute, other than a DataFrame, passes as a batch."""
+    Anything with an ``X`` attribute, other than a DataFrame, passes as a batch; so does a
+    list of strings (raw documents, which a model with a vocabulary reads itself)."""
     @functools.wraps(method)
     def taking(self, data, *args: Any, **kwargs: Any):
+        if _is_text(data):
+            return method(self, data, *args, **kwargs)
         if not isinstance(data, Batch) and (not hasattr(data, "X") or hasattr(data, "columns")):
             y = args[0] if args else kwargs.pop("y", None)
             data, args = Batch.of(data, y), args[1:]
         return method(self, data, *args, **kwargs)
     return taking
+
+
+def _is_text(data: Any) -> bool:
+    return isinstance(data, (list, tuple)) and bool(data) and isinstance(data[0], str)
 
 
 def _jsonable(v: Any) -> Any:

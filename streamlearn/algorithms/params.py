@@ -106,20 +106,23 @@ class Span:
 
 
 class ListOf:
-    """A non-empty list (or tuple) of distinct values of the given types."""
+    """A non-empty list (or tuple) of values of the given types, distinct unless
+    ``distinct=False`` (layer widths may repeat; class labels may not)."""
 
-    def __init__(self, *item_types: type):
+    def __init__(self, *item_types: type, distinct: bool = True):
         self.item_types = item_types
+        self.distinct = distinct
 
     def accepts(self, v: Any) -> bool:
         if not isinstance(v, (list, tuple)) or not v:
             return False
         if not all(isinstance(x, self.item_types) and not isinstance(x, bool) for x in v):
             return False
-        return len(set(v)) == len(v)
+        return not self.distinct or len(set(v)) == len(v)
 
     def describe(self) -> str:
-        return "a list of distinct " + " or ".join(t.__name__ for t in self.item_types) + " values"
+        kind = "distinct " if self.distinct else ""
+        return f"a list of {kind}" + " or ".join(t.__name__ for t in self.item_types) + " values"
 
     def __repr__(self) -> str:
         return f"ListOf{self.item_types!r}"

@@ -21,6 +21,7 @@ from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import decode_snapshot, load_model
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.redis_state import now_ms
+from streamlearn.streams.text import with_topic_vocabulary
 from streamlearn.streams.topics import delete_group, ensure_topic, watermarks
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -96,7 +97,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     if snapshot_every is not None and not snapshot_every > 0:
         raise JobError("--snapshot-every must be a positive number of seconds")
     params, epochs = _job_epochs(algorithm, dict(params or {}), epochs, until)
-    algo = make_algorithm(algorithm, params)
+    algo = make_algorithm(algorithm, with_topic_vocabulary(client, algorithm_class(algorithm), topic, params))
     parent, parent_model = _parent_model(client, from_snapshot, algorithm) if from_snapshot else (None, None)
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
     algo, n_records = _with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")

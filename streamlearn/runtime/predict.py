@@ -18,6 +18,7 @@ from streamlearn.runtime.jobs import JobError, load_spec
 from streamlearn.snapshots.format import decode_snapshot, load_model
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.streams.files import FileFormatError, read_examples
+from streamlearn.streams.text import read_texts
 
 
 def load_job_model(client: redis.Redis, job: str, version: int | None = None) -> Model:
@@ -64,14 +65,18 @@ def read_for_model(client: redis.Redis, job: str, path: Path, label_column: str 
 
 def predict_file(client: redis.Redis, job: str, path: Path, output: Path | None = None,
                  version: int | None = None, params: dict[str, str] | None = None,
-                 label_column: str | None = None, header: bool | None = None) -> int:
+                 label_column: str | None = None, header: bool | None = None,
+                 text_column: str | None = None) -> int:
     """Write one JSON line per record of ``path`` (to ``output``, else stdout); returns the
-    number of records. ``label_column`` is dropped before predicting."""
+    number of records. ``label_column`` is dropped before predicting; ``text_column``: the
+    documents as raw text, read with the model's vocabulary."""
     model = with_options(load_job_model(client, job, version), params or {})
     out = open(output, "w") if output else sys.stdout
     n = 0
     try:
-        for X, _y in read_for_model(client, job, path, label_column, header):
+        chunks = (_text_chunks(model, path, text_column) if text_column
+                  else read_for_model(client, job, path, label_column, header))
+        for X, _y in chunks:
             for row in model.predict_records(Batch(X)):
                 out.write(json.dumps(row) + "\n")
                 n += 1
@@ -113,3 +118,11 @@ def evaluate_file(client: redis.Redis, job: str, path: Path, label_column: str |
             raise ParamError(str(exc)) from None
         result[name or "score"] = None if math.isnan(value) else value
     return result
+
+
+def _text_chunks(model: Model, path: Path, column: str):
+    vocabulary = getattr(model, "text_vocabulary", None)
+    if vocabulary is None:
+        raise ParamError(f"{model.algorithm} models do not read raw text (--text-column)")
+    for texts in read_texts(path, column):
+        yield vocabulary().vectorize(texts)[0], None

@@ -211,7 +211,7 @@ class Worker:
         timeout and then handed over one huge window at the end, so training did not overlap
         producing. Taking what is queued (fetching goes on in the background while a window
         is processed) makes the window as large as the backlog and no larger."""
-        n = self.config.max_messages
+        n = min(self.config.max_messages, self.algorithm.window_messages or self.config.max_messages)
         msgs = self._consumer.consume(num_messages=n, timeout=0)
         if msgs:
             return msgs
@@ -343,7 +343,7 @@ class Worker:
         result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
                                  self.algorithm.accepts_sparse, self.algorithm.needs_label,
                                  shared=self.shared_schemas, confluent=self.confluent_schemas,
-                                 labels=self.algorithm.label_coding())
+                                 labels=self.algorithm.label_coding(), row_rule=self.algorithm.row_rule())
         try:
             failures = apply_steps(self.algorithm, self.state, result.steps(self.config.step_rows(self.algorithm)))
             self.failing.observe(result.n_records, failures)

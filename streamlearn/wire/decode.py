@@ -369,9 +369,26 @@ class _RecordRun:
         return piece
 
 
+#: an algorithm's rule for the rows of one message: (CSR indptr, stored values) -> the reason
+#: the message is dead-lettered, or None (see ``Algorithm.row_rule``)
+RowRule = "Callable[[np.ndarray, np.ndarray], str | None]"
+
+
+def _nonzero_rows(values, sparse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, values) of one record's values (sparse: as stored; dense: the non-zeros) or
+    of a dense message's rows, for a :data:`RowRule`."""
+    if sparse:
+        v = np.frombuffer(values or b"", dtype="<f4")
+        return np.array([0, len(v)]), v
+    X = np.frombuffer(values, dtype="<f4")[None, :] if not isinstance(values, np.ndarray) else values
+    nz = X != 0
+    return np.concatenate([[0], np.cumsum(nz.sum(1))]), X[nz]
+
+
 def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse: bool, needs_label: bool,
                     registry: SchemaRegistry = REGISTRY, shared: SharedSchemas | None = None,
-                    confluent: ConfluentSchemas | None = None, labels: LabelCoding | None = None) -> DecodeResult:
+                    confluent: ConfluentSchemas | None = None, labels: LabelCoding | None = None,
+                    row_rule: "RowRule | None" = None) -> DecodeResult:
     """Decode and validate Kafka message values into one :class:`Batch` (accepted examples,
     concatenated in message order) plus the :class:`Rejection` of every bad message.
 
@@ -382,6 +399,7 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
     message whose label is outside it is rejected. A batch message is not rejected whole for
     some of its labels: its records reach the update step, whose label encoding raises for
     them, and the worker isolates and dead-letters them one by one (runtime/isolate.py).
+    ``row_rule``: the algorithm's own rule for a message's rows (:data:`RowRule`).
     Never raises for bad input bytes: everything wrong with a message is a rejection (an
     unreachable Redis or schema registry raises: the window is retried).
     """
@@ -458,6 +476,8 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
             n_features = _width(name, rec)
         if name == TRAINING_RECORD:
             reason, sparse = _check_record(rec, n_features, accepts_sparse, needs_label)
+            if reason is None and row_rule is not None:
+                reason = row_rule(*_nonzero_rows(rec["values"] if sparse else rec["features"], sparse))
             if reason is not None:
                 rejected.append(Rejection(i, reason))
                 continue
@@ -487,6 +507,9 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
             run.index.append(i)
         elif name == TRAINING_BATCH:
             piece, reason, n_rec = _batch_piece(rec, n_features, accepts_sparse, needs_label)
+            if piece is not None and row_rule is not None and piece.n:
+                reason = row_rule(*(_nonzero_rows(piece.X, False) if piece.X is not None else (piece.indptr, piece.values)))
+                piece = None if reason else piece
             if piece is None:
                 rejected.append(Rejection(i, reason, n_rec))
                 continue

@@ -200,7 +200,7 @@ def _required(name: str) -> dict[str, str]:
     for attempt in ({}, {"n_features": "3"}, {"n_features": "3", "predictor_type": "regressor"}, {"dim": "3"},
                     {"n_features": "3", "k": "2"}, {"feature_dim": "3", "num_components": "2"},
                     {"n_features": "3", "num_factors": "2", "predictor_type": "regressor"},
-                    {"feature_dim": "3", "k": "2"}, {"n_features": "3", "n_components": "2"}):
+                    {"feature_dim": "3", "k": "2"}, {"n_features": "3", "n_components": "2"}, {"vocab_size": "3"}):
         try:
             make_algorithm(name, attempt)
             return attempt

@@ -70,6 +70,12 @@ def _fixture(name: str) -> Fixture:
         x = np.random.default_rng(1).integers(0, 10, (3000, 3)).astype(np.float32)
         train, test = _split_batches(x, None, 2500, 250)
         return Fixture({"dim": 3}, train, test, lambda m, b: -m.score(b), ({"dim": 0}, "dim"), 1e-9)
+    if name == "ntm":
+        X = D.topic_documents(3500, vocab_size=200, num_topics=5, seed=7)
+        train, test = _split_batches(X, None, 3000, 100)
+        return Fixture({"vocab_size": 200, "num_topics": 5, "encoder_layers": [32], "learning_rate": 0.03,
+                        "mini_batch_size": 50, "holdout_fraction": 0.1}, train, test,
+                       lambda m, b: -np.log(m.score(b)), ({"vocab_size": 200, "num_topics": 1}, "num_topics"), 0.02)
     raise AssertionError(f"no conformance fixture for algorithm {name!r}: add one")
 
 

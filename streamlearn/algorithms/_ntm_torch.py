@@ -1,0 +1,131 @@
+"""The NTM's update step on torch (CPU or CUDA): the negative ELBO, its gradient by autograd,
+and the optimizer's step on the flat parameter vector. Imported only by ``NTM.update``, so
+that models, snapshots and ``topics`` never need torch."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from streamlearn.batch import SparseRows
+
+_B1, _B2, _EPS = 0.9, 0.999, 1e-8
+_ACT = {"softplus": torch.nn.functional.softplus, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+
+
+class TorchNTM:
+    def __init__(self, shapes, activation: str, prior: tuple[float, float], device: str, precision: str):
+        self.shapes = shapes
+        self.act = _ACT[activation]
+        self.m0, self.v0 = prior
+        self.dev = torch.device(device)
+        self.dtype = torch.float32 if precision == "float32" else torch.float64
+        self.n_layers = sum(1 for name, _ in shapes if name.startswith("enc_W"))
+        # workers are the unit of parallelism (as for BLAS, see WorkerConfig.blas_threads):
+        # torch's intra-op threads spun against the other processes and made a step ~30x slower
+        torch.set_num_threads(1)
+
+    # -- tensors ----------------------------------------------------------------------------
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.tensor(np.asarray(a), dtype=self.dtype, device=self.dev)  # a copy: pulls are read-only
+
+    def sparse(self, X: SparseRows) -> tuple[tuple, torch.Tensor]:
+        """((rows, columns, log(1 + count)) of the stored values for the encoder's first layer,
+        the dense counts for the loss)."""
+        n, v = len(X), X.n_features
+        counts = torch.zeros((n, v), dtype=self.dtype, device=self.dev)
+        rows = torch.as_tensor(X.row_ids(), device=self.dev)
+        cols = torch.as_tensor(X.indices, device=self.dev)
+        vals = torch.as_tensor(X.values, dtype=self.dtype, device=self.dev)
+        counts[rows, cols] = vals
+        return (rows, cols, torch.log1p(vals)), counts
+
+    def params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, pos = {}, 0
+        for name, shape in self.shapes:
+            size = int(np.prod(shape))
+            out[name] = flat[pos:pos + size].view(shape)
+            pos += size
+        return out
+
+    # -- the model --------------------------------------------------------------------------
+    def neg_elbo(self, flat: torch.Tensor, enc: tuple, counts: torch.Tensor, eps: torch.Tensor,
+                 kl_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-document (reconstruction, KL) of the negative ELBO with noise ``eps``."""
+        p = self.params(flat)
+        rows, cols, vals = enc  # the first layer gathers only the rows of the words present
+        W0 = p["enc_W0"]
+        first = torch.zeros((counts.shape[0], W0.shape[1]), dtype=W0.dtype, device=W0.device)
+        h = self.act(first.index_add(0, rows, W0[cols] * vals[:, None]) + p["enc_b0"])
+        for i in range(1, self.n_layers):
+            h = self.act(h @ p[f"enc_W{i}"] + p[f"enc_b{i}"])
+        mu = h @ p["mu_W"] + p["mu_b"]
+        lv = h @ p["lv_W"] + p["lv_b"]
+        z = mu + torch.exp(0.5 * lv) * eps
+        mix = torch.softmax(z, dim=1)
+        beta = p["beta"]
+        logp = torch.log_softmax(mix @ (beta - beta.mean(0)) + p["bg"], dim=1)
+        rec = -(counts * logp).sum(1)
+        kl = 0.5 * (torch.exp(lv) / self.v0 + (mu - self.m0) ** 2 / self.v0 - 1.0 + np.log(self.v0) - lv).sum(1)
+        return rec, kl * kl_weight
+
+    def noise(self, n: int, k: int, seed: int) -> torch.Tensor:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randn((n, k), generator=g, dtype=self.dtype).to(self.dev)
+
+    def heldout(self, theta: np.ndarray, X: SparseRows, seed: int) -> tuple[float, float]:
+        """(sum of the negative ELBO, word count) of held-out documents, one latent sample each."""
+        with torch.no_grad():
+            enc, counts = self.sparse(X)
+            k = self.shapes[-3][1][0]
+            rec, kl = self.neg_elbo(self.tensor(theta), enc, counts, self.noise(len(X), k, seed))
+            return float((rec + kl).sum()), float(X.values.sum())
+
+    def train(self, flat: dict[str, np.ndarray], X: SparseRows, t0: float, n0: float, algo) -> tuple[dict, int]:
+        """Local steps over ``X`` in mini-batches from the pulled arrays ``flat``; returns the
+        arrays after them (numpy, float64) and the number of steps."""
+        state = {key: self.tensor(a) for key, a in flat.items()}
+        theta = state["theta"]
+        k = int(algo.num_topics)
+        bs = int(algo.mini_batch_size)
+        steps = 0
+        for start in range(0, len(X), bs):
+            part = X.take(np.arange(start, min(start + bs, len(X))))
+            t = t0 + steps
+            theta.requires_grad_(True)
+            enc, counts = self.sparse(part)
+            rec, kl = self.neg_elbo(theta, enc, counts, self.noise(len(part), k, algo._noise_seed(t, 0)),
+                                    algo.kl_weight(n0 + start))
+            loss = (rec + kl).mean()
+            (grad,) = torch.autograd.grad(loss, theta)
+            theta = theta.detach()
+            if algo.weight_decay:
+                grad = grad + algo.weight_decay * theta
+            if algo.clip_gradient:
+                grad = grad.clamp(-algo.clip_gradient, algo.clip_gradient)
+            self.step(state, theta, grad, t + 1, algo.optimizer, float(algo.learning_rate))
+            theta = state["theta"]
+            steps += 1
+        return {key: v.detach().cpu().numpy().astype(np.float64) for key, v in state.items()}, steps
+
+    @staticmethod
+    def step(state: dict, theta: torch.Tensor, g: torch.Tensor, t: float, optimizer: str, lr: float) -> None:
+        """One optimizer step in place of ``state``'s tensors. The accumulators move by
+        ``(1 - beta)(g^2 - v)`` (an exponential average) or ``g^2`` (Adagrad): increments that
+        stay sound when several workers' are summed (see ntm.py)."""
+        if optimizer == "sgd":
+            state["theta"] = theta - lr * g
+            return
+        v = state["v"]
+        if optimizer == "adagrad":
+            v = v + g * g
+            state["theta"] = theta - lr * g / (torch.sqrt(v) + _EPS)
+        else:
+            v = v + (1 - _B2) * (g * g - v)
+            vhat = v.clamp_min(0) / (1 - _B2 ** t)
+            if optimizer == "adam":
+                m = state["m"] + (1 - _B1) * (g - state["m"])
+                state["m"] = m
+                state["theta"] = theta - lr * (m / (1 - _B1 ** t)) / (torch.sqrt(vhat) + _EPS)
+            else:  # rmsprop
+                state["theta"] = theta - lr * g / (torch.sqrt(vhat) + _EPS)
+        state["v"] = v
