@@ -1,0 +1,77 @@
+"""``streamlearn serve JOB``: load or follow a job's model and serve it over HTTP (uvicorn).
+
+The socket is bound before anything else, so ``--port 0`` works: the first line on stdout
+is ``serving job J at http://HOST:PORT/v1/models/J (…)`` with the port actually bound
+(:class:`~streamlearn.serving.process.ServerProcess` reads it). SIGTERM / SIGINT stop the
+server gracefully: requests in flight are answered first.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from streamlearn.config import Settings
+from streamlearn.jobs import JobError, load_spec
+from streamlearn.serving.app import BatchPolicy, create_app
+from streamlearn.serving.canary import Canary
+from streamlearn.serving.metrics import ServeMetrics
+from streamlearn.serving.slot import ModelSlot, SnapshotFollower, load_version
+from streamlearn.snapshots.subscriber import ModelSubscriber
+
+__all__ = ["ServeOptions", "serve"]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where to listen, which model (``version``: pinned; None: follow the snapshot topic),
+    the batching policy and an optional candidate (``canary``: the share of requests)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    version: int | None = None
+    policy: BatchPolicy = BatchPolicy()
+    candidate: int | None = None
+    canary: float = 0.1
+    shadow: bool = False
+
+
+def serve(settings: Settings, job: str, options: ServeOptions) -> None:
+    """Serve ``job`` until SIGTERM / SIGINT."""
+    import uvicorn
+
+    client = settings.redis_client()
+    load_spec(client, job)  # an unknown job is a one-line user error, before binding anything
+    slot = ModelSlot()
+    follower = None
+    if options.version is not None:
+        slot.offer(load_version(client, job, options.version))
+        if slot.current is None:
+            raise JobError(f"version {options.version} of job {job!r} did not pass the gate")
+    metrics = ServeMetrics(options.policy.max_batch)
+    canary = None
+    if options.candidate is not None:
+        canary = Canary(load_version(client, job, options.candidate), options.canary, options.shadow, metrics)
+    sock = socket.create_server((options.host, options.port))
+    host, port = sock.getsockname()[:2]
+    if options.version is None:
+        follower = SnapshotFollower(slot, ModelSubscriber(job, settings.kafka, settings.kafka_conf,
+                                                          from_beginning=True))
+    app = create_app(job, slot, options.policy, canary, follower,
+                     mode="follow" if options.version is None else f"pinned to version {options.version}",
+                     metrics=metrics)
+    mode = "following its snapshots" if follower else f"version {options.version}"
+    print(f"serving job {job} at http://{_url_host(host)}:{port}/v1/models/{job} ({mode})", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if follower is not None:
+            follower.close()
+        sock.close()
+        print(f"stopped serving job {job}", file=sys.stderr, flush=True)
+
+
+def _url_host(host: Any) -> str:
+    return f"[{host}]" if ":" in str(host) else str(host)
