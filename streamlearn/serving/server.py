@@ -7,8 +7,11 @@ server gracefully: requests in flight are answered first.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,12 +68,34 @@ def serve(settings: Settings, job: str, options: ServeOptions) -> None:
     print(f"serving job {job} at http://{_url_host(host)}:{port}/v1/models/{job} ({mode})", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _graceful_server()(config).run(sockets=[sock])
     finally:
         if follower is not None:
             follower.close()
         sock.close()
         print(f"stopped serving job {job}", file=sys.stderr, flush=True)
+
+
+def _graceful_server():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully, so the process
+        would end by the signal (status -15) without closing the snapshot subscriber: this
+        one only asks uvicorn to exit and returns."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+    return Server
 
 
 def _url_host(host: Any) -> str:
