@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamlearn.config import Settings
+from streamlearn.errors import UserError
 from streamlearn.jobs import JobError, load_spec
 from streamlearn.serving.app import BatchPolicy, create_app
 from streamlearn.serving.canary import Canary
@@ -56,7 +57,7 @@ def serve(settings: Settings, job: str, options: ServeOptions) -> None:
     canary = None
     if options.candidate is not None:
         canary = Canary(load_version(client, job, options.candidate), options.canary, options.shadow, metrics)
-    sock = socket.create_server((options.host, options.port))
+    sock = _listen(options.host, options.port)
     host, port = sock.getsockname()[:2]
     if options.version is None:
         follower = SnapshotFollower(slot, ModelSubscriber(job, settings.kafka, settings.kafka_conf,
@@ -74,6 +75,28 @@ def serve(settings: Settings, job: str, options: ServeOptions) -> None:
             follower.close()
         sock.close()
         print(f"stopped serving job {job}", file=sys.stderr, flush=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. Made with ``proto=IPPROTO_TCP`` (``socket.create_server``
+    leaves it 0): asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP,
+    and without it a keep-alive connection waits out the client's delayed ACK (~45 ms a
+    request instead of ~1 ms on loopback)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         proto=socket.IPPROTO_TCP)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class ServeError(UserError):
+    """The server cannot start as asked (the port is taken, the host is not this machine's)."""
 
 
 def _graceful_server():
