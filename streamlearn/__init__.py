@@ -41,6 +41,7 @@ _HOMES = {
     "Connection": "streamlearn.client",
     "Job": "streamlearn.client",
     "WorkerProcess": "streamlearn.client",
+    "Client": "streamlearn.serving.client",
     "Algorithm": "streamlearn.algorithms.base",
     "Model": "streamlearn.algorithms.base",
     "State": "streamlearn.statestore.base",

@@ -1,4 +1,5 @@
-"""``streamlearn`` command line: stack, produce, ingest, job, worker, schema, snapshot, predict, evaluate, models, algorithms.
+"""``streamlearn`` command line: stack, produce, ingest, job, worker, schema, snapshot, predict, evaluate, models,
+algorithms, topics, serve, export.
 
 One parser for every command. Each command imports what it needs inside its function, so that
 ``streamlearn --help`` or ``job status`` does not load faust, pyarrow or the algorithms (start-up
@@ -285,6 +286,41 @@ def _summary(cls) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def cmd_serve(args) -> int:
+    from streamlearn.serving.app import BatchPolicy
+    from streamlearn.serving.server import ServeOptions, serve
+
+    if args.candidate is None and (args.canary is not None or args.shadow):
+        raise UsageError("--canary and --shadow need --candidate VERSION")
+    try:
+        policy = BatchPolicy(args.max_batch, args.max_wait_ms, args.max_body_bytes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    serve(_settings(), args.name, ServeOptions(args.host, args.port, args.version, policy, args.candidate,
+                                               _share(args.canary or "10%"), args.shadow))
+    return 0
+
+
+def _share(text: str) -> float:
+    """``10%`` or ``0.1`` -> 0.1."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageError(f"--canary takes a share such as 10% or 0.1, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise UsageError(f"--canary must be above 0% and at most 100%, got {text!r}")
+    return value
+
+
+def cmd_export(args) -> int:
+    from streamlearn.export.onnx import export_job
+
+    path = export_job(_settings().redis_client(), args.name, args.output, version=args.version,
+                      sparse=args.sparse_input)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from streamlearn.demo import run_demo
 
@@ -433,6 +469,33 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--loglevel", default="info", help="faust's log level")
     ig.set_defaults(func=cmd_ingest)
 
+    sv = sub.add_parser("serve", help="serve a job's model over HTTP (hot-swaps to each new snapshot)")
+    sv.add_argument("name")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080, help="0: any free port (printed on the first line)")
+    which = sv.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="serve this version only")
+    which.add_argument("--follow", action="store_true", help="follow the snapshot topic (the default)")
+    sv.add_argument("--max-batch", type=int, default=64, metavar="N", help="examples per model call (default 64)")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0, metavar="T",
+                    help="how long a batch waits for requests on their way (default 2)")
+    sv.add_argument("--max-body-bytes", type=int, default=16 << 20, metavar="B", help="larger bodies get 413")
+    sv.add_argument("--candidate", type=int, metavar="VERSION", help="also run this version on a share of requests")
+    sv.add_argument("--canary", metavar="SHARE", help="the candidate's share of requests, e.g. 10%% (default)")
+    sv.add_argument("--shadow", action="store_true",
+                    help="the candidate predicts its share on the side; the served model answers every request")
+    sv.set_defaults(func=cmd_serve)
+
+    ex = sub.add_parser("export", help="write a job's model in a portable format (ONNX)")
+    ex.add_argument("name")
+    ex.add_argument("--version", type=int)
+    ex.add_argument("--format", choices=["onnx"], default="onnx")
+    ex.add_argument("--output", required=True, type=Path)
+    ex.add_argument("--sparse-input", action="store_true",
+                    help="factorization machines / linear learner: inputs indices + values (N, K), "
+                         "0-padded, instead of a dense (N, d) matrix")
+    ex.set_defaults(func=cmd_export)
+
     dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
     dm.set_defaults(func=cmd_demo)
     return p
@@ -445,7 +508,7 @@ def _configure_logging(verbose: bool, command: str) -> None:
     with ``-v``."""
     from streamlearn.config import LIBRDKAFKA_LOGGER
 
-    if command == "worker":
+    if command in ("worker", "serve"):  # long-running: what they do (swaps, rebalances) with timestamps
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     elif command == "ingest":
         pass  # faust's worker sets up logging itself (--loglevel)

@@ -26,6 +26,7 @@ from streamlearn.batch import as_features, split_label
 from streamlearn.config import Settings, _client_key, mask_url
 from streamlearn.errors import ServiceUnavailable, StreamlearnError, UserError
 from streamlearn.runtime.finalize import publish
+from streamlearn.serving.process import ServerProcess
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.streams.producer import Producer
@@ -139,6 +140,26 @@ class Connection:
         self._subscribers.append(subscriber)
         return subscriber
 
+    def serve(self, job: "str | Job", port: int = 0, *, host: str = "127.0.0.1", version: int | None = None,
+              max_batch: int = 64, max_wait_ms: float = 2.0, log_dir: str | Path | None = None) -> ServerProcess:
+        """Start ``streamlearn serve JOB`` (a child process, on this connection's settings);
+        returns its handle (``url``, ``client()``, ``wait_ready()``, ``stop()``). ``port=0``:
+        any free port. Without ``version`` it follows the job's snapshots."""
+        name = job.name if isinstance(job, Job) else job
+        jobs.load_spec(self.redis, name)
+        args = ["--host", host, "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+        if version is not None:
+            args += ["--version", str(version)]
+        logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix=f"streamlearn-serve-{name}-"))
+        logs.mkdir(parents=True, exist_ok=True)
+        return ServerProcess(name, args, self._child_env(), logs / "server.log")
+
+    def _child_env(self) -> dict[str, str]:
+        """The environment of a child process on this connection (workers, servers)."""
+        env = {**os.environ, **self.settings.env()}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_CODE_ROOT, env.get("PYTHONPATH")]))
+        return env
+
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         for subscriber in self._subscribers:
@@ -237,8 +258,7 @@ class Job:
         jobs.load_spec(self.connection.redis, self.name)  # an unknown job fails here, not in n children
         logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix=f"streamlearn-{self.name}-"))
         logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.connection.settings.env()}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_CODE_ROOT, env.get("PYTHONPATH")]))
+        env = self.connection._child_env()
         started = []
         for _ in range(n):
             log_path = logs / f"worker-{len(self.workers) + len(started)}.log"

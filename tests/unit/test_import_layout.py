@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "streamlearn.ingest": 5,
     "streamlearn.devstack": 5,
     "streamlearn.registry": 5,
+    "streamlearn.serving": 5,
+    "streamlearn.export": 5,
     # 6: entry points
     "streamlearn.client": 6,
     "streamlearn.demo": 6,

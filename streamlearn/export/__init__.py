@@ -1,0 +1,1 @@
+"""Models in formats other languages load: ONNX (:mod:`streamlearn.export.onnx`)."""
