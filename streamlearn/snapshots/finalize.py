@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import numpy as np
 import redis
 
+from streamlearn.algorithms.base import training_state
 from streamlearn.config import Settings
 from streamlearn.jobs import ENDED, JobError, JobSpec, fail_job, is_complete
 from streamlearn.snapshots.format import encode, snapshot_of
@@ -27,6 +29,9 @@ from streamlearn.statestore.keys import JobKeys
 from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
+#: the largest training state a snapshot carries (a 2**20-feature packed linear learner's
+#: state is gigabytes; its snapshot keeps the model only and cannot be continued)
+MAX_KEPT_STATE_BYTES = 256 << 20
 
 class NothingToSnapshot(JobError):
     """The job has applied no record yet: its state is no model."""
@@ -99,8 +104,11 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
         # lineage: the job's previous snapshot, else the snapshot it was trained from
         "parent": ({"job": spec.name, "version": counters["snapshot_version"]} if "snapshot_version" in counters
                    else spec.parent),
+        "trained_from": spec.parent,  # the model this job continued (job create --from-snapshot), or None
     }
-    snapshot = snapshot_of(model, metadata)  # the metadata exactly as a loader will see it
+    kept = _kept_state(spec, state)
+    metadata["training_state"] = kept is not None
+    snapshot = snapshot_of(model, metadata, kept)  # the metadata exactly as a loader will see it
     data = encode(snapshot)
     metadata = snapshot.metadata
     with client.pipeline(transaction=True) as pipe:
@@ -121,6 +129,16 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
     log.info("job %s: stored snapshot version %d%s", spec.name, version, " (final)" if final else "")
     ensure_published(settings, client, spec.name, just_stored=(version, data, metadata))
     return version
+
+
+def _kept_state(spec: JobSpec, state: RedisState) -> dict | None:
+    """The state the snapshot carries so that a job can continue from it, None when too large."""
+    size = sum(int(np.prod(k.shape, dtype=np.int64)) * np.dtype(k.dtype).itemsize for k in state.keys().values())
+    if size > MAX_KEPT_STATE_BYTES:
+        log.warning("job %s: the training state (%d bytes) is too large to keep in the snapshot; it cannot be "
+                    "continued with --from-snapshot", spec.name, size)
+        return None
+    return training_state(state)
 
 
 def _no_records_reason(client: redis.Redis, spec: JobSpec, dead: int) -> str:
