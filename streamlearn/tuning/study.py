@@ -156,7 +156,8 @@ def create_study(client: redis.Redis, redis_url: str, kafka_conf: dict, name: st
                      direction="maximize" if direction.startswith("max") else "minimize",
                      space=space_to_json(space), fixed=fixed, trials=int(trials), parallel=int(parallel),
                      scheduler=scheduler, reduction_factor=int(reduction_factor), epochs=epochs, n_records=n_records,
-                     min_records=int(min_records) if min_records else max(1, n_records * epochs // 27),
+                     min_records=int(min_records) if min_records else _default_min_records(n_records * epochs,
+                                                                                           reduction_factor),
                      validation_topic=validation_topic, warm_start=warm_start, created_at=time.time(),
                      num_models=int(algo.get_params().get("num_models", 1)))
     if spec.min_records >= spec.max_records:
@@ -172,6 +173,11 @@ def create_study(client: redis.Redis, redis_url: str, kafka_conf: dict, name: st
     for frozen in old:
         study.add_trial(frozen)
     return spec
+
+
+def _default_min_records(max_records: int, reduction_factor: int) -> int:
+    """The first rung when none is given: three rungs below a full trial (R·η³ >= its records)."""
+    return max(1, -(-max_records // reduction_factor ** 3))
 
 
 def _warm_start_trials(client: redis.Redis, redis_url: str, spec: StudySpec) -> list:
