@@ -19,6 +19,7 @@ import math
 import signal
 import threading
 import time
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -82,8 +83,12 @@ class StudyWorker:
     def _claim_existing(self) -> str | None:
         done = outcomes(self.client, self.spec.name)
         for job in trials(self.client, self.spec.name):
-            kind = done.get(job, {}).get("outcome", RUNNING)
-            if kind not in (RUNNING, RESUMED) or job_status(self.client, job)["state"] != "running":
+            record = done.get(job, {})
+            if record.get("outcome", RUNNING) not in (RUNNING, RESUMED):
+                continue
+            state = job_status(self.client, job)["state"]
+            # a job paused at a rung whose score was never reported (its process died) is taken too
+            if not (state == "running" or (state == "paused" and record.get("rung_pending") is not None)):
                 continue
             if self._lease(job):
                 return job
@@ -125,12 +130,19 @@ class StudyWorker:
     # -- serving one trial --------------------------------------------------------------
     def _serve(self, job: str) -> None:
         info = trials(self.client, self.spec.name)[job]
-        trial = optuna.trial.Trial(self.study, info["trial_id"])
+        trial = optuna.trial.Trial(self.study, info["trial_id"])  # Optuna's handle of a trial asked elsewhere
         record = outcomes(self.client, self.spec.name).get(job, {})
         resumed = record.get("outcome") == RESUMED
+        pending = record.get("rung_pending")
+        if pending is not None and not resumed:  # paused at this rung by a process that died before scoring it
+            if self._report(job, trial, int(pending)):
+                return
+            self._continue(job)
         applied = job_status(self.client, job)["records_applied"]
         todo = [] if resumed else [r for r in self.spec.rungs if str(r) not in record.get("rungs", {}) and r > applied]
-        self._worker = RungWorker(job, self.settings, todo)
+        self._worker = RungWorker(job, self.settings, todo,
+                                  on_rung=lambda rung: record_outcome(self.client, self.spec.name, job,
+                                                                      rung_pending=rung))
         thread = threading.Thread(target=self._worker.run, name=f"trial-{job}", daemon=True)
         thread.start()
         try:
@@ -141,7 +153,7 @@ class StudyWorker:
                     if self._report(job, trial, rung):
                         return
                     self._worker.at_rung.clear()
-                    set_paused(self.client, job, False)
+                    self._continue(job)
                     continue
                 state = job_status(self.client, job)["state"]
                 if state == "finished":
@@ -159,6 +171,10 @@ class StudyWorker:
             thread.join(timeout=60)
             self._worker = None
 
+    def _continue(self, job: str) -> None:
+        record_outcome(self.client, self.spec.name, job, rung_pending=None)
+        set_paused(self.client, job, False)
+
     def _report(self, job: str, trial: optuna.Trial, rung: int) -> bool:
         """Score the trial at ``rung``; True when the pruner stopped (paused) it."""
         model, applied = scoring.current_model(self.client, job)
@@ -173,7 +189,7 @@ class StudyWorker:
             return False
         set_paused(self.client, job, True)
         self.study.tell(trial, state=TrialState.PRUNED)
-        record_outcome(self.client, self.spec.name, job, outcome=PRUNED, paused_at=applied)
+        record_outcome(self.client, self.spec.name, job, outcome=PRUNED, paused_at=applied, rung_pending=None)
         log.info("%s: %s pruned at rung %d (%s = %.5f): paused", self.spec.name, job, rung, self.spec.metric, value)
         return True
 
@@ -198,9 +214,10 @@ class RungWorker(Worker):
     applied) and signals ``at_rung``, so every trial is scored after the same number of
     records, give or take the one message its last window held (windows are one message)."""
 
-    def __init__(self, job: str, settings: Settings, rungs: list[int]):
+    def __init__(self, job: str, settings: Settings, rungs: list[int], on_rung: Callable[[int], object]):
         super().__init__(job, settings, WorkerConfig(max_messages=1))
         self.rungs = list(rungs)
+        self.on_rung = on_rung  # records the pending rung first: whoever serves the trial next scores it
         self.at_rung = threading.Event()
 
     def _process(self, msgs) -> None:
@@ -208,6 +225,7 @@ class RungWorker(Worker):
         if self.rungs and not self.at_rung.is_set():
             applied = int(self.client.hget(self.keys.counters, "records_applied") or 0)
             if applied >= self.rungs[0]:
+                self.on_rung(self.rungs[0])
                 set_paused(self.client, self.spec.name, True)
                 self._next_control = 0.0  # the next step sees the pause before consuming more
                 self.at_rung.set()

@@ -15,7 +15,7 @@ from streamlearn import datasets as D
 from streamlearn.jobs import job_status
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
-from tests.integration.procs import cli, cli_json, stop_all
+from tests.integration.procs import cli, cli_json, stop_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,8 @@ def test_warm_start_seeds_a_new_study_with_the_finished_trials(stack, topics, fi
     study = f"ws-{uuid.uuid4().hex[:6]}"
     out = cli("tune", "create", study, "--algorithm", "linear_learner", "--topic", topics["train"],
               "--metric", "accuracy", *SPACE, "--param", "num_models=2", "--param", "epochs=1", "--trials", "2",
-              "--min-records", "500", "--validation-topic", topics["valid"], "--warm-start", finished_study)
+              "--min-records", "500", "--validation-topic", topics["valid"], "--warm-start", finished_study,
+              "--scheduler", "hyperband")
     finished = sum(t["state"] in ("pruned", "completed") for t in old["trials"])
     assert f"warm-started with {finished} trials" in out.stdout
     assert stop_all([_study_worker(study, tmp_path)], timeout=300) == [0]
@@ -109,6 +110,27 @@ def test_warm_start_seeds_a_new_study_with_the_finished_trials(stack, topics, fi
                 "--topic", topics["train"], "--metric", "accuracy", "--param-range", "learning_rate=0.01:1:log",
                 "--trials", "2", "--warm-start", finished_study, check=False)
     assert other.returncode == 2 and "search space differs" in other.stderr
+
+
+def test_a_killed_study_worker_leaves_its_trials_to_the_next_one(stack, topics, tmp_path):
+    study = f"kill-{uuid.uuid4().hex[:6]}"
+    cli("tune", "create", study, "--algorithm", "linear_learner", "--topic", topics["train"], "--metric", "accuracy",
+        *SPACE, "--param", "num_models=1", "--param", "epochs=1", "--trials", "3", "--min-records", "500",
+        "--scheduler", "median")  # scored on the linear learner's holdout (no validation topic)
+    first = _study_worker(study, tmp_path)
+    client = stack.redis_client()
+    wait_for(lambda: any((r["records_applied"] or 0) > 0 for r in cli_json("tune", "status", study)["trials"]),
+             120, "a trial to apply records")
+    first.kill()  # SIGKILL: no cleanup, its lease and its Kafka membership expire
+    first.wait()
+    assert stop_all([_study_worker(study, tmp_path)], timeout=300) == [0]
+    status = cli_json("tune", "status", study)
+    assert status["state"] == "finished" and len(status["trials"]) == 3
+    for t in status["trials"]:
+        job = job_status(client, t["job"])
+        assert t["state"] in ("completed", "pruned") and t["rungs"]
+        assert job["records_applied"] == N_TRAIN if t["state"] == "completed" else job["state"] == "paused"
+        assert job["initialize_calls"] == 1
 
 
 @pytest.mark.parametrize("args, message", [
