@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--snapshot-every", type=float, metavar="SECONDS")
     c.add_argument("--epochs", type=int, metavar="E", help="bounded jobs: read the topic range E times (default 1)")
     c.add_argument("--from-snapshot", metavar="JOB[@VERSION]",
-                   help="incremental training: start from that snapshot's model instead of initialize")
+                   help="incremental training: continue from that snapshot's training state (its params unless given)")
     ls = jsub.add_parser("list")
     ls.add_argument("--json", action="store_true")
     for action in ("status", "pause", "resume"):

@@ -23,15 +23,14 @@ from streamlearn.algorithms.base import training_state
 from streamlearn.config import Settings
 from streamlearn.jobs import ENDED, JobError, JobSpec, fail_job, is_complete
 from streamlearn.snapshots.format import encode, snapshot_of
-from streamlearn.snapshots.publisher import produce_snapshot
+from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, produce_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.keys import JobKeys
 from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
-#: the largest training state a snapshot carries (a 2**20-feature packed linear learner's
-#: state is gigabytes; its snapshot keeps the model only and cannot be continued)
-MAX_KEPT_STATE_BYTES = 256 << 20
+#: room left in a snapshot message for its metadata (packed models' scores, params)
+METADATA_ROOM_BYTES = 4 << 20
 
 class NothingToSnapshot(JobError):
     """The job has applied no record yet: its state is no model."""
@@ -106,7 +105,7 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
                    else spec.parent),
         "trained_from": spec.parent,  # the model this job continued (job create --from-snapshot), or None
     }
-    kept = _kept_state(spec, state)
+    kept = _kept_state(spec, state, model)
     metadata["training_state"] = kept is not None
     snapshot = snapshot_of(model, metadata, kept)  # the metadata exactly as a loader will see it
     data = encode(snapshot)
@@ -131,12 +130,15 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
     return version
 
 
-def _kept_state(spec: JobSpec, state: RedisState) -> dict | None:
-    """The state the snapshot carries so that a job can continue from it, None when too large."""
+def _kept_state(spec: JobSpec, state: RedisState, model) -> dict | None:
+    """The state the snapshot carries so that a job can continue from it; None when model and
+    state together would not fit one snapshot message (a 2**20-feature factorization machine:
+    38 MB of model, 75 MB of parameters and accumulators), so the model is still published."""
     size = sum(int(np.prod(k.shape, dtype=np.int64)) * np.dtype(k.dtype).itemsize for k in state.keys().values())
-    if size > MAX_KEPT_STATE_BYTES:
-        log.warning("job %s: the training state (%d bytes) is too large to keep in the snapshot; it cannot be "
-                    "continued with --from-snapshot", spec.name, size)
+    model_size = sum(np.asarray(a).nbytes for a in model.to_arrays()[0].values())
+    if model_size + size > MAX_MESSAGE_BYTES - METADATA_ROOM_BYTES:
+        log.warning("job %s: the training state (%d bytes) does not fit the snapshot beside the model (%d bytes); "
+                    "this snapshot cannot be continued with --from-snapshot", spec.name, size, model_size)
         return None
     return training_state(state)
 

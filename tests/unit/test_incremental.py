@@ -134,3 +134,15 @@ def test_a_format_1_median_snapshot_still_continues_from_its_model():
     model = continue_local(make_algorithm("median", snapshot.metadata["params"]), snapshot,
                            [Batch(np.full((50, 1), 10.0, dtype=np.float32))])
     assert model.n == parent.n + 50 and model.median > parent.median
+
+
+def test_a_state_that_does_not_fit_beside_the_model_is_left_out_of_the_snapshot(monkeypatch):
+    from streamlearn.jobs import JobSpec
+    from streamlearn.snapshots import finalize
+
+    model, state = _fit("counter", {"dim": 4}, EXACT["counter"][1]()[:2])
+    spec = JobSpec(name="j", algorithm="counter", topic="t")
+    assert sorted(finalize._kept_state(spec, state, model)) == ["n", "sum", "xtx"]
+    # counter: model arrays 160 bytes, state 168 bytes
+    monkeypatch.setattr(finalize, "MAX_MESSAGE_BYTES", finalize.METADATA_ROOM_BYTES + 300)
+    assert finalize._kept_state(spec, state, model) is None
