@@ -164,7 +164,8 @@ class StudyWorker:
                         self.study.tell(trial, state=TrialState.FAIL)
                     record_outcome(self.client, self.spec.name, job, outcome=FAILED)
                     return
-                if (state == "paused" and not self._worker.at_rung.is_set()) or not thread.is_alive():
+                # the rung worker pauses the job just before it signals at_rung: give it that moment
+                if (state == "paused" and not self._worker.at_rung.wait(2.0)) or not thread.is_alive():
                     return  # paused by hand: leave it; a study worker takes it again once it is resumed
         finally:
             self._worker.stop()
