@@ -10,10 +10,10 @@ from benchmarks._core import PROFILES, Context, Row, format_table
 
 def all_cases() -> dict:
     """Every case, in the order a full run takes them (limits first: the others reuse them)."""
-    from benchmarks import e2e, limits, ntm, peers, quality, scaling, serve, state
+    from benchmarks import e2e, limits, ntm, peers, quality, scaling, serve, state, tune
 
     out: dict = {}
-    for mod in (limits, e2e, state, scaling, peers, quality, ntm, serve):
+    for mod in (limits, e2e, state, scaling, peers, quality, ntm, serve, tune):
         out.update(mod.CASES)
     return out
 

@@ -185,13 +185,58 @@ def cmd_worker(args) -> int:
 
     from streamlearn.runtime.jobs import job_status
 
+    if (args.name is None) == (args.study is None):
+        raise UsageError("worker takes a job NAME or --study STUDY (one of them)")
     s = _settings()
+    if args.study is not None:
+        from streamlearn.tuning.pool import run_study_worker
+
+        print(f"study worker stopped; study {args.study} is {run_study_worker(args.study, s)}")
+        return 0
     status = run_worker(args.name, s)
     if status == "failed":  # one line, non-zero: the job will not go on by itself
         print(f"streamlearn: error: job {args.name} failed: {job_status(s.redis_client(), args.name)['reason']}",
               file=sys.stderr)
         return 1
     print(f"worker stopped; job {args.name} is {status}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from streamlearn.tuning import study
+
+    s = _settings()
+    client = s.redis_client()
+    if args.action == "create":
+        from streamlearn.tuning.space import build_space
+
+        space = build_space(args.space, args.param_range, args.param_choice)
+        spec = study.create_study(client, s.redis, s.kafka_client_conf(), args.name, args.algorithm, args.topic,
+                                  args.metric, space, _parse_params(args.param), args.trials,
+                                  direction=args.direction, parallel=args.parallel, scheduler=args.scheduler,
+                                  min_records=args.min_records, reduction_factor=args.reduction_factor,
+                                  validation_topic=args.validation_topic, warm_start=args.warm_start)
+        warm = f", warm-started with {spec.warm_started} trials of {spec.warm_start}" if spec.warm_start else ""
+        print(f"created study {spec.name} ({spec.trials} trials of {spec.algorithm} on {spec.topic}, "
+              f"{spec.direction} {spec.metric}, {spec.scheduler} rungs {spec.rungs} of {spec.max_records} records"
+              f"{warm}); run `streamlearn worker --study {spec.name}`")
+    elif args.action == "status":
+        status = study.study_status(client, args.name)
+        if args.json:
+            _print(status, True)
+        else:
+            rows = status.pop("trials")
+            _print(status, False)
+            for r in rows:
+                print(f"  {r['job']}  {r['state']:<9}  applied={r['records_applied']}  metric={r['metric']}  "
+                      f"rungs={json.dumps(r['rungs'])}  params={json.dumps(r['params'])}")
+    elif args.action == "best":
+        _print(study.best(client, args.name), args.json)
+    elif args.action == "resume":
+        if not args.trial:
+            raise UsageError("tune resume needs the TRIAL job to resume")
+        study.resume_trial(client, args.name, args.trial)
+        print(f"trial {args.trial} of study {args.name} resumed; `streamlearn worker --study {args.name}` serves it")
     return 0
 
 
@@ -396,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--snapshot-every", type=float, metavar="SECONDS")
     c.add_argument("--epochs", type=int, metavar="E", help="bounded jobs: read the topic range E times (default 1)")
     c.add_argument("--from-snapshot", metavar="JOB[@VERSION]",
-                   help="incremental training: start from that snapshot's model instead of initialize")
+                   help="incremental training: continue from that snapshot's training state (its params unless given)")
     ls = jsub.add_parser("list")
     ls.add_argument("--json", action="store_true")
     for action in ("status", "pause", "resume"):
@@ -409,8 +454,40 @@ def build_parser() -> argparse.ArgumentParser:
     jb.set_defaults(func=cmd_job)
 
     wk = sub.add_parser("worker", help="join a job's consumer group and train until the job ends")
-    wk.add_argument("name")
+    wk.add_argument("name", nargs="?")
+    wk.add_argument("--study", help="serve a study's trials instead of one job (a pool: start as many as you like)")
     wk.set_defaults(func=cmd_worker)
+
+    tn = sub.add_parser("tune", help="multi-fidelity hyperparameter studies: trials are jobs, losers are paused")
+    tsub = tn.add_subparsers(dest="action", required=True)
+    tc = tsub.add_parser("create")
+    tc.add_argument("name")
+    tc.add_argument("--algorithm", required=True)
+    tc.add_argument("--topic", required=True)
+    tc.add_argument("--metric", required=True)
+    tc.add_argument("--direction", choices=["max", "min"], default="max")
+    tc.add_argument("--space", type=Path, metavar="FILE.json")
+    tc.add_argument("--param-range", action="append", default=[], metavar="NAME=LOW:HIGH[:log][:int]")
+    tc.add_argument("--param-choice", action="append", default=[], metavar="NAME=A,B,...")
+    tc.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="fixed for every trial (also epochs=E)")
+    tc.add_argument("--trials", type=int, required=True)
+    tc.add_argument("--parallel", type=int, default=1, help="trials running at once (default 1)")
+    tc.add_argument("--scheduler", choices=["asha", "hyperband", "median"], default="asha")
+    tc.add_argument("--min-records", type=int, metavar="R", help="first rung, in records applied "
+                                                                 "(default: a full trial's / 27)")
+    tc.add_argument("--reduction-factor", type=int, default=3, metavar="ETA")
+    tc.add_argument("--validation-topic", metavar="V", help="score trials on this topic (read once into memory); "
+                                                            "default: the linear learner's holdout")
+    tc.add_argument("--warm-start", metavar="STUDY", help="seed with a finished study's trials (same space)")
+    for action in ("status", "best", "resume"):
+        ta = tsub.add_parser(action)
+        ta.add_argument("name")
+        if action == "resume":
+            ta.add_argument("trial", nargs="?", help="the paused trial's job")
+        else:
+            ta.add_argument("--json", action="store_true")
+    tn.set_defaults(func=cmd_tune)
 
     sc = sub.add_parser("schema", help="the shared writer-schema registry (Avro schemas by fingerprint, in Redis)")
     sc.add_argument("action", choices=["register", "list"])

@@ -66,11 +66,35 @@ class Algorithm:
     def finalize(self, state: State) -> "Model":
         raise NotImplementedError
 
-    def initialize_from(self, state: State, model: "Model") -> None:
-        """Incremental training: declare the state like ``initialize`` but start from a
-        published model (``job create --from-snapshot``). Algorithms that can continue
-        from their model override this; the rest say so clearly."""
-        raise ParamError(f"{self.name}: incremental training from a snapshot is not supported")
+    def initialize_from(self, state: State, model: "Model",
+                        training_state: dict[str, np.ndarray] | None = None) -> None:
+        """Incremental training (``job create --from-snapshot``): declare the state as
+        ``initialize`` does, with the values of the parent job's ``training_state`` (what its
+        snapshot carries: every state key at the snapshot's offsets), so training goes on
+        exactly where the parent stopped — packed models, optimizer accumulators,
+        normalization statistics, summaries."""
+        self.check_continuable(model, training_state)
+        for key, (_, kwargs) in _declarations(self).items():
+            state.initialize(key, np.asarray(training_state[key]), **kwargs)
+
+    def check_continuable(self, model: "Model", training_state: dict[str, np.ndarray] | None) -> None:
+        """Raise :class:`ParamError` unless :meth:`initialize_from` can continue from this
+        model and state with these parameters (checked at ``job create`` before anything is
+        written). An algorithm whose model alone is its state overrides both to continue
+        from snapshots written without the state."""
+        if not training_state:
+            raise ParamError(f"{self.name}: the snapshot carries no training state (written by format 1, or its "
+                             f"state was too large to keep): it cannot be continued")
+        declared = _declarations(self)
+        missing = sorted(set(declared) - set(training_state))
+        if missing:
+            raise ParamError(f"{self.name}: the snapshot's training state lacks {missing}: it was trained with "
+                             f"other parameters")
+        for key, (value, _) in declared.items():
+            parent = np.shape(training_state[key])
+            if parent != value.shape:
+                raise ParamError(f"{self.name}: state {key!r} has shape {parent} in the snapshot but "
+                                 f"{value.shape} with these parameters: keep the parameters that size the state")
 
     # -- parameters -------------------------------------------------------------------
     @classmethod
@@ -132,6 +156,29 @@ class Algorithm:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+class _Declarations:
+    """Records what ``initialize`` declares (key -> initial value, declaration options)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+
+    def initialize(self, key: str, value: "np.ndarray | float", aggregator: str = "sum", dtype: str = "float64",
+                   chunk_rows: int = 0) -> None:
+        self.keys[key] = (np.asarray(value), {"aggregator": aggregator, "dtype": dtype, "chunk_rows": chunk_rows})
+
+
+def _declarations(algo: Algorithm) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    recorder = _Declarations()
+    algo.initialize(recorder)  # type: ignore[arg-type]  (initialize only declares)
+    return recorder.keys
+
+
+def training_state(state: State) -> dict[str, np.ndarray]:
+    """Every key of ``state`` as an array (a snapshot's resumable state; for a job's state,
+    read it from one consistent cut first: ``RedisState.load_consistent``)."""
+    return {key: np.array(state.pull(key)) for key in sorted(state.keys())}
 
 
 def _from_text(algo: str, info: ParamInfo, text: str) -> Any:

@@ -15,6 +15,10 @@ first check that fails. What an algorithm must do to run as a streamlearn job:
   (no pickle) from which ``from_arrays`` rebuilds a model that answers the same;
 - ``pause_resume``: fitting half the batches, dropping the instance and continuing with a
   new one on the committed state (no ``initialize``) gives the model of one run;
+- ``initialize_from``: fitting half the batches, publishing the model with its training
+  state as a snapshot (encoded and decoded), and continuing a new job from it on the other
+  half (``initialize_from``, what ``job create --from-snapshot`` runs) gives the model of one
+  run over all of them;
 - ``deterministic``: two runs with the same parameters give the same model, bit for bit.
 
 Batches default to seeded synthetic data of the algorithm's width (labels 0/1 when it
@@ -31,9 +35,10 @@ from typing import Any, Callable
 import numpy as np
 
 from streamlearn.algorithms import model_class
-from streamlearn.algorithms.base import Algorithm, Model
+from streamlearn.algorithms.base import Algorithm, Model, training_state
 from streamlearn.algorithms.params import param_infos
 from streamlearn.batch import Batch
+from streamlearn.snapshots.format import decode_snapshot, encode_snapshot, load_model
 from streamlearn.statestore.local import LocalState, MemoryBackend
 
 __all__ = ["check_algorithm", "CHECKS", "Case"]
@@ -174,6 +179,21 @@ def check_pause_resume(case: Case) -> None:
     assert_same_model(straight, resumed, exact=False, what=f"{case.cls.name}: paused and resumed vs one run")
 
 
+def check_initialize_from(case: Case) -> None:
+
+    half = len(case.train) // 2
+    straight, _ = fit(case.make(), case.train)
+    parent, parent_state = fit(case.make(), case.train[:half])
+    snapshot = decode_snapshot(encode_snapshot(parent, {"job": "parent"}, state=training_state(parent_state),
+                                               key=None))
+    algo, state = case.make(), LocalState()
+    algo.initialize_from(state, load_model(snapshot), snapshot.state)
+    state.commit()
+    continued, _ = fit(algo, case.train[half:], state=state)
+    assert_same_model(straight, continued, exact=False,
+                      what=f"{case.cls.name}: continued from a snapshot vs one run")
+
+
 def check_deterministic(case: Case) -> None:
     m1, _ = fit(case.make(), case.train)
     m2, _ = fit(case.make(), case.train)
@@ -182,7 +202,7 @@ def check_deterministic(case: Case) -> None:
 
 #: every check, in the order ``check_algorithm`` runs them
 CHECKS: tuple[Callable[[Case], None], ...] = (check_declarations, check_contract, check_snapshot_round_trip,
-                                              check_pause_resume, check_deterministic)
+                                              check_pause_resume, check_initialize_from, check_deterministic)
 
 
 def synthetic_batches(algo: Algorithm, n_batches: int = 8, rows: int = 200, seed: int = 0) -> tuple[list[Batch], Batch]:

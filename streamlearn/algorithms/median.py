@@ -38,11 +38,19 @@ class Median(Algorithm):
         state.initialize("median", float(self.initial_guess))
         state.initialize("n", 0.0)
 
-    def initialize_from(self, state: State, model: Model) -> None:
+    def initialize_from(self, state: State, model: Model, training_state: dict[str, np.ndarray] | None = None) -> None:
         """Continue from a published estimate: the guess and the count carry over, so the
-        step size goes on shrinking as if the old data had been part of this stream."""
+        step size goes on shrinking as if the old data had been part of this stream. The
+        model is the whole state, so a snapshot without the state (format 1) continues too."""
+        if training_state:
+            super().initialize_from(state, model, training_state)
+            return
         state.initialize("median", float(model.median))
         state.initialize("n", float(model.n))
+
+    def check_continuable(self, model: Model, training_state: dict[str, np.ndarray] | None) -> None:
+        if training_state:
+            super().check_continuable(model, training_state)
 
     def update(self, state: State, batch: Batch) -> None:
         x = batch.dense()[:, 0]

@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+
+import numpy as np
 import redis
 
+from streamlearn.algorithms.base import training_state
 from streamlearn.config import Settings
 from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import encode, snapshot_of
-from streamlearn.snapshots.publisher import produce_snapshot
+from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, produce_snapshot
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
+#: room left in a snapshot message for its metadata (packed models' scores, params)
+METADATA_ROOM_BYTES = 4 << 20
 
 class NothingToSnapshot(JobError):
     """The job has applied no record yet: its state is no model."""
@@ -91,8 +97,11 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
         # lineage: the job's previous snapshot, else the snapshot it was trained from
         "parent": ({"job": spec.name, "version": counters["snapshot_version"]} if "snapshot_version" in counters
                    else spec.parent),
+        "trained_from": spec.parent,  # the model this job continued (job create --from-snapshot), or None
     }
-    snapshot = snapshot_of(model, metadata)  # the metadata exactly as a loader will see it
+    kept = _kept_state(spec, state, model)
+    metadata["training_state"] = kept is not None
+    snapshot = snapshot_of(model, metadata, kept)  # the metadata exactly as a loader will see it
     data = encode(snapshot)
     metadata = snapshot.metadata
     if not record.record_snapshot(version, final, lambda pipe: store.put(spec.name, data, metadata, pipe=pipe)):
@@ -100,6 +109,19 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
     log.info("job %s: stored snapshot version %d%s", spec.name, version, " (final)" if final else "")
     ensure_published(settings, client, spec.name, just_stored=(version, data, metadata))
     return version
+
+
+def _kept_state(spec: JobSpec, state: RedisState, model) -> dict | None:
+    """The state the snapshot carries so that a job can continue from it; None when model and
+    state together would not fit one snapshot message (a 2**20-feature factorization machine:
+    38 MB of model, 75 MB of parameters and accumulators), so the model is still published."""
+    size = sum(int(np.prod(k.shape, dtype=np.int64)) * np.dtype(k.dtype).itemsize for k in state.keys().values())
+    model_size = sum(np.asarray(a).nbytes for a in model.to_arrays()[0].values())
+    if model_size + size > MAX_MESSAGE_BYTES - METADATA_ROOM_BYTES:
+        log.warning("job %s: the training state (%d bytes) does not fit the snapshot beside the model (%d bytes); "
+                    "this snapshot cannot be continued with --from-snapshot", spec.name, size, model_size)
+        return None
+    return training_state(state)
 
 
 def _no_records_reason(client: redis.Redis, spec: JobSpec, dead: int) -> str:

@@ -87,7 +87,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
 
     ``from_snapshot`` ("JOB" or "JOB@VERSION") trains incrementally: the state starts from
-    that snapshot's model (``Algorithm.initialize_from``) and the lineage records it.
+    that snapshot's training state (``Algorithm.initialize_from``) and the lineage records it.
     ``epochs`` (or ``params["epochs"]`` when the algorithm has no such parameter): a bounded
     job reads its topic range that many times.
     """
@@ -96,11 +96,15 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         raise JobError(f"--until must be 'end' or 'never', not {until!r}")
     if snapshot_every is not None and not snapshot_every > 0:
         raise JobError("--snapshot-every must be a positive number of seconds")
-    params, epochs = _job_epochs(algorithm, dict(params or {}), epochs, until)
+    parent, parent_model, parent_state, parent_params = (_parent_model(client, from_snapshot, algorithm)
+                                                         if from_snapshot else (None, None, None, {}))
+    # a continued job keeps its parent's parameters unless told otherwise (they size the state)
+    params, epochs = _job_epochs(algorithm, {**parent_params, **(params or {})}, epochs, until)
     algo = make_algorithm(algorithm, with_topic_vocabulary(client, algorithm_class(algorithm), topic, params))
-    parent, parent_model = _parent_model(client, from_snapshot, algorithm) if from_snapshot else (None, None)
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
-    algo, n_records = _with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
+    algo, n_records = with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
+    if parent_model is not None:
+        algo.check_continuable(parent_model, parent_state)
     if epochs is None:  # enough passes for small bounded data, where the learner gains from them
         epochs = default_epochs(n_records) if until == "end" and algo.multi_pass else 1
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,
@@ -114,14 +118,14 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     if parent_model is None:
         algo.initialize(state)
     else:
-        algo.initialize_from(state, parent_model)
+        algo.initialize_from(state, parent_model, parent_state)
     state.commit()
     record.start(spec.start_offsets)
     ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
     return spec
 
 
-def _with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm,
+def with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm,
                         bounded: bool) -> tuple[Algorithm, int]:
     """(the algorithm with its "auto" parameters inferred from the topic's records, after
     checking its explicit ones against them; the records in the topic range, 0 when not
@@ -158,7 +162,8 @@ def _job_epochs(algorithm: str, params: dict[str, Any], epochs: int | None,
 
 
 def _parent_model(client: redis.Redis, ref: str, algorithm: str):
-    """Resolve "JOB[@VERSION]" to (lineage link, verified model) for incremental training."""
+    """Resolve "JOB[@VERSION]" to (lineage link, verified model, its training state, its
+    parameters) for incremental training."""
     job, _, version_text = ref.partition("@")
     check_name(job)
     store = ModelStore(client)
@@ -171,7 +176,8 @@ def _parent_model(client: redis.Redis, ref: str, algorithm: str):
     snapshot = decode_snapshot(store.get(job, version))
     if snapshot.metadata.get("algorithm") != algorithm:
         raise JobError(f"--from-snapshot: {ref} is a {snapshot.metadata.get('algorithm')} model, not {algorithm}")
-    return {"job": job, "version": version}, load_model(snapshot)
+    parent_params = snapshot.metadata.get("params") or {}
+    return {"job": job, "version": version}, load_model(snapshot), dict(snapshot.state), dict(parent_params)
 
 
 def set_paused(client: redis.Redis, name: str, paused: bool) -> str:

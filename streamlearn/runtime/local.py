@@ -10,6 +10,7 @@ from typing import Iterable
 
 from streamlearn.algorithms.base import Algorithm, Model, ParamError
 from streamlearn.batch import Batch
+from streamlearn.snapshots.format import Snapshot, load_model
 from streamlearn.statestore.local import LocalState
 
 
@@ -38,3 +39,14 @@ def fit_local(algorithm: Algorithm, batches: Iterable[Batch], state: LocalState 
             state.commit()
     state.commit()
     return algorithm.finalize(state)
+
+
+def continue_local(algorithm: Algorithm, snapshot: Snapshot, batches: Iterable[Batch],
+                   state: LocalState | None = None, commit_every: int = 64) -> Model:
+    """Incremental training in this process: start from ``snapshot``'s training state as
+    ``job create --from-snapshot`` does (``initialize_from``), then update on ``batches``
+    and finalize. ``state``: an empty LocalState to train in (to inspect it afterwards)."""
+    state = LocalState() if state is None else state
+    algorithm.initialize_from(state, load_model(snapshot), snapshot.state)
+    state.commit()
+    return fit_local(algorithm, batches, state=state, commit_every=commit_every)

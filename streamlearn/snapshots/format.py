@@ -5,11 +5,14 @@ encoding* (the framing of :mod:`streamlearn.wire.serde`)::
 
     C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema | Avro body
 
-The body holds ``format_version``, ``metadata_json``, the arrays (``name``, ``dtype`` from a
-fixed whitelist, ``shape``, little-endian C-order ``data``), a sha256 ``checksum`` and an
-optional HMAC-SHA256 ``signature``. Both digests cover the same canonical byte string (see
-:func:`_canonical_chunks`): a domain tag, the metadata JSON, and every array's name, dtype,
-shape and data, each length-prefixed so that no two different snapshots share it.
+The body holds ``format_version``, ``metadata_json``, the model's arrays (``name``, ``dtype``
+from a fixed whitelist, ``shape``, little-endian C-order ``data``), the job's training
+``state`` (one such array per state key, so ``job create --from-snapshot`` continues exactly
+where the job was: packed models, optimizer accumulators, normalization statistics,
+summaries), a sha256 ``checksum`` and an optional HMAC-SHA256 ``signature``. Both digests
+cover the same canonical byte string (see :func:`_canonical_chunks`): a domain tag, the
+metadata JSON, and every array's (then every state array's) name, dtype, shape and data,
+each length-prefixed so that no two different snapshots share it.
 
 Loading never uses pickle, ``eval`` or ``np.load``: arrays are ``np.frombuffer`` views over
 validated byte strings, with ``shape x itemsize == len(data)`` checked before any array is
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 #: The format version new snapshots are written in.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Environment variable holding the HMAC key; when set, snapshots are signed on encode and
 #: unsigned or badly signed snapshots are rejected on decode.
 KEY_ENV = "STREAMLEARN_SNAPSHOT_KEY"
@@ -71,7 +74,7 @@ MAX_NAME_LEN = 1024
 
 #: format version -> schema file. A new format version gets a new file; the old file is
 #: kept (renamed to ``snapshot_v<N>.avsc``) so that its snapshots still decode.
-_SCHEMA_FILES = {1: "snapshot.avsc"}
+_SCHEMA_FILES = {1: "snapshot_v1.avsc", 2: "snapshot.avsc"}
 
 _FROM_ENV: Any = object()  # sentinel: "read the key from STREAMLEARN_SNAPSHOT_KEY"
 
@@ -86,6 +89,9 @@ class Snapshot:
 
     metadata: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the training state (state key -> value) to continue from; empty when the snapshot
+    #: was written without it (format 1, or a state too large to carry)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def version(self) -> int | None:
@@ -119,7 +125,11 @@ def _load_schema(filename: str) -> tuple[Any, bytes]:
 
 
 def _upgrade_v1(record: dict) -> dict:
-    return record  # v1 is the current shape
+    return {**record, "state": None}  # no training state (None: the v1 digest does not cover one)
+
+
+def _upgrade_v2(record: dict) -> dict:
+    return record  # v2 is the current shape
 
 
 class _Scan:
@@ -159,12 +169,7 @@ class _Scan:
                 yield None
 
 
-def _prescan_v1(data: bytes, pos: int) -> None:
-    """Reject absurd counts (arrays, dims) and lengths before fastavro materializes lists,
-    so a small hostile message cannot make the parser build a huge one."""
-    s = _Scan(data, pos)
-    s.long()  # format_version
-    s.skip_bytes("metadata", MAX_METADATA_BYTES)
+def _prescan_arrays(s: _Scan) -> None:
     for _ in s.blocks("arrays", MAX_ARRAYS):
         s.skip_bytes("array name", MAX_NAME_LEN * 4)
         s.long()  # dtype enum index (range-checked by the parser and the whitelist)
@@ -173,8 +178,20 @@ def _prescan_v1(data: bytes, pos: int) -> None:
         s.skip_bytes("array data", MAX_SNAPSHOT_BYTES)
 
 
-_UPGRADES: dict[int, Callable[[dict], dict]] = {1: _upgrade_v1}
-_PRESCANS: dict[int, Callable[[bytes, int], None]] = {1: _prescan_v1}
+def _prescan(array_lists: int) -> Callable[[bytes, int], None]:
+    def prescan(data: bytes, pos: int) -> None:
+        """Reject absurd counts (arrays, dims) and lengths before fastavro materializes
+        lists, so a small hostile message cannot make the parser build a huge one."""
+        s = _Scan(data, pos)
+        s.long()  # format_version
+        s.skip_bytes("metadata", MAX_METADATA_BYTES)
+        for _ in range(array_lists):  # v1: the arrays; v2: the arrays, then the state
+            _prescan_arrays(s)
+    return prescan
+
+
+_UPGRADES: dict[int, Callable[[dict], dict]] = {1: _upgrade_v1, 2: _upgrade_v2}
+_PRESCANS: dict[int, Callable[[bytes, int], None]] = {1: _prescan(1), 2: _prescan(2)}
 _READERS: dict[bytes, _Reader] = {}
 for _version, _file in _SCHEMA_FILES.items():
     _schema, _fp = _load_schema(_file)
@@ -185,17 +202,25 @@ SUPPORTED_FORMAT_VERSIONS = tuple(sorted(r.format_version for r in _READERS.valu
 
 # -- digests ---------------------------------------------------------------------------
 
-_DOMAIN = b"streamlearn.snapshot.v1\n"
+_DOMAIN = b"streamlearn.snapshot.v1\n"  # kept for v2: the state section makes the strings differ
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 
 
-def _canonical_chunks(metadata_json: str, arrays: list[dict]) -> Iterator[bytes]:
-    """The byte string both the checksum and the signature cover, in pieces (no 32 MB join)."""
+def _canonical_chunks(metadata_json: str, arrays: list[dict], state: list[dict] | None) -> Iterator[bytes]:
+    """The byte string both the checksum and the signature cover, in pieces (no 32 MB join).
+    ``state`` None: a format-1 snapshot, whose string has no state section."""
     yield _DOMAIN
     meta = metadata_json.encode("utf-8")
     yield _U64.pack(len(meta))
     yield meta
+    yield from _array_chunks(arrays)
+    if state is not None:
+        yield b"state"
+        yield from _array_chunks(state)
+
+
+def _array_chunks(arrays: list[dict]) -> Iterator[bytes]:
     yield _U64.pack(len(arrays))
     for a in arrays:
         name = a["name"].encode("utf-8")
@@ -206,10 +231,11 @@ def _canonical_chunks(metadata_json: str, arrays: list[dict]) -> Iterator[bytes]
         yield a["data"]
 
 
-def _digests(metadata_json: str, arrays: list[dict], key: bytes | None) -> tuple[str, str | None]:
+def _digests(metadata_json: str, arrays: list[dict], state: list[dict] | None,
+             key: bytes | None) -> tuple[str, str | None]:
     sha = hashlib.sha256()
     mac = hmac.new(key, digestmod=hashlib.sha256) if key else None
-    for chunk in _canonical_chunks(metadata_json, arrays):
+    for chunk in _canonical_chunks(metadata_json, arrays, state):
         sha.update(chunk)
         if mac is not None:
             mac.update(chunk)
@@ -262,9 +288,12 @@ def _checked_array(name: Any, value: Any) -> np.ndarray:
     return np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # (ascontiguousarray makes 0-d 1-d)
 
 
-def snapshot_of(model: Any, metadata: dict[str, Any] | None = None) -> Snapshot:
-    """The :class:`Snapshot` of ``model``: its arrays and the full metadata, normalized
-    exactly as :func:`decode_snapshot` will return it (JSON round trip)."""
+def snapshot_of(model: Any, metadata: dict[str, Any] | None = None,
+                state: dict[str, np.ndarray] | None = None) -> Snapshot:
+    """The :class:`Snapshot` of ``model``: its arrays, the training ``state`` it was
+    finalized from (state key -> value; see :func:`streamlearn.algorithms.base.training_state`)
+    and the full metadata, normalized exactly as :func:`decode_snapshot` will return it
+    (JSON round trip)."""
     arrays, attrs = model.to_arrays()
     md = dict(metadata or {})
     algorithm = getattr(model, "algorithm", "") or md.get("algorithm")
@@ -286,9 +315,10 @@ def snapshot_of(model: Any, metadata: dict[str, Any] | None = None) -> Snapshot:
         raise SnapshotError(f"metadata version must be an int, not {md['version']!r}")
     normalized = json.loads(_dumps(md))
     checked = {name: _checked_array(name, arrays[name]) for name in sorted(arrays)}
-    for a in checked.values():
+    kept = {name: _checked_array(name, value) for name, value in sorted((state or {}).items())}
+    for a in (*checked.values(), *kept.values()):
         a.flags.writeable = False
-    return Snapshot(normalized, checked)
+    return Snapshot(normalized, checked, kept)
 
 
 def encode(snapshot: Snapshot, *, key: bytes | str | None = _FROM_ENV) -> bytes:
@@ -297,13 +327,8 @@ def encode(snapshot: Snapshot, *, key: bytes | str | None = _FROM_ENV) -> bytes:
     metadata_json = _dumps(snapshot.metadata)
     if len(metadata_json) > MAX_METADATA_BYTES:
         raise SnapshotError(f"snapshot metadata is {len(metadata_json)} bytes (max {MAX_METADATA_BYTES})")
-    if len(snapshot.arrays) > MAX_ARRAYS:
-        raise SnapshotError(f"snapshot has {len(snapshot.arrays)} arrays (max {MAX_ARRAYS})")
-    records = []
-    for name in sorted(snapshot.arrays):
-        arr = _checked_array(name, snapshot.arrays[name])
-        records.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tobytes()})
-    checksum, signature = _digests(metadata_json, records, key)
+    records, state = _array_records(snapshot.arrays, "arrays"), _array_records(snapshot.state, "state arrays")
+    checksum, signature = _digests(metadata_json, records, state, key)
     out = io.BytesIO()
     out.write(MAGIC)
     out.write(_WRITER.fingerprint)
@@ -314,6 +339,7 @@ def encode(snapshot: Snapshot, *, key: bytes | str | None = _FROM_ENV) -> bytes:
             "format_version": FORMAT_VERSION,
             "metadata_json": metadata_json,
             "arrays": records,
+            "state": state,
             "checksum": checksum,
             "signature": signature,
         },
@@ -324,11 +350,22 @@ def encode(snapshot: Snapshot, *, key: bytes | str | None = _FROM_ENV) -> bytes:
     return data
 
 
-def encode_snapshot(model: Any, metadata: dict[str, Any] | None = None, *, key: bytes | str | None = _FROM_ENV) -> bytes:
+def _array_records(arrays: dict[str, np.ndarray], what: str) -> list[dict]:
+    if len(arrays) > MAX_ARRAYS:
+        raise SnapshotError(f"snapshot has {len(arrays)} {what} (max {MAX_ARRAYS})")
+    records = []
+    for name in sorted(arrays):
+        arr = _checked_array(name, arrays[name])
+        records.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tobytes()})
+    return records
+
+
+def encode_snapshot(model: Any, metadata: dict[str, Any] | None = None, *, key: bytes | str | None = _FROM_ENV,
+                    state: dict[str, np.ndarray] | None = None) -> bytes:
     """``model`` + ``metadata`` (job, params, version, offsets, records_applied, lineage,
-    scores, ...) as snapshot bytes. Fills algorithm, model_attrs, format_version,
-    created_at and library_versions."""
-    return encode(snapshot_of(model, metadata), key=key)
+    scores, ...) + the training ``state`` as snapshot bytes. Fills algorithm, model_attrs,
+    format_version, created_at and library_versions."""
+    return encode(snapshot_of(model, metadata, state), key=key)
 
 
 # -- decoding --------------------------------------------------------------------------
@@ -404,11 +441,13 @@ def decode_snapshot(data: bytes, key: bytes | str | None = _FROM_ENV) -> Snapsho
     checksum is always verified)."""
     key = _resolve_key(key)
     _reader, record = _read_record(data)
-    metadata_json, records = record.get("metadata_json"), record.get("arrays")
+    metadata_json, records, state = record.get("metadata_json"), record.get("arrays"), record.get("state")
     if not isinstance(metadata_json, str) or len(metadata_json) > MAX_METADATA_BYTES:
         raise SnapshotError(f"metadata must be a JSON string of at most {MAX_METADATA_BYTES} bytes")
     _check_arrays(records)
-    checksum, signature = _digests(metadata_json, records, key)
+    if state is not None:
+        _check_arrays(state)
+    checksum, signature = _digests(metadata_json, records, state, key)
     stored_checksum = record.get("checksum")
     if not isinstance(stored_checksum, str) or not hmac.compare_digest(checksum, stored_checksum):
         raise SnapshotError("checksum mismatch: snapshot is corrupted or tampered")
@@ -426,6 +465,10 @@ def decode_snapshot(data: bytes, key: bytes | str | None = _FROM_ENV) -> Snapsho
         raise SnapshotError("metadata must be a JSON object")
     if not isinstance(metadata.get("algorithm"), str) or not isinstance(metadata.get("model_attrs"), dict):
         raise SnapshotError("metadata must name the algorithm and carry model_attrs")
+    return Snapshot(metadata, _arrays_of(records), _arrays_of(state or []))
+
+
+def _arrays_of(records: list[dict]) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for a in records:
         dtype = np.dtype(a["dtype"]).newbyteorder("<")
@@ -436,7 +479,7 @@ def decode_snapshot(data: bytes, key: bytes | str | None = _FROM_ENV) -> Snapsho
             arr = arr.astype(dtype.newbyteorder("="))
         arr.flags.writeable = False
         arrays[a["name"]] = arr
-    return Snapshot(metadata, arrays)
+    return arrays
 
 
 def load_model(snapshot: Snapshot) -> Any:

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "streamlearn.devstack": 5,
     "streamlearn.registry": 5,
     "streamlearn.serving": 5,
+    "streamlearn.tuning": 5,
     "streamlearn.export": 5,
     # 6: entry points
     "streamlearn.client": 6,

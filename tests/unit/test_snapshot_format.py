@@ -147,13 +147,29 @@ GOLDEN_V1 = bytes.fromhex(
 )
 
 
+def test_training_state_round_trips_and_is_covered_by_the_checksum():
+    state = {"w": np.arange(6.0).reshape(2, 3), "n": np.array(5.0)}
+    data = encode_snapshot(MedianModel(1.0, 1), meta(), state=state)
+    snap = decode_snapshot(data)
+    assert snap.metadata["format_version"] == fmt.FORMAT_VERSION == 2
+    assert sorted(snap.state) == ["n", "w"]
+    np.testing.assert_array_equal(snap.state["w"], state["w"])
+    assert snap.state["n"].shape == () and float(snap.state["n"]) == 5.0
+    assert not snap.state["w"].flags.writeable
+    at = data.find(state["w"].tobytes())
+    forged = bytearray(data)
+    forged[at + 3] ^= 0x01
+    with pytest.raises(SnapshotError, match="checksum mismatch"):
+        decode_snapshot(bytes(forged))
+
+
 def test_golden_v1_snapshot_still_loads():
     snap = decode_snapshot(GOLDEN_V1)
     assert snap.metadata["format_version"] == 1 and snap.metadata["version"] == 3
     assert snap.metadata["offsets"] == {"0": 10, "1": 12}
     model = load_model(snap)
     assert (model.median, model.n) == (2.5, 7)
-    assert 1 in fmt.SUPPORTED_FORMAT_VERSIONS
+    assert 1 in fmt.SUPPORTED_FORMAT_VERSIONS and snap.state == {}
 
 
 def test_unknown_fingerprint_is_rejected_with_versions_named():
@@ -211,7 +227,7 @@ def _frame(record: dict, schema=None, fp: bytes | None = None) -> bytes:
 
 
 def _rechecksum(record: dict) -> dict:
-    record["checksum"], _ = fmt._digests(record["metadata_json"], record["arrays"], None)
+    record["checksum"], _ = fmt._digests(record["metadata_json"], record["arrays"], record.get("state"), None)
     return record
 
 
@@ -323,7 +339,7 @@ def test_whitelist_is_checked_after_parsing_too(monkeypatch):
         record["arrays"][0]["dtype"] = "object"
         return record
 
-    monkeypatch.setitem(fmt._READERS, real.fingerprint, fmt._Reader(1, real.schema, real.fingerprint, upgrade))
+    monkeypatch.setitem(fmt._READERS, real.fingerprint, fmt._Reader(real.format_version, real.schema, real.fingerprint, upgrade))
     with pytest.raises(SnapshotError, match="'object' is not allowed"):
         decode_snapshot(data)
 
