@@ -13,7 +13,7 @@ def register(algorithm: type[Algorithm], model: type[Model]) -> None:
 
 
 #: the algorithms that ship with streamlearn (each module registers itself on import)
-BUILTIN: tuple[str, ...] = ("median", "linear_learner", "factorization_machines", "kmeans", "pca", "counter")
+BUILTIN: tuple[str, ...] = ("median", "linear_learner", "factorization_machines", "kmeans", "pca", "counter", "deepar")
 
 
 def _load_builtins() -> None:
