@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -52,7 +53,9 @@ def parse_time_ms(value) -> int | None:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
     try:
-        t = np.datetime64(str(value).strip().rstrip("Z"), "ms")
+        with warnings.catch_warnings():  # an explicit UTC offset is applied, which numpy warns about
+            warnings.simplefilter("ignore", UserWarning)
+            t = np.datetime64(str(value).strip().rstrip("Z"), "ms")
     except (ValueError, TypeError, OverflowError):
         return None
     return None if np.isnat(t) else int(t.astype(np.int64))
