@@ -487,7 +487,7 @@ class DeepARModel(Model):
         self.attrs = attrs
         self.freq = Freq.parse(attrs["time_freq"])
         self.net = build_net(attrs, "cpu")
-        torch.nn.utils.vector_to_parameters(torch.as_tensor(self.theta, dtype=torch.float32), self.net.parameters())
+        torch.nn.utils.vector_to_parameters(torch.tensor(self.theta, dtype=torch.float32), self.net.parameters())
         self.net.eval()
         self._row = {s: i for i, s in enumerate(attrs["series"])}
 
