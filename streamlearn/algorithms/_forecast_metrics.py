@@ -55,11 +55,12 @@ def all_metrics(y: np.ndarray, qf: dict[float, np.ndarray], insample: list[np.nd
     """Every metric from quantile forecasts (``qf`` must hold 0.1..0.9, 0.025 and 0.975)."""
     errors = np.array([seasonal_error(x, m) for x in insample])
     ok = np.isfinite(errors) & (errors > 0)
+    errors = np.where(ok, errors, np.nan)  # a constant history has no scale: left out of MASE and MSIS
     point = qf[0.5]
     return {"mean_wQuantileLoss": mean_wql(y, qf),
-            "MASE": float(np.nanmedian(mase(y, point, errors)[ok])),
+            "MASE": float(np.nanmedian(mase(y, point, errors))),
             "sMAPE": float(np.nanmean(smape(y, point))),
-            "MSIS": float(np.nanmedian(msis(y, qf[0.025], qf[0.975], errors)[ok])),
+            "MSIS": float(np.nanmedian(msis(y, qf[0.025], qf[0.975], errors))),
             "RMSE": float(np.sqrt(np.nanmean((y - (point if mean is None else mean)) ** 2)))}
 
 
