@@ -77,7 +77,8 @@ def test_mean_scale_is_gluonts_mean_scaler():
     default = (1 + 3 + 4 + 4) / 4
     np.testing.assert_allclose(_mean_scale(vals, mask), [2.0, default, 4.0])
     assert _mean_scale(np.array([[0.0, 1e-12]]), np.ones((1, 2)))[0] == 1e-10  # at least 1e-10
-    assert _mean_scale(np.zeros((2, 3)), np.ones((2, 3))).tolist() == [1.0, 1.0]  # no signal in the step
+    assert _mean_scale(np.zeros((2, 3)), np.ones((2, 3))).tolist() == [1e-10, 1e-10]  # observed zeros
+    assert _mean_scale(np.zeros((2, 3)), np.array([[1.0] * 3, [0.0] * 3])).tolist() == [1e-10, 1.0]  # no signal
 
 
 def test_history_fills_gaps_and_lags_index_the_window():
