@@ -155,13 +155,14 @@ def read_gluonts(path, freq: str) -> list[list[Point]]:
             ms = parse_time_ms(start)
             if ms is None:
                 raise FileFormatError(f"{path}:{lineno}: unparsable start {start!r}")
-            times = f.times_after(f.ordinal(np.array([ms]))[0] - 1, len(target), ms)
+            times = np.concatenate([[ms], f.times_after(int(f.ordinal(np.array([ms]))[0]), len(target) - 1, ms)])
             feat = np.asarray(d.get("dynamic_feat") or np.zeros((0, len(target))), dtype=np.float64)
             if feat.shape[-1] != len(target):
                 raise FileFormatError(f"{path}:{lineno}: dynamic_feat rows must have the target's length")
             cat = [int(c) for c in d.get("cat") or []]
-            out.append([Point(sid, int(times[k]), None if target[k] is None or target[k] != target[k] else float(target[k]),
-                              feat[:, k].tolist(), cat) for k in range(len(target))])
+            values = [math.nan if v is None else float(v) for v in target]  # "NaN" or null = missing
+            out.append([Point(sid, int(times[k]), None if math.isnan(values[k]) else values[k], feat[:, k].tolist(), cat)
+                        for k in range(len(target))])
     return out
 
 
