@@ -10,10 +10,10 @@ from benchmarks._core import PROFILES, Context, Row, format_table
 
 def all_cases() -> dict:
     """Every case, in the order a full run takes them (limits first: the others reuse them)."""
-    from benchmarks import e2e, limits, ntm, peers, quality, scaling, state
+    from benchmarks import deepar, e2e, limits, ntm, peers, quality, scaling, state
 
     out: dict = {}
-    for mod in (limits, e2e, state, scaling, peers, quality, ntm):
+    for mod in (limits, e2e, state, scaling, peers, quality, ntm, deepar):
         out.update(mod.CASES)
     return out
 
