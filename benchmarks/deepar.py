@@ -15,14 +15,13 @@ interleaved) and compares backtest scores. Needs ``pip install .[torch,bench]``.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 import zlib
 
 import numpy as np
 
-from benchmarks._core import Context, Row, fmt_s
+from benchmarks._core import Context, Row
 
 SETS = {  # name: (prediction length, context length, freq, likelihood, season for MASE)
     "covid": (14, 28, "D", "negative-binomial", 1),
@@ -54,7 +53,7 @@ def load(name: str) -> list[np.ndarray]:
 
 def _points(name: str, series: list[np.ndarray], freq: str):
     """Interleaved points (k-th of every series before any (k+1)-th) of the given series."""
-    from streamlearn.algorithms._timefreq import Freq
+    from streamlearn.timefreq import Freq
     from streamlearn.series_batch import SeriesBatch
     from streamlearn.streams.timeseries import parse_time_ms
 

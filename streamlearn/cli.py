@@ -183,7 +183,7 @@ def _columns(text: str | None) -> list[str]:
 
 
 def cmd_forecast(args) -> int:
-    from streamlearn.forecast import forecast_job
+    from streamlearn.runtime.forecast import forecast_job
 
     try:
         quantiles = [float(q) for q in args.quantiles.split(",") if q.strip()]

@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from streamlearn.batch import Batch, SparseRows
+from streamlearn.series_batch import SeriesBatch
 
 FULL_DENSE_ROWS = 1_000_000
 
@@ -183,8 +184,6 @@ def seasonal_series(n_series: int = 20, length: int = 100, period: int = 7, seed
     """Points of ``n_series`` daily series (level + seasonal sine of ``period`` + noise; Poisson
     counts with ``counts``), interleaved in time order, as a
     :class:`~streamlearn.series_batch.SeriesBatch` (DeepAR's data)."""
-    from streamlearn.series_batch import SeriesBatch
-
     rng = np.random.default_rng(seed)
     level = rng.uniform(5, 50, n_series)
     amp = rng.uniform(0.2, 0.5, n_series) * level

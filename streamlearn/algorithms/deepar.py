@@ -29,18 +29,21 @@ the worker, so a resumed job equals an uninterrupted one.
 """
 from __future__ import annotations
 
-import json
+import importlib
 import math
 import zlib
 from typing import Any
 
 import numpy as np
 
+from streamlearn.algorithms import _forecast_metrics as fm
 from streamlearn.algorithms import register
-from streamlearn.algorithms._timefreq import Freq
 from streamlearn.algorithms.base import Algorithm, Model, ParamError, require
+from streamlearn.algorithms.params import Interval, ListOf, Options, Param
 from streamlearn.series_batch import SeriesBatch
 from streamlearn.statestore.base import State
+from streamlearn.streams.timeseries import decode_points, ms_to_iso
+from streamlearn.timefreq import Freq
 
 ID_FLOATS = 10  # a series id of <= 60 UTF-8 bytes, 6 bytes per float64 (exact as an integer)
 PROBES = 8  # rows a series id may occupy after its hash row
@@ -69,12 +72,40 @@ class DeepAR(Algorithm):
     name = "deepar"
     #: points per update step: each ends at most one training window (GluonTS's batch of 32)
     step_rows = 32
+    #: a second pass over the same points would look like time going backwards in every series
+    single_pass = True
+    param_spec = {
+        "prediction_length": Param("periods each forecast covers", Interval(int, 1, None)),
+        "context_length": Param("periods the network is unrolled over before a forecast (0: prediction_length)",
+                                Interval(int, 0, None)),
+        "time_freq": Param("the series' frequency, [n]unit with unit s, min, h, D, W, M, Q or Y (e.g. 'D', '15min')",
+                           str),
+        "likelihood": Param("distribution of a value given the network's output", Options(*LIKELIHOODS)),
+        "num_layers": Param("LSTM layers", Interval(int, 1, None)),
+        "num_cells": Param("cells of each LSTM layer", Interval(int, 1, None)),
+        "dropout_rate": Param("dropout between LSTM layers while training", Interval(float, 0, 1, closed="left")),
+        "learning_rate": Param("Adam's step size", Interval(float, 0, None, closed="neither")),
+        "weight_decay": Param("L2 decay of the parameters", Interval(float, 0, None)),
+        "clip_gradient": Param("largest absolute gradient component", Interval(float, 0, None, closed="neither")),
+        "lags_seq": Param("lagged values the network sees, e.g. [1,2,7] ('auto': GluonTS's lags of time_freq)",
+                          Options("auto"), ListOf(int)),
+        "num_dynamic_feat": Param("dynamic (time-varying) features of every point", Interval(int, 0, None)),
+        "num_static_cat": Param("static categories of every series", Interval(int, 0, None)),
+        "cardinality": Param(f"values of each static category ('auto': {AUTO_CARDINALITY} each)",
+                             Options("auto"), ListOf(int, distinct=False)),
+        "max_series": Param("series the job keeps a context for (rows of its state)", Interval(int, 1, None)),
+        "window_rate": Param("share of arriving points that end a training window",
+                             Interval(float, 0, 1, closed="right")),
+        "num_samples": Param("sample paths behind each forecast", Interval(int, 1, None)),
+        "seed": Param("seed of the initial weights, dropout and sampled windows", Interval(int, 0, None)),
+        "device": Param("where torch computes: 'cpu', 'cuda' or 'cuda:N'", str),
+    }
 
     def __init__(self, prediction_length: int = 14, context_length: int = 0, time_freq: str = "D",
                  likelihood: str = "student-t", num_layers: int = 2, num_cells: int = 40, dropout_rate: float = 0.1,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-8, clip_gradient: float = 10.0,
-                 lags_seq: str = "auto", num_dynamic_feat: int = 0, num_static_cat: int = 0,
-                 cardinality: str = "auto", max_series: int = 4096, window_rate: float = 1.0,
+                 lags_seq: str | list[int] = "auto", num_dynamic_feat: int = 0, num_static_cat: int = 0,
+                 cardinality: str | list[int] = "auto", max_series: int = 4096, window_rate: float = 1.0,
                  num_samples: int = 100, seed: int = 0, device: str = "cpu"):
         self.prediction_length = prediction_length
         self.context_length = context_length
@@ -100,30 +131,17 @@ class DeepAR(Algorithm):
     # -- parameters -----------------------------------------------------------------------
     def check_params(self) -> None:
         n = self.name
-        for p in ("prediction_length", "num_layers", "num_cells", "max_series", "num_samples"):
-            require(isinstance(getattr(self, p), (int, np.integer)) and getattr(self, p) >= 1, n,
-                    f"{p} must be an integer >= 1")
-        for p in ("context_length", "num_dynamic_feat", "num_static_cat"):
-            require(isinstance(getattr(self, p), (int, np.integer)) and getattr(self, p) >= 0, n,
-                    f"{p} must be an integer >= 0")
-        require(self.likelihood in LIKELIHOODS, n, f"likelihood must be one of {LIKELIHOODS}")
-        require(0.0 <= self.dropout_rate < 1.0, n, "dropout_rate must be in [0, 1)")
-        require(0.0 < self.window_rate <= 1.0, n, "window_rate must be in (0, 1]")
-        for p in ("learning_rate", "clip_gradient"):
-            require(np.isfinite(getattr(self, p)) and getattr(self, p) > 0, n, f"{p} must be > 0")
-        require(np.isfinite(self.weight_decay) and self.weight_decay >= 0, n, "weight_decay must be >= 0")
+        super().check_params()
         try:
             Freq.parse(self.time_freq)
         except ValueError as exc:
             raise ParamError(f"{n}: time_freq: {exc}") from None
-        lags = self.lags()
-        require(len(lags) > 0 and all(isinstance(v, int) and v >= 1 for v in lags), n,
-                "lags_seq must be 'auto' or a JSON list of integers >= 1")
+        require(all(v >= 1 for v in self.lags()), n, "lags_seq must be 'auto' or a list of integers >= 1")
         card = self.cardinalities()
         require(len(card) == self.num_static_cat and all(c >= 1 for c in card), n,
-                "cardinality must be 'auto' or a JSON list of num_static_cat integers >= 1")
+                "cardinality must be 'auto' or a list of num_static_cat integers >= 1")
         require(self.device in ("cpu", "cuda") or str(self.device).startswith("cuda:"), n,
-                "device must be 'cpu' or 'cuda'")
+                "device must be 'cpu', 'cuda' or 'cuda:N'")
         try:
             import torch
         except ImportError:
@@ -133,20 +151,12 @@ class DeepAR(Algorithm):
     def lags(self) -> list[int]:
         if self.lags_seq == "auto":
             return Freq.parse(self.time_freq).lags()
-        try:
-            v = json.loads(self.lags_seq) if isinstance(self.lags_seq, str) else list(self.lags_seq)
-        except ValueError:
-            raise ParamError(f"{self.name}: lags_seq {self.lags_seq!r} is not 'auto' or a JSON list") from None
-        return sorted({int(x) for x in v}) if all(float(x) == int(x) for x in v) else []
+        return sorted({int(x) for x in self.lags_seq})
 
     def cardinalities(self) -> list[int]:
         if self.cardinality == "auto":
             return [AUTO_CARDINALITY] * int(self.num_static_cat)
-        try:
-            v = json.loads(self.cardinality) if isinstance(self.cardinality, str) else list(self.cardinality)
-            return [int(c) for c in v]
-        except (ValueError, TypeError):
-            raise ParamError(f"{self.name}: cardinality {self.cardinality!r} is not 'auto' or a JSON list") from None
+        return [int(c) for c in self.cardinality]
 
     def config(self) -> dict[str, Any]:
         """Everything the network's shape and inputs depend on (the model carries it)."""
@@ -295,8 +305,6 @@ class DeepAR(Algorithm):
         contexts: a point whose time does not move forward within its series, a category
         beyond its cardinality, or a negative count (negative binomial) is rejected with
         the reason (the worker dead-letters it in the same commit as the window)."""
-        from streamlearn.streams.timeseries import decode_points
-
         result = decode_points(values, shared=shared, confluent=confluent, n_feat=int(self.num_dynamic_feat),
                                n_cat=int(self.num_static_cat))
         pts = result.points
@@ -359,10 +367,16 @@ def _sampled(seed: int, series: str, ordinal: int, rate: float) -> bool:
     return zlib.crc32(f"{seed}:{series}:{ordinal}".encode()) < rate * 2 ** 32
 
 
+def _torch_net():
+    """The network module: it imports torch (seconds), which creating or validating a job,
+    and listing the algorithms, should not pay for."""
+    return importlib.import_module("streamlearn.algorithms._deepar_net")
+
+
 def build_net(c: dict, device: str = "cpu"):
     import torch
 
-    from streamlearn.algorithms._deepar_net import DeepARNet
+    DeepARNet = _torch_net().DeepARNet
 
     # workers (processes) are the unit of parallelism, as for BLAS (consumers/worker.py): torch's
     # own intra-op threads on a busy 2-core machine made a 32-window LSTM step 75x slower
@@ -458,7 +472,7 @@ def window_loss(net, c: dict, freq: Freq, windows: list[tuple], dev):
     """Mean negative log-likelihood over the windows' context and prediction ranges."""
     import torch
 
-    from streamlearn.algorithms._deepar_net import log_prob
+    log_prob = _torch_net().log_prob
 
     vals = np.stack([w[0] for w in windows])
     mask = np.stack([w[1] for w in windows])
@@ -506,7 +520,7 @@ class DeepARModel(Model):
         """(B, S, horizon) sample paths after each history's last point."""
         import torch
 
-        from streamlearn.algorithms._deepar_net import sample
+        sample = _torch_net().sample
 
         c, freq = self.attrs, self.freq
         H = int(horizon or c["prediction_length"])
@@ -566,8 +580,6 @@ class DeepARModel(Model):
                  seed: int | None = None) -> list[dict[str, Any]]:
         """``{"series", "start", "mean", "quantiles": {"0.1": [...], ...}}`` per stored series,
         from the stored context only."""
-        from streamlearn.streams.timeseries import ms_to_iso
-
         names = self.series if series is None else list(series)
         hists = [self._stored(s) for s in names]
         H = int(horizon or self.attrs["prediction_length"])
@@ -612,8 +624,6 @@ class DeepARModel(Model):
         """Backtest on complete series: each series' last ``prediction_length`` points are
         forecast from the points before them. Metric: mean_wQuantileLoss (default), MASE
         (median over series), sMAPE, MSIS, RMSE; lower is better."""
-        from streamlearn.algorithms import _forecast_metrics as fm
-
         metric = metric or "mean_wQuantileLoss"
         if metric not in METRICS:
             raise ValueError(f"deepar: unknown metric {metric!r}; use one of {METRICS}")

@@ -31,6 +31,9 @@ import numpy as np
 from fastavro import schemaless_reader
 
 from streamlearn.series_batch import SeriesBatch
+from streamlearn.streams.producer import Producer
+from streamlearn.streams.topics import ensure_topic
+from streamlearn.timefreq import Freq
 from streamlearn.wire.confluent import ConfluentSchemas, is_confluent_framed
 from streamlearn.wire.decode import R_MALFORMED, R_NOT_AVRO, R_TRAILING, R_TRUNCATED, R_UNKNOWN_FP, Rejection
 from streamlearn.streams.files import FileFormatError
@@ -135,8 +138,6 @@ def read_long(path, series_column: str, time_column: str, target_column: str,
 
 def read_gluonts(path, freq: str) -> list[list[Point]]:
     """The series of a GluonTS / SageMaker DeepAR JSON-lines file."""
-    from streamlearn.algorithms._timefreq import Freq
-
     f = Freq.parse(freq)
     path = Path(path)
     if not path.exists():
@@ -178,9 +179,6 @@ def interleave(series: list[list[Point]]) -> Iterator[Point]:
 def produce_series(conf: dict, topic: str, series: list[list[Point]], partitions: int | None = None,
                    extra_conf: dict | None = None) -> int:
     """Send every point as a ``timeseries_point`` message keyed by its series id."""
-    from streamlearn.streams.producer import Producer
-    from streamlearn.streams.topics import ensure_topic
-
     ensure_topic(conf, topic, partitions or 1)
     n = 0
     with Producer(conf, extra_conf) as producer:

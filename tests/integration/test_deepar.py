@@ -24,7 +24,7 @@ from tests.integration.procs import cli, start_worker, stop_all, wait_status  # 
 pytestmark = pytest.mark.integration
 
 N_SERIES, LENGTH, H = 24, 50, 5
-PARAMS = {"prediction_length": H, "context_length": 10, "lags_seq": "[1, 2, 3, 7]", "num_cells": 16,
+PARAMS = {"prediction_length": H, "context_length": 10, "lags_seq": [1, 2, 3, 7], "num_cells": 16,
           "max_series": 128, "learning_rate": 0.01, "num_samples": 200}
 SLOW = {"STREAMLEARN_WORKER_MAX_MESSAGES": "20"}
 BAD = 3
@@ -112,3 +112,12 @@ def test_forecast_command_writes_one_json_line_per_series(stack, points_topic, t
     assert len(one) == 1 and json.loads(one[0])["series"] == "s3" and len(json.loads(one[0])["mean"]) == H
     bad = cli("forecast", unique_name, "--series", "nope", check=False)
     assert bad.returncode == 2 and "no series" in bad.stderr
+
+
+def test_a_second_pass_is_refused_at_job_create(stack, points_topic, unique_name):
+    topic, _ = points_topic
+    out = cli("job", "create", unique_name, "--algorithm", "deepar", "--topic", topic, "--until", "end",
+              "--epochs", "2", check=False)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "epochs must be 1" in out.stderr
+    assert stack.redis_client().keys(f"*{unique_name}*") == []  # nothing of the job was created

@@ -15,7 +15,7 @@ from scipy import stats  # noqa: E402
 from streamlearn import datasets as D  # noqa: E402
 from streamlearn.algorithms import _forecast_metrics as fm  # noqa: E402
 from streamlearn.algorithms._deepar_net import distribution_args, log_prob  # noqa: E402
-from streamlearn.algorithms._timefreq import Freq  # noqa: E402
+from streamlearn.timefreq import Freq  # noqa: E402
 from streamlearn.algorithms.deepar import DeepAR, History, _mean_scale, _rnn_inputs, decode_id, encode_id  # noqa: E402
 from streamlearn.runtime.local import fit_local  # noqa: E402
 from streamlearn.series_batch import SeriesBatch  # noqa: E402
@@ -113,7 +113,7 @@ def test_decoder_dead_letters_bad_points_and_keeps_missing_values():
 
 
 def test_screen_rejects_time_going_backwards_against_the_stored_context():
-    algo = DeepAR.from_params({"prediction_length": 2, "lags_seq": "[1, 2]", "max_series": 16, "num_cells": 4,
+    algo = DeepAR.from_params({"prediction_length": 2, "lags_seq": [1, 2], "max_series": 16, "num_cells": 4,
                                "likelihood": "negative-binomial"})
     state = LocalState()
     algo.initialize(state)
@@ -146,7 +146,7 @@ def _fit(pts: SeriesBatch, passes: int, **params):
 
 def test_forecast_json_shape_quantile_order_and_stored_context():
     pts = D.seasonal_series(6, 40, period=7, seed=1)
-    model = _fit(pts, 0, prediction_length=5, lags_seq="[1, 2, 7]", num_cells=8, max_series=32, num_samples=50)
+    model = _fit(pts, 0, prediction_length=5, lags_seq=[1, 2, 7], num_cells=8, max_series=32, num_samples=50)
     recs = model.forecast(horizon=7, quantiles=(0.9, 0.1, 0.5), num_samples=64)
     assert sorted(r["series"] for r in recs) == sorted(f"s{i}" for i in range(6))
     for r in recs:
@@ -165,7 +165,7 @@ def test_small_backtest_beats_seasonal_naive_with_period_one():
     pts = D.seasonal_series(16, 70, period=7, seed=3, counts=True)
     H = 7
     keep = np.concatenate([idx[:-H] for idx in pts.by_series().values()])
-    model = _fit(pts.take(np.sort(keep)), 2, prediction_length=H, context_length=14, lags_seq="[1, 2, 3, 7, 14]",
+    model = _fit(pts.take(np.sort(keep)), 2, prediction_length=H, context_length=14, lags_seq=[1, 2, 3, 7, 14],
                  likelihood="negative-binomial", num_cells=16, max_series=64, learning_rate=0.005)
     wql = model.score(pts)
     y, naive, insample = [], [], []
