@@ -122,6 +122,8 @@ def cmd_produce(args) -> int:
     SharedSchemas(s.redis_client()).register_project_schemas()  # workers of other releases can read us
     if args.text_column:
         return _produce_text(s, args)
+    if args.format == "gluonts" or args.series_column:
+        return _produce_series(s, args)
     n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
                      partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
                      header=args.header)
@@ -154,6 +156,46 @@ def cmd_topics(args) -> int:
     else:
         for k, w in enumerate(words):
             print(f"{k:3d}  {' '.join(w)}")
+    return 0
+
+
+def _produce_series(s, args) -> int:
+    from streamlearn.streams.timeseries import produce_series, read_gluonts, read_long
+
+    if args.format == "gluonts":
+        if not args.freq:
+            raise UsageError("--format gluonts needs --freq (e.g. D, h, 15min, W, M, Q)")
+        try:
+            series = read_gluonts(args.from_file, args.freq)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        if not (args.time_column and args.target_column):
+            raise UsageError("--series-column needs --time-column and --target-column")
+        series = read_long(args.from_file, args.series_column, args.time_column, args.target_column,
+                           _columns(args.feature_columns), _columns(args.static_columns))
+    n = produce_series(s.kafka_client_conf(), args.topic, series, partitions=args.partitions)
+    print(f"produced {n} points of {len(series)} series to {args.topic}")
+    return 0
+
+
+def _columns(text: str | None) -> list[str]:
+    return [c.strip() for c in (text or "").split(",") if c.strip()]
+
+
+def cmd_forecast(args) -> int:
+    from streamlearn.runtime.forecast import forecast_job
+
+    try:
+        quantiles = [float(q) for q in args.quantiles.split(",") if q.strip()]
+    except ValueError:
+        raise UsageError(f"--quantiles takes numbers in (0, 1) separated by commas, got {args.quantiles!r}") from None
+    if args.series and args.all:
+        raise UsageError("give --series ID... or --all, not both")
+    n = forecast_job(_settings().redis_client(), args.name, None if args.all else args.series, horizon=args.horizon,
+                     quantiles=quantiles, samples=args.samples, output=args.output, version=args.version)
+    if args.output:
+        print(f"wrote {n} forecasts to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -428,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     tx.add_argument("--max-df", type=float, default=0.5, help="drop words in more than this fraction of documents")
     tx.add_argument("--stop-words", default="english", metavar="english|none|FILE")
     tx.add_argument("--vocab", type=Path, metavar="FILE", help="use this vocabulary (one word a line) instead")
+    pr.add_argument("--format", choices=["auto", "gluonts"], default="auto",
+                    help="gluonts: JSON lines with start, target, cat, dynamic_feat (one series a line)")
+    pr.add_argument("--freq", help="--format gluonts: the series' frequency (D, h, 15min, W, M, Q, Y)")
+    pr.add_argument("--series-column", help="long-format time series: the series id column (one point a message)")
+    pr.add_argument("--time-column")
+    pr.add_argument("--target-column")
+    pr.add_argument("--feature-columns", metavar="C1,C2", help="dynamic real features of each point")
+    pr.add_argument("--static-columns", metavar="C1,C2", help="static integer categories of each series")
     pr.set_defaults(func=cmd_produce)
 
     jb = sub.add_parser("job", help="create, inspect and control training jobs")
@@ -519,6 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--version", type=int)
     tp.add_argument("--json", action="store_true")
     tp.set_defaults(func=cmd_topics)
+
+    fc = sub.add_parser("forecast", help="quantile forecasts of a time-series job's series (JSON lines)")
+    fc.add_argument("name")
+    fc.add_argument("--series", nargs="+", metavar="ID")
+    fc.add_argument("--all", action="store_true", help="every series in the model's context (the default)")
+    fc.add_argument("--horizon", type=int, help="periods to forecast (default: the job's prediction_length)")
+    fc.add_argument("--quantiles", default="0.1,0.5,0.9")
+    fc.add_argument("--samples", type=int, default=200, help="sample paths per series")
+    fc.add_argument("--output", type=Path)
+    fc.add_argument("--version", type=int, help="snapshot version (default: the newest)")
+    fc.set_defaults(func=cmd_forecast)
 
     md = sub.add_parser("models", help="query the model registry (metadata and lineage)")
     md.add_argument("--job")

@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from streamlearn.batch import Batch, SparseRows
+from streamlearn.series_batch import SeriesBatch
 
 FULL_DENSE_ROWS = 1_000_000
 
@@ -176,3 +177,21 @@ def split(X, y, test_fraction: float = 0.2):
     if isinstance(X, SparseRows):
         return _rows(X, 0, cut), y[:cut], _rows(X, cut, n), y[cut:]
     return X[:cut], y[:cut], X[cut:], y[cut:]
+
+
+def seasonal_series(n_series: int = 20, length: int = 100, period: int = 7, seed: int = 0, counts: bool = False,
+                    start: str = "2021-01-01", step_ms: int = 86_400_000):
+    """Points of ``n_series`` daily series (level + seasonal sine of ``period`` + noise; Poisson
+    counts with ``counts``), interleaved in time order, as a
+    :class:`~streamlearn.series_batch.SeriesBatch` (DeepAR's data)."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(5, 50, n_series)
+    amp = rng.uniform(0.2, 0.5, n_series) * level
+    phase = rng.uniform(0, 2 * np.pi, n_series)
+    k = np.arange(length)[:, None]
+    mean = level + amp * np.sin(2 * np.pi * k / period + phase)  # (length, n_series)
+    y = rng.poisson(mean).astype(np.float64) if counts else mean + rng.normal(0, 0.1, mean.shape) * level
+    t0 = int(np.datetime64(start, "ms").astype(np.int64))
+    series = np.array([f"s{i}" for i in range(n_series)] * length, dtype=object)
+    time = np.repeat(t0 + np.arange(length) * step_ms, n_series)
+    return SeriesBatch.of(series, time, y.ravel())

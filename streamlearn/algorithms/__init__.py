@@ -13,7 +13,8 @@ def register(algorithm: type[Algorithm], model: type[Model]) -> None:
 
 
 #: the algorithms that ship with streamlearn (each module registers itself on import)
-BUILTIN: tuple[str, ...] = ("median", "linear_learner", "factorization_machines", "kmeans", "pca", "counter", "ntm")
+BUILTIN: tuple[str, ...] = ("median", "linear_learner", "factorization_machines", "kmeans", "pca", "counter", "ntm",
+                            "deepar")
 
 
 def _load_builtins() -> None:

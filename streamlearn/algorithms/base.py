@@ -16,6 +16,7 @@ import numpy as np
 from streamlearn.algorithms.params import Param, ParamInfo, convert, param_infos, violations
 from streamlearn.batch import Batch
 from streamlearn.errors import UserError
+from streamlearn.series_batch import SeriesBatch
 from streamlearn.statestore.base import State
 
 
@@ -52,6 +53,9 @@ class Algorithm:
     #: learners): a bounded job without ``epochs`` then takes ``contract.default_epochs``
     #: of its records. Exact summaries (sums, sketches) must see each record once.
     multi_pass: ClassVar[bool] = False
+    #: True when a job may read its records only once (``epochs`` > 1 is refused at job
+    #: create): the algorithm keeps per-key context that a second pass would contradict.
+    single_pass: ClassVar[bool] = False
     #: At most this many messages per window (one commit each); 0 = the worker's setting.
     #: An algorithm whose concurrent updates must not drift apart between commits (the
     #: topic model's summed optimizer steps) keeps its windows small.
@@ -243,11 +247,12 @@ class Model:
 
 def _taking_user_data(method: Callable) -> Callable:
     """``method(batch, *args)`` also callable as ``method(X, y, *args)`` (``y=`` by keyword).
-    Anything with an ``X`` attribute, other than a DataFrame, passes as a batch; so does a
-    list of strings (raw documents, which a model with a vocabulary reads itself)."""
+    A :class:`Batch` or :class:`SeriesBatch` (a time-series model's points), or anything else
+    with an ``X`` attribute other than a DataFrame, passes as a batch; so does a list of
+    strings (raw documents, which a model with a vocabulary reads itself)."""
     @functools.wraps(method)
     def taking(self, data, *args: Any, **kwargs: Any):
-        if _is_text(data):
+        if _is_text(data) or isinstance(data, SeriesBatch):
             return method(self, data, *args, **kwargs)
         if not isinstance(data, Batch) and (not hasattr(data, "X") or hasattr(data, "columns")):
             y = args[0] if args else kwargs.pop("y", None)

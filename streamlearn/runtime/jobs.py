@@ -158,6 +158,9 @@ def _job_epochs(algorithm: str, params: dict[str, Any], epochs: int | None,
         raise JobError(f"epochs must be a positive integer, got {epochs!r}")
     if value > 1 and until != "end":
         raise JobError("epochs > 1 needs a bounded job (--until end): an unbounded stream has no end to start over from")
+    if value > 1 and algorithm_class(algorithm).single_pass:
+        raise JobError(f"{algorithm} reads its records once: epochs must be 1, got {value} "
+                       "(a second pass over the same points would look like time going backwards)")
     return params, value
 
 

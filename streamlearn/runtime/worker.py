@@ -340,10 +340,15 @@ class Worker:
             next_offsets[p] = off + 1
         if not good:
             return
-        result = decode_messages([m.value() or b"" for m in good], self.algorithm.n_features(),
-                                 self.algorithm.accepts_sparse, self.algorithm.needs_label,
-                                 shared=self.shared_schemas, confluent=self.confluent_schemas,
-                                 labels=self.algorithm.label_coding(), row_rule=self.algorithm.row_rule())
+        values = [m.value() or b"" for m in good]
+        own_reader = getattr(self.algorithm, "decode_window", None)  # an algorithm with its own record type
+        if own_reader is not None:
+            result = own_reader(self.state, values, shared=self.shared_schemas, confluent=self.confluent_schemas)
+        else:
+            result = decode_messages(values, self.algorithm.n_features(), self.algorithm.accepts_sparse,
+                                     self.algorithm.needs_label, shared=self.shared_schemas,
+                                     confluent=self.confluent_schemas, labels=self.algorithm.label_coding(),
+                                     row_rule=self.algorithm.row_rule())
         try:
             failures = apply_steps(self.algorithm, self.state, result.steps(self.config.step_rows(self.algorithm)))
             self.failing.observe(result.n_records, failures)

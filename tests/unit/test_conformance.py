@@ -76,6 +76,13 @@ def _fixture(name: str) -> Fixture:
         return Fixture({"vocab_size": 200, "num_topics": 5, "encoder_layers": [32], "learning_rate": 0.03,
                         "mini_batch_size": 50, "holdout_fraction": 0.1}, train, test,
                        lambda m, b: -np.log(m.score(b)), ({"vocab_size": 200, "num_topics": 1}, "num_topics"), 0.02)
+    if name == "deepar":
+        pts = D.seasonal_series(12, 60, period=7, seed=7)
+        n = 12 * 56  # the last 4 points of every series are the test's prediction range
+        train = [pts.take(np.arange(a, min(a + 32, n))) for a in range(0, n, 32)]
+        return Fixture({"prediction_length": 4, "context_length": 8, "lags_seq": [1, 2, 3, 7], "num_cells": 12,
+                        "max_series": 256, "num_samples": 50, "learning_rate": 0.01}, train, pts,
+                       lambda m, b: -m.score(b), ({"likelihood": "poisson"}, "likelihood"), 0.3)
     raise AssertionError(f"no conformance fixture for algorithm {name!r}: add one")
 
 

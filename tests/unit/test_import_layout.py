@@ -26,8 +26,11 @@ LAYERS: dict[str, int] = {
     "streamlearn.config": 1,
     "streamlearn.labels": 1,
     "streamlearn.backends": 1,
-    # 2: the examples an update step works on (SparseRows.dot runs a backend kernel)
+    # 2: the examples an update step works on (SparseRows.dot runs a backend kernel), the
+    # time-series points and the calendar of their frequencies (numpy only)
     "streamlearn.batch": 2,
+    "streamlearn.series_batch": 2,
+    "streamlearn.timefreq": 2,
     # 3: state store, wire formats, Kafka and file I/O, synthetic data
     "streamlearn.statestore": 3,
     "streamlearn.wire": 3,

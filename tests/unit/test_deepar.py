@@ -1,0 +1,177 @@
+"""DeepAR pieces against reference formulas: likelihoods (scipy), lags and time features
+(GluonTS's tables), mean scaling, window/lag construction, the point decoder's dead
+letters, forecasts' JSON shape and quantile order, and a small backtest."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from scipy import stats  # noqa: E402
+
+from streamlearn import datasets as D  # noqa: E402
+from streamlearn.algorithms import _forecast_metrics as fm  # noqa: E402
+from streamlearn.algorithms._deepar_net import distribution_args, log_prob  # noqa: E402
+from streamlearn.timefreq import Freq  # noqa: E402
+from streamlearn.algorithms.deepar import DeepAR, History, _mean_scale, _rnn_inputs, decode_id, encode_id  # noqa: E402
+from streamlearn.runtime.local import fit_local  # noqa: E402
+from streamlearn.series_batch import SeriesBatch  # noqa: E402
+from streamlearn.statestore.local import LocalState  # noqa: E402
+from streamlearn.streams.timeseries import decode_points, encode_point, parse_time_ms  # noqa: E402
+
+RNG = np.random.default_rng(0)
+T64 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+
+
+def _raw(n, k):
+    return T64(RNG.normal(size=(n, k)))
+
+
+def test_student_t_log_prob_matches_scipy():
+    raw, y, scale = _raw(50, 3), RNG.normal(5, 3, 50), RNG.uniform(0.5, 4, 50)
+    df, mu, s = distribution_args("student-t", raw)
+    ours = log_prob("student-t", (df, mu, s), T64(y), T64(scale)).numpy()
+    ref = stats.t.logpdf(y, df.numpy(), loc=mu.numpy() * scale, scale=s.numpy() * scale)
+    np.testing.assert_allclose(ours, ref, rtol=1e-10)
+    assert np.all(df.numpy() > 2)
+
+
+def test_gaussian_log_prob_matches_scipy():
+    raw, y, scale = _raw(50, 2), RNG.normal(5, 3, 50), RNG.uniform(0.5, 4, 50)
+    mu, s = distribution_args("gaussian", raw)
+    ours = log_prob("gaussian", (mu, s), T64(y), T64(scale)).numpy()
+    np.testing.assert_allclose(ours, stats.norm.logpdf(y, mu.numpy() * scale, s.numpy() * scale), rtol=1e-10)
+
+
+def test_negative_binomial_log_prob_matches_scipy_and_scales_the_mean():
+    raw, y, scale = _raw(50, 2), RNG.integers(0, 40, 50).astype(float), RNG.uniform(0.5, 4, 50)
+    r, logits = distribution_args("negative-binomial", raw)
+    ours = log_prob("negative-binomial", (r, logits), T64(y), T64(scale)).numpy()
+    p_success = 1.0 / (1.0 + np.exp(-(logits.numpy() + np.log(scale))))  # torch's probs
+    np.testing.assert_allclose(ours, stats.nbinom.logpmf(y, r.numpy(), 1 - p_success), rtol=1e-9)
+    mean = stats.nbinom.mean(r.numpy(), 1 - p_success)
+    np.testing.assert_allclose(mean, r.numpy() * np.exp(logits.numpy()) * scale, rtol=1e-9)
+
+
+def test_lags_and_time_features_are_gluonts_tables():
+    assert Freq.parse("Q").lags() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13]
+    assert Freq.parse("M").lags() == [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 23, 24, 25, 35, 36, 37]
+    assert Freq.parse("D").lags()[:14] == [1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 20, 21, 22]
+    assert max(Freq.parse("D").lags()) == 1093 and len(Freq.parse("h").lags()) == 40
+    f = Freq.parse("D")
+    monday = parse_time_ms("2024-01-01")  # a Monday, the first day of the year and of the month
+    feats = f.time_features(f.ordinal(np.array([monday, monday + 86_400_000 * 6])))
+    np.testing.assert_allclose(feats[0], [-0.5, -0.5, -0.5])  # day of week, of month, of year
+    np.testing.assert_allclose(feats[1], [0.5, 6 / 30 - 0.5, 6 / 365 - 0.5])
+    q = Freq.parse("Q")
+    assert q.time_features(q.ordinal(np.array([parse_time_ms("2020-01-01")])))[0, 0] == pytest.approx(2 / 11 - 0.5)
+    assert (Freq.parse("Q").seasonality, Freq.parse("h").seasonality, Freq.parse("D").seasonality) == (4, 24, 1)
+
+
+def test_mean_scale_is_gluonts_mean_scaler():
+    vals = np.array([[1.0, -3.0, 2.0], [0.0, 0.0, 0.0], [4.0, 4.0, 100.0]])
+    mask = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 0]], dtype=float)
+    default = (1 + 3 + 4 + 4) / 4
+    np.testing.assert_allclose(_mean_scale(vals, mask), [2.0, default, 4.0])
+    assert _mean_scale(np.array([[0.0, 1e-12]]), np.ones((1, 2)))[0] == 1e-10  # at least 1e-10
+    assert _mean_scale(np.zeros((2, 3)), np.ones((2, 3))).tolist() == [1e-10, 1e-10]  # observed zeros
+    assert _mean_scale(np.zeros((2, 3)), np.array([[1.0] * 3, [0.0] * 3])).tolist() == [1e-10, 1.0]  # no signal
+
+
+def test_history_fills_gaps_and_lags_index_the_window():
+    h = History(6, 1, 0)
+    windows = [h.append(o, y, np.array([o * 10.0]), o, np.zeros(0)) for o, y in [(100, 1.0), (101, math.nan), (104, 4.0)]]
+    vals, mask, feat, ordinal, age, _ = windows[-1]
+    # window of 7 ending at period 104: 100 (1.0), 101 (missing), 102-103 (gap), 104 (4.0)
+    np.testing.assert_array_equal(vals, [0, 0, 1, 0, 0, 0, 4])
+    np.testing.assert_array_equal(mask, [0, 0, 1, 0, 0, 0, 1])
+    np.testing.assert_array_equal(feat[:, 0], [0, 0, 1000, 1010, 0, 0, 1040])
+    assert (ordinal, age, h.age, h.last) == (104, 5, 5, 104)
+    c = {"lags": [1, 2, 4]}
+    zs = torch.arange(14.0).reshape(2, 7)
+    x = _rnn_inputs(None, c, zs, np.array([4, 6]), torch.zeros(2, 2, 0), torch.zeros(2, 2, 0), torch.zeros(2, 0))
+    np.testing.assert_array_equal(x[0].numpy(), [[3, 2, 0], [5, 4, 2]])  # z[p - lag]
+    assert decode_id(encode_id("Île-de-France/7")) == "Île-de-France/7"
+
+
+def _points(values: list[bytes]):
+    return [encode_point(*v) if isinstance(v, tuple) else v for v in values]
+
+
+def test_decoder_dead_letters_bad_points_and_keeps_missing_values():
+    day = 86_400_000
+    msgs = _points([("a", 0, 1.0), ("a", "2021-13-45", 2.0), ("b", day, math.inf), ("b", day, None),
+                    ("c", "2021-01-02T00:00:00", 3.0), b"junk", ("", 0, 1.0)])
+    r = decode_points(msgs)
+    assert [x.index for x in r.rejected] == [1, 2, 5, 6]
+    assert "unparsable time" in r.rejected[0].reason and "inf in target" in r.rejected[1].reason
+    assert list(r.points.series) == ["a", "b", "c"] and np.isnan(r.points.target[1])
+    assert r.points.time[2] == parse_time_ms("2021-01-02")
+
+
+def test_screen_rejects_time_going_backwards_against_the_stored_context():
+    algo = DeepAR.from_params({"prediction_length": 2, "lags_seq": [1, 2], "max_series": 16, "num_cells": 4,
+                               "likelihood": "negative-binomial"})
+    state = LocalState()
+    algo.initialize(state)
+    day = 86_400_000
+    first = algo.decode_window(state, _points([("a", 5 * day, 1.0), ("a", 6 * day, 2.0), ("a", 6 * day, 3.0)]))
+    assert [x.index for x in first.rejected] == [2] and "does not move forward" in first.rejected[0].reason
+    for step in first.steps(32):
+        algo.update(state, step)
+    state.commit()
+    again = algo.decode_window(state, _points([("a", 4 * day, 1.0), ("a", 9 * day, -1.0), ("a", 9 * day, 7.0),
+                                               ("b", 1 * day, 1.0)]))
+    assert [x.index for x in again.rejected] == [0, 1]
+    assert "negative target" in again.rejected[1].reason
+    assert list(again.points.series) == ["a", "b"] and again.n_records == 2
+
+
+def _fit(pts: SeriesBatch, passes: int, **params):
+    algo = DeepAR.from_params(params)
+    state = LocalState()
+    algo.initialize(state)
+    state.commit()
+    steps = [pts.take(np.arange(a, min(a + 32, len(pts)))) for a in range(0, len(pts), 32)]
+    for _ in range(passes):
+        fit_local(algo, steps, state=state)
+        algo.restart_series(state)
+        state.commit()
+    fit_local(algo, steps, state=state)  # the last pass leaves every series' context in place
+    return algo.finalize(state)
+
+
+def test_forecast_json_shape_quantile_order_and_stored_context():
+    pts = D.seasonal_series(6, 40, period=7, seed=1)
+    model = _fit(pts, 0, prediction_length=5, lags_seq=[1, 2, 7], num_cells=8, max_series=32, num_samples=50)
+    recs = model.forecast(horizon=7, quantiles=(0.9, 0.1, 0.5), num_samples=64)
+    assert sorted(r["series"] for r in recs) == sorted(f"s{i}" for i in range(6))
+    for r in recs:
+        json.dumps(r)
+        assert set(r) == {"series", "start", "mean", "quantiles"} and r["start"] == "2021-02-10T00:00:00"
+        q = {float(k): np.array(v) for k, v in r["quantiles"].items()}
+        assert set(q) == {0.1, 0.5, 0.9} and all(len(v) == 7 for v in q.values()) and len(r["mean"]) == 7
+        assert np.all(q[0.1] <= q[0.5]) and np.all(q[0.5] <= q[0.9])
+    assert model.attrs["points"] == len(pts)
+    with pytest.raises(ValueError, match="no series"):
+        model.forecast(["nope"])
+
+
+def test_small_backtest_beats_seasonal_naive_with_period_one():
+    """Weekly seasonality in daily series: DeepAR (lag 7) must beat the last-value forecast."""
+    pts = D.seasonal_series(16, 70, period=7, seed=3, counts=True)
+    H = 7
+    keep = np.concatenate([idx[:-H] for idx in pts.by_series().values()])
+    model = _fit(pts.take(np.sort(keep)), 2, prediction_length=H, context_length=14, lags_seq=[1, 2, 3, 7, 14],
+                 likelihood="negative-binomial", num_cells=16, max_series=64, learning_rate=0.005)
+    wql = model.score(pts)
+    y, naive, insample = [], [], []
+    for idx in pts.by_series().values():
+        y.append(pts.target[idx[-H:]])
+        naive.append(np.repeat(pts.target[idx[-H - 1]], H))
+        insample.append(pts.target[idx[:-H]])
+    naive_wql = fm.mean_wql(np.array(y), {q: np.array(naive) for q in fm.QUANTILES})
+    assert wql < 0.8 * naive_wql, (wql, naive_wql)
