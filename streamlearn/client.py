@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from streamlearn.runtime import jobs
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.batch import as_features, split_label
 from streamlearn.config import Settings, _client_key, mask_url
+from streamlearn.devstack.procs import terminate
 from streamlearn.errors import ServiceUnavailable, StreamlearnError, UserError
 from streamlearn.runtime.finalize import publish
 from streamlearn.serving.process import ServerProcess
@@ -204,13 +204,7 @@ class WorkerProcess:
     def stop(self, timeout: float = 30.0) -> int:
         """Ask the worker to leave (SIGTERM: what it had not committed is consumed again by
         the others); kill it if it has not left after ``timeout`` seconds. Returns its exit status."""
-        if self.running:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return terminate(self.process, timeout)
 
     def __repr__(self) -> str:
         return f"WorkerProcess(pid={self.pid}, returncode={self.returncode}, log={str(self.log_path)!r})"

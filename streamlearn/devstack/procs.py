@@ -151,3 +151,15 @@ def listening(port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def terminate(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM a child that is still running (it finishes what it has in hand and leaves);
+    SIGKILL it if it has not left after ``timeout`` seconds. Returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from streamlearn.devstack.procs import terminate
 from streamlearn.errors import StreamlearnError
 from streamlearn.serving.client import Client
 
@@ -61,13 +61,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (requests in flight are answered first); kill after ``timeout`` seconds."""
-        if self.running:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return terminate(self.process, timeout)
 
     def __enter__(self) -> "ServerProcess":
         return self

@@ -196,6 +196,22 @@ def _check_finite(path: Path, X: np.ndarray, first_row: int, names: list[str] | 
 
 
 # -- jsonl ----------------------------------------------------------------------------------
+def json_objects(path: Path, error: type[Exception] = FileFormatError) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSON-lines file; ``error`` (one
+    line naming the file and line) for a line that is not a JSON object."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}:{lineno}: not JSON: {exc.msg}") from None
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{lineno}: expected a JSON object per line")
+            yield lineno, obj
+
+
 def _read_jsonl(path: Path, label_column, feature_columns, n_features, chunk_rows) -> Iterator[Chunk]:
     """Three line forms: ``{"features": [...], "label": y}``, sparse ``{"indices": [...],
     "values": [...], "label": y}`` and flat ``{"col": v, ..., "label": y}``."""
@@ -205,51 +221,42 @@ def _read_jsonl(path: Path, label_column, feature_columns, n_features, chunk_row
     labels: list[float] = []
     first_row = 0
     cols = feature_columns
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FileFormatError(f"{path}:{lineno}: not JSON: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise FileFormatError(f"{path}:{lineno}: expected a JSON object per line")
-            if form is None:
-                form = "sparse" if "indices" in obj else "array" if "features" in obj else "flat"
-                if form == "sparse" and not n_features:
-                    raise FileFormatError(f"{path}: sparse lines (indices/values) need n_features")
-                if label_column is not None and label_column not in obj:
-                    raise FileFormatError(f"{path}: label column {label_column!r} not found in the first line "
-                                          f"(keys: {sorted(obj)})")
-                if label_key is None and form != "flat" and "label" in obj:
-                    label_key = "label"
-                if form == "flat" and cols is None:
-                    cols = [k for k in obj if k != label_key]
-                    if not cols:
-                        raise FileFormatError(f"{path}: no feature columns")
-            if label_key is not None:
-                lab = obj.get(label_key)
-                if lab is not None:
-                    if isinstance(lab, bool) or not isinstance(lab, (int, float)):
-                        lab = _number(path, lineno, label_key, lab)
-                labels.append(np.nan if lab is None else float(lab))
-            try:
-                if form == "sparse":
-                    idx, vals = obj["indices"], obj["values"]
-                    if len(idx) != len(vals):
-                        raise FileFormatError(f"{path}:{lineno}: {len(idx)} indices but {len(vals)} values")
-                    rows.append((idx, vals))
-                elif form == "array":
-                    rows.append(obj["features"])
-                else:
-                    rows.append([obj.get(c) for c in cols])
-            except (KeyError, TypeError) as exc:
-                raise FileFormatError(f"{path}:{lineno}: line does not match the first line's form ({exc})") from None
-            if len(rows) >= chunk_rows:
-                yield _jsonl_chunk(path, form, rows, labels, label_key, n_features, first_row, cols)
-                first_row += len(rows)
-                rows, labels = [], []
+    for lineno, obj in json_objects(path):
+        if form is None:
+            form = "sparse" if "indices" in obj else "array" if "features" in obj else "flat"
+            if form == "sparse" and not n_features:
+                raise FileFormatError(f"{path}: sparse lines (indices/values) need n_features")
+            if label_column is not None and label_column not in obj:
+                raise FileFormatError(f"{path}: label column {label_column!r} not found in the first line "
+                                      f"(keys: {sorted(obj)})")
+            if label_key is None and form != "flat" and "label" in obj:
+                label_key = "label"
+            if form == "flat" and cols is None:
+                cols = [k for k in obj if k != label_key]
+                if not cols:
+                    raise FileFormatError(f"{path}: no feature columns")
+        if label_key is not None:
+            lab = obj.get(label_key)
+            if lab is not None:
+                if isinstance(lab, bool) or not isinstance(lab, (int, float)):
+                    lab = _number(path, lineno, label_key, lab)
+            labels.append(np.nan if lab is None else float(lab))
+        try:
+            if form == "sparse":
+                idx, vals = obj["indices"], obj["values"]
+                if len(idx) != len(vals):
+                    raise FileFormatError(f"{path}:{lineno}: {len(idx)} indices but {len(vals)} values")
+                rows.append((idx, vals))
+            elif form == "array":
+                rows.append(obj["features"])
+            else:
+                rows.append([obj.get(c) for c in cols])
+        except (KeyError, TypeError) as exc:
+            raise FileFormatError(f"{path}:{lineno}: line does not match the first line's form ({exc})") from None
+        if len(rows) >= chunk_rows:
+            yield _jsonl_chunk(path, form, rows, labels, label_key, n_features, first_row, cols)
+            first_row += len(rows)
+            rows, labels = [], []
     if rows:
         yield _jsonl_chunk(path, form, rows, labels, label_key, n_features, first_row, cols)
 

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from streamlearn.batch import SparseRows
-from streamlearn.streams.files import FileFormatError
+from streamlearn.streams.files import FileFormatError, json_objects
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
 
@@ -227,20 +227,13 @@ def read_texts(path, column: str, chunk_rows: int = 4096) -> Iterator[list]:
 
 def _jsonl_texts(path: Path, column: str, chunk_rows: int) -> Iterator[list]:
     chunk: list = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TextError(f"{path}:{lineno}: not JSON: {exc.msg}") from None
-            if not isinstance(obj, dict) or (lineno == 1 and column not in obj):
-                raise TextError(f"{path}:{lineno}: expected a JSON object with the text column {column!r}")
-            chunk.append(obj.get(column))
-            if len(chunk) >= chunk_rows:
-                yield chunk
-                chunk = []
+    for lineno, obj in json_objects(path, TextError):
+        if not chunk and column not in obj:
+            raise TextError(f"{path}:{lineno}: expected a JSON object with the text column {column!r}")
+        chunk.append(obj.get(column))
+        if len(chunk) >= chunk_rows:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
