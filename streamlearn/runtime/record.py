@@ -145,6 +145,9 @@ class JobRecord:
             snapshot_version=counters.get("snapshot_version"),
         )
 
+    def records_applied(self) -> int:
+        return int(self.client.hget(self.store.counters, "records_applied") or 0)
+
     def live_members(self) -> list[str]:
         return [m.decode() for m in self.client.zrangebyscore(self.store.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")]
 

@@ -224,7 +224,7 @@ class RungWorker(Worker):
     def _process(self, msgs) -> None:
         super()._process(msgs)
         if self.rungs and not self.at_rung.is_set():
-            applied = int(self.client.hget(self.keys.counters, "records_applied") or 0)
+            applied = self.record.records_applied()
             if applied >= self.rungs[0]:
                 self.on_rung(self.rungs[0])
                 set_paused(self.client, self.spec.name, True)
