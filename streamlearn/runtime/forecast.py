@@ -2,14 +2,12 @@
 context (no training data needed), one JSON line per series."""
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import redis
 
 from streamlearn.algorithms.base import ParamError
-from streamlearn.runtime.predict import load_job_model
+from streamlearn.runtime.predict import load_job_model, write_json_lines
 
 
 def forecast_job(client: redis.Redis, job: str, series: list[str] | None = None, horizon: int | None = None,
@@ -25,14 +23,7 @@ def forecast_job(client: redis.Redis, job: str, series: list[str] | None = None,
     if not hasattr(model, "forecast"):
         raise ParamError(f"job {job!r} ({model.algorithm}) does not forecast; use `streamlearn predict`")
     names = model.series if series is None else series
-    out = open(output, "w") if output else sys.stdout
-    n = 0
-    try:
-        for a in range(0, len(names), 256):  # bounded memory: samples x horizon per series
-            for rec in model.forecast(names[a:a + 256], horizon, tuple(quantiles), samples, seed):
-                out.write(json.dumps(rec) + "\n")
-                n += 1
-    finally:
-        if output:
-            out.close()
-    return n
+    # 256 series at a time: memory bounded by samples x horizon per series
+    records = (rec for a in range(0, len(names), 256)
+               for rec in model.forecast(names[a:a + 256], horizon, tuple(quantiles), samples, seed))
+    return write_json_lines(records, output)

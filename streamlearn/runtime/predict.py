@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import redis
@@ -71,15 +71,19 @@ def predict_file(client: redis.Redis, job: str, path: Path, output: Path | None 
     number of records. ``label_column`` is dropped before predicting; ``text_column``: the
     documents as raw text, read with the model's vocabulary."""
     model = with_options(load_job_model(client, job, version), params or {})
+    chunks = (_text_chunks(model, path, text_column) if text_column
+              else read_for_model(client, job, path, label_column, header))
+    return write_json_lines((row for X, _y in chunks for row in model.predict_records(Batch(X))), output)
+
+
+def write_json_lines(records: Iterable[dict], output: Path | None = None) -> int:
+    """One JSON line per record, to ``output`` (else stdout), as they come; returns how many."""
     out = open(output, "w") if output else sys.stdout
     n = 0
     try:
-        chunks = (_text_chunks(model, path, text_column) if text_column
-                  else read_for_model(client, job, path, label_column, header))
-        for X, _y in chunks:
-            for row in model.predict_records(Batch(X)):
-                out.write(json.dumps(row) + "\n")
-                n += 1
+        for rec in records:
+            out.write(json.dumps(rec) + "\n")
+            n += 1
     finally:
         if output:
             out.close()

@@ -94,12 +94,19 @@ def create_app(job: str, slot: ModelSlot, policy: BatchPolicy = BatchPolicy(), c
             metrics.latency.observe(time.perf_counter() - t0)
         return response
 
-    async def _predict(request: Request) -> Response:
+    def _served(request: Request):
+        """(the model now served, None) or (None, the error response: another job, no model yet)."""
         if request.path_params["name"] != job:
-            return _error(f"this server serves job {job!r}, not {request.path_params['name']!r}", 404)
-        served = slot.current
+            return None, _error(f"this server serves job {job!r}, not {request.path_params['name']!r}", 404)
+        served = slot.current  # read once: a swap may land meanwhile
         if served is None:
-            return _error(f"no model of job {job!r} is loaded yet", 503)
+            return None, _error(f"no model of job {job!r} is loaded yet", 503)
+        return served, None
+
+    async def _predict(request: Request) -> Response:
+        served, refused = _served(request)
+        if refused is not None:
+            return refused
         try:
             with batcher.arriving():
                 X = parse_body(await read_body(request), request.headers.get("content-type", ""), served.width)
@@ -116,11 +123,9 @@ def create_app(job: str, slot: ModelSlot, policy: BatchPolicy = BatchPolicy(), c
                             headers={"x-model-version": str(route.serve.version)})
 
     async def info(request: Request) -> Response:
-        if request.path_params["name"] != job:
-            return _error(f"this server serves job {job!r}, not {request.path_params['name']!r}", 404)
-        served = slot.current
-        if served is None:
-            return _error(f"no model of job {job!r} is loaded yet", 503)
+        served, refused = _served(request)
+        if refused is not None:
+            return refused
         md = served.metadata
         body = {
             "job": job, "version": served.version, "algorithm": md.get("algorithm"), "params": md.get("params"),
