@@ -1,7 +1,8 @@
 """The prediction server's HTTP API (a Starlette ASGI app; uvicorn runs it).
 
 ====================================  ==================================================
-``POST /v1/models/{job}:predict``     JSON ``{"instances": …}`` or an ``np.save`` body ->
+``POST /v1/models/{job}:predict``     JSON ``{"instances": …}``, an ``np.save`` body or an
+                                      Avro ``training_batch`` (serving/inputs.py) ->
                                       ``{"predictions": [...], "model_version": V}``
 ``GET /v1/models/{job}``              version, algorithm, params, lineage, gate status
 ``GET /v1/models``                    the job this server serves

@@ -1,9 +1,12 @@
 """A prediction request's body -> features, or one line saying why not.
 
-Two body formats: JSON ``{"instances": [[x, …], …]}`` (dense rows) or
-``{"instances": [{"indices": […], "values": […]}, …]}`` (sparse rows), and
+Three body formats: JSON ``{"instances": [[x, …], …]}`` (dense rows) or
+``{"instances": [{"indices": […], "values": […]}, …]}`` (sparse rows);
 ``application/x-numpy`` (the bytes ``np.save`` writes: a 2-D numeric array, one row per
-example). The ``.npy`` header is parsed here and its claimed shape checked against the
+example); and ``application/avro``, one message of the project's training wire format
+(a ``training_batch``, dense or CSR, as ``encode_training_batch`` writes it and producers
+already send to Kafka; its labels, weights and keys are ignored), read by the workers' own
+decoder, so it meets the same size and content checks as on a topic. The ``.npy`` header is parsed here and its claimed shape checked against the
 bytes actually sent before any array exists (``np.load`` would allocate what a hostile
 header claims), and nothing is ever unpickled. Every rule a record meets at the training
 door applies: the model's width, finite values, at least one row.
@@ -19,11 +22,13 @@ import numpy as np
 
 from streamlearn.batch import SparseRows
 from streamlearn.errors import UserError
+from streamlearn.wire.decode import decode_messages
 
-__all__ = ["BadRequest", "JSON", "NUMPY", "parse_body"]
+__all__ = ["AVRO", "BadRequest", "JSON", "NUMPY", "parse_body"]
 
 JSON = "application/json"
 NUMPY = "application/x-numpy"
+AVRO = "application/avro"
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -43,8 +48,10 @@ def parse_body(body: bytes, content_type: str, width: int | None) -> "np.ndarray
         X = _from_json(body, width)
     elif kind == NUMPY:
         X = _from_npy(body)
+    elif kind == AVRO:
+        X = _from_avro(body, width)
     else:
-        raise BadRequest(f"unsupported content type {kind!r}: send {JSON} or {NUMPY}", 415)
+        raise BadRequest(f"unsupported content type {kind!r}: send {JSON}, {NUMPY} or {AVRO}", 415)
     n = len(X) if isinstance(X, SparseRows) else X.shape[0]
     if n == 0:
         raise BadRequest("empty batch: send at least one instance")
@@ -138,3 +145,12 @@ def _from_npy(body: bytes) -> np.ndarray:
     X = np.frombuffer(body, dtype=dtype, offset=start).reshape(shape, order="F" if fortran else "C")
     with np.errstate(over="ignore"):
         return X.astype(np.float32)
+
+
+def _from_avro(body: bytes, width: int | None) -> "np.ndarray | SparseRows":
+    """A single-object encoded training message (its features only). Sparse rows need the
+    model's width, as for JSON sparse instances."""
+    decoded = decode_messages([body], width, accepts_sparse=width is not None, needs_label=False)
+    if decoded.rejected:
+        raise BadRequest(f"Avro body refused: {decoded.rejected[0].reason}"[:300])
+    return decoded.batch.X

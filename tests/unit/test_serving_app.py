@@ -10,9 +10,11 @@ import pytest
 
 import streamlearn as sl
 from streamlearn import datasets as D
+from streamlearn.batch import SparseRows, as_features
 from streamlearn.serving.app import BatchPolicy, create_app
 from streamlearn.serving.canary import Canary
 from streamlearn.serving.slot import ModelSlot, Served
+from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
 httpx = pytest.importorskip("httpx")  # the serve extra; .ci/run installs it
 
@@ -77,7 +79,9 @@ def test_not_ready_until_a_model_is_loaded_then_predictions_equal_predict_record
         want = MODELS[1].predict_records(X[:50])
         dense = await client.post(PATH, json={"instances": X[:50].tolist()})
         binary = await client.post(PATH, content=_npy(X[:50]), headers={"content-type": "application/x-numpy"})
-        for reply in (dense, binary):
+        avro = await client.post(PATH, content=encode_training_batch(X[:50], y=Y[:50]),  # labels are ignored
+                                 headers={"content-type": "application/avro"})
+        for reply in (dense, binary, avro):
             assert reply.status_code == 200, reply.text
             assert reply.json() == {"predictions": want, "model_version": 1}
             assert reply.headers["x-model-version"] == "1"
@@ -87,6 +91,11 @@ def test_not_ready_until_a_model_is_loaded_then_predictions_equal_predict_record
         sparse = [{"indices": csr[i].indices.tolist(), "values": csr[i].data.tolist()} for i in range(50)]
         reply = await client.post(PATH, json={"instances": sparse})
         assert reply.json() == {"predictions": MODELS[1].predict_records(csr), "model_version": 1}
+        avro_sparse = await client.post(PATH, content=encode_training_batch(as_features(csr)),
+                                        headers={"content-type": "application/avro"})
+        assert avro_sparse.json() == reply.json()
+        one = await client.post(PATH, content=encode_training_record(X[7]), headers={"content-type": "application/avro"})
+        assert one.json()["predictions"] == MODELS[1].predict_records(X[7:8])  # a training_record is one row
         info = (await client.get("/v1/models/j")).json()
         assert info["version"] == 1 and info["algorithm"] == "linear_learner" and info["n_features"] == D_FEATURES
         assert info["lineage"] == {"parent": None, "topic": "t", "records_applied": 600, "final": None}
@@ -114,6 +123,15 @@ BAD = [
     (_npy(np.zeros((2, 8)))[:-8], "application/x-numpy", 400, "claims shape (2, 8)"),
     (_npy(np.full((1, 8), np.inf)), "application/x-numpy", 400, "NaN or infinity"),
     (b" " * 5000, "application/json", 413, "over the limit of 4096"),
+    (b"\xc3\x01" + bytes(8) + b"\x02", "application/avro", 400, "unknown schema fingerprint"),
+    (encode_training_batch(np.zeros((2, 8)))[:-9], "application/avro", 400, "malformed Avro body"),
+    (encode_training_batch(np.zeros((2, 8))) + b"\x00", "application/avro", 400, "trailing bytes"),
+    (b"not avro", "application/avro", 400, "not Avro single-object encoded"),
+    (encode_training_batch(np.zeros((2, 3))), "application/avro", 400, "dimension 3 != 8"),
+    (encode_training_batch(np.full((1, 8), np.nan)), "application/avro", 400, "NaN or inf in features"),
+    (encode_training_batch(np.zeros((0, 8))), "application/avro", 400, "empty batch"),
+    (encode_training_batch(SparseRows(np.array([0, 1]), np.array([8]), np.ones(1, np.float32), 8)),
+     "application/avro", 400, "sparse index out of range"),
 ]
 
 
