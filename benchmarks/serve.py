@@ -339,7 +339,8 @@ def _rows(label: str, ours: dict[str, dict[int, dict]], peer: dict[int, dict] | 
                 p = peer[clients]
                 ref, ratio = f"{p['rps'] * ROWS_PER_REQUEST:,.0f} rows/s", r["rps"] / p["rps"]
                 note += f"MLflow {fmt(p)}"
-            rows.append(Row(f"serve.{label}.{kind}.c{clients}", f"{r['rps'] * ROWS_PER_REQUEST:,.0f} rows/s", ref, ratio,
+            ours_rate = f"{r['rps'] * ROWS_PER_REQUEST:,.0f} rows/s"
+            rows.append(Row(f"serve.{label}.{kind}.c{clients}", ours_rate, ref, ratio,
                             status="info" if r["failures"] == 0 else "FAIL", note=note))
     return rows
 

@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--output", required=True, type=Path)
     ex.add_argument("--sparse-input", action="store_true",
-                    help="factorization machines / linear learner: inputs indices + values (N, K), "
+                    help="factorization machines / linear learner / ntm: inputs indices + values (N, K), "
                          "0-padded, instead of a dense (N, d) matrix")
     ex.set_defaults(func=cmd_export)
 

@@ -11,11 +11,14 @@ linear_learner              ``prediction`` (the class in the user's coding, or t
 factorization_machines      ``prediction``, ``score`` (binary classifier)
 kmeans                      ``prediction`` (nearest centre), ``distance``
 pca                         ``prediction`` (the projection, N x k)
+ntm                         ``prediction`` (the dominant topic), ``topic_mixture``
+                            (N x K: softmax of the encoder's posterior mean; a
+                            document's word counts in, N x vocabulary)
 ==========================  ======================================================
 
 The linear learner's normalization is already folded into its weights at finalize, so the
 graph is one affine map. Input: ``X`` (N x d, float32) by default; with ``sparse=True``
-(linear learner, factorization machines, the 2**20-feature case) two (N x K) inputs,
+(linear learner, factorization machines, the 2**20-feature case, NTM) two (N x K) inputs,
 ``indices`` (int64) and ``values`` (float32), each row's non-zeros padded with value 0 (an
 index with value 0 adds nothing), since onnxruntime has no sparse input for these ops.
 """
@@ -86,12 +89,14 @@ class _Graph:
         return onnx_model
 
 
-def _rows(g: _Graph, table: np.ndarray, sparse: bool) -> str:
-    """``X @ table`` as a graph: dense MatMul, or per row sum_j values_j * table[indices_j]."""
+def _rows(g: _Graph, table: np.ndarray, sparse: bool, source: str | None = None) -> str:
+    """``X @ table`` as a graph: dense MatMul, or per row sum_j values_j * table[indices_j].
+    ``source``: an elementwise function of the input (zero at zero) to use instead of it."""
     if not sparse:
-        return g.op("MatMul", "Xd", g.const(table))
+        return g.op("MatMul", source or "Xd", g.const(table))
     gathered = g.op("Gather", g.const(table), "indices")  # (N, K) + table.shape[1:]
-    weights = "vals_d" if table.ndim == 1 else g.op("Unsqueeze", "vals_d", g.const([2], np.int64))
+    values = source or "vals_d"
+    weights = values if table.ndim == 1 else g.op("Unsqueeze", values, g.const([2], np.int64))
     return g.sum_axis(g.op("Mul", gathered, weights), 1)
 
 
@@ -162,12 +167,33 @@ def _pca(g: _Graph, model, sparse: bool) -> list:
     return [("prediction", g.T.DOUBLE, ["N", int(model.components.shape[0])])]
 
 
+def _activation(g: _Graph, name: str, x: str) -> str:
+    if name == "softplus":  # max(x, 0) + log(1 + exp(-|x|)) as np.logaddexp(0, x): onnxruntime has no double Softplus
+        tail = g.op("Log", g.op("Add", g.const(1.0), g.op("Exp", g.op("Neg", g.op("Abs", x)))))
+        return g.op("Add", g.op("Relu", x), tail)
+    return g.op({"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}[name], x)
+
+
+def _ntm(g: _Graph, model, sparse: bool) -> list:
+    """The encoder's mean: log(1 + counts) -> MLP -> mu; the mixture is softmax(mu)."""
+    a = {name: np.asarray(value, np.float64) for name, value in model.arrays.items()}
+    act = model.attrs["activation"]
+    logged = g.op("Log", g.op("Add", "vals_d" if sparse else "Xd", g.const(1.0)))
+    h = _activation(g, act, g.op("Add", _rows(g, a["enc_W0"], sparse, source=logged), g.const(a["enc_b0"])))
+    for i in range(1, len(model.attrs["encoder_layers"])):
+        h = _activation(g, act, g.op("Add", g.op("MatMul", h, g.const(a[f"enc_W{i}"])), g.const(a[f"enc_b{i}"])))
+    mu = g.op("Add", g.op("MatMul", h, g.const(a["mu_W"])), g.const(a["mu_b"]))
+    g.op("Softmax", mu, axis=1, out="topic_mixture")
+    g.op("ArgMax", mu, axis=1, keepdims=0, out="prediction")
+    return [("prediction", g.T.INT64, ["N"]), ("topic_mixture", g.T.DOUBLE, ["N", model.num_topics])]
+
+
 _BUILDERS = {"linear_learner": (_linear, True), "factorization_machines": (_fm, True), "kmeans": (_kmeans, False),
-             "pca": (_pca, False)}
+             "pca": (_pca, False), "ntm": (_ntm, True)}
 
 
 def _width(model: Model) -> int:
-    return int(model.attrs["n_features"])
+    return int(model.vocab_size if model.algorithm == "ntm" else model.attrs["n_features"])
 
 
 def to_onnx(model: Model, *, sparse: bool = False, metadata: dict[str, Any] | None = None):

@@ -6,9 +6,10 @@ Three body formats: JSON ``{"instances": [[x, …], …]}`` (dense rows) or
 example); and ``application/avro``, one message of the project's training wire format
 (a ``training_batch``, dense or CSR, as ``encode_training_batch`` writes it and producers
 already send to Kafka; its labels, weights and keys are ignored), read by the workers' own
-decoder, so it meets the same size and content checks as on a topic. The ``.npy`` header is parsed here and its claimed shape checked against the
-bytes actually sent before any array exists (``np.load`` would allocate what a hostile
-header claims), and nothing is ever unpickled. Every rule a record meets at the training
+decoder, so it meets the same size and content checks as on a topic. The ``.npy`` header
+is parsed here and its claimed shape checked against the bytes actually sent before any
+array exists (``np.load`` would allocate what a hostile header claims), and nothing is
+ever unpickled. Every rule a record meets at the training
 door applies: the model's width, finite values, at least one row.
 """
 from __future__ import annotations

@@ -87,3 +87,21 @@ def test_an_algorithm_without_a_graph_is_a_user_error():
     model = sl.fit_local(sl.Median(), [sl.Batch.of(np.arange(10.0)[:, None])])
     with pytest.raises(sl.UserError, match="no ONNX export"):
         to_onnx(model)
+
+
+@pytest.mark.parametrize("activation, layers", [("softplus", [16, 8]), ("relu", [16]), ("tanh", [8]),
+                                                ("sigmoid", [8])])
+def test_ntm_topic_mixture_dense_and_sparse_inputs(activation, layers):
+    """An NTM with random weights (its encoder is all the graph needs: no training, no torch)."""
+    from streamlearn.algorithms.ntm import NTMModel, layout
+
+    V, K = 60, 5
+    rng = np.random.default_rng(4)
+    arrays = {name: rng.normal(0, 0.5, shape).astype(np.float32) for name, shape in layout(V, layers, K)}
+    model = NTMModel(arrays, {"num_topics": K, "encoder_layers": layers, "activation": activation})
+    docs = D.topic_documents(200, vocab_size=V, num_topics=K, length=30, seed=5)
+    want = model.evaluate(sl.Batch(docs))
+    dominant = [r["prediction"] for r in model.predict_records(sl.Batch(docs))]
+    for out in (_run(to_onnx(model, sparse=True), sparse_inputs(docs)), _run(to_onnx(model), {"X": docs.to_dense()})):
+        np.testing.assert_allclose(out["topic_mixture"], want, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(out["prediction"], dominant)

@@ -94,7 +94,8 @@ def test_not_ready_until_a_model_is_loaded_then_predictions_equal_predict_record
         avro_sparse = await client.post(PATH, content=encode_training_batch(as_features(csr)),
                                         headers={"content-type": "application/avro"})
         assert avro_sparse.json() == reply.json()
-        one = await client.post(PATH, content=encode_training_record(X[7]), headers={"content-type": "application/avro"})
+        one = await client.post(PATH, content=encode_training_record(X[7]),
+                                headers={"content-type": "application/avro"})
         assert one.json()["predictions"] == MODELS[1].predict_records(X[7:8])  # a training_record is one row
         info = (await client.get("/v1/models/j")).json()
         assert info["version"] == 1 and info["algorithm"] == "linear_learner" and info["n_features"] == D_FEATURES
