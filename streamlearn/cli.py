@@ -353,6 +353,34 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_monitor(args) -> int:
+    from streamlearn.monitoring.drift import DriftPolicy
+    from streamlearn.monitoring.monitor import MonitorOptions, describe, monitor, monitor_status
+
+    s = _settings()
+    client = s.redis_client()
+    if args.target == "status":
+        if not args.job:
+            raise UsageError("monitor status needs the JOB")
+        report = monitor_status(client, args.job)
+        print(json.dumps(report, indent=2, sort_keys=True) if args.json else describe(report))
+        return 0
+    if args.job or not args.topic:
+        raise UsageError("monitor takes JOB --topic LIVE (or `monitor status JOB`)")
+    options = MonitorOptions(topic=args.topic, labels_topic=args.labels_topic, window=args.window,
+                             on_drift=args.on_drift, once=args.once,
+                             policy=DriftPolicy(alpha=args.alpha, min_ks=args.min_ks, min_psi=args.min_psi))
+    reports = monitor(client, s.kafka_client_conf(), args.target, options,
+                      emit=(lambda r: None) if args.json else (lambda r: print(describe(r), flush=True)))
+    if args.json:
+        latest = reports[-1] if reports else {"drift": False, "features": {}}
+        print(json.dumps({**latest, "windows": [{"window": r["window"], "rows": r["rows"], "drift": r["drift"],
+                                                 "drifted_features": r["drifted_features"], "score": r["score"],
+                                                 "retrain": r["retrain"]} for r in reports]},
+                         indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_algorithms(args) -> int:
     from streamlearn.algorithms import algorithm_class, available
     from streamlearn.algorithms.params import params_table
@@ -606,6 +634,22 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--job")
     md.add_argument("--algorithm")
     md.set_defaults(func=cmd_models)
+
+    mo = sub.add_parser("monitor", help="compare live data with a job's training profile (drift); "
+                                         "`monitor status JOB`: the latest report")
+    mo.add_argument("target", metavar="JOB", help="the job (or `status`, followed by the job)")
+    mo.add_argument("job", nargs="?", help=argparse.SUPPRESS)
+    mo.add_argument("--topic", metavar="LIVE", help="the live topic (training-format records)")
+    mo.add_argument("--labels-topic", metavar="L", help="labelled records: score the published model on them")
+    mo.add_argument("--window", type=int, default=1000, metavar="N", help="records per window (default 1000)")
+    mo.add_argument("--on-drift", choices=["retrain"],
+                    help="retrain: an incremental job from the published snapshot on the recent data (gated)")
+    mo.add_argument("--once", action="store_true", help="read what the topic holds now, report, exit")
+    mo.add_argument("--alpha", type=float, default=0.01, help="false-alarm probability per window (default 0.01)")
+    mo.add_argument("--min-ks", type=float, default=0.1, help="smallest KS distance that counts (default 0.1)")
+    mo.add_argument("--min-psi", type=float, default=0.1, help="smallest PSI that counts (default 0.1)")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_monitor)
 
     al = sub.add_parser("algorithms", help="list the algorithms; `algorithms describe NAME`: its parameters")
     al.add_argument("action", nargs="?", choices=["list", "describe"], default="list")

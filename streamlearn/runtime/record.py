@@ -62,6 +62,7 @@ class JobRecord:
         self._status = f"{base}:status"  # running | paused | finished | failed | deleting
         self._finalize_lock = f"{base}:finalize:lock"
         self._snapshot_lock = f"{base}:snapshot:lock"
+        self._monitor = f"{base}:monitor"  # JSON: the latest drift report (streamlearn monitor)
 
     # -- the jobs ------------------------------------------------------------------------------
     @staticmethod
@@ -211,6 +212,14 @@ class JobRecord:
 
     def mark_published(self, version: int) -> None:
         self.client.hset(self.store.counters, "published_version", version)
+
+    # -- monitoring ----------------------------------------------------------------------------
+    def set_monitor_report(self, report_json: str) -> None:
+        self.client.set(self._monitor, report_json)
+
+    def monitor_report(self) -> str | None:
+        raw = self.client.get(self._monitor)
+        return None if raw is None else raw.decode()
 
     # -- deletion ------------------------------------------------------------------------------
     def delete(self) -> None:
