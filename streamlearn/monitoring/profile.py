@@ -94,7 +94,7 @@ class _Moments:
         if np.isfinite(v).all():  # what the door lets through: a few BLAS/reduction passes, no copies
             ones = np.ones(len(v), dtype=v.dtype)
             self.count += len(v)
-            self.sum += ones @ v
+            self.sum += ones @ v  # float32 within a batch (a worker step: <= ~1,000 rows), float64 across
             self.sumsq += np.einsum("ij,ij->j", v, v)
             self.min = np.minimum(self.min, v.min(axis=0))
             self.max = np.maximum(self.max, v.max(axis=0))
