@@ -43,11 +43,11 @@ SKETCH_K = 200
 MAX_SKETCHED = 256
 #: distinct label values kept as an exact histogram (classes); more: the sketch only
 MAX_CLASSES = 64
-#: rows a bounded job's sketches should see: sampling error 1/sqrt(50k) = 0.45 %, below
-#: the sketch's own rank error, at a fraction of the cost of sketching every row
-TARGET_SKETCH_ROWS = 50_000
+#: rows a bounded job's sketches should see: sampling error 1/sqrt(20k) = 0.7 %, below
+#: the sketch's own rank error (1.65 %), at a fraction of the cost of sketching every row
+TARGET_SKETCH_ROWS = 20_000
 #: the sampling fraction of an unbounded job (whose size is not known)
-UNBOUNDED_FRACTION = 1 / 32
+UNBOUNDED_FRACTION = 1 / 64
 _MAGIC = b"SLPROF1\0"
 
 
