@@ -207,7 +207,8 @@ def cmd_job(args) -> int:
     if args.action == "create":
         spec = jobs.create_job(client, s.kafka_client_conf(), args.name, args.algorithm, args.topic,
                                _parse_params(args.param), until=args.until, snapshot_every=args.snapshot_every,
-                               from_snapshot=args.from_snapshot, epochs=args.epochs)
+                               from_snapshot=args.from_snapshot, epochs=args.epochs, gate=args.gate,
+                               gate_min_records=args.gate_min_records)
         epochs = f", {spec.epochs} epochs" if spec.epochs > 1 else ""
         print(f"created job {spec.name} ({spec.algorithm} on {spec.topic}, until {spec.until}{epochs})")
     elif args.action == "list":
@@ -297,16 +298,28 @@ def cmd_schema(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
+    from streamlearn.monitoring.gate import REJECTED, status_of
     from streamlearn.runtime import jobs
-    from streamlearn.runtime.finalize import publish
+    from streamlearn.runtime.finalize import force_publish, publish
+    from streamlearn.snapshots.store import ModelStore
     from streamlearn.streams.topics import require_kafka
 
+    if args.reason is not None and not args.force:
+        raise UsageError("--reason goes with --force")
     s = _settings()
     client = s.redis_client()
     spec = jobs.load_spec(client, args.name)
     require_kafka(s.kafka_client_conf())  # fail in seconds, before finalizing a version nobody receives
-    version = publish(s, client, spec, final=False)
-    print(f"published snapshot version {version} of job {args.name}")
+    if args.force:
+        version = force_publish(s, client, spec, args.reason or "")
+    else:
+        version = publish(s, client, spec, final=False)
+    decision = ModelStore(client).metadata(args.name, version).get("gate") or {}
+    if status_of({"gate": decision}) == REJECTED:
+        print(f"snapshot version {version} of job {args.name} rejected by the gate (stored, not published): "
+              f"{decision.get('reason')}; `streamlearn snapshot {args.name} --force --reason ...` publishes it")
+        return 1
+    print(f"published snapshot version {version} of job {args.name} (gate: {decision.get('status', 'none')})")
     return 0
 
 
@@ -337,6 +350,34 @@ def cmd_models(args) -> int:
 
     rows = ModelStore(_settings().redis_client()).list_models(job=args.job, algorithm=args.algorithm)
     _print(rows, True)
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    from streamlearn.monitoring.drift import DriftPolicy
+    from streamlearn.monitoring.monitor import MonitorOptions, describe, monitor, monitor_status
+
+    s = _settings()
+    client = s.redis_client()
+    if args.target == "status":
+        if not args.job:
+            raise UsageError("monitor status needs the JOB")
+        report = monitor_status(client, args.job)
+        print(json.dumps(report, indent=2, sort_keys=True) if args.json else describe(report))
+        return 0
+    if args.job or not args.topic:
+        raise UsageError("monitor takes JOB --topic LIVE (or `monitor status JOB`)")
+    options = MonitorOptions(topic=args.topic, labels_topic=args.labels_topic, window=args.window,
+                             on_drift=args.on_drift, once=args.once,
+                             policy=DriftPolicy(alpha=args.alpha, min_ks=args.min_ks, min_psi=args.min_psi))
+    reports = monitor(client, s.kafka_client_conf(), args.target, options,
+                      emit=(lambda r: None) if args.json else (lambda r: print(describe(r), flush=True)))
+    if args.json:
+        latest = reports[-1] if reports else {"drift": False, "features": {}}
+        print(json.dumps({**latest, "windows": [{"window": r["window"], "rows": r["rows"], "drift": r["drift"],
+                                                 "drifted_features": r["drifted_features"], "score": r["score"],
+                                                 "retrain": r["retrain"]} for r in reports]},
+                         indent=2, sort_keys=True))
     return 0
 
 
@@ -492,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, metavar="E", help="bounded jobs: read the topic range E times (default 1)")
     c.add_argument("--from-snapshot", metavar="JOB[@VERSION]",
                    help="incremental training: continue from that snapshot's training state (its params unless given)")
+    c.add_argument("--gate", action="append", default=[], metavar="EXPR",
+                   help="publish a snapshot only if its holdout metric passes, e.g. 'rmse<=3.2' or "
+                        "'accuracy>=published-0.005' (repeatable; finite arrays and --gate-min-records always hold)")
+    c.add_argument("--gate-min-records", type=int, default=1, metavar="N",
+                   help="the default gate: at least N records applied (default 1)")
     ls = jsub.add_parser("list")
     ls.add_argument("--json", action="store_true")
     for action in ("status", "pause", "resume"):
@@ -545,8 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true")
     sc.set_defaults(func=cmd_schema)
 
-    sn = sub.add_parser("snapshot", help="finalize the current state and publish a snapshot now")
+    sn = sub.add_parser("snapshot", help="finalize the current state and publish a snapshot now (if the gate passes)")
     sn.add_argument("name")
+    sn.add_argument("--force", action="store_true",
+                    help="publish despite the gate: the newest rejected snapshot, else a new one (status forced)")
+    sn.add_argument("--reason", help="with --force: why (recorded in the snapshot's gate entry)")
     sn.set_defaults(func=cmd_snapshot)
 
     pd = sub.add_parser("predict", help="predict a file with a job's newest snapshot (JSON lines)")
@@ -585,6 +634,22 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--job")
     md.add_argument("--algorithm")
     md.set_defaults(func=cmd_models)
+
+    mo = sub.add_parser("monitor", help="compare live data with a job's training profile (drift); "
+                                         "`monitor status JOB`: the latest report")
+    mo.add_argument("target", metavar="JOB", help="the job (or `status`, followed by the job)")
+    mo.add_argument("job", nargs="?", help=argparse.SUPPRESS)
+    mo.add_argument("--topic", metavar="LIVE", help="the live topic (training-format records)")
+    mo.add_argument("--labels-topic", metavar="L", help="labelled records: score the published model on them")
+    mo.add_argument("--window", type=int, default=1000, metavar="N", help="records per window (default 1000)")
+    mo.add_argument("--on-drift", choices=["retrain"],
+                    help="retrain: an incremental job from the published snapshot on the recent data (gated)")
+    mo.add_argument("--once", action="store_true", help="read what the topic holds now, report, exit")
+    mo.add_argument("--alpha", type=float, default=0.01, help="false-alarm probability per window (default 0.01)")
+    mo.add_argument("--min-ks", type=float, default=0.1, help="smallest KS distance that counts (default 0.1)")
+    mo.add_argument("--min-psi", type=float, default=0.1, help="smallest PSI that counts (default 0.1)")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_monitor)
 
     al = sub.add_parser("algorithms", help="list the algorithms; `algorithms describe NAME`: its parameters")
     al.add_argument("action", nargs="?", choices=["list", "describe"], default="list")

@@ -11,6 +11,13 @@ any process, concurrently with training.
 No model is published from zero records: a bounded job that applied none (every record
 dead-lettered, or an empty range) ends ``failed`` with the reason instead, and a periodic
 or on-demand snapshot waits for the first applied record.
+
+Every snapshot passes the job's validation gate (:mod:`streamlearn.monitoring.gate`) and
+carries its decision and the job's merged data profile in its metadata. A rejected
+snapshot is stored (status, reason) but never produced to the snapshot topic: the job's
+``publishable_version`` only moves for the others, and ``ensure_published`` produces that.
+``streamlearn snapshot NAME --force --reason R`` (:func:`force_publish`) publishes anyway,
+as a new version whose gate status is ``forced``.
 """
 from __future__ import annotations
 
@@ -22,9 +29,12 @@ import redis
 
 from streamlearn.algorithms.base import training_state
 from streamlearn.config import Settings
+from streamlearn.errors import UserError
+from streamlearn.monitoring import gate
+from streamlearn.monitoring.profile import Profile
 from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete
 from streamlearn.runtime.record import ENDED, JobRecord
-from streamlearn.snapshots.format import encode, snapshot_of
+from streamlearn.snapshots.format import decode_snapshot, encode, load_model, snapshot_of
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, produce_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.redis_state import RedisState
@@ -63,8 +73,10 @@ def periodic_snapshot(settings: Settings, client: redis.Redis, spec: JobSpec, me
         return None
 
 
-def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool) -> int | None:
-    """Finalize the current state into a new snapshot version, store it, publish it.
+def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
+            force_reason: str | None = None) -> int | None:
+    """Finalize the current state into a new snapshot version, store it, publish it unless
+    the gate rejects it (``force_reason``: publish it anyway, recorded as ``forced``).
 
     Returns the version, or None when ``final`` and another finalizer already finished the
     job, or the job applied no record (then it is marked failed). Raises
@@ -99,15 +111,81 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
                    else spec.parent),
         "trained_from": spec.parent,  # the model this job continued (job create --from-snapshot), or None
     }
+    profile = Profile.merged(state.backend.profiles)  # read in the same cut as the counters
+    if profile is not None:
+        metadata["profile"] = profile.to_metadata()
+    published_attrs, published_name = _published_attrs(client, spec)
+    metadata["gate"] = gate.decide(model, metadata["records_applied"], spec.gate, spec.gate_min_records,
+                                   published_attrs, published_name, force_reason)
     kept = _kept_state(spec, state, model)
     metadata["training_state"] = kept is not None
-    snapshot = snapshot_of(model, metadata, kept)  # the metadata exactly as a loader will see it
+    return _store(settings, client, spec, snapshot_of(model, metadata, kept), final)
+
+
+def _store(settings: Settings, client: redis.Redis, spec: JobSpec, snapshot, final: bool) -> int | None:
+    """Store ``snapshot`` (its metadata exactly as a loader will see it) in the finalize
+    transaction and produce it unless its gate rejected it."""
     data = encode(snapshot)
     metadata = snapshot.metadata
-    if not record.record_snapshot(version, final, lambda pipe: store.put(spec.name, data, metadata, pipe=pipe)):
+    version = metadata["version"]
+    status = gate.status_of(metadata)
+    entry = _registry_entry(metadata)
+    if not JobRecord(client, spec.name).record_snapshot(
+            version, final, lambda pipe: ModelStore(client).put(spec.name, data, entry, pipe=pipe),
+            publishable=status != gate.REJECTED):
         return None  # another finalizer finished the job
-    log.info("job %s: stored snapshot version %d%s", spec.name, version, " (final)" if final else "")
-    ensure_published(settings, client, spec.name, just_stored=(version, data, metadata))
+    log.info("job %s: stored snapshot version %d%s (gate: %s)", spec.name, version, " (final)" if final else "", status)
+    if status == gate.REJECTED:
+        log.warning("job %s: snapshot version %d rejected by the gate, not published: %s", spec.name, version,
+                    metadata["gate"]["reason"])
+    ensure_published(settings, client, spec.name, just_stored=(version, data, entry))
+    return version
+
+
+def _registry_entry(metadata: dict) -> dict:
+    """The registry's copy of the metadata: the profile's summary without its serialized
+    sketches (hundreds of kB that only a monitor reads, from the snapshot itself)."""
+    if "profile" not in metadata:
+        return metadata
+    return {**metadata, "profile": {"summary": metadata["profile"]["summary"]}}
+
+
+def _published_attrs(client: redis.Redis, spec: JobSpec) -> tuple[dict | None, str]:
+    """(model attributes of the version a relative gate compares with, its name): the job's
+    published version, else the snapshot it was continued from, else (None, "")."""
+    _, published = JobRecord(client, spec.name).snapshot_versions()
+    store = ModelStore(client)
+    if published is not None:
+        return store.metadata(spec.name, published).get("model_attrs"), f"{spec.name}@{published}"
+    if spec.parent is not None:
+        job, version = spec.parent["job"], spec.parent["version"]
+        return store.metadata(job, version).get("model_attrs"), f"{job}@{version}"
+    return None, ""
+
+
+def force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reason: str) -> int:
+    """``snapshot NAME --force --reason R``: publish the job's newest snapshot if the gate
+    rejected it (and nothing newer is published), else a new snapshot of the current
+    state, either way as a new version whose gate status is ``forced`` with ``reason``.
+    Snapshots are immutable: the rejected version stays rejected; the forced copy names it."""
+    if not (reason or "").strip():
+        raise UserError("--force needs --reason \"why this snapshot goes live despite its gate\"")
+    record = JobRecord(client, spec.name)
+    newest, published = record.snapshot_versions(stored=True)
+    store = ModelStore(client)
+    if newest is not None and (published is None or published < newest) and \
+            gate.status_of(store.metadata(spec.name, newest)) == gate.REJECTED:
+        source = decode_snapshot(store.get(spec.name, newest))
+        version = store.next_version(spec.name)
+        decision = {**source.metadata["gate"], "status": gate.FORCED, "reason": reason}
+        metadata = {**source.metadata, "version": version, "gate": decision, "forced_from": newest,
+                    "parent": {"job": spec.name, "version": newest}}
+        stored = _store(settings, client, spec, snapshot_of(load_model(source), metadata, dict(source.state) or None),
+                        final=False)
+        assert stored is not None  # a non-final snapshot is always stored
+        return stored
+    version = publish(settings, client, spec, final=False, force_reason=reason)
+    assert version is not None
     return version
 
 
@@ -138,12 +216,13 @@ def ensure_published(settings: Settings, client: redis.Redis, job: str,
     Storing (in the finalize transaction) and producing are two systems; if the producer
     failed or the process died in between, the next worker or CLI call to see the job
     publishes it. Subscribers only move to higher versions, so a repeat is harmless.
-    ``just_stored``: (version, bytes, metadata) the caller has just stored; sent as they are
-    when that version is still the newest stored one (reading a 38 MB FM snapshot back cost
+    A version the gate rejected is never produced. ``just_stored``: (version, bytes,
+    metadata) the caller has just stored; sent as they are when that version is still the
+    newest publishable one (reading a 38 MB FM snapshot back cost
     ~70 ms).
     """
     record = JobRecord(client, job)
-    version, published = record.snapshot_versions()
+    version, published = record.snapshot_versions()  # the newest version the gate let through
     if version is None or (published is not None and published >= version):
         return
     if just_stored is not None and just_stored[0] == version:

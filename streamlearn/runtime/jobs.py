@@ -16,6 +16,9 @@ import redis
 
 from streamlearn.algorithms import Algorithm, algorithm_class, make_algorithm
 from streamlearn.errors import UserError
+from streamlearn.monitoring.gate import gate_metric_names
+from streamlearn.monitoring.gate_expr import GateError, parse_gate, parse_gates
+from streamlearn.monitoring.profile import sample_fraction
 from streamlearn.runtime.contract import default_epochs, infer_params, sample_topic
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import decode_snapshot, load_model
@@ -44,6 +47,9 @@ class JobSpec:
     end_offsets: dict[int, int] = field(default_factory=dict)
     created_at: float = 0.0
     epochs: int = 1  # bounded jobs: passes over [start_offsets, end_offsets)
+    gate: list[str] = field(default_factory=list)  # --gate expressions (monitoring.gate_expr)
+    gate_min_records: int = 1  # the default gate: at least this many records applied
+    profile_sample: float = 1.0  # share of the applied rows the profile's quantile sketches see
 
     @property
     def dlq_topic(self) -> str:
@@ -83,15 +89,22 @@ def load_spec(client: redis.Redis, name: str) -> JobSpec:
 def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str, topic: str,
                params: dict[str, Any] | None = None, until: str = "end",
                snapshot_every: float | None = None, from_snapshot: str | None = None,
-               epochs: int | None = None) -> JobSpec:
+               epochs: int | None = None, gate: list[str] | None = None,
+               gate_min_records: int = 1) -> JobSpec:
     """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
 
     ``from_snapshot`` ("JOB" or "JOB@VERSION") trains incrementally: the state starts from
     that snapshot's training state (``Algorithm.initialize_from``) and the lineage records it.
     ``epochs`` (or ``params["epochs"]`` when the algorithm has no such parameter): a bounded
-    job reads its topic range that many times.
+    job reads its topic range that many times. ``gate``: ``--gate`` expressions every snapshot
+    must pass to be published, besides the default gate (finite arrays, at least
+    ``gate_min_records`` records applied).
     """
     check_name(name)
+    if gate_min_records < 1:
+        raise GateError(f"--gate-min-records must be at least 1, got {gate_min_records}")
+    for text in gate or []:  # malformed: refused before anything is read or written
+        parse_gate(text)
     if until not in ("end", "never"):
         raise JobError(f"--until must be 'end' or 'never', not {until!r}")
     if snapshot_every is not None and not snapshot_every > 0:
@@ -107,10 +120,12 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         algo.check_continuable(parent_model, parent_state)
     if epochs is None:  # enough passes for small bounded data, where the learner gains from them
         epochs = default_epochs(n_records) if until == "end" and algo.multi_pass else 1
+    gates = parse_gates(gate, gate_metric_names(algo))
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,
                    snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
-                   created_at=time.time(), epochs=epochs)
+                   created_at=time.time(), epochs=epochs, gate=gates, gate_min_records=gate_min_records,
+                   profile_sample=sample_fraction(n_records * epochs if until == "end" and n_records else None))
     record = JobRecord(client, name)
     if not record.claim(spec.to_json()):
         raise JobError(f"job {name!r} already exists")

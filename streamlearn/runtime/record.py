@@ -62,6 +62,7 @@ class JobRecord:
         self._status = f"{base}:status"  # running | paused | finished | failed | deleting
         self._finalize_lock = f"{base}:finalize:lock"
         self._snapshot_lock = f"{base}:snapshot:lock"
+        self._monitor = f"{base}:monitor"  # JSON: the latest drift report (streamlearn monitor)
 
     # -- the jobs ------------------------------------------------------------------------------
     @staticmethod
@@ -173,11 +174,12 @@ class JobRecord:
         """Whether ``member`` publishes this period's snapshot (the lock expires with the period)."""
         return bool(self.client.set(self._snapshot_lock, member, nx=True, px=int(period_s * 1000)))
 
-    def record_snapshot(self, version: int, final: bool, store_put: Callable[[redis.client.Pipeline], None]) -> bool:
+    def record_snapshot(self, version: int, final: bool, store_put: Callable[[redis.client.Pipeline], None],
+                        publishable: bool = True) -> bool:
         """In one transaction: ``store_put(pipe)`` (the model store's writes), the job's
-        ``snapshot_version`` and, when ``final``, ``finalize_calls`` + 1 and status
-        ``finished`` — unless the job is finished already (another finalizer won; then
-        nothing is written and False returned)."""
+        ``snapshot_version`` (and ``publishable_version`` unless the gate rejected it) and,
+        when ``final``, ``finalize_calls`` + 1 and status ``finished`` — unless the job is
+        finished already (another finalizer won; then nothing is written and False returned)."""
         with self.client.pipeline(transaction=True) as pipe:
             try:
                 if final:
@@ -187,6 +189,10 @@ class JobRecord:
                 pipe.multi()
                 store_put(pipe)
                 pipe.hset(self.store.counters, "snapshot_version", version)
+                if publishable:
+                    pipe.hset(self.store.counters, "publishable_version", version)
+                else:  # 0: none yet (a job recorded before the gate has no such field)
+                    pipe.hsetnx(self.store.counters, "publishable_version", 0)
                 if final:
                     pipe.hincrby(self.store.counters, "finalize_calls", 1)
                     pipe.set(self._status, "finished")
@@ -195,13 +201,25 @@ class JobRecord:
             except redis.WatchError:
                 return False  # the status changed under us: another finalizer won
 
-    def snapshot_versions(self) -> tuple[int | None, int | None]:
-        """(the newest stored snapshot version, the newest one produced to the topic)."""
-        stored, published = self.client.hmget(self.store.counters, ["snapshot_version", "published_version"])
-        return (None if stored is None else int(stored)), (None if published is None else int(published))
+    def snapshot_versions(self, stored: bool = False) -> tuple[int | None, int | None]:
+        """(the newest snapshot version the gate let through — with ``stored``, the newest
+        stored one, rejected or not —, the newest one produced to the topic)."""
+        newest, publishable, published = self.client.hmget(
+            self.store.counters, ["snapshot_version", "publishable_version", "published_version"])
+        if not stored and publishable is not None:  # a job recorded before the gate has none: all go
+            newest = publishable
+        return (int(newest) or None if newest is not None else None), (None if published is None else int(published))
 
     def mark_published(self, version: int) -> None:
         self.client.hset(self.store.counters, "published_version", version)
+
+    # -- monitoring ----------------------------------------------------------------------------
+    def set_monitor_report(self, report_json: str) -> None:
+        self.client.set(self._monitor, report_json)
+
+    def monitor_report(self) -> str | None:
+        raw = self.client.get(self._monitor)
+        return None if raw is None else raw.decode()
 
     # -- deletion ------------------------------------------------------------------------------
     def delete(self) -> None:

@@ -25,6 +25,7 @@ from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
+from streamlearn.monitoring.profile import MemberProfile
 from streamlearn.runtime.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
 from streamlearn.runtime.finalize import ensure_published, maybe_finalize, periodic_snapshot
 from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
@@ -134,6 +135,9 @@ class Worker:
         self._next_control = 0.0
         self._consumer: Consumer | None = None
         self._dlq: Producer | None = None
+        # the rows this worker committed, profiled (an algorithm with its own record type: none)
+        self.profile = (None if getattr(self.algorithm, "decode_window", None) is not None
+                        else MemberProfile(self.member, self.spec.profile_sample))
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -350,7 +354,8 @@ class Worker:
                                      confluent=self.confluent_schemas, labels=self.algorithm.label_coding(),
                                      row_rule=self.algorithm.row_rule())
         try:
-            failures = apply_steps(self.algorithm, self.state, result.steps(self.config.step_rows(self.algorithm)))
+            steps = result.steps(self.config.step_rows(self.algorithm))
+            failures = apply_steps(self.algorithm, self.state, steps)
             self.failing.observe(result.n_records, failures)
         except AlgorithmBug as exc:
             self.state.discard()
@@ -363,7 +368,8 @@ class Worker:
         info = CommitInfo(offsets=offsets, fence={p: self.fence[p] for p in offsets},
                           records_applied=applied, records_dead_lettered=dead,
                           data_epochs=passes if self.spec.epochs > 1 else {},
-                          dead_letter_reason=reasons[0] if reasons else None)
+                          dead_letter_reason=reasons[0] if reasons else None,
+                          profile=None if self.profile is None else self.profile.stage(steps, (f.row for f in failures)))
         try:
             self.state.commit(info)
         except FencedError as exc:
@@ -375,6 +381,8 @@ class Worker:
             self._next_control = 0.0
             return
         self.records_applied += applied
+        if self.profile is not None:
+            self.profile.accept()
         for p, o in offsets.items():
             if passes[p] != self.passes.get(p, 0):  # the commit started the partition's next pass
                 self.passes[p] = passes[p]

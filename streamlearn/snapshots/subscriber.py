@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartiti
 from streamlearn.config import kafka_logging
 from streamlearn.snapshots.format import _FROM_ENV, SnapshotError, decode_snapshot, load_model
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, SNAPSHOT_TOPIC
+from streamlearn.snapshots.shadow import ShadowStats
 
 __all__ = ["ModelSubscriber", "LoadedModel"]
 
@@ -41,7 +42,12 @@ class ModelSubscriber:
     """The newest verified model of ``job``, kept current from the snapshot topic.
 
     ``from_beginning=True`` replays the topic (so the latest retained snapshot is loaded at
-    start); ``False`` only follows snapshots published after the subscriber starts."""
+    start); ``False`` only follows snapshots published after the subscriber starts.
+
+    ``shadow=True``: once a model is served, a newer snapshot becomes the ``candidate``
+    instead of replacing it; :meth:`evaluate` answers with the served model and runs the
+    candidate on the same inputs, :meth:`agreement` reports how often they agree, and
+    :meth:`promote` makes the candidate the served model."""
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class ModelSubscriber:
         *,
         key: bytes | str | None = _FROM_ENV,
         poll_interval: float = 0.5,
+        shadow: bool = False,
     ):
         self.job = job
         self._job_key = job.encode("utf-8")
@@ -59,6 +66,9 @@ class ModelSubscriber:
         self._poll_interval = poll_interval
         self._from_beginning = from_beginning
         self._current: LoadedModel | None = None
+        self.shadow = shadow
+        self._candidate: LoadedModel | None = None
+        self._shadow = ShadowStats()
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -103,6 +113,43 @@ class ModelSubscriber:
     def metadata(self) -> dict[str, Any] | None:
         cur = self._current
         return copy.deepcopy(cur.metadata) if cur else None
+
+    @property
+    def candidate(self) -> LoadedModel | None:
+        """(shadow mode) the newer snapshot evaluated beside the served one, or None."""
+        return self._candidate
+
+    def evaluate(self, batch: Any) -> Any:
+        """The served model's output for ``batch``; in shadow mode the candidate (if any)
+        runs on the same inputs too, for :meth:`agreement` (its failures are counted, never raised)."""
+        cur, cand, stats = self._current, self._candidate, self._shadow
+        if cur is None:
+            raise RuntimeError(f"no model of job {self.job!r} loaded yet")
+        out = cur.model.evaluate(batch)
+        if cand is not None:
+            try:
+                stats.observe(out, cand.model.evaluate(batch))
+            except Exception as exc:
+                stats.failed()
+                log.warning("snapshot subscriber %s: candidate version %d failed in shadow: %s", self.job,
+                            cand.version, exc)
+        return out
+
+    def agreement(self) -> dict[str, Any]:
+        """(shadow mode) rows evaluated by both, the share that agreed, the mean absolute
+        difference, and the two versions."""
+        return self._shadow.report()
+
+    def promote(self) -> int:
+        """(shadow mode) serve the candidate from now on; returns its version."""
+        with self._cond:
+            cand = self._candidate
+            if cand is None:
+                raise RuntimeError(f"no candidate of job {self.job!r} to promote")
+            self._current, self._candidate = cand, None
+            self._shadow = ShadowStats(cand.version)
+            self._cond.notify_all()
+        return cand.version
 
     def wait_for(self, version: int | None = None, timeout: float = 30.0) -> Any:
         """Block until a model (of at least ``version``, when given) is loaded; return it.
@@ -197,7 +244,8 @@ class ModelSubscriber:
                     pass
         # Cheap skip of a duplicate/older snapshot. The header is not authenticated, so it can
         # only ever make us skip; what gets swapped in is decided by the verified metadata.
-        if cur is not None and header_version is not None and header_version <= cur.version:
+        newest = cur if self._candidate is None else self._candidate
+        if newest is not None and header_version is not None and header_version <= newest.version:
             return
         where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         try:
@@ -207,7 +255,7 @@ class ModelSubscriber:
                 raise SnapshotError(f"snapshot has no int version ({version!r})")
             if snap.metadata.get("job") != self.job:
                 raise SnapshotError(f"snapshot belongs to job {snap.metadata.get('job')!r}")
-            if cur is not None and version <= cur.version:
+            if newest is not None and version <= newest.version:
                 return
             model = load_model(snap)
         except Exception as exc:
@@ -215,7 +263,13 @@ class ModelSubscriber:
             log.error("snapshot subscriber %s: rejected snapshot at %s: %s", self.job, where, exc)
             return
         with self._cond:
-            if self._current is None or version > self._current.version:
+            if self.shadow and self._current is not None:
+                if version > self._current.version:
+                    self._candidate = LoadedModel(model, version, snap.metadata)
+                    self._shadow = ShadowStats(self._current.version, version)
+                    log.info("snapshot subscriber %s: version %d runs in shadow of %d", self.job, version,
+                             self._current.version)
+            elif self._current is None or version > self._current.version:
                 self._current = LoadedModel(model, version, snap.metadata)
                 log.info("snapshot subscriber %s: now serving version %d (from %s)", self.job, version, where)
             self._cond.notify_all()

@@ -58,6 +58,8 @@ class CommitInfo:
     records_dead_lettered: int = 0
     data_epochs: dict[int, int] = field(default_factory=dict)
     dead_letter_reason: str | None = None
+    #: (member, its whole data profile including this batch), written with the offsets it covers
+    profile: tuple[str, bytes] | None = None
 
 
 class StateBackend(Protocol):

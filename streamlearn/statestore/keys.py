@@ -29,6 +29,9 @@ class StoreKeys:
         self.counters = f"{base}:counters"
         self.rate = f"{base}:rate"
         self.info = f"{base}:info"
+        # hash: member -> that worker's data profile, rewritten with each of its commits
+        # (streamlearn.monitoring.profile)
+        self.profile = f"{base}:profile"
         self.members = f"{base}:members"  # zset: member -> last heartbeat (ms), for barriers
         self.barrier_gen = f"{base}:barrier:gen"
         self.barrier_arrived = f"{base}:barrier:arrived:"  # + generation
@@ -38,5 +41,5 @@ class StoreKeys:
 
     def all_keys(self, state_keys: list[str] = ()) -> list[str]:
         fixed = [self.keyspecs, self.versions, self.offsets, self.epochs, self.data_epochs, self.counters,
-                 self.rate, self.info, self.members, self.barrier_gen]
+                 self.rate, self.info, self.members, self.barrier_gen, self.profile]
         return fixed + [self.state(k) for k in state_keys]

@@ -63,6 +63,7 @@ class RedisBackend:
         self._specs: dict[str, KeySpec] | None = None
         self._barrier = client.register_script(_BARRIER)
         self.conflicts = 0  # optimistic retries, for benchmarks
+        self.profiles: list[bytes] = []  # set by read_consistent_into
 
     def specs(self) -> dict[str, KeySpec]:
         if self._specs is None:
@@ -154,6 +155,8 @@ class RedisBackend:
                         commands.append(("HSET", k.offsets, *_pairs({str(p): o for p, o in info.offsets.items()})))
                     if info.data_epochs:
                         commands.append(("HSET", k.data_epochs, *_pairs({str(p): e for p, e in info.data_epochs.items()})))
+                    if info.profile is not None:
+                        commands.append(("HSET", k.profile, *info.profile))
                     if info.dead_letter_reason:
                         commands.append(("HSETNX", k.info, "first_dead_letter", info.dead_letter_reason))
                     if info.records_applied:
@@ -183,8 +186,10 @@ class RedisBackend:
         as of one instant (MULTI); the chunks are read straight into the arrays."""
         names = sorted(dests)
         reads = [(self.keys.state(n), list(dests[n]), list(dests[n].values())) for n in names]
-        (raw_offsets, raw_counters), bad = multi_into(
-            self.client, [("HGETALL", self.keys.offsets), ("HGETALL", self.keys.counters)], reads)
+        (raw_offsets, raw_counters, raw_profiles), bad = multi_into(
+            self.client, [("HGETALL", self.keys.offsets), ("HGETALL", self.keys.counters),
+                          ("HGETALL", self.keys.profile)], reads)
+        self.profiles = list(raw_profiles[1::2])  # the members' data profiles of the same instant
         for name, (_, ids, _), missing in zip(names, reads, bad):
             self._check_read(name, ids, missing)
         offsets = {int(p): int(o) for p, o in zip(raw_offsets[::2], raw_offsets[1::2])}

@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "streamlearn.ingest": 5,
     "streamlearn.devstack": 5,
     "streamlearn.registry": 5,
+    "streamlearn.monitoring": 5,
     "streamlearn.serving": 5,
     "streamlearn.tuning": 5,
     "streamlearn.export": 5,
