@@ -22,6 +22,9 @@ import redis
 
 from streamlearn.algorithms.base import training_state
 from streamlearn.config import Settings
+from streamlearn.registry.data import job_training_data
+from streamlearn.registry.provenance import provenance
+from streamlearn.registry.records import Registry
 from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import encode, snapshot_of
@@ -98,6 +101,8 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
         "parent": ({"job": spec.name, "version": counters["snapshot_version"]} if "snapshot_version" in counters
                    else spec.parent),
         "trained_from": spec.parent,  # the model this job continued (job create --from-snapshot), or None
+        "data": _training_data(client, spec, offsets, counters),
+        "provenance": provenance(),
     }
     kept = _kept_state(spec, state, model)
     metadata["training_state"] = kept is not None
@@ -109,6 +114,16 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool)
     log.info("job %s: stored snapshot version %d%s", spec.name, version, " (final)" if final else "")
     ensure_published(settings, client, spec.name, just_stored=(version, data, metadata))
     return version
+
+
+def _training_data(client: redis.Redis, spec: JobSpec, offsets: dict[int, int], counters: dict[str, int]) -> dict:
+    """The data lineage of the state cut (``offsets``, ``counters``): offset ranges, record
+    counts, event-time range, and the writer schemas the job's creation sampled."""
+    record = JobRecord(client, spec.name)
+    data_epochs = record.read_status().data_epochs if spec.epochs > 1 else {}
+    schemas = (Registry(client).job_entry(spec.name) or {}).get("schemas")
+    return job_training_data(spec.topic, spec.start_offsets, spec.end_offsets, offsets, data_epochs, counters,
+                             spec.epochs, schemas)
 
 
 def _kept_state(spec: JobSpec, state: RedisState, model) -> dict | None:
