@@ -108,7 +108,7 @@ def test_lineage_recorded_queried_and_leakage_checked(stack, tmp_path):
     assert diff["params"] == {} and len(diff["same_data"]) == 1
     assert diff["same_data"][0]["data"]["topic"] == topic and "accuracy" in diff["same_data"][0]["scores"]
     text = cli("lineage", f"{child}@1").stdout
-    assert f"{job}@1  (trained from" in text and "leakage: 3000 of 4000" in text and f"children: none" in text
+    assert f"{job}@1  (trained from" in text and "leakage: 3000 of 4000" in text and "children: none" in text
     assert "accuracy:" in cli("compare", job, child).stdout
 
 
