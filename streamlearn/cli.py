@@ -1,5 +1,5 @@
 """``streamlearn`` command line: stack, produce, ingest, job, worker, schema, snapshot, predict, evaluate, models,
-algorithms, topics, serve, export.
+lineage, compare, backtest, algorithms, topics, serve, export.
 
 One parser for every command. Each command imports what it needs inside its function, so that
 ``streamlearn --help`` or ``job status`` does not load faust, pyarrow or the algorithms (start-up
@@ -336,20 +336,80 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if (args.from_file is None) == (args.topic is None):
+        raise UsageError("evaluate takes --from FILE or --topic TOPIC (one of them)")
+    s = _settings()
+    if args.topic is not None:
+        return _evaluate_topic(s, args)
+    if args.offsets or args.since or args.until:
+        raise UsageError("--offsets, --since and --until select records of a --topic")
     from streamlearn.runtime.predict import evaluate_file
 
-    s = _settings()
     scores = evaluate_file(s.redis_client(), args.name, args.from_file, args.label_column, version=args.version,
                            metrics=args.metric or None, params=_parse_params(args.param), header=args.header)
     _print(scores, args.json)
     return 0
 
 
-def cmd_models(args) -> int:
-    from streamlearn.snapshots.store import ModelStore
+def _evaluate_topic(s, args) -> int:
+    from streamlearn.registry.evaluation import evaluate_on_topic
+    from streamlearn.registry.report import evaluation_lines
 
-    rows = ModelStore(_settings().redis_client()).list_models(job=args.job, algorithm=args.algorithm)
-    _print(rows, True)
+    if args.label_column or args.param or args.version is not None:
+        raise UsageError("with --topic, name the version as MODEL@VERSION; --label-column and --param are for --from")
+    evaluation = evaluate_on_topic(s.redis_client(), s.kafka_client_conf(), args.name, args.topic,
+                                   offsets=args.offsets, since=args.since, until=args.until,
+                                   metrics=args.metric or None)
+    if args.json:
+        _print(evaluation, True)
+    else:
+        print("\n".join(evaluation_lines(evaluation)))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from streamlearn.registry.queries import list_models
+    from streamlearn.registry.records import Registry
+    from streamlearn.registry.report import model_lines
+
+    rows = list_models(Registry(_settings().redis_client()), job=args.job, algorithm=args.algorithm,
+                       where=args.where, since=args.since, status=args.status)
+    if args.json:
+        _print(rows, True)
+    else:
+        for line in model_lines(rows):
+            print(line)
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from streamlearn.registry.queries import lineage
+    from streamlearn.registry.records import Registry
+    from streamlearn.registry.report import lineage_lines
+
+    info = lineage(Registry(_settings().redis_client()), args.model)
+    print(json.dumps(info, indent=2, sort_keys=True) if args.json else "\n".join(lineage_lines(info)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from streamlearn.registry.queries import compare
+    from streamlearn.registry.records import Registry
+    from streamlearn.registry.report import compare_lines
+
+    result = compare(Registry(_settings().redis_client()), args.model_a, args.model_b)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else "\n".join(compare_lines(result)))
+    return 0
+
+
+def cmd_backtest(args) -> int:
+    from streamlearn.registry.backtest import run_backtest
+    from streamlearn.registry.report import backtest_lines
+
+    s = _settings()
+    summary = run_backtest(s.redis_client(), s.kafka_client_conf(), args.name, args.algorithm, args.topic,
+                           args.windows, args.horizon, _parse_params(args.param))
+    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else "\n".join(backtest_lines(summary)))
     return 0
 
 
@@ -464,10 +524,10 @@ def _add_header_options(parser: argparse.ArgumentParser) -> None:
                    help="CSV: the first row is data; columns are named c0..cN")
 
 
-def _add_model_input(parser: argparse.ArgumentParser) -> None:
+def _add_model_input(parser: argparse.ArgumentParser, from_required: bool = True) -> None:
     """The options predict and evaluate share: which model, which file."""
     parser.add_argument("name")
-    parser.add_argument("--from", dest="from_file", required=True, type=Path)
+    parser.add_argument("--from", dest="from_file", required=from_required, type=Path)
     parser.add_argument("--label-column", help="the file's label column (dropped before the model sees the rows)")
     parser.add_argument("--version", type=int)
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -603,8 +663,13 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--output", type=Path)
     pd.set_defaults(func=cmd_predict)
 
-    ev = sub.add_parser("evaluate", help="the metrics of a job's snapshot on a labelled file (Model.score)")
-    _add_model_input(ev)
+    ev = sub.add_parser("evaluate", help="the metrics of a model on a labelled file, or on a topic's records "
+                                         "(recorded in the registry with a leakage check)")
+    _add_model_input(ev, from_required=False)
+    ev.add_argument("--topic", help="score on this topic's records (MODEL: JOB or JOB@VERSION); recorded")
+    ev.add_argument("--offsets", metavar="P:A-B,...", help="--topic: only offsets A to B (B excluded) of partition P")
+    ev.add_argument("--since", metavar="TIME", help="--topic: only records with event time >= TIME (ISO, or 2h ago)")
+    ev.add_argument("--until", metavar="TIME", help="--topic: only records with event time < TIME")
     ev.add_argument("--metric", action="append", default=[], metavar="M",
                     help="report only this metric (repeatable); default: every metric the model reports")
     ev.add_argument("--json", action="store_true")
@@ -630,9 +695,14 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--version", type=int, help="snapshot version (default: the newest)")
     fc.set_defaults(func=cmd_forecast)
 
-    md = sub.add_parser("models", help="query the model registry (metadata and lineage)")
+    md = sub.add_parser("models", help="query the model registry (metadata, scores, gate status)")
     md.add_argument("--job")
     md.add_argument("--algorithm")
+    md.add_argument("--where", metavar="EXPR", help="e.g. 'auc>0.8 and records_applied>=1000' (a metric: its newest "
+                                                    "evaluation score, else its holdout score)")
+    md.add_argument("--since", metavar="TIME", help="created at or after TIME (ISO date/time, or 2h, 1d ago)")
+    md.add_argument("--status", choices=["blessed", "rejected", "forced"], help="the gate's decision")
+    md.add_argument("--json", action="store_true")
     md.set_defaults(func=cmd_models)
 
     mo = sub.add_parser("monitor", help="compare live data with a job's training profile (drift); "
@@ -650,6 +720,27 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--min-psi", type=float, default=0.1, help="smallest PSI that counts (default 0.1)")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_monitor)
+
+    ln = sub.add_parser("lineage", help="a model's parents, training data, evaluations and children")
+    ln.add_argument("model", metavar="MODEL", help="JOB (its newest snapshot) or JOB@VERSION")
+    ln.add_argument("--json", action="store_true")
+    ln.set_defaults(func=cmd_lineage)
+
+    cp = sub.add_parser("compare", help="two models' parameter differences and scores on the same evaluation data")
+    cp.add_argument("model_a", metavar="MODEL_A")
+    cp.add_argument("model_b", metavar="MODEL_B")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_compare)
+
+    bt = sub.add_parser("backtest", help="rolling-origin backtest: train before each origin, score the horizon after")
+    bt.add_argument("name", help="names the backtest and its models NAME@1..K")
+    bt.add_argument("--algorithm", required=True)
+    bt.add_argument("--topic", required=True)
+    bt.add_argument("--windows", type=int, required=True, metavar="K")
+    bt.add_argument("--horizon", required=True, metavar="H", help="records per test window, or event time (6h, 1d)")
+    bt.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=cmd_backtest)
 
     al = sub.add_parser("algorithms", help="list the algorithms; `algorithms describe NAME`: its parameters")
     al.add_argument("action", nargs="?", choices=["list", "describe"], default="list")

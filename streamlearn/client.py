@@ -25,9 +25,10 @@ from streamlearn.batch import as_features, split_label
 from streamlearn.config import Settings, _client_key, mask_url
 from streamlearn.devstack.procs import terminate
 from streamlearn.errors import ServiceUnavailable, StreamlearnError, UserError
+from streamlearn.registry import backtest, evaluation, queries
+from streamlearn.registry.records import Registry
 from streamlearn.runtime.finalize import publish
 from streamlearn.serving.process import ServerProcess
-from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.streams.producer import Producer
 from streamlearn.streams import topics
@@ -128,9 +129,35 @@ class Connection:
         return jobs.list_jobs(self.redis)
 
     # -- models -----------------------------------------------------------------------------
-    def models(self, job: str | None = None, algorithm: str | None = None) -> list[dict[str, Any]]:
-        """The model registry: metadata and lineage of every stored snapshot (``streamlearn models``)."""
-        return ModelStore(self.redis).list_models(job=job, algorithm=algorithm)
+    def models(self, job: str | None = None, algorithm: str | None = None, *, where: str | None = None,
+               since: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """The model registry (``streamlearn models``): one row per stored snapshot (``model``
+        ``JOB@VERSION``, status, holdout and evaluation scores…), filtered by job, algorithm,
+        ``where`` (``"auc>0.8 and records_applied>=1000"``), creation time ``since`` (ISO, or
+        ``"2h"`` ago) and the gate's ``status`` (blessed / rejected / forced)."""
+        return queries.list_models(Registry(self.redis), job=job, algorithm=algorithm, where=where, since=since,
+                                   status=status)
+
+    def lineage(self, model: str) -> dict[str, Any]:
+        """Parents, training data, evaluations and children of ``model`` (``JOB`` or ``JOB@VERSION``)."""
+        return queries.lineage(Registry(self.redis), model)
+
+    def compare(self, model_a: str, model_b: str) -> dict[str, Any]:
+        """Parameter differences and score differences on the same evaluation data."""
+        return queries.compare(Registry(self.redis), model_a, model_b)
+
+    def evaluate(self, model: str, topic: str, *, offsets: str | None = None, since: str | None = None,
+                 until: str | None = None, metrics: list[str] | None = None) -> dict[str, Any]:
+        """Score ``model`` on ``topic``'s records (``offsets`` ``"P:A-B,…"``; event time in
+        [``since``, ``until``)), check them against its training data and its ancestors'
+        (``leakage``: None or ``{"records", "of", "models"}``) and record the evaluation."""
+        return evaluation.evaluate_on_topic(self.redis, self.kafka_conf, model, topic, offsets=offsets, since=since,
+                                            until=until, metrics=metrics)
+
+    def backtest(self, name: str, algorithm: str, topic: str, windows: int, horizon: str | int,
+                 params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Rolling-origin backtest (``streamlearn backtest``); returns and records its windows."""
+        return backtest.run_backtest(self.redis, self.kafka_conf, name, algorithm, topic, windows, horizon, params)
 
     def subscribe(self, job: "str | Job", *, from_beginning: bool = True) -> ModelSubscriber:
         """Follow ``job``'s snapshots: the subscriber's ``wait_for(timeout=…)`` returns the

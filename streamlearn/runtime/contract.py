@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from streamlearn.algorithms.base import AUTO, Algorithm, ParamError
 from streamlearn.batch import Batch
 from streamlearn.labels import LabelCoding
-from streamlearn.wire.decode import decode_messages
+from streamlearn.wire.decode import decode_messages, schema_ids
 from streamlearn.streams.topics import consumer_conf
 
 #: enough to see the width and the labels of a data set; job create reads it before the job
@@ -66,6 +66,7 @@ class DataProfile:
     widths: dict[int, int] = field(default_factory=dict)  # width -> records of that width
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0))  # distinct finite labels, sorted
     many_labels: bool = False  # more than MAX_CLASSES distinct labels
+    schemas: set[str] = field(default_factory=set)  # writer schemas of the sampled messages (data lineage)
 
     def add(self, batch_labels: np.ndarray | None, width: int, n: int) -> None:
         """Count ``n`` accepted records of ``width`` with labels ``batch_labels``."""
@@ -116,6 +117,7 @@ def sample_topic(kafka_conf: dict, topic: str, marks: dict[int, tuple[int, int]]
                         del todo[m.partition()]
             messages += len(values)
             nbytes += sum(len(v) for v in values)
+            profile.schemas |= schema_ids(values)
             _profile_messages(profile, values)
     finally:
         consumer.close()

@@ -32,6 +32,9 @@ from streamlearn.config import Settings
 from streamlearn.errors import UserError
 from streamlearn.monitoring import gate
 from streamlearn.monitoring.profile import Profile
+from streamlearn.registry.data import job_training_data
+from streamlearn.registry.provenance import provenance
+from streamlearn.registry.records import Registry
 from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import decode_snapshot, encode, load_model, snapshot_of
@@ -110,6 +113,8 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
         "parent": ({"job": spec.name, "version": counters["snapshot_version"]} if "snapshot_version" in counters
                    else spec.parent),
         "trained_from": spec.parent,  # the model this job continued (job create --from-snapshot), or None
+        "data": _training_data(client, spec, offsets, counters),
+        "provenance": provenance(),
     }
     profile = Profile.merged(state.backend.profiles)  # read in the same cut as the counters
     if profile is not None:
@@ -187,6 +192,16 @@ def force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reason
     version = publish(settings, client, spec, final=False, force_reason=reason)
     assert version is not None
     return version
+
+
+def _training_data(client: redis.Redis, spec: JobSpec, offsets: dict[int, int], counters: dict[str, int]) -> dict:
+    """The data lineage of the state cut (``offsets``, ``counters``): offset ranges, record
+    counts, event-time range, and the writer schemas the job's creation sampled."""
+    record = JobRecord(client, spec.name)
+    data_epochs = record.read_status().data_epochs if spec.epochs > 1 else {}
+    schemas = (Registry(client).job_entry(spec.name) or {}).get("schemas")
+    return job_training_data(spec.topic, spec.start_offsets, spec.end_offsets, offsets, data_epochs, counters,
+                             spec.epochs, schemas)
 
 
 def _kept_state(spec: JobSpec, state: RedisState, model) -> dict | None:

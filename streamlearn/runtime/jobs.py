@@ -6,6 +6,7 @@ status, state and offsets live in Redis under ``sl:{job}:*`` (see :mod:`streamle
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
 import time
@@ -19,7 +20,9 @@ from streamlearn.errors import UserError
 from streamlearn.monitoring.gate import gate_metric_names
 from streamlearn.monitoring.gate_expr import GateError, parse_gate, parse_gates
 from streamlearn.monitoring.profile import sample_fraction
-from streamlearn.runtime.contract import default_epochs, infer_params, sample_topic
+from streamlearn.registry.provenance import provenance
+from streamlearn.registry.records import Registry
+from streamlearn.runtime.contract import DataProfile, default_epochs, infer_params, sample_topic
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import decode_snapshot, load_model
 from streamlearn.snapshots.store import ModelStore
@@ -90,7 +93,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
                params: dict[str, Any] | None = None, until: str = "end",
                snapshot_every: float | None = None, from_snapshot: str | None = None,
                epochs: int | None = None, gate: list[str] | None = None,
-               gate_min_records: int = 1) -> JobSpec:
+               gate_min_records: int = 1, origin: dict[str, Any] | None = None) -> JobSpec:
     """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
 
     ``from_snapshot`` ("JOB" or "JOB@VERSION") trains incrementally: the state starts from
@@ -99,6 +102,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     job reads its topic range that many times. ``gate``: ``--gate`` expressions every snapshot
     must pass to be published, besides the default gate (finite arrays, at least
     ``gate_min_records`` records applied).
+    ``origin``: what started the job, recorded in its lineage (a tuning trial: ``{"study", "trial"}``).
     """
     check_name(name)
     if gate_min_records < 1:
@@ -115,7 +119,8 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     params, epochs = _job_epochs(algorithm, {**parent_params, **(params or {})}, epochs, until)
     algo = make_algorithm(algorithm, with_topic_vocabulary(client, algorithm_class(algorithm), topic, params))
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
-    algo, n_records = with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
+    algo, profile = with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
+    n_records = profile.n_records
     if parent_model is not None:
         algo.check_continuable(parent_model, parent_state)
     if epochs is None:  # enough passes for small bounded data, where the learner gains from them
@@ -129,6 +134,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     record = JobRecord(client, name)
     if not record.claim(spec.to_json()):
         raise JobError(f"job {name!r} already exists")
+    Registry(client).record_job(name, job_lineage(spec, profile, origin))
     state = record.state()
     if parent_model is None:
         algo.initialize(state)
@@ -141,16 +147,27 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
 
 
 def with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm,
-                        bounded: bool) -> tuple[Algorithm, int]:
+                        bounded: bool) -> tuple[Algorithm, DataProfile]:
     """(the algorithm with its "auto" parameters inferred from the topic's records, after
-    checking its explicit ones against them; the records in the topic range, 0 when not
-    sampled) — streamlearn/runtime/contract.py."""
+    checking its explicit ones against them; the sample's profile, empty when not sampled:
+    ``n_records`` in the topic range, writer ``schemas``) — streamlearn/runtime/contract.py."""
     params = algo.get_params()
     if not ({"n_features", "classes", "mini_batch_size"} & set(params)):
-        return algo, 0
+        return algo, DataProfile(topic)
     profile = sample_topic(kafka_conf, topic, marks)
     inferred = infer_params(algo, profile, bounded)
-    return (make_algorithm(algo.name, {**params, **inferred}) if inferred else algo), profile.n_records
+    return (make_algorithm(algo.name, {**params, **inferred}) if inferred else algo), profile
+
+
+def job_lineage(spec: JobSpec, profile: DataProfile, origin: dict[str, Any] | None) -> dict[str, Any]:
+    """What the registry records of a job at creation: its spec, what started it, the data
+    it is given (offset ranges, sampled record count, writer schemas) and who/what created it."""
+    return {"job": spec.name, "algorithm": spec.algorithm, "params": spec.params, "topic": spec.topic,
+            "until": spec.until, "epochs": spec.epochs, "parent": spec.parent, "origin": origin,
+            "created_at": _dt.datetime.fromtimestamp(spec.created_at, _dt.timezone.utc).isoformat(),
+            "start_offsets": {str(p): o for p, o in sorted(spec.start_offsets.items())},
+            "end_offsets": {str(p): o for p, o in sorted(spec.end_offsets.items())},
+            "records": profile.n_records, "schemas": sorted(profile.schemas), **provenance()}
 
 
 def _job_epochs(algorithm: str, params: dict[str, Any], epochs: int | None,

@@ -113,9 +113,24 @@ def evaluate_file(client: redis.Redis, job: str, path: Path, label_column: str |
     y = None if label_column is None else np.concatenate([c[1] for c in chunks])
     if y is not None and np.isnan(y).any():
         raise FileFormatError(f"{path}: row {int(np.flatnonzero(np.isnan(y))[0]) + 1} has no {label_column!r} value")
-    batch = Batch(_concat([c[0] for c in chunks]), y)
+    return score_batch(model, Batch(_concat([c[0] for c in chunks]), y), metrics)
+
+
+def check_metrics(model: Model, metrics: list[str] | None) -> list[str | None]:
+    """The metrics to score: ``metrics`` (each one the model reports, else a
+    :class:`ParamError`), or every one it reports ([None]: its only, default score)."""
+    reported = model.metric_names()
+    for name in metrics or []:
+        if reported and name not in reported:
+            raise ParamError(f"{model.algorithm} models do not report metric {name!r}; they report {list(reported)}")
+    return list(metrics or reported or [None])
+
+
+def score_batch(model: Model, batch: Batch, metrics: list[str] | None = None) -> dict[str, float | None]:
+    """``{metric: value}`` of ``model`` on ``batch`` with ``Model.score`` (the training code's
+    metrics): ``metrics``, or every metric the model reports; NaN is reported as None."""
     result = {}
-    for name in metrics or model.metric_names() or [None]:
+    for name in check_metrics(model, metrics):
         try:
             value = model.score(batch, name)
         except ValueError as exc:  # an unknown metric name

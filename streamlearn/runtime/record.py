@@ -23,6 +23,7 @@ from typing import Callable
 
 import redis
 
+from streamlearn.registry.records import Registry
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.keys import PREFIX, StoreKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
@@ -223,11 +224,11 @@ class JobRecord:
 
     # -- deletion ------------------------------------------------------------------------------
     def delete(self) -> None:
-        """Remove every key of the job but its published snapshots (the model store's), and
-        its name from the jobs set."""
-        base, snapshots = self.store.base, ModelStore.prefix(self.name)
+        """Remove every key of the job but its published snapshots (the model store's) and its
+        lineage (the registry's), and its name from the jobs set."""
+        base, kept = self.store.base, (ModelStore.prefix(self.name), Registry.prefix(self.name))
         doomed = {k.decode() for k in self.client.scan_iter(match=f"{base}:*", count=1000)}
-        doomed = {k for k in doomed if not k.startswith(snapshots)} | set(self.store.all_keys())
+        doomed = {k for k in doomed if not k.startswith(kept)} | set(self.store.all_keys())
         doomed |= {self._spec, self._status, self._finalize_lock, self._snapshot_lock}
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(*sorted(doomed))

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Producer,
+                             TopicPartition)
 from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
@@ -369,7 +370,8 @@ class Worker:
                           records_applied=applied, records_dead_lettered=dead,
                           data_epochs=passes if self.spec.epochs > 1 else {},
                           dead_letter_reason=reasons[0] if reasons else None,
-                          profile=None if self.profile is None else self.profile.stage(steps, (f.row for f in failures)))
+                          profile=None if self.profile is None else self.profile.stage(steps, (f.row for f in failures)),
+                          event_times=event_times(good, {r.index for r in result.rejected}))
         try:
             self.state.commit(info)
         except FencedError as exc:
@@ -465,6 +467,21 @@ class Worker:
     def _flush_dead(self, errors: list[str]) -> None:
         if self._dlq.flush(30) or errors:
             raise DeadLetterUnavailable(f"dead-letter topic {self.spec.dlq_topic} did not take the records: {errors[:3]}")
+
+
+def event_times(msgs, rejected: set[int]) -> dict[int, tuple[int, int]]:
+    """partition -> (earliest, latest) Kafka timestamp (ms) of ``msgs`` but the ``rejected``
+    indices: the event-time range of the records a commit applies (messages without a
+    timestamp are left out)."""
+    out: dict[int, tuple[int, int]] = {}
+    for i, m in enumerate(msgs):
+        kind, ts = m.timestamp()
+        if i in rejected or kind == TIMESTAMP_NOT_AVAILABLE or ts < 0:
+            continue
+        p = m.partition()
+        lo, hi = out.get(p, (ts, ts))
+        out[p] = (min(lo, ts), max(hi, ts))
+    return out
 
 
 def run_worker(job: str, settings: Settings | None = None) -> str:

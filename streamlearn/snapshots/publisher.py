@@ -103,7 +103,9 @@ def publish_snapshot(
     if isinstance(version, bool) or not isinstance(version, int):
         raise SnapshotError(f"snapshot metadata has no int version (got {version!r})")
 
-    ModelStore(redis_client).put(job, data, entry)
+    store = ModelStore(redis_client)
+    store.register_job(job)
+    store.put(job, data, entry)
     produce_snapshot(producer_conf, job, data, entry, timeout=timeout)
 
 

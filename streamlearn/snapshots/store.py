@@ -8,7 +8,9 @@ the Lua script that writes them atomically requires::
     sl:{job}:snapshot:seq           INCR counter handing out versions
     sl:{job}:snapshot:meta          hash version -> metadata JSON (the registry entry)
     sl:{job}:snapshot:sha256        hash version -> sha256 of the bytes (idempotent re-put)
-    sl:models:jobs                  set of jobs with at least one snapshot (cross-slot, best effort)
+    sl:models:jobs                  set of names with models (cross-slot: written by the control
+                                    plane, ``job create`` and ``publish_snapshot``, never by a worker,
+                                    whose writes stay inside its job's slot)
 
 The registry answers Schelter et al.'s questions without loading a model: who/when
 (``created_at``), which hyperparameters (``params``), which data (``offsets``,
@@ -113,7 +115,6 @@ class ModelStore:
         base = self._base(job)
         keys = [self.key(job, version), f"{base}:index", f"{base}:seq", f"{base}:meta", f"{base}:sha256"]
         args = [version, bytes(data), json.dumps(entry, sort_keys=True, default=str), entry["snapshot_sha256"]]
-        self.redis.sadd(JOBS_KEY, job)  # another slot: not part of the job's atomic write
         if pipe is not None:
             self._put(keys=keys, args=args, client=pipe)
             return
@@ -153,6 +154,11 @@ class ModelStore:
         if raw is None:
             raise SnapshotNotFound(f"job {job!r} has no snapshot version {version}")
         return json.loads(raw)
+
+    def register_job(self, job: str) -> None:
+        """Name ``job`` in the index :meth:`jobs` lists (a global key: the control plane's,
+        before the job's first snapshot)."""
+        self.redis.sadd(JOBS_KEY, job)
 
     def jobs(self) -> list[str]:
         return sorted(_text(j) for j in self.redis.smembers(JOBS_KEY))

@@ -49,7 +49,10 @@ class CommitInfo:
     partition; a backend rejects the commit (``FencedError``) if any epoch moved on.
     ``data_epochs`` maps a partition to the data pass (``--epochs``) its new offset belongs
     to, written with the offset; ``dead_letter_reason`` is the reason of one record this
-    commit dead-letters (the job keeps the first ever, for ``job status``).
+    commit dead-letters (the job keeps the first ever, for ``job status``). ``event_times``
+    maps a partition to the (earliest, latest) Kafka timestamp, in ms, of the messages whose
+    records this commit applies: the job's event-time range grows with the commit that
+    applies the records, so it is exactly as true as the offsets (data lineage).
     """
 
     offsets: dict[int, int] = field(default_factory=dict)
@@ -60,6 +63,7 @@ class CommitInfo:
     dead_letter_reason: str | None = None
     #: (member, its whole data profile including this batch), written with the offsets it covers
     profile: tuple[str, bytes] | None = None
+    event_times: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class StateBackend(Protocol):

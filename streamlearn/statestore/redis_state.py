@@ -45,6 +45,22 @@ return 1
 """
 
 
+# KEYS: the counters hash; ARGV: (partition, earliest, latest) triples. Lowers
+# ``event_time_min:<p>`` / raises ``event_time_max:<p>`` (Redis has no "set if lower" for a hash
+# field); run inside the commit's MULTI, so the range moves with the commit's offsets.
+_EVENT_TIME = """
+for i = 1, #ARGV, 3 do
+  local lo, hi = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local f_lo, f_hi = 'event_time_min:' .. ARGV[i], 'event_time_max:' .. ARGV[i]
+  local cur = redis.call('HGET', KEYS[1], f_lo)
+  if not cur or lo < tonumber(cur) then redis.call('HSET', KEYS[1], f_lo, lo) end
+  cur = redis.call('HGET', KEYS[1], f_hi)
+  if not cur or hi > tonumber(cur) then redis.call('HSET', KEYS[1], f_hi, hi) end
+end
+return 1
+"""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -164,6 +180,9 @@ class RedisBackend:
                     if info.records_dead_lettered:
                         commands.append(("HINCRBY", k.counters, "records_dead_lettered", info.records_dead_lettered))
                     commands.append(("HINCRBY", k.counters, "commits", 1))
+                    if info.event_times:
+                        commands.append(("EVAL", _EVENT_TIME, 1, k.counters,
+                                         *[x for p, (lo, hi) in sorted(info.event_times.items()) for x in (p, lo, hi)]))
                     if info.offsets:
                         commands.append(("LPUSH", k.rate, f"{now_ms()}:{info.records_applied + info.records_dead_lettered}"))
                         commands.append(("LTRIM", k.rate, 0, 199))

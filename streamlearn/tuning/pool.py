@@ -108,7 +108,8 @@ class StudyWorker:
             trial.set_user_attr("job", job)
             try:
                 create_job(self.client, self.settings.kafka_client_conf(), job, self.spec.algorithm,
-                           self.spec.topic, {**self.spec.fixed, **trial.params}, epochs=self.spec.epochs)
+                           self.spec.topic, {**self.spec.fixed, **trial.params}, epochs=self.spec.epochs,
+                           origin={"study": self.spec.name, "trial": len(started)})
             except Exception:
                 self.study.tell(trial, state=TrialState.FAIL)
                 raise

@@ -5,12 +5,9 @@ validation metric, accumulated on records it never trained on)."""
 from __future__ import annotations
 
 import math
-import time
-import uuid
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
 
 from streamlearn.algorithms import make_algorithm
 from streamlearn.algorithms.base import Algorithm, Model
@@ -21,8 +18,8 @@ from streamlearn.errors import UserError
 from streamlearn.runtime.jobs import load_spec
 from streamlearn.runtime.local import fit_local
 from streamlearn.statestore.redis_state import RedisState
+from streamlearn.registry.reading import read_messages, topic_ranges
 from streamlearn.wire.decode import decode_messages
-from streamlearn.streams.topics import consumer_conf, watermarks
 
 
 class MetricError(UserError, ValueError):
@@ -53,25 +50,8 @@ def _model_of(algo: Algorithm) -> Model:
 
 def read_topic(kafka_conf: dict, topic: str, algo: Algorithm, timeout: float = 120.0) -> Batch:
     """Every record of ``topic`` (low to high watermark), decoded for ``algo``, as one batch."""
-    marks = watermarks(kafka_conf, topic)
-    todo = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
-    consumer = Consumer({**consumer_conf(kafka_conf), "group.id": f"streamlearn-validation-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in todo])
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while todo:
-            if time.monotonic() > deadline:
-                raise UserError(f"validation topic {topic}: not read to its end within {timeout:.0f} s")
-            for m in consumer.consume(num_messages=500, timeout=0.5):
-                if m.error() is None and m.partition() in todo and m.offset() < todo[m.partition()]:
-                    values.append(m.value() or b"")
-                    if m.offset() >= todo[m.partition()] - 1:
-                        del todo[m.partition()]
-    finally:
-        consumer.close()
-    result = decode_messages(values, algo.n_features(), algo.accepts_sparse, algo.needs_label)
+    messages = read_messages(kafka_conf, topic, topic_ranges(kafka_conf, topic), timeout)
+    result = decode_messages([m.value for m in messages], algo.n_features(), algo.accepts_sparse, algo.needs_label)
     if not result.n_records:
         raise UserError(f"validation topic {topic} holds no record this algorithm can read")
     return result.batch

@@ -524,6 +524,14 @@ def decode_messages(values: list[bytes], n_features: int | None, accepts_sparse:
     return DecodeResult(pieces, 0 if n_features is None else n_features, rejected, accepted)
 
 
+def schema_ids(values: list) -> set[str]:
+    """The writer schemas of ``values``: the fingerprint of each single-object encoded one
+    (``0x…``), ``confluent:<id>`` of each Confluent-framed one (data lineage)."""
+    out = {fingerprint_hex(fp) for fp in _fingerprints(values)}
+    out |= {f"confluent:{int.from_bytes(bytes(v[1:5]), 'big')}" for v in values if is_confluent_framed(v)}
+    return out
+
+
 def _fingerprints(values: list) -> list[bytes]:
     """The fingerprints of the single-object encoded ``values``."""
     return [bytes(v[2:HEADER_LEN]) for v in values if len(v) >= HEADER_LEN and bytes(v[:2]) == MAGIC]
@@ -704,4 +712,4 @@ def rejection_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
             ("streamlearn.records", str(rejection.n_records).encode())]
 
 
-__all__ = ["decode_messages", "DecodeResult", "Rejection", "rejection_headers"]
+__all__ = ["decode_messages", "DecodeResult", "Rejection", "rejection_headers", "schema_ids"]

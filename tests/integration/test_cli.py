@@ -39,7 +39,7 @@ def test_produce_file_create_status_and_list(stack, tmp_path):
     # a small bounded SGD job reads its range several times (epochs sized from the data)
     assert final["epochs"] > 1 and final["records_applied"] == 3000 * final["epochs"]
     assert final["partitions"] == final["end_offsets"]
-    models = json.loads(cli("models", "--job", job).stdout)
+    models = json.loads(cli("models", "--job", job, "--json").stdout)
     assert [m["version"] for m in models] == [final["snapshot_version"]]
     assert models[0]["algorithm"] == "linear_learner" and models[0]["records_applied"] == 3000 * final["epochs"]
 

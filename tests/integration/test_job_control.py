@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streamlearn.runtime.jobs import create_job, job_status, set_paused
+from streamlearn.registry.records import Registry
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.runtime.record import JOBS
 from streamlearn.statestore.keys import StoreKeys
@@ -62,9 +63,10 @@ def _group_exists(stack, group: str) -> bool:
 
 
 def _job_keys(client, job: str) -> list[bytes]:
-    """The job's keys in Redis, but for the model store's (published snapshots stay)."""
-    snapshots = ModelStore.prefix(job)
-    return [k for k in client.scan_iter(match=f"{StoreKeys(job).base}:*") if not k.decode().startswith(snapshots)]
+    """The job's keys in Redis, but for the model store's and the registry's (published
+    snapshots and lineage stay)."""
+    kept = (ModelStore.prefix(job), Registry.prefix(job))
+    return [k for k in client.scan_iter(match=f"{StoreKeys(job).base}:*") if not k.decode().startswith(kept)]
 
 
 def test_delete_an_idle_job_keeps_its_snapshots(stack, tmp_path):
@@ -79,7 +81,8 @@ def test_delete_an_idle_job_keeps_its_snapshots(stack, tmp_path):
     assert f"deleted job {job}" in out.stdout
     assert _job_keys(client, job) == [] and not client.sismember(JOBS, job)
     assert not _group_exists(stack, f"streamlearn.{job}")
-    assert ModelStore(client).versions(job) == [1]  # the published model stays
+    assert ModelStore(client).versions(job) == [1]  # the published model stays, with its lineage
+    assert Registry(client).job_entry(job)["algorithm"] == "median"
     res = cli("job", "status", job, check=False)
     assert res.returncode == 2 and "unknown job" in res.stderr
 
