@@ -110,8 +110,7 @@ def cmd_ingest(args) -> int:
         raise UsageError("ingest: RAW_TOPIC and --to TOPIC must differ")
     config = IngestConfig(args.n_features, label_required=args.label_required, batch_size=args.batch_size,
                           allow_extra_fields=args.allow_extra_fields)
-    return run(args.raw_topic, args.topic, config, _settings(), exactly_once=args.exactly_once, app_id=args.app_id,
-               loglevel=args.loglevel)
+    return run(args.raw_topic, args.topic, config, _settings(), exactly_once=args.exactly_once, app_id=args.app_id)
 
 
 def cmd_produce(args) -> int:
@@ -436,8 +435,6 @@ def _add_model_input(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also show librdkafka's own log lines and info messages (before the command)")
     sub = p.add_subparsers(dest="command", required=True)
 
     st = sub.add_parser("stack", help="local Kafka (KRaft) + Redis on free ports")
@@ -604,7 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--exactly-once", action="store_true",
                     help="Kafka transactions (processing_guarantee=exactly_once) instead of at-least-once")
     ig.add_argument("--app-id", default=None, help="faust app id = consumer group (default: derived from the topics)")
-    ig.add_argument("--loglevel", default="info", help="faust's log level")
     ig.set_defaults(func=cmd_ingest)
 
     sv = sub.add_parser("serve", help="serve a job's model over HTTP (hot-swaps to each new snapshot)")
@@ -636,30 +632,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
     dm.set_defaults(func=cmd_demo)
+    _add_verbosity_options(p, top=True)
     return p
 
 
-def _configure_logging(verbose: bool, command: str) -> None:
-    """The worker logs its own messages at INFO with timestamps; other commands print their
-    warnings (e.g. what a file's layout was taken to be) as ``streamlearn: …`` lines.
-    librdkafka's lines (connection failures by the hundred while a broker is down) only
-    with ``-v``."""
+#: libraries whose INFO lines are their own bookkeeping (faust's and mode's "Starting..." for every
+#: service, aiokafka's subscription tables): shown with ``-v`` only
+CHATTY_LIBRARIES = ("faust", "mode", "aiokafka", "kafka")
+
+
+def _configure_logging(verbosity: int, command: str) -> None:
+    """Logging for the whole process, set up here once (faust does not set up its own).
+
+    The long-running commands (worker, serve, ingest) log their own messages at INFO with
+    timestamps; other commands print their warnings (e.g. what a file's layout was taken to
+    be) as ``streamlearn: …`` lines. ``-q`` (verbosity -1): warnings and errors only; ``-v``
+    (1): info messages everywhere, the libraries' own included, and librdkafka's lines
+    (connection failures by the hundred while a broker is down, otherwise never shown)."""
     from streamlearn.config import LIBRDKAFKA_LOGGER
 
-    if command in ("worker", "serve"):  # long-running: what they do (swaps, rebalances) with timestamps
+    if command in ("worker", "serve", "ingest") and verbosity >= 0:  # what they do, with timestamps
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    elif command == "ingest":
-        pass  # faust's worker sets up logging itself (--loglevel)
-    elif verbose:
+    elif verbosity > 0:
         logging.basicConfig(level=logging.INFO, format="streamlearn: %(name)s %(levelname)s %(message)s")
     else:
         logging.basicConfig(level=logging.WARNING, format="streamlearn: %(message)s")
-    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbosity > 0 else logging.WARNING)
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.DEBUG if verbosity > 0 else logging.CRITICAL + 1)
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return 1 if getattr(args, "verbose", False) else -1 if getattr(args, "quiet", False) else 0
+
+
+def _add_verbosity_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v`` / ``-q`` before the command or after it (on a subcommand they default to
+    "not given", so that they do not overwrite what was given before the command)."""
+    default = False if top else argparse.SUPPRESS
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="also info messages, the libraries' own (faust, aiokafka) and librdkafka's log lines")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only warnings and errors: no info lines, no progress display")
+    for action in parser._actions:  # the subcommands, and theirs (job create, tune status…)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_verbosity_options(child, top=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    _configure_logging(args.verbose, args.command)
+    _configure_logging(_verbosity(args), args.command)
     try:
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here for output still buffered

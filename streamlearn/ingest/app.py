@@ -194,17 +194,20 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
     return app
 
 
-def run_worker(app, loglevel: str = "info") -> None:
+def run_worker(app) -> None:
     """Run ``app`` as a faust worker in this process until SIGINT/SIGTERM (then it flushes,
-    commits and exits). Raises ``SystemExit``."""
+    commits and exits). Raises ``SystemExit``. Logging is the application's to set up (the
+    CLI does, once): faust's own set-up would replace the root logger's handlers and print
+    every service's start and stop at INFO."""
     import faust  # start-up cost: faust (and its aiokafka) loads only when the app is built
 
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None  # it writes a terminal escape (show cursor) even into a log file
     worker.execute_from_commandline()
 
 
 def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *, exactly_once: bool = False,
-        app_id: str | None = None, loglevel: str = "info") -> int:
+        app_id: str | None = None) -> int:
     """What ``streamlearn ingest RAW_TOPIC --to TOPIC …`` runs; returns its exit status.
 
     Creates TOPIC (as many partitions as RAW_TOPIC) and RAW_TOPIC.dlq when missing, then runs
@@ -222,7 +225,7 @@ def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *,
                      processing_guarantee=EXACTLY_ONCE if exactly_once else AT_LEAST_ONCE)
     started = time.monotonic()
     try:
-        run_worker(app, loglevel=loglevel)
+        run_worker(app)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         log.info("ingest worker stopped after %.1f s", time.monotonic() - started)
