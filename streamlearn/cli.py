@@ -234,7 +234,7 @@ def cmd_worker(args) -> int:
 
         print(f"study worker stopped; study {args.study} is {run_study_worker(args.study, s)}")
         return 0
-    status = run_worker(args.name, s)
+    status = run_worker(args.name, s, metrics_port=args.metrics_port)
     if status == "failed":  # one line, non-zero: the job will not go on by itself
         print(f"streamlearn: error: job {args.name} failed: {job_status(s.redis_client(), args.name)['reason']}",
               file=sys.stderr)
@@ -503,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="join a job's consumer group and train until the job ends")
     wk.add_argument("name", nargs="?")
     wk.add_argument("--study", help="serve a study's trials instead of one job (a pool: start as many as you like)")
+    wk.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics at :P/metrics (0: any free port)")
     wk.set_defaults(func=cmd_worker)
 
     tn = sub.add_parser("tune", help="multi-fidelity hyperparameter studies: trials are jobs, losers are paused")

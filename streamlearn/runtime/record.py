@@ -62,6 +62,8 @@ class JobRecord:
         self._status = f"{base}:status"  # running | paused | finished | failed | deleting
         self._finalize_lock = f"{base}:finalize:lock"
         self._snapshot_lock = f"{base}:snapshot:lock"
+        self._history = f"{base}:history"  # list: JSON samples of the job's progress, oldest first
+        self._history_turn = f"{base}:history:turn"
 
     # -- the jobs ------------------------------------------------------------------------------
     @staticmethod
@@ -202,6 +204,21 @@ class JobRecord:
 
     def mark_published(self, version: int) -> None:
         self.client.hset(self.store.counters, "published_version", version)
+
+    # -- history -------------------------------------------------------------------------------
+    def take_history_turn(self, member: str, period_s: float) -> bool:
+        """Whether ``member`` writes this period's history sample (the turn expires with it)."""
+        return bool(self.client.set(self._history_turn, member, nx=True, px=max(1, int(period_s * 1000))))
+
+    def append_history(self, sample_json: str, cap: int) -> None:
+        """Append one sample, keeping the newest ``cap``."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(self._history, sample_json)
+        pipe.ltrim(self._history, -cap, -1)
+        pipe.execute()
+
+    def history(self) -> list[bytes]:
+        return self.client.lrange(self._history, 0, -1)
 
     # -- deletion ------------------------------------------------------------------------------
     def delete(self) -> None:

@@ -27,7 +27,9 @@ from streamlearn.algorithms.base import Algorithm
 from streamlearn.config import Settings
 from streamlearn.runtime.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
 from streamlearn.runtime.finalize import ensure_published, maybe_finalize, periodic_snapshot
+from streamlearn.runtime.history import JobHistory
 from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
+from streamlearn.runtime.metrics import WorkerMetrics, consumer_lag, high_watermarks, serve_metrics
 from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.statestore.base import CommitRefused, FencedError
@@ -134,6 +136,8 @@ class Worker:
         self._next_control = 0.0
         self._consumer: Consumer | None = None
         self._dlq: Producer | None = None
+        self.metrics = WorkerMetrics(job, self.client)
+        self.history = JobHistory(self.client, self.spec, self.algorithm, self.member)
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -171,6 +175,7 @@ class Worker:
                             self._next_control = time.monotonic() + self.config.control_interval_s
                             if status == "finished":
                                 ensure_published(self.settings, self.client, self.spec.name)
+                                self.history.finish(self._watermarks)
                                 break
                             if status in ("failed", "deleting"):
                                 break
@@ -181,6 +186,7 @@ class Worker:
                     except _OUTAGES as exc:
                         if self._stop.is_set():
                             raise _StopDuringOutage(str(exc)) from exc
+                        self.metrics.dropped("outage")
                         self._recover(exc)
                 except _StopDuringOutage as exc:
                     log.warning("%s: stopping during an outage (%s); nothing uncommitted is kept: the "
@@ -282,6 +288,8 @@ class Worker:
         """Heartbeat, and react to the job's status (pause / resume / finished / failed /
         deleting; a job whose status is gone was deleted)."""
         self.state.backend.heartbeat()
+        self.metrics.lag(consumer_lag(self._consumer, self.spec.topic, self.spec.end_offsets))
+        self.history.tick(self._watermarks)
         status = self.record.status() or "deleting"
         want_paused = status == "paused"
         if want_paused != self._paused:
@@ -292,6 +300,9 @@ class Worker:
         if status == "running" and self.spec.snapshot_every:
             periodic_snapshot(self.settings, self.client, self.spec, self.member)
         return status
+
+    def _watermarks(self) -> dict[int, int] | None:
+        return high_watermarks(self._consumer, self.spec.topic, self.record.offsets())
 
     # -- rebalance callbacks --------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -349,6 +360,7 @@ class Worker:
                                      self.algorithm.needs_label, shared=self.shared_schemas,
                                      confluent=self.confluent_schemas, labels=self.algorithm.label_coding(),
                                      row_rule=self.algorithm.row_rule())
+        started = time.perf_counter()
         try:
             failures = apply_steps(self.algorithm, self.state, result.steps(self.config.step_rows(self.algorithm)))
             self.failing.observe(result.n_records, failures)
@@ -364,17 +376,22 @@ class Worker:
                           records_applied=applied, records_dead_lettered=dead,
                           data_epochs=passes if self.spec.epochs > 1 else {},
                           dead_letter_reason=reasons[0] if reasons else None)
+        updated, conflicts = time.perf_counter(), self.state.backend.conflicts
         try:
             self.state.commit(info)
         except FencedError as exc:
             log.warning("%s: %s", self.member, exc)
+            self.metrics.dropped("fenced")
             self.state.discard()
             return
         except CommitRefused as exc:  # paused (or failed, deleted) before this commit: back to the stored offsets
+            self.metrics.dropped("refused")
             self._recover(exc)
             self._next_control = 0.0
             return
         self.records_applied += applied
+        self.metrics.committed(applied, dead, updated - started, time.perf_counter() - updated,
+                               self.state.backend.conflicts - conflicts)
         for p, o in offsets.items():
             if passes[p] != self.passes.get(p, 0):  # the commit started the partition's next pass
                 self.passes[p] = passes[p]
@@ -459,8 +476,9 @@ class Worker:
             raise DeadLetterUnavailable(f"dead-letter topic {self.spec.dlq_topic} did not take the records: {errors[:3]}")
 
 
-def run_worker(job: str, settings: Settings | None = None) -> str:
-    """Entry point of ``streamlearn worker NAME``."""
+def run_worker(job: str, settings: Settings | None = None, metrics_port: int | None = None) -> str:
+    """Entry point of ``streamlearn worker NAME``; ``metrics_port``: serve Prometheus metrics
+    there (``/metrics``; 0 = any free port, logged)."""
     settings = settings or Settings.resolve()
     config = WorkerConfig.from_env()
     deadline = time.monotonic() + config.outage_limit_s
@@ -474,6 +492,9 @@ def run_worker(job: str, settings: Settings | None = None) -> str:
             log.warning("Redis unavailable at start (%s); retrying", exc)
             time.sleep(1.0)
     worker.install_signal_handlers()
+    if metrics_port is not None:
+        log.info("%s: Prometheus metrics at http://0.0.0.0:%d/metrics", worker.member,
+                 serve_metrics(worker.metrics.registry, metrics_port))
     return worker.run()
 
 
