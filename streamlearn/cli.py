@@ -110,7 +110,8 @@ def cmd_ingest(args) -> int:
         raise UsageError("ingest: RAW_TOPIC and --to TOPIC must differ")
     config = IngestConfig(args.n_features, label_required=args.label_required, batch_size=args.batch_size,
                           allow_extra_fields=args.allow_extra_fields)
-    return run(args.raw_topic, args.topic, config, _settings(), exactly_once=args.exactly_once, app_id=args.app_id)
+    return run(args.raw_topic, args.topic, config, _settings(), exactly_once=args.exactly_once, app_id=args.app_id,
+               metrics_port=args.metrics_port)
 
 
 def cmd_produce(args) -> int:
@@ -602,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--exactly-once", action="store_true",
                     help="Kafka transactions (processing_guarantee=exactly_once) instead of at-least-once")
     ig.add_argument("--app-id", default=None, help="faust app id = consumer group (default: derived from the topics)")
+    ig.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics at :P/metrics (0: any free port)")
     ig.set_defaults(func=cmd_ingest)
 
     sv = sub.add_parser("serve", help="serve a job's model over HTTP (hot-swaps to each new snapshot)")

@@ -60,8 +60,11 @@ import time
 import weakref
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from streamlearn.config import Settings
 from streamlearn.ingest.events import IngestConfig, check_event, encode_batch
+from streamlearn.runtime.metrics import serve_metrics
 from streamlearn.streams.topics import ensure_topic, partitions
 from streamlearn.wire.decode import Rejection, rejection_headers
 
@@ -131,6 +134,9 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
         return t
 
     app.ingest_totals = totals
+    app.ingest_metrics = CollectorRegistry()  # Prometheus (``ingest --metrics-port``); a registry per app
+    events = Counter("streamlearn_ingest_events", "raw events by outcome (forwarded, dead_lettered)",
+                     ["app", "outcome"], registry=app.ingest_metrics)
 
     def out_partition(src: int) -> int | None:
         return None if not out_partitions else src % int(out_partitions)
@@ -146,6 +152,7 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
             counts[f"{kind}:{event.message.partition}"] += n
         finally:
             _current_event.reset(token)
+        events.labels(app_id, kind).inc(n)
 
     async def dead_letter(event, reason: str) -> None:
         m = event.message
@@ -207,7 +214,7 @@ def run_worker(app) -> None:
 
 
 def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *, exactly_once: bool = False,
-        app_id: str | None = None) -> int:
+        app_id: str | None = None, metrics_port: int | None = None) -> int:
     """What ``streamlearn ingest RAW_TOPIC --to TOPIC …`` runs; returns its exit status.
 
     Creates TOPIC (as many partitions as RAW_TOPIC) and RAW_TOPIC.dlq when missing, then runs
@@ -223,6 +230,8 @@ def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *,
                     "(aiokafka); configure faust's broker_credentials for secured clusters")
     app = create_app(raw_topic, topic, config, broker=settings.kafka, app_id=app_id, partitions=n, out_partitions=n_out,
                      processing_guarantee=EXACTLY_ONCE if exactly_once else AT_LEAST_ONCE)
+    if metrics_port is not None:
+        log.info("Prometheus metrics at http://0.0.0.0:%d/metrics", serve_metrics(app.ingest_metrics, metrics_port))
     started = time.monotonic()
     try:
         run_worker(app)
