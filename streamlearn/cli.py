@@ -124,9 +124,12 @@ def cmd_produce(args) -> int:
         return _produce_text(s, args)
     if args.format == "gluonts" or args.series_column:
         return _produce_series(s, args)
-    n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
-                     partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
-                     header=args.header)
+    from streamlearn.reporting.progress import TerminalProgress
+
+    with TerminalProgress(f"producing {args.from_file.name}", enabled=None if _verbosity(args) >= 0 else False) as bar:
+        n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
+                         partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
+                         header=args.header, progress=bar.update)
     print(f"produced {n} records to {args.topic}")
     return 0
 
@@ -216,6 +219,10 @@ def cmd_job(args) -> int:
         _print(jobs.job_status(client, args.name), args.json)
     elif args.action in ("pause", "resume"):
         print(f"job {args.name}: {jobs.set_paused(client, args.name, args.action == 'pause')}")
+    elif args.action == "watch":
+        from streamlearn.reporting.watch import watch
+
+        return 1 if watch(client, args.name, once=args.once, every_s=args.every) == "failed" else 0
     elif args.action == "delete":
         jobs.delete_job(client, s.kafka_client_conf(), args.name, force=args.force)
         print(f"deleted job {args.name} (its snapshots stay in the model store)")
@@ -235,13 +242,26 @@ def cmd_worker(args) -> int:
 
         print(f"study worker stopped; study {args.study} is {run_study_worker(args.study, s)}")
         return 0
-    status = run_worker(args.name, s, metrics_port=args.metrics_port)
+    with _job_progress(s.redis_client(), args.name, _verbosity(args) >= 0):
+        status = run_worker(args.name, s, metrics_port=args.metrics_port)
     if status == "failed":  # one line, non-zero: the job will not go on by itself
         print(f"streamlearn: error: job {args.name} failed: {job_status(s.redis_client(), args.name)['reason']}",
               file=sys.stderr)
         return 1
     print(f"worker stopped; job {args.name} is {status}")
     return 0
+
+
+def _job_progress(client, name: str, wanted: bool):
+    """The job's progress line on a terminal while this worker runs (records, rate, ETA)."""
+    from streamlearn.reporting.progress import follow
+    from streamlearn.reporting.watch import JobView
+
+    def read() -> tuple[float, float | None]:
+        view = JobView.read(client, name)
+        return view.status["records_applied"], view.expected_records()
+
+    return follow(read, f"job {name}", enabled=None if wanted else False)
 
 
 def cmd_tune(args) -> int:
@@ -496,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
         a = jsub.add_parser(action)
         a.add_argument("name")
         a.add_argument("--json", action="store_true")
+    wt = jsub.add_parser("watch", help="the job in the terminal, redrawn until it ends")
+    wt.add_argument("name")
+    wt.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
+    wt.add_argument("--every", type=float, default=1.0, metavar="SECONDS", help="redraw interval (default 1)")
     dl = jsub.add_parser("delete", help="remove a job's keys, offsets and consumer group (snapshots stay)")
     dl.add_argument("name")
     dl.add_argument("--force", action="store_true", help="stop the job's running workers first")

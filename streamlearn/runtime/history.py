@@ -28,7 +28,7 @@ from streamlearn.algorithms.base import Algorithm
 from streamlearn.runtime.jobs import JobSpec, job_status
 from streamlearn.runtime.record import JobRecord
 
-__all__ = ["HISTORY_CAP", "JobHistory", "read_history", "partition_lag"]
+__all__ = ["HISTORY_CAP", "JobHistory", "read_history", "partition_lag", "progress"]
 
 log = logging.getLogger("streamlearn.history")
 
@@ -92,7 +92,7 @@ class JobHistory:
     def finish(self, watermarks: Watermarks) -> None:
         """The job ended: append its final sample unless another member already did (every
         worker sees the end; a race only repeats the same figures)."""
-        last = self.record.history()[-1:]
+        last = self.record.history(1)
         if not last or json.loads(last[0]).get("state") == "running":
             self.append(watermarks)
 
@@ -116,6 +116,16 @@ class JobHistory:
         return sample
 
 
-def read_history(client: redis.Redis, job: str) -> list[dict[str, Any]]:
-    """The job's samples, oldest first (empty for a job whose workers wrote none)."""
-    return [json.loads(raw) for raw in JobRecord(client, job).history()]
+def read_history(client: redis.Redis, job: str, newest: int | None = None) -> list[dict[str, Any]]:
+    """The job's samples, oldest first (only the ``newest`` n when given; empty for a job
+    whose workers wrote none)."""
+    return [json.loads(raw) for raw in JobRecord(client, job).history(newest)]
+
+
+def progress(spec: JobSpec, status: dict[str, Any]) -> tuple[int, int] | None:
+    """(messages consumed, messages in all) of a bounded job, every pass counted; None for
+    an unbounded job (it has no end)."""
+    if spec.until != "end":
+        return None
+    total = spec.epochs * sum(end - spec.start_offsets.get(p, 0) for p, end in spec.end_offsets.items())
+    return total - sum(partition_lag(spec, status).values()), total

@@ -217,8 +217,9 @@ class JobRecord:
         pipe.ltrim(self._history, -cap, -1)
         pipe.execute()
 
-    def history(self) -> list[bytes]:
-        return self.client.lrange(self._history, 0, -1)
+    def history(self, newest: int | None = None) -> list[bytes]:
+        """The samples, oldest first; only the ``newest`` n when given."""
+        return self.client.lrange(self._history, -newest if newest else 0, -1)
 
     # -- deletion ------------------------------------------------------------------------------
     def delete(self) -> None:
