@@ -419,6 +419,14 @@ def _share(text: str) -> float:
     return value
 
 
+def cmd_report(args) -> int:
+    from streamlearn.reporting.report import write_report
+
+    path = write_report(_settings().redis_client(), args.job, args.output or Path(f"{args.job}-report.html"))
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from streamlearn.export.onnx import export_job
 
@@ -646,6 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--shadow", action="store_true",
                     help="the candidate predicts its share on the side; the served model answers every request")
     sv.set_defaults(func=cmd_serve)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page about a job: learning curve, throughput, lag, "
+                                       "members, the model's pictures, parameters, lineage, gate decisions")
+    rp.add_argument("job")
+    rp.add_argument("--output", type=Path, metavar="FILE.html", help="default: JOB-report.html")
+    rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("export", help="write a job's model in a portable format (ONNX)")
     ex.add_argument("name")
