@@ -70,6 +70,9 @@ from streamlearn.wire.decode import Rejection, rejection_headers
 
 log = logging.getLogger("streamlearn.ingest")
 
+#: the app's Prometheus counter (``_total``), labelled ``app`` and ``outcome``
+INGEST_EVENTS = "streamlearn_ingest_events"
+
 AT_LEAST_ONCE = "at_least_once"
 EXACTLY_ONCE = "exactly_once"
 
@@ -135,7 +138,7 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
 
     app.ingest_totals = totals
     app.ingest_metrics = CollectorRegistry()  # Prometheus (``ingest --metrics-port``); a registry per app
-    events = Counter("streamlearn_ingest_events", "raw events by outcome (forwarded, dead_lettered)",
+    events = Counter(INGEST_EVENTS, "raw events by outcome (forwarded, dead_lettered)",
                      ["app", "outcome"], registry=app.ingest_metrics)
 
     def out_partition(src: int) -> int | None:

@@ -130,7 +130,7 @@ def _algorithm_section(model: Model) -> str:
     if name == "kmeans":
         return _kmeans(model)
     if name == "pca":
-        ratios = model.explained_variance_ratio()
+        ratios = model.explained_variance_ratio
         return _figures([_figure(plots.scree(ratios), "PCA scree plot")], "") + _table(
             ["component", "explained variance ratio", "cumulative"],
             [(i + 1, f"{r:.4f}", f"{c:.4f}") for i, (r, c) in enumerate(zip(ratios, np.cumsum(ratios)))])

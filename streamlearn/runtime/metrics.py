@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.store import ModelStore
 
-__all__ = ["WorkerMetrics", "JobCollector", "serve_metrics", "consumer_lag", "high_watermarks"]
+__all__ = ["WorkerMetrics", "JobCollector", "JOB_GAUGES", "serve_metrics", "consumer_lag", "high_watermarks"]
 
 log = logging.getLogger("streamlearn.metrics")
 
@@ -88,6 +88,18 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
+#: what :class:`JobCollector` reports: name and help of each gauge (all labelled ``job``)
+JOB_GAUGES = {
+    "members": ("streamlearn_job_members", "live members of the job"),
+    "records_applied": ("streamlearn_job_records_applied", "records applied by every worker of the job"),
+    "records_dead_lettered": ("streamlearn_job_records_dead_lettered",
+                              "records dead-lettered by every worker of the job"),
+    "running": ("streamlearn_job_running", "1 while the job is running"),
+    "snapshot_version": ("streamlearn_job_snapshot_version", "newest stored snapshot version"),
+    "snapshot_age_seconds": ("streamlearn_job_snapshot_age_seconds", "age of the newest stored snapshot"),
+}
+
+
 class JobCollector(Collector):
     """The job's own figures, read from its record at each scrape: members, records applied
     and dead-lettered by every worker, snapshot version and age. A scrape while Redis is
@@ -107,25 +119,16 @@ class JobCollector(Collector):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.debug("job metrics not collected: %s", exc)
             return
-        yield _gauge("streamlearn_job_members", "live members of the job", self.job, len(view.members))
-        yield _gauge("streamlearn_job_records_applied", "records applied by every worker of the job", self.job,
-                     view.counters.get("records_applied", 0))
-        yield _gauge("streamlearn_job_records_dead_lettered", "records dead-lettered by every worker of the job",
-                     self.job, view.counters.get("records_dead_lettered", 0))
-        yield _gauge("streamlearn_job_running", "1 while the job is running", self.job,
-                     1 if view.status == "running" else 0)
-        if view.snapshot_version is not None:
-            yield _gauge("streamlearn_job_snapshot_version", "newest stored snapshot version", self.job,
-                         view.snapshot_version)
-        if created:
-            age = time.time() - datetime.fromisoformat(created).timestamp()
-            yield _gauge("streamlearn_job_snapshot_age_seconds", "age of the newest stored snapshot", self.job, age)
-
-
-def _gauge(name: str, doc: str, job: str, value: float) -> GaugeMetricFamily:
-    g = GaugeMetricFamily(name, doc, labels=["job"])
-    g.add_metric([job], float(value))
-    return g
+        values = {"members": len(view.members), "records_applied": view.counters.get("records_applied", 0),
+                  "records_dead_lettered": view.counters.get("records_dead_lettered", 0),
+                  "running": 1 if view.status == "running" else 0, "snapshot_version": view.snapshot_version,
+                  "snapshot_age_seconds": None if not created else
+                  time.time() - datetime.fromisoformat(created).timestamp()}
+        for key, (name, doc) in JOB_GAUGES.items():
+            if values[key] is not None:
+                g = GaugeMetricFamily(name, doc, labels=["job"])
+                g.add_metric([self.job], float(values[key]))
+                yield g
 
 
 def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> int:
@@ -135,16 +138,19 @@ def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0")
     return int(server.server_port)
 
 
-def consumer_lag(consumer: Consumer, topic: str, end_offsets: dict[int, int]) -> dict[int, int]:
-    """Messages between the consumer's position and the end of each partition it owns (a
-    bounded job's end offset, else the high watermark of its last fetch; no broker call)."""
+def consumer_lag(consumer: Consumer, topic: str, end_offsets: dict[int, int],
+                 positions: dict[int, int]) -> dict[int, int]:
+    """Messages between ``positions`` (partition -> the next offset this worker committed) and
+    the end of each partition (a bounded job's end offset, else the high watermark of the
+    consumer's last fetch: no broker call). The consumer's own position is no use here: each
+    seek (a new pass, a recovery) leaves it unknown until the next message."""
     lags: dict[int, int] = {}
-    for tp in consumer.position(consumer.assignment()):
-        end = end_offsets.get(tp.partition)
+    for p, at in positions.items():
+        end = end_offsets.get(p)
         if end is None:
-            _low, end = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), cached=True)
-        if end >= 0 and tp.offset >= 0:
-            lags[tp.partition] = max(0, end - tp.offset)
+            _low, end = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+        if end is not None and end >= 0:
+            lags[p] = max(0, end - at)
     return lags
 
 

@@ -127,6 +127,7 @@ class Worker:
         self.fence: dict[int, int] = {}  # partition -> epoch we own it under
         self.done_partitions: set[int] = set()  # reached the job's end offset
         self.passes: dict[int, int] = {}  # partition -> the data epoch (pass) being read
+        self.positions: dict[int, int] = {}  # partition -> the next offset as last claimed or committed here
         self._stop = threading.Event()
         self._paused = False
         self._unsettled: Exception | None = None  # set while a recovery's seek is still owed
@@ -288,7 +289,8 @@ class Worker:
         """Heartbeat, and react to the job's status (pause / resume / finished / failed /
         deleting; a job whose status is gone was deleted)."""
         self.state.backend.heartbeat()
-        self.metrics.lag(consumer_lag(self._consumer, self.spec.topic, self.spec.end_offsets))
+        self.metrics.lag(consumer_lag(self._consumer, self.spec.topic, self.spec.end_offsets,
+                                      {p: o for p, o in self.positions.items() if p in self.fence}))
         self.history.tick(self._watermarks)
         status = self.record.status() or "deleting"
         want_paused = status == "paused"
@@ -311,6 +313,7 @@ class Worker:
         for tp, (epoch, offset, done_passes) in zip(partitions, claimed):
             self.fence[tp.partition] = epoch
             self.passes[tp.partition] = done_passes
+            self.positions[tp.partition] = offset if offset is not None else self.spec.start_offsets.get(tp.partition, 0)
             tp.offset = offset if offset is not None else OFFSET_BEGINNING
             end = self.spec.end_offsets.get(tp.partition)
             if end is not None and offset is not None and offset >= end:
@@ -390,6 +393,7 @@ class Worker:
             self._next_control = 0.0
             return
         self.records_applied += applied
+        self.positions.update(offsets)
         self.metrics.committed(applied, dead, updated - started, time.perf_counter() - updated,
                                self.state.backend.conflicts - conflicts)
         for p, o in offsets.items():
