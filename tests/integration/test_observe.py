@@ -142,7 +142,7 @@ def test_job_watch_follows_the_job_until_it_ends(trained):
 
 
 def test_report_renders_in_headless_chromium(trained):
-    tmp, client = trained["tmp"], trained["client"]
+    tmp = trained["tmp"]
     pages = {}
     for kind, job in (("linear_learner", trained["job"]), *trained["others"].items()):
         out = tmp / f"{kind}.html"
