@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 
+from streamlearn import datasets
 from streamlearn.cli import CHATTY_LIBRARIES, _configure_logging, _verbosity, build_parser
 from streamlearn.config import LIBRDKAFKA_LOGGER
 from streamlearn.reporting import plots
-from streamlearn.reporting.report import _drift, _gates
+from streamlearn.reporting.report import _deepar_panels, _drift, _gates
 from streamlearn.runtime.history import partition_lag, progress
 from streamlearn.runtime.jobs import JobSpec
 
@@ -86,3 +88,19 @@ def test_library_log_levels_follow_the_verbosity():
     finally:
         for n in (*CHATTY_LIBRARIES, LIBRDKAFKA_LOGGER):
             logging.getLogger(n).setLevel(logging.NOTSET)
+
+
+def test_deepar_forecasts_hold_back_the_last_periods_and_draw_them():
+    pytest.importorskip("torch")
+    from tests.unit.test_deepar import _fit  # it needs torch: imported only when torch is there
+
+    model = _fit(datasets.seasonal_series(3, 40, period=7, seed=1), 0, prediction_length=5, lags_seq=[1, 2, 7],
+                 num_cells=8, max_series=32, num_samples=50)
+    panels = _deepar_panels(model)
+    assert [p["series"] for p in panels] == model.series[:3]
+    for p in panels:
+        assert len(p["x"]) == len(p["median"]) == len(p["actual"][1]) == 5
+        assert list(p["x"]) == [-4, -3, -2, -1, 0] and p["context"][0][-1] == -5  # held back: the last 5
+        assert np.all(p["low"] <= p["median"]) and np.all(p["median"] <= p["high"])
+        assert np.all(np.isfinite(p["actual"][1]))
+    assert plots.forecasts(panels).startswith(PNG)
