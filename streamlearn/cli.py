@@ -111,7 +111,7 @@ def cmd_ingest(args) -> int:
     config = IngestConfig(args.n_features, label_required=args.label_required, batch_size=args.batch_size,
                           allow_extra_fields=args.allow_extra_fields)
     return run(args.raw_topic, args.topic, config, _settings(), exactly_once=args.exactly_once, app_id=args.app_id,
-               loglevel=args.loglevel)
+               metrics_port=args.metrics_port)
 
 
 def cmd_produce(args) -> int:
@@ -124,9 +124,12 @@ def cmd_produce(args) -> int:
         return _produce_text(s, args)
     if args.format == "gluonts" or args.series_column:
         return _produce_series(s, args)
-    n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
-                     partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
-                     header=args.header)
+    from streamlearn.reporting.progress import TerminalProgress
+
+    with TerminalProgress(f"producing {args.from_file.name}", enabled=None if _verbosity(args) >= 0 else False) as bar:
+        n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
+                         partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
+                         header=args.header, progress=bar.update)
     print(f"produced {n} records to {args.topic}")
     return 0
 
@@ -217,6 +220,10 @@ def cmd_job(args) -> int:
         _print(jobs.job_status(client, args.name), args.json)
     elif args.action in ("pause", "resume"):
         print(f"job {args.name}: {jobs.set_paused(client, args.name, args.action == 'pause')}")
+    elif args.action == "watch":
+        from streamlearn.reporting.watch import watch
+
+        return 1 if watch(client, args.name, once=args.once, every_s=args.every) == "failed" else 0
     elif args.action == "delete":
         jobs.delete_job(client, s.kafka_client_conf(), args.name, force=args.force)
         print(f"deleted job {args.name} (its snapshots stay in the model store)")
@@ -236,13 +243,26 @@ def cmd_worker(args) -> int:
 
         print(f"study worker stopped; study {args.study} is {run_study_worker(args.study, s)}")
         return 0
-    status = run_worker(args.name, s)
+    with _job_progress(s.redis_client(), args.name, _verbosity(args) >= 0):
+        status = run_worker(args.name, s, metrics_port=args.metrics_port)
     if status == "failed":  # one line, non-zero: the job will not go on by itself
         print(f"streamlearn: error: job {args.name} failed: {job_status(s.redis_client(), args.name)['reason']}",
               file=sys.stderr)
         return 1
     print(f"worker stopped; job {args.name} is {status}")
     return 0
+
+
+def _job_progress(client, name: str, wanted: bool):
+    """The job's progress line on a terminal while this worker runs (records, rate, ETA)."""
+    from streamlearn.reporting.progress import follow
+    from streamlearn.reporting.watch import JobView
+
+    def read() -> tuple[float, float | None]:
+        view = JobView.read(client, name)
+        return view.status["records_applied"], view.expected_records()
+
+    return follow(read, f"job {name}", enabled=None if wanted else False)
 
 
 def cmd_tune(args) -> int:
@@ -500,6 +520,14 @@ def _share(text: str) -> float:
     return value
 
 
+def cmd_report(args) -> int:
+    from streamlearn.reporting.report import write_report
+
+    path = write_report(_settings().redis_client(), args.job, args.output or Path(f"{args.job}-report.html"))
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from streamlearn.export.onnx import export_job
 
@@ -537,8 +565,6 @@ def _add_model_input(parser: argparse.ArgumentParser, from_required: bool = True
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also show librdkafka's own log lines and info messages (before the command)")
     sub = p.add_subparsers(dest="command", required=True)
 
     st = sub.add_parser("stack", help="local Kafka (KRaft) + Redis on free ports")
@@ -604,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
         a = jsub.add_parser(action)
         a.add_argument("name")
         a.add_argument("--json", action="store_true")
+    wt = jsub.add_parser("watch", help="the job in the terminal, redrawn until it ends")
+    wt.add_argument("name")
+    wt.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
+    wt.add_argument("--every", type=float, default=1.0, metavar="SECONDS", help="redraw interval (default 1)")
     dl = jsub.add_parser("delete", help="remove a job's keys, offsets and consumer group (snapshots stay)")
     dl.add_argument("name")
     dl.add_argument("--force", action="store_true", help="stop the job's running workers first")
@@ -612,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="join a job's consumer group and train until the job ends")
     wk.add_argument("name", nargs="?")
     wk.add_argument("--study", help="serve a study's trials instead of one job (a pool: start as many as you like)")
+    wk.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics at :P/metrics (0: any free port)")
     wk.set_defaults(func=cmd_worker)
 
     tn = sub.add_parser("tune", help="multi-fidelity hyperparameter studies: trials are jobs, losers are paused")
@@ -760,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--exactly-once", action="store_true",
                     help="Kafka transactions (processing_guarantee=exactly_once) instead of at-least-once")
     ig.add_argument("--app-id", default=None, help="faust app id = consumer group (default: derived from the topics)")
-    ig.add_argument("--loglevel", default="info", help="faust's log level")
+    ig.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics at :P/metrics (0: any free port)")
     ig.set_defaults(func=cmd_ingest)
 
     sv = sub.add_parser("serve", help="serve a job's model over HTTP (hot-swaps to each new snapshot)")
@@ -780,6 +811,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the candidate predicts its share on the side; the served model answers every request")
     sv.set_defaults(func=cmd_serve)
 
+    rp = sub.add_parser("report", help="one self-contained HTML page about a job: learning curve, throughput, lag, "
+                                       "members, the model's pictures, parameters, lineage, gate decisions")
+    rp.add_argument("job")
+    rp.add_argument("--output", type=Path, metavar="FILE.html", help="default: JOB-report.html")
+    rp.set_defaults(func=cmd_report)
+
     ex = sub.add_parser("export", help="write a job's model in a portable format (ONNX)")
     ex.add_argument("name")
     ex.add_argument("--version", type=int)
@@ -792,30 +829,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
     dm.set_defaults(func=cmd_demo)
+    _add_verbosity_options(p, top=True)
     return p
 
 
-def _configure_logging(verbose: bool, command: str) -> None:
-    """The worker logs its own messages at INFO with timestamps; other commands print their
-    warnings (e.g. what a file's layout was taken to be) as ``streamlearn: …`` lines.
-    librdkafka's lines (connection failures by the hundred while a broker is down) only
-    with ``-v``."""
+#: libraries whose INFO lines are their own bookkeeping (faust's and mode's "Starting..." for every
+#: service, aiokafka's subscription tables): shown with ``-v`` only
+CHATTY_LIBRARIES = ("faust", "mode", "aiokafka", "kafka")
+
+
+def _configure_logging(verbosity: int, command: str) -> None:
+    """Logging for the whole process, set up here once (faust does not set up its own).
+
+    The long-running commands (worker, serve, ingest) log their own messages at INFO with
+    timestamps; other commands print their warnings (e.g. what a file's layout was taken to
+    be) as ``streamlearn: …`` lines. ``-q`` (verbosity -1): warnings and errors only; ``-v``
+    (1): info messages everywhere, the libraries' own included, and librdkafka's lines
+    (connection failures by the hundred while a broker is down, otherwise never shown)."""
     from streamlearn.config import LIBRDKAFKA_LOGGER
 
-    if command in ("worker", "serve"):  # long-running: what they do (swaps, rebalances) with timestamps
+    if command in ("worker", "serve", "ingest") and verbosity >= 0:  # what they do, with timestamps
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    elif command == "ingest":
-        pass  # faust's worker sets up logging itself (--loglevel)
-    elif verbose:
+    elif verbosity > 0:
         logging.basicConfig(level=logging.INFO, format="streamlearn: %(name)s %(levelname)s %(message)s")
     else:
         logging.basicConfig(level=logging.WARNING, format="streamlearn: %(message)s")
-    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbosity > 0 else logging.WARNING)
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.DEBUG if verbosity > 0 else logging.CRITICAL + 1)
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return 1 if getattr(args, "verbose", False) else -1 if getattr(args, "quiet", False) else 0
+
+
+def _add_verbosity_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v`` / ``-q`` before the command or after it (on a subcommand they default to
+    "not given", so that they do not overwrite what was given before the command)."""
+    default = False if top else argparse.SUPPRESS
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="also info messages, the libraries' own (faust, aiokafka) and librdkafka's log lines")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only warnings and errors: no info lines, no progress display")
+    for action in parser._actions:  # the subcommands, and theirs (job create, tune status…)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_verbosity_options(child, top=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    _configure_logging(args.verbose, args.command)
+    _configure_logging(_verbosity(args), args.command)
     try:
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here for output still buffered

@@ -70,6 +70,12 @@ class Algorithm:
     def finalize(self, state: State) -> "Model":
         raise NotImplementedError
 
+    def holdout_scores(self, state: State) -> dict[str, Any] | None:
+        """The holdout metric so far, for a job's history and report: ``{"metric": name,
+        "values": [one per packed model, None where nothing was held out yet], "selected":
+        index}``; None for an algorithm that keeps no holdout in its state (the default)."""
+        return None
+
     def initialize_from(self, state: State, model: "Model",
                         training_state: dict[str, np.ndarray] | None = None) -> None:
         """Incremental training (``job create --from-snapshot``): declare the state as

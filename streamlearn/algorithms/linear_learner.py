@@ -389,6 +389,24 @@ class LinearLearner(Algorithm):
         return err * err, np.abs(err)
 
     # -- finalize -------------------------------------------------------------------------
+    def _holdout(self, val: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+        """(which packed models have holdout weight, each validation metric per model, the
+        model the metric picks) from the ``val`` sums."""
+        metric, have = self._metric, val[0] > 0
+        scores = {nm: (val[i + 1] / np.where(have, val[0], 1.0)) for i, nm in enumerate(VAL_METRICS[self.predictor_type])}
+        chosen = scores[metric]
+        if have.any() and np.all(np.isfinite(chosen)):
+            return have, scores, int(np.argmax(chosen) if metrics.higher_is_better(metric) else np.argmin(chosen))
+        return have, scores, 0
+
+    def holdout_scores(self, state: State) -> dict[str, Any] | None:
+        have, scores, best = self._holdout(state.pull("val"))
+        if not have.any():
+            return None
+        values = scores[self._metric]
+        return {"metric": self._metric, "values": [float(v) if h else None for v, h in zip(values, have)],
+                "selected": best}
+
     def finalize(self, state: State) -> "LinearModel":
         d, C, M = self._d, self._C, int(self.num_models)
         W = state.pull("w").astype(np.float64)
@@ -405,13 +423,7 @@ class LinearLearner(Algorithm):
         val = state.pull("val")
         names = VAL_METRICS[self.predictor_type]
         metric = self._metric
-        have = val[0] > 0
-        scores = {nm: (val[i + 1] / np.where(have, val[0], 1.0)) for i, nm in enumerate(names)}
-        chosen = scores[metric]
-        if have.any() and np.all(np.isfinite(chosen)):
-            best = int(np.argmax(chosen) if metrics.higher_is_better(metric) else np.argmin(chosen))
-        else:
-            best = 0
+        have, scores, best = self._holdout(val)
         cols = slice(best * C, (best + 1) * C)
         hp = self._hp()
         attrs = {

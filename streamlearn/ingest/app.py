@@ -60,12 +60,18 @@ import time
 import weakref
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from streamlearn.config import Settings
 from streamlearn.ingest.events import IngestConfig, check_event, encode_batch
+from streamlearn.runtime.metrics import serve_metrics
 from streamlearn.streams.topics import ensure_topic, partitions
 from streamlearn.wire.decode import Rejection, rejection_headers
 
 log = logging.getLogger("streamlearn.ingest")
+
+#: the app's Prometheus counter (``_total``), labelled ``app`` and ``outcome``
+INGEST_EVENTS = "streamlearn_ingest_events"
 
 AT_LEAST_ONCE = "at_least_once"
 EXACTLY_ONCE = "exactly_once"
@@ -131,6 +137,9 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
         return t
 
     app.ingest_totals = totals
+    app.ingest_metrics = CollectorRegistry()  # Prometheus (``ingest --metrics-port``); a registry per app
+    events = Counter(INGEST_EVENTS, "raw events by outcome (forwarded, dead_lettered)",
+                     ["app", "outcome"], registry=app.ingest_metrics)
 
     def out_partition(src: int) -> int | None:
         return None if not out_partitions else src % int(out_partitions)
@@ -146,6 +155,7 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
             counts[f"{kind}:{event.message.partition}"] += n
         finally:
             _current_event.reset(token)
+        events.labels(app_id, kind).inc(n)
 
     async def dead_letter(event, reason: str) -> None:
         m = event.message
@@ -194,17 +204,20 @@ def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, bro
     return app
 
 
-def run_worker(app, loglevel: str = "info") -> None:
+def run_worker(app) -> None:
     """Run ``app`` as a faust worker in this process until SIGINT/SIGTERM (then it flushes,
-    commits and exits). Raises ``SystemExit``."""
+    commits and exits). Raises ``SystemExit``. Logging is the application's to set up (the
+    CLI does, once): faust's own set-up would replace the root logger's handlers and print
+    every service's start and stop at INFO."""
     import faust  # start-up cost: faust (and its aiokafka) loads only when the app is built
 
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None  # it writes a terminal escape (show cursor) even into a log file
     worker.execute_from_commandline()
 
 
 def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *, exactly_once: bool = False,
-        app_id: str | None = None, loglevel: str = "info") -> int:
+        app_id: str | None = None, metrics_port: int | None = None) -> int:
     """What ``streamlearn ingest RAW_TOPIC --to TOPIC …`` runs; returns its exit status.
 
     Creates TOPIC (as many partitions as RAW_TOPIC) and RAW_TOPIC.dlq when missing, then runs
@@ -220,9 +233,11 @@ def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *,
                     "(aiokafka); configure faust's broker_credentials for secured clusters")
     app = create_app(raw_topic, topic, config, broker=settings.kafka, app_id=app_id, partitions=n, out_partitions=n_out,
                      processing_guarantee=EXACTLY_ONCE if exactly_once else AT_LEAST_ONCE)
+    if metrics_port is not None:
+        log.info("Prometheus metrics at http://0.0.0.0:%d/metrics", serve_metrics(app.ingest_metrics, metrics_port))
     started = time.monotonic()
     try:
-        run_worker(app, loglevel=loglevel)
+        run_worker(app)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         log.info("ingest worker stopped after %.1f s", time.monotonic() - started)

@@ -64,6 +64,8 @@ class JobRecord:
         self._finalize_lock = f"{base}:finalize:lock"
         self._snapshot_lock = f"{base}:snapshot:lock"
         self._monitor = f"{base}:monitor"  # JSON: the latest drift report (streamlearn monitor)
+        self._history = f"{base}:history"  # list: JSON samples of the job's progress, oldest first
+        self._history_turn = f"{base}:history:turn"
 
     # -- the jobs ------------------------------------------------------------------------------
     @staticmethod
@@ -221,6 +223,22 @@ class JobRecord:
     def monitor_report(self) -> str | None:
         raw = self.client.get(self._monitor)
         return None if raw is None else raw.decode()
+
+    # -- history -------------------------------------------------------------------------------
+    def take_history_turn(self, member: str, period_s: float) -> bool:
+        """Whether ``member`` writes this period's history sample (the turn expires with it)."""
+        return bool(self.client.set(self._history_turn, member, nx=True, px=max(1, int(period_s * 1000))))
+
+    def append_history(self, sample_json: str, cap: int) -> None:
+        """Append one sample, keeping the newest ``cap``."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(self._history, sample_json)
+        pipe.ltrim(self._history, -cap, -1)
+        pipe.execute()
+
+    def history(self, newest: int | None = None) -> list[bytes]:
+        """The samples, oldest first; only the ``newest`` n when given."""
+        return self.client.lrange(self._history, -newest if newest else 0, -1)
 
     # -- deletion ------------------------------------------------------------------------------
     def delete(self) -> None:

@@ -29,7 +29,9 @@ from streamlearn.config import Settings
 from streamlearn.monitoring.profile import MemberProfile
 from streamlearn.runtime.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
 from streamlearn.runtime.finalize import ensure_published, maybe_finalize, periodic_snapshot
+from streamlearn.runtime.history import JobHistory
 from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
+from streamlearn.runtime.metrics import WorkerMetrics, consumer_lag, high_watermarks, serve_metrics
 from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.statestore.base import CommitRefused, FencedError
@@ -127,6 +129,7 @@ class Worker:
         self.fence: dict[int, int] = {}  # partition -> epoch we own it under
         self.done_partitions: set[int] = set()  # reached the job's end offset
         self.passes: dict[int, int] = {}  # partition -> the data epoch (pass) being read
+        self.positions: dict[int, int] = {}  # partition -> the next offset as last claimed or committed here
         self._stop = threading.Event()
         self._paused = False
         self._unsettled: Exception | None = None  # set while a recovery's seek is still owed
@@ -139,6 +142,8 @@ class Worker:
         # the rows this worker committed, profiled (an algorithm with its own record type: none)
         self.profile = (None if getattr(self.algorithm, "decode_window", None) is not None
                         else MemberProfile(self.member, self.spec.profile_sample))
+        self.metrics = WorkerMetrics(job, self.client)
+        self.history = JobHistory(self.client, self.spec, self.algorithm, self.member)
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -176,6 +181,7 @@ class Worker:
                             self._next_control = time.monotonic() + self.config.control_interval_s
                             if status == "finished":
                                 ensure_published(self.settings, self.client, self.spec.name)
+                                self.history.finish(self._watermarks)
                                 break
                             if status in ("failed", "deleting"):
                                 break
@@ -186,6 +192,7 @@ class Worker:
                     except _OUTAGES as exc:
                         if self._stop.is_set():
                             raise _StopDuringOutage(str(exc)) from exc
+                        self.metrics.dropped("outage")
                         self._recover(exc)
                 except _StopDuringOutage as exc:
                     log.warning("%s: stopping during an outage (%s); nothing uncommitted is kept: the "
@@ -287,6 +294,9 @@ class Worker:
         """Heartbeat, and react to the job's status (pause / resume / finished / failed /
         deleting; a job whose status is gone was deleted)."""
         self.state.backend.heartbeat()
+        self.metrics.lag(consumer_lag(self._consumer, self.spec.topic, self.spec.end_offsets,
+                                      {p: o for p, o in self.positions.items() if p in self.fence}))
+        self.history.tick(self._watermarks)
         status = self.record.status() or "deleting"
         want_paused = status == "paused"
         if want_paused != self._paused:
@@ -298,6 +308,9 @@ class Worker:
             periodic_snapshot(self.settings, self.client, self.spec, self.member)
         return status
 
+    def _watermarks(self) -> dict[int, int] | None:
+        return high_watermarks(self._consumer, self.spec.topic, self.record.offsets())
+
     # -- rebalance callbacks --------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
@@ -305,6 +318,7 @@ class Worker:
         for tp, (epoch, offset, done_passes) in zip(partitions, claimed):
             self.fence[tp.partition] = epoch
             self.passes[tp.partition] = done_passes
+            self.positions[tp.partition] = offset if offset is not None else self.spec.start_offsets.get(tp.partition, 0)
             tp.offset = offset if offset is not None else OFFSET_BEGINNING
             end = self.spec.end_offsets.get(tp.partition)
             if end is not None and offset is not None and offset >= end:
@@ -354,6 +368,7 @@ class Worker:
                                      self.algorithm.needs_label, shared=self.shared_schemas,
                                      confluent=self.confluent_schemas, labels=self.algorithm.label_coding(),
                                      row_rule=self.algorithm.row_rule())
+        started = time.perf_counter()
         try:
             steps = result.steps(self.config.step_rows(self.algorithm))
             failures = apply_steps(self.algorithm, self.state, steps)
@@ -372,19 +387,25 @@ class Worker:
                           dead_letter_reason=reasons[0] if reasons else None,
                           profile=None if self.profile is None else self.profile.stage(steps, (f.row for f in failures)),
                           event_times=event_times(good, {r.index for r in result.rejected}))
+        updated, conflicts = time.perf_counter(), self.state.backend.conflicts
         try:
             self.state.commit(info)
         except FencedError as exc:
             log.warning("%s: %s", self.member, exc)
+            self.metrics.dropped("fenced")
             self.state.discard()
             return
         except CommitRefused as exc:  # paused (or failed, deleted) before this commit: back to the stored offsets
+            self.metrics.dropped("refused")
             self._recover(exc)
             self._next_control = 0.0
             return
         self.records_applied += applied
         if self.profile is not None:
             self.profile.accept()
+        self.positions.update(offsets)
+        self.metrics.committed(applied, dead, updated - started, time.perf_counter() - updated,
+                               self.state.backend.conflicts - conflicts)
         for p, o in offsets.items():
             if passes[p] != self.passes.get(p, 0):  # the commit started the partition's next pass
                 self.passes[p] = passes[p]
@@ -484,8 +505,9 @@ def event_times(msgs, rejected: set[int]) -> dict[int, tuple[int, int]]:
     return out
 
 
-def run_worker(job: str, settings: Settings | None = None) -> str:
-    """Entry point of ``streamlearn worker NAME``."""
+def run_worker(job: str, settings: Settings | None = None, metrics_port: int | None = None) -> str:
+    """Entry point of ``streamlearn worker NAME``; ``metrics_port``: serve Prometheus metrics
+    there (``/metrics``; 0 = any free port, logged)."""
     settings = settings or Settings.resolve()
     config = WorkerConfig.from_env()
     deadline = time.monotonic() + config.outage_limit_s
@@ -499,6 +521,9 @@ def run_worker(job: str, settings: Settings | None = None) -> str:
             log.warning("Redis unavailable at start (%s); retrying", exc)
             time.sleep(1.0)
     worker.install_signal_handlers()
+    if metrics_port is not None:
+        log.info("%s: Prometheus metrics at http://0.0.0.0:%d/metrics", worker.member,
+                 serve_metrics(worker.metrics.registry, metrics_port))
     return worker.run()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException
@@ -225,12 +226,14 @@ class Producer:
 
 def produce_file(bootstrap, topic: str, path, label_column: str | None = None, partitions: int | None = None,
                  batch_size: int | None = None, n_features: int | None = None, feature_columns: list[str] | None = None,
-                 extra_conf: dict | None = None, header: bool | None = None) -> int:
+                 extra_conf: dict | None = None, header: bool | None = None,
+                 progress: Callable[[int], None] | None = None) -> int:
     """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``; returns the number
     of records. ``partitions``: create the topic with that many partitions if missing
     (otherwise a missing topic is created with one). ``batch_size`` rows per message (None:
     :meth:`Producer.send_batch`'s default); 1 sends one ``training_record`` message per
-    example. ``bootstrap`` is a bootstrap string or a client configuration dict."""
+    example. ``bootstrap`` is a bootstrap string or a client configuration dict; ``progress``
+    is called with the records sent so far after each chunk of the file."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
@@ -251,6 +254,8 @@ def produce_file(bootstrap, topic: str, path, label_column: str | None = None, p
                 n += len(X)
             else:
                 n += producer.send_batch(topic, X, y, batch_size=batch_size)
+            if progress is not None:
+                progress(n)
     return n
 
 

@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "streamlearn.serving": 5,
     "streamlearn.tuning": 5,
     "streamlearn.export": 5,
+    "streamlearn.reporting": 5,
     # 6: entry points
     "streamlearn.client": 6,
     "streamlearn.demo": 6,
