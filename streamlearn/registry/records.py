@@ -42,7 +42,7 @@ def model_name(job: str, version: int) -> str:
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``"JOB"`` -> (job, None: the newest), ``"JOB@VERSION"`` -> (job, version)."""
-    m = _REF.match(ref or "")
+    m = _REF.fullmatch(ref or "")
     if not m:
         raise ModelNotFound(f"a model is JOB or JOB@VERSION, got {ref!r}")
     return m.group(1), None if m.group(2) is None else int(m.group(2))

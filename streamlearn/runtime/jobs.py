@@ -77,7 +77,7 @@ class JobSpec:
 
 
 def check_name(name: str) -> None:
-    if not _NAME.match(name or ""):
+    if not _NAME.fullmatch(name or ""):
         raise JobError(f"invalid job name {name!r}: use letters, digits, '.', '_' or '-' (at most 100), starting with a letter or digit")
 
 
