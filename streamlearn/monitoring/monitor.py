@@ -47,6 +47,8 @@ from streamlearn.wire.decode import decode_messages
 log = logging.getLogger("streamlearn.monitor")
 
 MONITORING_TOPIC = "streamlearn.monitoring"
+#: window summaries a job keeps for the report's drift plot
+WINDOWS_KEPT = 1000
 #: a live score worse than the holdout's by more than this counts as degraded
 SCORE_TOLERANCE = 0.05
 
@@ -221,7 +223,8 @@ def monitor(client: redis.Redis, kafka_conf: dict, job: str, options: MonitorOpt
                 retrain = _retrain(client, kafka_conf, ref, options, retrain)
                 report["retrain"] = retrain
             reports.append(report)
-            JobRecord(client, job).set_monitor_report(json.dumps(report, sort_keys=True))
+            JobRecord(client, job).add_monitor_report(json.dumps(report, sort_keys=True),
+                                                      json.dumps(window_summary(report)), WINDOWS_KEPT)
             producer.produce(MONITORING_TOPIC, key=job.encode(), value=json.dumps(report, sort_keys=True).encode())
             producer.poll(0)
             emit(report)
@@ -259,6 +262,12 @@ def _report(ref: Reference, options: MonitorOptions, index: int, window: Batch, 
             "rows": len(window), "at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "drift": bool(drifted) or bool(score and score["degraded"]), "drifted_features": drifted,
             "features": features, "score": score, "retrain": None}
+
+
+def window_summary(report: dict) -> dict:
+    """What the report draws of a window: when, its verdict and each feature's KS distance."""
+    return {"window": report["window"], "at": report["at"], "version": report["version"], "drift": report["drift"],
+            "ks": {name: f["ks"] for name, f in report["features"].items()}}
 
 
 def _score(ref: Reference, batch: Batch, tolerance: float) -> dict | None:

@@ -122,12 +122,15 @@ def forecasts(panels: Sequence[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-def drift(versions: Sequence[int], scores: dict[str, Sequence[float]]) -> bytes | None:
-    """Drift scores per snapshot version (one line per feature or statistic)."""
-    if not versions or not scores:
+def drift(windows: Sequence[int], ks: dict[str, Sequence[float]], drifted: Sequence[int]) -> bytes | None:
+    """Each feature's KS distance against the training profile per monitored window; the
+    windows that drifted shaded."""
+    if not windows or not ks:
         return None
-    fig, ax = _figure("drift by snapshot version", "snapshot version", "drift")
-    for name, ys in list(scores.items())[:12]:
-        ax.plot(versions, ys, marker="o", markersize=3, label=name)
-    ax.legend(fontsize=7, ncol=3)
+    fig, ax = _figure("drift of the monitored windows", "window", "KS distance to the training profile")
+    for w in drifted:
+        ax.axvspan(w - 0.5, w + 0.5, color=HIGHLIGHT, alpha=0.12, linewidth=0)
+    for name, ys in ks.items():
+        ax.plot(windows, ys, marker="o", markersize=3, label=name)
+    ax.legend(fontsize=7, ncol=2)
     return _png(fig)

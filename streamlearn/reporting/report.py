@@ -10,7 +10,8 @@ What it shows, when the job has it:
   (the elbow), PCA's scree plot, the topic model's top words per topic, DeepAR's forecasts of
   each series' last periods (held back from its stored context) with a quantile band against
   the actual values;
-- drift over snapshot versions (a snapshot metadata field ``drift``: numbers by name);
+- drift over the monitored windows (``streamlearn monitor``): each feature's KS distance
+  against the training profile, the windows that drifted marked;
 - tables: the job's parameters, its data lineage (partitions' start, end and stored offsets,
   the parent snapshot, every snapshot's records and offsets) and the gate's decision on each
   snapshot (metadata field ``gate`` = ``{"status", "checks", "reason"}``).
@@ -34,6 +35,7 @@ from streamlearn.runtime.history import read_history
 from streamlearn.runtime.jobs import job_status, load_spec
 from streamlearn.reporting import plots
 from streamlearn.runtime.predict import load_job_model
+from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.store import ModelStore
 
 __all__ = ["build_report", "write_report"]
@@ -42,6 +44,8 @@ __all__ = ["build_report", "write_report"]
 ELBOW_POINTS = 16
 #: DeepAR: series drawn (the first ones of the model's context)
 FORECAST_SERIES = 4
+#: features drawn in the drift plot (those whose KS distance rose highest)
+DRIFT_FEATURES_DRAWN = 8
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -85,9 +89,9 @@ def build_report(client: redis.Redis, job: str) -> str:
         body += [f"<h2>The model ({_e(model.algorithm)}, snapshot version {_e(snapshots[-1].get('version'))})</h2>",
                  algorithm_html]
 
-    drift = _drift(snapshots)
+    drift = _drift(JobRecord(client, job).monitor_windows())
     if drift is not None:
-        body += ["<h2>Drift</h2>", _figures([_figure(drift, "drift by snapshot version")], "")]
+        body += ["<h2>Drift</h2>", _figures([_figure(drift, "drift of the monitored windows")], "")]
 
     body += ["<h2>Parameters</h2>",
              _table(["parameter", "value"], [(k, _json(v)) for k, v in sorted(spec.params.items())]),
@@ -194,25 +198,16 @@ def _deepar_panels(model) -> list[dict[str, Any]]:
     return panels
 
 
-def _drift(snapshots: list[dict]) -> bytes | None:
-    """Drift numbers by name over the snapshot versions that carry a ``drift`` field."""
-    rows = [(s["version"], _numbers(s["drift"])) for s in snapshots if isinstance(s.get("drift"), dict)]
-    if not rows:
+def _drift(windows: list[dict]) -> bytes | None:
+    """KS distance per feature over the monitored windows (the features that moved most)."""
+    if not windows:
         return None
-    names = sorted({n for _, nums in rows for n in nums})
-    return plots.drift([v for v, _ in rows], {n: [nums.get(n, math.nan) for _, nums in rows] for n in names})
-
-
-def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, (int, float)):
-            out[prefix + str(k)] = float(v)
-        elif isinstance(v, dict):
-            out.update(_numbers(v, f"{prefix}{k}."))
-    return out
+    names = sorted({n for w in windows for n, ks in w["ks"].items() if ks is not None},
+                   key=lambda n: -max(w["ks"].get(n) or 0.0 for w in windows))
+    index = [w["window"] for w in windows]
+    return plots.drift(index, {n: [w["ks"].get(n) if w["ks"].get(n) is not None else math.nan for w in windows]
+                               for n in names[:DRIFT_FEATURES_DRAWN]},
+                       [w["window"] for w in windows if w["drift"]])
 
 
 def _lineage(spec, status: dict[str, Any], snapshots: list[dict]) -> str:

@@ -18,6 +18,8 @@ WATCH need). Two owners share that prefix:
 """
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,6 +66,8 @@ class JobRecord:
         self._finalize_lock = f"{base}:finalize:lock"
         self._snapshot_lock = f"{base}:snapshot:lock"
         self._monitor = f"{base}:monitor"  # JSON: the latest drift report (streamlearn monitor)
+        # list: every window's per-feature KS distances and verdict, oldest first (the report's plot)
+        self._monitor_windows = f"{base}:monitor:windows"
         self._history = f"{base}:history"  # list: JSON samples of the job's progress, oldest first
         self._history_turn = f"{base}:history:turn"
 
@@ -217,8 +221,17 @@ class JobRecord:
         self.client.hset(self.store.counters, "published_version", version)
 
     # -- monitoring ----------------------------------------------------------------------------
-    def set_monitor_report(self, report_json: str) -> None:
-        self.client.set(self._monitor, report_json)
+    def add_monitor_report(self, report_json: str, window_json: str, cap: int) -> None:
+        """Store the latest window's report and append its summary, keeping the newest ``cap``."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self._monitor, report_json)
+        pipe.rpush(self._monitor_windows, window_json)
+        pipe.ltrim(self._monitor_windows, -cap, -1)
+        pipe.execute()
+
+    def monitor_windows(self) -> list[dict]:
+        """The summaries of the monitored windows, oldest first."""
+        return [json.loads(raw) for raw in self.client.lrange(self._monitor_windows, 0, -1)]
 
     def monitor_report(self) -> str | None:
         raw = self.client.get(self._monitor)

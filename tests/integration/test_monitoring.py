@@ -21,7 +21,9 @@ from confluent_kafka import Consumer, TopicPartition
 from streamlearn import datasets as D
 from streamlearn.monitoring.monitor import MONITORING_TOPIC
 from streamlearn.monitoring.profile import Profile
+from streamlearn.reporting.report import build_report
 from streamlearn.runtime.jobs import create_job, job_status
+from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.format import decode_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.streams.producer import Producer
@@ -110,6 +112,11 @@ def test_no_drift_on_unshifted_windows_drift_within_two_windows_after_a_shift(st
     # every window's report is on the monitoring topic
     reports = _reports(stack, job)
     assert len(reports) >= 24 and sum(r["drift"] for r in reports) >= 3
+    # the job's report draws every monitored window (40 here: calm, then shifted)
+    windows = JobRecord(stack.redis_client(), job).monitor_windows()
+    assert len(windows) == len(calm["windows"]) + len(moved["windows"])
+    assert [w["drift"] for w in windows[len(calm["windows"]):]] == [w["drift"] for w in moved["windows"]]
+    assert "<h2>Drift</h2>" in build_report(stack.redis_client(), job)
 
 
 def test_drift_triggers_a_gated_retrain_from_the_published_snapshot(stack, trained):

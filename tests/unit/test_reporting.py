@@ -49,10 +49,10 @@ def test_gate_decisions_are_a_table_and_text_is_escaped():
     assert "no gate decision" in _gates([{"version": 1}])
 
 
-def test_drift_is_drawn_only_from_snapshots_that_carry_it():
-    assert _drift([{"version": 1}]) is None
-    png = _drift([{"version": 1, "drift": {"psi": {"f0": 0.1, "f1": 0.0}, "ok": True}},
-                  {"version": 2}, {"version": 3, "drift": {"psi": {"f0": 0.3}}}])
+def test_drift_is_drawn_from_the_monitored_windows():
+    assert _drift([]) is None
+    png = _drift([{"window": 0, "drift": False, "ks": {"f0": 0.02, "f1": None}},
+                  {"window": 1, "drift": True, "ks": {"f0": 0.31, "f1": 0.05}}])
     assert png.startswith(PNG)
 
 
