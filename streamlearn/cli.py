@@ -1,5 +1,5 @@
 """``streamlearn`` command line: stack, produce, ingest, job, worker, schema, snapshot, predict, evaluate, models,
-algorithms, topics, serve, export.
+algorithms, topics, serve, export, keys, snapshot-topic, acl.
 
 One parser for every command. Each command imports what it needs inside its function, so that
 ``streamlearn --help`` or ``job status`` does not load faust, pyarrow or the algorithms (start-up
@@ -207,7 +207,8 @@ def cmd_job(args) -> int:
     if args.action == "create":
         spec = jobs.create_job(client, s.kafka_client_conf(), args.name, args.algorithm, args.topic,
                                _parse_params(args.param), until=args.until, snapshot_every=args.snapshot_every,
-                               from_snapshot=args.from_snapshot, epochs=args.epochs)
+                               from_snapshot=args.from_snapshot, epochs=args.epochs,
+                               snapshot_topic=args.snapshot_topic)
         epochs = f", {spec.epochs} epochs" if spec.epochs > 1 else ""
         print(f"created job {spec.name} ({spec.algorithm} on {spec.topic}, until {spec.until}{epochs})")
     elif args.action == "list":
@@ -299,11 +300,13 @@ def cmd_schema(args) -> int:
 def cmd_snapshot(args) -> int:
     from streamlearn.runtime import jobs
     from streamlearn.runtime.finalize import publish
+    from streamlearn.snapshots.signing import require_signer
     from streamlearn.streams.topics import require_kafka
 
     s = _settings()
     client = s.redis_client()
     spec = jobs.load_spec(client, args.name)
+    require_signer()
     require_kafka(s.kafka_client_conf())  # fail in seconds, before finalizing a version nobody receives
     version = publish(s, client, spec, final=False)
     print(f"published snapshot version {version} of job {args.name}")
@@ -408,6 +411,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from streamlearn.snapshots.signing import SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, Signer, generate_keys
+
+    private, public = generate_keys(args.dir, args.name)
+    print(f"key id {Signer.from_file(private).key_id}\nprivate key (publishers, mode 0600): {private}\n"
+          f"public key (verifiers): {public}\n"
+          f"publishers: {SIGNING_KEY_ENV}={private}\nverifiers: {TRUSTED_KEYS_ENV}=JOB_PATTERN={public}")
+    return 0
+
+
+def cmd_snapshot_topic(args) -> int:
+    from streamlearn.snapshots.publisher import TOPIC_CONFIG, setup_snapshot_topic
+
+    topic = setup_snapshot_topic(_settings().kafka_client_conf(), args.topic, args.partitions)
+    print(f"snapshot topic {topic}: " + ", ".join(f"{k}={v}" for k, v in TOPIC_CONFIG.items()))
+    return 0
+
+
+def cmd_acl(args) -> int:
+    from streamlearn.runtime.acl import acl_text
+    from streamlearn.runtime.jobs import load_spec
+
+    s = _settings()
+    print(acl_text(load_spec(s.redis_client(), args.name), args.user or args.name,
+                   args.principal or f"User:{args.user or args.name}", args.reader, s.kafka))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from streamlearn.demo import run_demo
 
@@ -490,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--until", choices=["end", "never"], default="end")
     c.add_argument("--snapshot-every", type=float, metavar="SECONDS")
     c.add_argument("--epochs", type=int, metavar="E", help="bounded jobs: read the topic range E times (default 1)")
+    c.add_argument("--snapshot-topic", metavar="TOPIC",
+                   help="publish this job's snapshots to TOPIC (e.g. one per tenant); default "
+                        "$STREAMLEARN_SNAPSHOT_TOPIC or streamlearn.snapshots")
     c.add_argument("--from-snapshot", metavar="JOB[@VERSION]",
                    help="incremental training: continue from that snapshot's training state (its params unless given)")
     ls = jsub.add_parser("list")
@@ -633,6 +667,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="factorization machines / linear learner: inputs indices + values (N, K), "
                          "0-padded, instead of a dense (N, d) matrix")
     ex.set_defaults(func=cmd_export)
+
+    ky = sub.add_parser("keys", help="Ed25519 key pairs that sign snapshots (publishers) and verify them")
+    ky.add_argument("action", choices=["generate"])
+    ky.add_argument("--dir", type=Path, default=Path("."), help="where to write NAME.key and NAME.pub")
+    ky.add_argument("--name", default="snapshot-signing")
+    ky.set_defaults(func=cmd_keys)
+
+    stp = sub.add_parser("snapshot-topic", help="admin: create the snapshot topic or set its configuration "
+                                                "(compacted by job, 64 MiB messages, zstd)")
+    stp.add_argument("action", choices=["setup"])
+    stp.add_argument("--topic", help="default $STREAMLEARN_SNAPSHOT_TOPIC or streamlearn.snapshots")
+    stp.add_argument("--partitions", type=int, default=1)
+    stp.set_defaults(func=cmd_snapshot_topic)
+
+    acl = sub.add_parser("acl", help="the Redis ACL rule and Kafka ACL bindings one job needs (least privilege)")
+    acl.add_argument("name")
+    acl.add_argument("--user", help="the Redis user (default: the job's name)")
+    acl.add_argument("--principal", help="the workers' Kafka principal (default User:<user>)")
+    acl.add_argument("--reader", metavar="PRINCIPAL", help="also grant PRINCIPAL what subscribers and servers need")
+    acl.set_defaults(func=cmd_acl)
 
     dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
     dm.set_defaults(func=cmd_demo)

@@ -136,7 +136,8 @@ class Connection:
         """Follow ``job``'s snapshots: the subscriber's ``wait_for(timeout=…)`` returns the
         newest verified model, and its ``model`` is swapped as new snapshots arrive."""
         name = job.name if isinstance(job, Job) else job
-        subscriber = ModelSubscriber(name, self.settings.kafka, self.settings.kafka_conf, from_beginning=from_beginning)
+        subscriber = ModelSubscriber(name, self.settings.kafka, self.settings.kafka_conf, from_beginning=from_beginning,
+                                     topic=jobs.load_spec(self.redis, name).snapshot_topic, store=ModelStore(self.redis))
         self._subscribers.append(subscriber)
         return subscriber
 

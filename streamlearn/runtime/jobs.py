@@ -18,13 +18,15 @@ from streamlearn.algorithms import Algorithm, algorithm_class, make_algorithm
 from streamlearn.errors import UserError
 from streamlearn.runtime.contract import default_epochs, infer_params, sample_topic
 from streamlearn.runtime.record import ENDED, JobRecord
-from streamlearn.snapshots.format import decode_snapshot, load_model
+from streamlearn.snapshots.format import load_model
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import now_ms
 from streamlearn.streams.text import with_topic_vocabulary
 from streamlearn.streams.topics import delete_group, ensure_topic, watermarks
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class JobError(UserError, RuntimeError):
@@ -44,6 +46,7 @@ class JobSpec:
     end_offsets: dict[int, int] = field(default_factory=dict)
     created_at: float = 0.0
     epochs: int = 1  # bounded jobs: passes over [start_offsets, end_offsets)
+    snapshot_topic: str | None = None  # its own snapshot topic (None: $STREAMLEARN_SNAPSHOT_TOPIC or the default)
 
     @property
     def dlq_topic(self) -> str:
@@ -83,15 +86,18 @@ def load_spec(client: redis.Redis, name: str) -> JobSpec:
 def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str, topic: str,
                params: dict[str, Any] | None = None, until: str = "end",
                snapshot_every: float | None = None, from_snapshot: str | None = None,
-               epochs: int | None = None) -> JobSpec:
+               epochs: int | None = None, snapshot_topic: str | None = None) -> JobSpec:
     """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
 
     ``from_snapshot`` ("JOB" or "JOB@VERSION") trains incrementally: the state starts from
     that snapshot's training state (``Algorithm.initialize_from``) and the lineage records it.
     ``epochs`` (or ``params["epochs"]`` when the algorithm has no such parameter): a bounded
-    job reads its topic range that many times.
+    job reads its topic range that many times. ``snapshot_topic``: the job's own snapshot
+    topic (e.g. one per tenant, for Kafka ACLs).
     """
     check_name(name)
+    if snapshot_topic is not None and not _TOPIC.match(snapshot_topic):
+        raise JobError(f"invalid snapshot topic {snapshot_topic!r}: letters, digits, '.', '_' or '-' (at most 249)")
     if until not in ("end", "never"):
         raise JobError(f"--until must be 'end' or 'never', not {until!r}")
     if snapshot_every is not None and not snapshot_every > 0:
@@ -110,18 +116,23 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,
                    snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
-                   created_at=time.time(), epochs=epochs)
+                   created_at=time.time(), epochs=epochs, snapshot_topic=snapshot_topic)
+    ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
     record = JobRecord(client, name)
     if not record.claim(spec.to_json()):
         raise JobError(f"job {name!r} already exists")
-    state = record.state()
-    if parent_model is None:
-        algo.initialize(state)
-    else:
-        algo.initialize_from(state, parent_model, parent_state)
-    state.commit()
-    record.start(spec.start_offsets)
-    ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
+    try:  # all or nothing: a failure (a refused write, an outage) leaves no half-created job
+        state = record.state()
+        if parent_model is None:
+            algo.initialize(state)
+        else:
+            algo.initialize_from(state, parent_model, parent_state)
+        state.commit()
+        record.start(spec.start_offsets)
+        record.enlist()
+    except BaseException:
+        record.undo_claim()
+        raise
     return spec
 
 
@@ -176,7 +187,7 @@ def _parent_model(client: redis.Redis, ref: str, algorithm: str):
         raise JobError(f"--from-snapshot takes JOB or JOB@VERSION, got {ref!r}") from None
     if version is None:
         raise JobError(f"--from-snapshot: job {job!r} has no snapshot")
-    snapshot = decode_snapshot(store.get(job, version))
+    snapshot = stored_snapshot(store, job, version)
     if snapshot.metadata.get("algorithm") != algorithm:
         raise JobError(f"--from-snapshot: {ref} is a {snapshot.metadata.get('algorithm')} model, not {algorithm}")
     parent_params = snapshot.metadata.get("params") or {}

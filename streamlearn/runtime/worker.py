@@ -30,6 +30,7 @@ from streamlearn.runtime.finalize import ensure_published, maybe_finalize, perio
 from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
 from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.publisher import SnapshotPublishError
+from streamlearn.snapshots.signing import require_signer
 from streamlearn.statestore.base import CommitRefused, FencedError
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.wire.confluent import ConfluentSchemas, SchemaRegistryUnavailable
@@ -114,6 +115,7 @@ class Worker:
     def __init__(self, job: str, settings: Settings, config: WorkerConfig | None = None, member: str | None = None):
         self.settings = settings
         self.config = config or WorkerConfig.from_env()
+        require_signer()  # production (STREAMLEARN_REQUIRE_SIGNED): no key, no worker
         self.client = settings.redis_client()
         self.spec: JobSpec = load_spec(self.client, job)
         self.algorithm = self.spec.algorithm_instance()

@@ -1,9 +1,12 @@
 """Follow a job's snapshots on Kafka and hot-swap to the newest model, in a background thread.
 
-Every partition of ``streamlearn.snapshots`` is assigned manually (no consumer-group
-rebalances, no commits: each subscriber reads independently). Messages of other jobs are
-skipped by key before anything is decoded; each of this job's snapshots is decoded and
-verified (checksum, and signature when ``STREAMLEARN_SNAPSHOT_KEY`` is set) and swapped in
+Every partition of the snapshot topic (:func:`~streamlearn.snapshots.publisher.snapshot_topic`)
+is assigned manually (no consumer-group rebalances, no commits: each subscriber reads
+independently; its group id starts with ``$STREAMLEARN_GROUP_PREFIX``, default
+``streamlearn``, so one prefix ACL covers it). Messages of other jobs are skipped by key
+before anything is decoded; each of this job's snapshots is decoded and verified (checksum,
+signature: see :mod:`streamlearn.snapshots.signing`; signed metadata naming this job; a
+version the model store holds, see :mod:`streamlearn.snapshots.verified`) and swapped in
 only when its version is higher than the current one, so duplicates and out-of-order
 deliveries never move the model backwards. The current (model, version, metadata) is one
 immutable tuple replaced in a single assignment, so a reader never sees a mix of two.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
 import uuid
@@ -20,15 +24,25 @@ from typing import Any, NamedTuple
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
 from streamlearn.config import kafka_logging
-from streamlearn.snapshots.format import _FROM_ENV, SnapshotError, decode_snapshot, load_model
-from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, SNAPSHOT_TOPIC
+from streamlearn.snapshots.format import _FROM_ENV, decode_snapshot, load_model
+from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, snapshot_topic
+from streamlearn.snapshots.signing import require_verifier
+from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import check_streamed_version
 
-__all__ = ["ModelSubscriber", "LoadedModel"]
+__all__ = ["ModelSubscriber", "LoadedModel", "GROUP_PREFIX_ENV", "group_prefix"]
+
+GROUP_PREFIX_ENV = "STREAMLEARN_GROUP_PREFIX"
 
 log = logging.getLogger(__name__)
 
 _FETCH_BYTES = MAX_MESSAGE_BYTES + (4 << 20)
 _REFRESH_PARTITIONS_S = 10.0
+
+
+def group_prefix() -> str:
+    """What the group ids of subscribers and servers start with (``$STREAMLEARN_GROUP_PREFIX``)."""
+    return os.environ.get(GROUP_PREFIX_ENV, "").strip() or "streamlearn"
 
 
 class LoadedModel(NamedTuple):
@@ -50,12 +64,18 @@ class ModelSubscriber:
         kafka_conf: dict[str, Any] | None = None,
         from_beginning: bool = True,
         *,
-        key: bytes | str | None = _FROM_ENV,
+        key: bytes | str | list | None = _FROM_ENV,
+        trusted: Any = _FROM_ENV,
+        topic: str | None = None,
+        store: ModelStore | None = None,
         poll_interval: float = 0.5,
     ):
+        if key is _FROM_ENV and trusted is _FROM_ENV:
+            require_verifier(job)  # production: no key, no subscriber
         self.job = job
+        self.topic = snapshot_topic(topic)
         self._job_key = job.encode("utf-8")
-        self._key = key
+        self._key, self._trusted, self._store = key, trusted, store
         self._poll_interval = poll_interval
         self._from_beginning = from_beginning
         self._current: LoadedModel | None = None
@@ -65,7 +85,7 @@ class ModelSubscriber:
         self.rejected = 0  # snapshots of this job that failed verification
         conf = {
             "bootstrap.servers": bootstrap,
-            "group.id": f"streamlearn-subscriber-{uuid.uuid4().hex}",
+            "group.id": f"{group_prefix()}-subscriber-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
@@ -136,7 +156,7 @@ class ModelSubscriber:
 
     # -- background thread -----------------------------------------------------------------
     def _assign_new_partitions(self) -> None:
-        topic = self._consumer.list_topics(SNAPSHOT_TOPIC, timeout=5).topics.get(SNAPSHOT_TOPIC)
+        topic = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
         if topic is None or topic.error is not None:
             return  # not created yet: nothing published so far
         new = sorted(set(topic.partitions) - self._assigned)
@@ -144,7 +164,7 @@ class ModelSubscriber:
             return
         # Partitions that appear after start are read from their beginning: all they hold is new.
         start = OFFSET_BEGINNING if (self._from_beginning or self._assigned) else OFFSET_END
-        self._consumer.incremental_assign([TopicPartition(SNAPSHOT_TOPIC, p, start) for p in new])
+        self._consumer.incremental_assign([TopicPartition(self.topic, p, start) for p in new])
         self._assigned.update(new)
 
     def _run(self) -> None:
@@ -201,14 +221,10 @@ class ModelSubscriber:
             return
         where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         try:
-            snap = decode_snapshot(msg.value() or b"", key=self._key)
-            version = snap.metadata.get("version")
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise SnapshotError(f"snapshot has no int version ({version!r})")
-            if snap.metadata.get("job") != self.job:
-                raise SnapshotError(f"snapshot belongs to job {snap.metadata.get('job')!r}")
-            if cur is not None and version <= cur.version:
+            snap = decode_snapshot(msg.value() or b"", key=self._key, trusted=self._trusted, job=self.job)
+            if cur is not None and isinstance(snap.version, int) and snap.version <= cur.version:
                 return
+            version = check_streamed_version(snap, msg.value(), None if cur is None else cur.version, self._store)
             model = load_model(snap)
         except Exception as exc:
             self.rejected += 1

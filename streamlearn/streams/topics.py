@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import logging
-
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
@@ -21,8 +19,6 @@ from streamlearn.errors import UserError
 #: how long a short-lived command waits for a first answer from Kafka before it reports the
 #: broker unreachable (a refused connection is reported after about one second)
 REACH_TIMEOUT_S = 10.0
-
-log = logging.getLogger(__name__)
 
 
 class TopicError(UserError, RuntimeError):
@@ -151,21 +147,18 @@ def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = N
     return len(existing)
 
 
-def raise_config(admin_conf, name: str, key: str, floor: int, timeout: float = 30.0) -> None:
-    """Raise the numeric topic config ``key`` of ``name`` to ``floor`` where it is lower (a topic
-    auto-created with broker defaults, say). Best effort: a failure is logged, not raised (what
-    the lower value breaks reports itself precisely later)."""
+def set_topic_config(admin_conf, name: str, config: dict, timeout: float = 30.0) -> None:
+    """Set ``config`` on topic ``name`` (an incremental alter: other settings stay). For admin
+    commands only: a worker never changes a shared topic. :class:`TopicError` on failure."""
     admin = _admin(admin_conf)
-    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry(k, str(v), incremental_operation=AlterConfigOpType.SET) for k, v in config.items()])
     try:
-        entry = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout).get(key)
-        if entry is not None and int(entry.value) < floor:
-            fix = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
-                ConfigEntry(key, str(floor), incremental_operation=AlterConfigOpType.SET)])
-            admin.incremental_alter_configs([fix])[fix].result(timeout)
-            log.info("raised %s %s from %s to %d", name, key, entry.value, floor)
-    except Exception as exc:  # noqa: BLE001 - best effort, see above
-        log.warning("could not check/raise %s of %s: %s", key, name, exc)
+        admin.incremental_alter_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        raise TopicError(f"cannot set the configuration of topic {name!r}: "
+                         f"{err.str() if isinstance(err, KafkaError) else exc}") from None
 
 
 #: what a topic created a moment ago may answer before its leaders are serving
@@ -230,5 +223,5 @@ def delete_group(conf, group: str, timeout: float = 30.0) -> None:
             time.sleep(0.5)
 
 
-__all__ = ["TopicError", "ensure_topic", "raise_config", "partitions", "end_offsets", "watermarks", "delete_group",
+__all__ = ["TopicError", "ensure_topic", "set_topic_config", "partitions", "end_offsets", "watermarks", "delete_group",
            "require_kafka", "consumer_conf", "REACH_TIMEOUT_S"]
