@@ -47,6 +47,20 @@ def unreachable_service(exc: BaseException) -> str | None:
     return None
 
 
+def refused_access(exc: BaseException) -> str | None:
+    """One line for "Redis or Kafka refused this user" (an ACL, a client setting), else None."""
+    import redis
+    from confluent_kafka import KafkaError, KafkaException
+
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (f"Redis refused this user (NOPERM): {exc} — check its ACL (`streamlearn acl JOB` prints the "
+                "rule a job needs)")
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:  # e.g. ssl.ca.location unreadable
+        return f"Kafka client settings rejected (STREAMLEARN_KAFKA_*): {err.str()}"
+    return None
+
+
 def _settings():
     from streamlearn.config import Settings
 
@@ -725,8 +739,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors: one line, no traceback
-        if isinstance(exc, USER_ERRORS):
-            print(f"streamlearn: error: {exc}", file=sys.stderr)
+        refused = None if isinstance(exc, USER_ERRORS) else refused_access(exc)
+        if isinstance(exc, USER_ERRORS) or refused:
+            print(f"streamlearn: error: {refused or exc}", file=sys.stderr)
             return 2
         message = str(exc) if isinstance(exc, ServiceUnavailable) else unreachable_service(exc)
         if message:

@@ -33,6 +33,7 @@ from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.snapshots.signing import require_signer
 from streamlearn.statestore.base import CommitRefused, FencedError
 from streamlearn.statestore.buffered import CommitInfo
+from streamlearn.streams.access import RefusalWatch, refusal
 from streamlearn.wire.confluent import ConfluentSchemas, SchemaRegistryUnavailable
 from streamlearn.wire.decode import decode_messages, rejection_headers
 from streamlearn.wire.schema_store import SharedSchemas
@@ -136,6 +137,7 @@ class Worker:
         self._next_control = 0.0
         self._consumer: Consumer | None = None
         self._dlq: Producer | None = None
+        self._refused = RefusalWatch(settings.kafka)  # librdkafka's error_cb: credentials, ACLs, TLS
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -157,10 +159,12 @@ class Worker:
             "session.timeout.ms": self.config.session_timeout_ms,
             "heartbeat.interval.ms": self.config.heartbeat_interval_ms,
             "partition.assignment.strategy": "roundrobin",
+            "error_cb": self._refused,
             **FETCH_CONF,
         })
         self._consumer = Consumer(conf)
-        self._dlq = Producer(self.settings.kafka_client_conf(**{"enable.idempotence": True, "linger.ms": 5}))
+        self._dlq = Producer(self.settings.kafka_client_conf(**{"enable.idempotence": True, "linger.ms": 5,
+                                                                "error_cb": self._refused}))
         self._consumer.subscribe([self.spec.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         status = "running"
@@ -177,6 +181,7 @@ class Worker:
                             if status in ("failed", "deleting"):
                                 break
                         self._step()
+                        self._refused.check()
                         if self.failure is not None:
                             status = "failed"
                             break
@@ -267,7 +272,7 @@ class Worker:
                 # drops this member after its session timeout)
                 closer = threading.Thread(target=self._consumer.close, daemon=True)
                 closer.start()
-                closer.join(self.config.close_timeout_s)
+                closer.join(self.config.close_timeout_s if self._refused.refused is None else 1.0)
                 if closer.is_alive():
                     log.warning("%s: the broker did not answer the leave within %.0f s; exiting without it",
                                 self.member, self.config.close_timeout_s)
@@ -278,7 +283,7 @@ class Worker:
                 log.warning("%s: could not leave the job's members (%s); it drops out after its heartbeat "
                             "timeout", self.member, exc)
             if self._dlq is not None:
-                self._dlq.flush(10)
+                self._dlq.flush(10 if self._refused.refused is None else 1)
 
     def _control(self) -> str:
         """Heartbeat, and react to the job's status (pause / resume / finished / failed /
@@ -327,6 +332,10 @@ class Worker:
         for m in msgs:
             err = m.error()
             if err is not None:
+                refused = refusal(err, self.settings.kafka, f"topic {m.topic()}, group {self.spec.group_id}")
+                if refused is not None:
+                    self._refused.refused = refused  # a quick exit: nothing more will be answered
+                    raise refused
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s: consume error %s", self.member, err)
                 continue

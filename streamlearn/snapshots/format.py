@@ -237,10 +237,10 @@ def _array_chunks(arrays: list[dict]) -> Iterator[bytes]:
 
 
 def _digests(metadata_json: str, arrays: list[dict], state: list[dict] | None,
-             keys: tuple[bytes, ...] = ()) -> tuple[str, list[str]]:
+             keys: tuple[bytes, ...] | None = ()) -> tuple[str, list[str]]:
     """The sha256 of the canonical bytes and their HMAC under each of ``keys``, in one pass."""
     sha = hashlib.sha256()
-    macs = [hmac.new(k, digestmod=hashlib.sha256) for k in keys]
+    macs = [hmac.new(k, digestmod=hashlib.sha256) for k in keys or ()]
     for chunk in _canonical_chunks(metadata_json, arrays, state):
         sha.update(chunk)
         for mac in macs:

@@ -29,6 +29,7 @@ from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, snapshot_topic
 from streamlearn.snapshots.signing import require_verifier
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.verified import check_streamed_version
+from streamlearn.streams.access import RefusalWatch, refusal
 
 __all__ = ["ModelSubscriber", "LoadedModel", "GROUP_PREFIX_ENV", "group_prefix"]
 
@@ -83,6 +84,7 @@ class ModelSubscriber:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.rejected = 0  # snapshots of this job that failed verification
+        self._refused = RefusalWatch(bootstrap)
         conf = {
             "bootstrap.servers": bootstrap,
             "group.id": f"{group_prefix()}-subscriber-{uuid.uuid4().hex}",
@@ -96,6 +98,7 @@ class ModelSubscriber:
             "receive.message.max.bytes": 4 * _FETCH_BYTES,
             "queued.max.messages.kbytes": 2 * _FETCH_BYTES // 1024,
             "topic.metadata.refresh.interval.ms": 5000,
+            "error_cb": self._refused,  # rejected credentials or TLS: stop (wait_for raises it)
         }
         conf.update(kafka_conf or {})
         self._consumer = Consumer(kafka_logging(conf))
@@ -172,6 +175,7 @@ class ModelSubscriber:
             last_refresh = float("-inf")
             last_error: str | None = None
             while not self._stop.is_set():
+                self._refused.check()
                 if time.monotonic() - last_refresh >= (_REFRESH_PARTITIONS_S if self._assigned else 1.0):
                     last_refresh = time.monotonic()
                     try:
@@ -185,6 +189,9 @@ class ModelSubscriber:
                 if msg is None:
                     continue
                 if msg.error() is not None:
+                    refused = refusal(msg.error(), self._refused.servers, f"topic {self.topic}")
+                    if refused is not None:
+                        raise refused
                     if msg.error().fatal():
                         raise RuntimeError(f"fatal consumer error: {msg.error()}")
                     if str(msg.error()) != last_error:  # once per distinct error, not per poll

@@ -13,8 +13,9 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from streamlearn.config import ConfigError, KafkaUnreachable, kafka_logging
+from streamlearn.config import KafkaUnreachable, kafka_logging
 from streamlearn.errors import UserError
+from streamlearn.streams.access import refusal
 
 #: how long a short-lived command waits for a first answer from Kafka before it reports the
 #: broker unreachable (a refused connection is reported after about one second)
@@ -55,7 +56,7 @@ class _Admin(AdminClient):
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
             self.all_down = err
-        elif err.code() == KafkaError._AUTHENTICATION:
+        elif refusal(err, self.servers) is not None:
             self.rejected = err
 
 
@@ -77,8 +78,7 @@ def _metadata(admin: _Admin, timeout: float):
                 raise TopicError(f"Kafka metadata request failed: {exc}") from None
         admin.poll(0)  # serves the error callback
         if admin.rejected is not None:
-            raise ConfigError(f"Kafka at {admin.servers} rejected the client: {admin.rejected.str()} "
-                              f"— check the STREAMLEARN_KAFKA_SASL_* / _SSL_* settings")
+            raise refusal(admin.rejected, admin.servers)
         if admin.all_down is not None or time.monotonic() >= deadline:
             why = admin.all_down.str() if admin.all_down is not None else f"no answer within {REACH_TIMEOUT_S:.0f} s"
             raise KafkaUnreachable(f"cannot reach Kafka at {admin.servers}: {why}")
