@@ -445,11 +445,16 @@ def cmd_snapshot_topic(args) -> int:
 
 def cmd_acl(args) -> int:
     from streamlearn.runtime.acl import acl_text
-    from streamlearn.runtime.jobs import load_spec
+    from streamlearn.runtime.jobs import JobSpec, check_name, load_spec
 
     s = _settings()
-    print(acl_text(load_spec(s.redis_client(), args.name), args.user or args.name,
-                   args.principal or f"User:{args.user or args.name}", args.reader, s.kafka))
+    if args.topic:  # a job still to be created (its user needs the rule to create it)
+        check_name(args.name)
+        spec = JobSpec(args.name, "", args.topic, snapshot_topic=args.snapshot_topic)
+    else:
+        spec = load_spec(s.redis_client(), args.name)
+    print(acl_text(spec, args.user or args.name, args.principal or f"User:{args.user or args.name}", args.reader,
+                   s.kafka))
     return 0
 
 
@@ -698,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     acl = sub.add_parser("acl", help="the Redis ACL rule and Kafka ACL bindings one job needs (least privilege)")
     acl.add_argument("name")
     acl.add_argument("--user", help="the Redis user (default: the job's name)")
+    acl.add_argument("--topic", help="a job not created yet: its training topic")
+    acl.add_argument("--snapshot-topic", help="a job not created yet: its snapshot topic")
     acl.add_argument("--principal", help="the workers' Kafka principal (default User:<user>)")
     acl.add_argument("--reader", metavar="PRINCIPAL", help="also grant PRINCIPAL what subscribers and servers need")
     acl.set_defaults(func=cmd_acl)

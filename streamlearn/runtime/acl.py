@@ -2,10 +2,11 @@
 and Kafka ACL bindings (``kafka-acls.sh`` commands), for a multi-tenant deployment.
 
 Redis: the tenant's user reads and writes only its job's keys (``sl:{JOB}:*``: spec, status,
-state, offsets, model store), reads the shared writer-schema registry and the jobs/models
-sets, and may add to exactly two shared keys: its job's name to ``sl:jobs`` (the last step of
-``job create``) and a writer schema to ``sl:schemas`` (``produce``), each with one command
-(``SADD`` / ``HSETNX``: nothing another tenant wrote can be changed or removed). No
+state, offsets, model store), reads the shared writer-schema registry, the jobs/models sets
+and its topic's vocabulary, and may add to three shared keys, each with one command that
+cannot change or remove what another tenant wrote: its job's name to ``sl:jobs`` (``SADD``,
+the last step of ``job create``), to ``sl:models:jobs`` (``SADD``, while the model store
+lists jobs with snapshots there) and a writer schema to ``sl:schemas`` (``HSETNX``, ``produce``). No
 ``@dangerous`` command, no ``SCAN``/``RANDOMKEY`` (no listing other tenants' keys), no
 ``FUNCTION``, no Pub/Sub. ``job delete`` (``SREM`` from ``sl:jobs``) stays an admin's.
 
@@ -23,6 +24,7 @@ from streamlearn.snapshots.publisher import snapshot_topic
 from streamlearn.snapshots.store import JOBS_KEY as MODELS_KEY
 from streamlearn.snapshots.subscriber import group_prefix
 from streamlearn.statestore.keys import PREFIX
+from streamlearn.streams.text import REDIS_KEY as VOCABULARY_KEY
 from streamlearn.wire.schema_store import SCHEMAS_KEY
 
 __all__ = ["redis_rule", "kafka_bindings", "acl_text"]
@@ -34,14 +36,13 @@ _REDIS_COMMANDS = ("+@read", "+@write", "+@transaction", "+@scripting", "+@conne
                    "-script|kill")
 
 
-def redis_rule(job: str, user: str) -> str:
-    """The ``ACL SETUSER`` arguments (Redis >= 7: selectors) for ``user`` running ``job``;
+def redis_rule(spec: JobSpec, user: str) -> list[str]:
+    """The ``ACL SETUSER`` command (Redis >= 7: selectors) for ``user`` running ``spec``'s job;
     ``>PASSWORD`` is left for the operator to fill in."""
-    return " ".join([
-        "ACL", "SETUSER", user, "reset", "on", ">PASSWORD", "resetchannels", *_REDIS_COMMANDS,
-        f"~{PREFIX}:{{{job}}}:*", f"%R~{JOBS}", f"%R~{MODELS_KEY}", f"%R~{SCHEMAS_KEY}",
-        f"(~{JOBS} +sadd)", f"(~{SCHEMAS_KEY} +hsetnx)",
-    ])
+    return ["ACL", "SETUSER", user, "reset", "on", ">PASSWORD", "resetchannels", *_REDIS_COMMANDS,
+            f"~{PREFIX}:{{{spec.name}}}:*", f"%R~{JOBS}", f"%R~{MODELS_KEY}", f"%R~{SCHEMAS_KEY}",
+            f"%R~{VOCABULARY_KEY.format(topic=spec.topic)}",
+            f"(~{JOBS} +sadd)", f"(~{MODELS_KEY} +sadd)", f"(~{SCHEMAS_KEY} +hsetnx)"]
 
 
 def kafka_bindings(spec: JobSpec, principal: str, reader: str | None = None,
@@ -71,7 +72,7 @@ def acl_text(spec: JobSpec, user: str, principal: str, reader: str | None, boots
     """What ``streamlearn acl JOB`` prints."""
     return "\n".join([
         f"# Redis (redis-cli as an admin; replace PASSWORD): user {user} runs job {spec.name} and nothing else",
-        redis_rule(spec.name, user),
+        "redis-cli " + shlex.join(redis_rule(spec, user)),
         f"# Kafka: {principal} runs the job's workers and `job create`"
         + (f"; {reader} follows its snapshots (subscribers, serve)" if reader else ""),
         *kafka_bindings(spec, principal, reader, bootstrap),

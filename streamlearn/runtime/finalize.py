@@ -22,7 +22,7 @@ import redis
 
 from streamlearn.algorithms.base import training_state
 from streamlearn.config import Settings
-from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete, load_spec
+from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import encode, snapshot_of
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, produce_snapshot
@@ -151,6 +151,8 @@ def ensure_published(settings: Settings, client: redis.Redis, job: str,
     else:
         store = ModelStore(client)
         data, metadata = store.get(job, version), store.metadata(job, version)
-    produce_snapshot(settings.kafka_client_conf(), job, data, metadata, topic=load_spec(client, job).snapshot_topic)
+    spec_json = record.spec_json()  # the job's own snapshot topic, if it has one
+    topic = JobSpec.from_json(spec_json).snapshot_topic if spec_json is not None else None
+    produce_snapshot(settings.kafka_client_conf(), job, data, metadata, topic=topic)
     record.mark_published(version)
     log.info("job %s: published snapshot version %d", job, version)
