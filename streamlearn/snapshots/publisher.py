@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException, Producer
 from streamlearn.config import KafkaUnreachable
 from streamlearn.snapshots.format import SnapshotError, decode_snapshot
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.streams.access import refusal
 from streamlearn.streams.topics import TopicError, ensure_topic, set_topic_config
 
 __all__ = ["SNAPSHOT_TOPIC", "TOPIC_ENV", "MAX_MESSAGE_BYTES", "TOPIC_CONFIG", "SnapshotPublishError", "snapshot_topic",
@@ -166,6 +167,9 @@ def produce_snapshot(
             raise SnapshotPublishError(f"cannot produce snapshot {job}@{version}: {exc}") from exc
         if remaining or "err" not in outcome:
             raise SnapshotPublishError(f"snapshot {job}@{version} not delivered within {timeout}s")
+        refused = refusal(outcome["err"], str(conf.get("bootstrap.servers")), f"topic {topic}")
+        if refused is not None:
+            raise refused  # not an outage: retrying cannot succeed
         if outcome["err"] is not None:
             raise SnapshotPublishError(f"snapshot {job}@{version} delivery failed: {outcome['err']}")
     except SnapshotPublishError:

@@ -130,6 +130,9 @@ def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = N
             admin.create_topics([new], operation_timeout=timeout)[name].result(timeout)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
+            refused = refusal(err, admin.servers, f"creating topic {name}")
+            if refused is not None:
+                raise refused from None
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise TopicError(f"cannot create topic {name!r}: {err.str() if isinstance(err, KafkaError) else exc}") from None
         deadline = time.monotonic() + timeout
