@@ -314,6 +314,7 @@ def cmd_schema(args) -> int:
 def cmd_snapshot(args) -> int:
     from streamlearn.runtime import jobs
     from streamlearn.runtime.finalize import publish
+    from streamlearn.snapshots.publisher import ensure_snapshot_topic
     from streamlearn.snapshots.signing import require_signer
     from streamlearn.streams.topics import require_kafka
 
@@ -322,6 +323,7 @@ def cmd_snapshot(args) -> int:
     spec = jobs.load_spec(client, args.name)
     require_signer()
     require_kafka(s.kafka_client_conf())  # fail in seconds, before finalizing a version nobody receives
+    ensure_snapshot_topic(s.kafka_client_conf(), spec.snapshot_topic)  # a missing ACL, too
     version = publish(s, client, spec, final=False)
     print(f"published snapshot version {version} of job {args.name}")
     return 0

@@ -111,7 +111,8 @@ def partitions(conf, topic: str, timeout: float = 10.0) -> list[int]:
     """The partition ids of ``topic`` (sorted). :class:`TopicError` if it does not exist."""
     found = _topic_partitions(_admin(conf), topic, timeout)
     if not found:
-        raise TopicError(f"topic {topic!r} does not exist")
+        hidden = " (or no ACL lets this principal describe it)" if _conf(conf).get("sasl.username") else ""
+        raise TopicError(f"topic {topic!r} does not exist{hidden}")
     return found
 
 

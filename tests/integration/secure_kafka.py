@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from streamlearn.config import kafka_logging
 from streamlearn.devstack.jars import ensure_kafka
-from streamlearn.devstack.kafka import LOG4J2_PROPERTIES, _java_cmd, _new_cluster_id
+from streamlearn.devstack.kafka import LOG4J2_PROPERTIES, _java_cmd, _kafka_properties, _new_cluster_id
 from streamlearn.devstack.procs import free_ports, log_tail
 
 ADMIN = "admin"
@@ -59,8 +59,8 @@ class SecureKafka:
     def grant(self, kafka_acls_lines: list[str]) -> None:
         """Create the bindings of ``kafka-acls.sh --add`` command lines (as ``streamlearn acl``
         prints them) with the admin client."""
-        bindings = [_binding(line) for line in kafka_acls_lines]
-        for future in self.admin().create_acls([b for group in bindings for b in group]).values():
+        bindings = {b: None for line in kafka_acls_lines for b in _binding(line)}  # distinct, in order
+        for future in self.admin().create_acls(list(bindings)).values():
             future.result(30)
 
 
@@ -102,15 +102,13 @@ def _certificates(d: Path) -> tuple[Path, Path]:
 
 
 def _properties(port: int, controller_port: int, d: Path, server_pem: Path, ca: Path, admin_password: str) -> str:
-    return f"""\
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
+    """The local stack's broker properties, then the security ones (a later key wins)."""
+    return _kafka_properties(port, controller_port, d / "data") + f"""\
+# secured: SASL_SSL only, SCRAM users, ACLs (no ACL = no access), no auto-created topics
 listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=SASL_SSL://127.0.0.1:{port}
 listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=SASL_SSL
-controller.listener.names=CONTROLLER
 sasl.enabled.mechanisms=SCRAM-SHA-512
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule \
@@ -123,24 +121,7 @@ ssl.client.auth=none
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:{ADMIN};User:ANONYMOUS
-log.dirs={d / "data"}
-num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=2
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-group.min.session.timeout.ms=1000
-message.max.bytes={64 << 20}
-socket.request.max.bytes={128 << 20}
-num.network.threads=2
-num.io.threads=2
 """
 
 

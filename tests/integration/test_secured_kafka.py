@@ -87,13 +87,20 @@ def test_a_tenant_runs_its_whole_job_with_the_printed_kafka_acls(secure, stack, 
 
 
 @pytest.fixture(scope="module")
-def refused_job(secure, stack):
-    """A job (created by the super user) whose topic alice may read but whose group she may not."""
-    job = topic = _topic_with_data(secure, stack, n=100)
-    cli("job", "create", job, "--algorithm", "median", "--topic", topic, env=_env(secure, stack, ADMIN))
-    secure.grant([f"kafka-acls.sh --add --allow-principal User:alice --operation Read --operation Describe "
-                  f"--topic {topic}"])
-    return job
+def refused_jobs(secure, stack, tmp_path_factory):
+    """Two jobs created by the super user, on topics alice may read (her group she may not): one
+    still to train (for workers, produce, job create), one finished (for snapshot)."""
+    jobs = {}
+    for kind in ("open", "finished"):
+        job = topic = _topic_with_data(secure, stack, n=100)
+        cli("job", "create", job, "--algorithm", "median", "--topic", topic, env=_env(secure, stack, ADMIN))
+        secure.grant([f"kafka-acls.sh --add --allow-principal User:alice --operation Read --operation Describe "
+                      f"--topic {topic}"])
+        jobs[kind] = job
+    logs = tmp_path_factory.mktemp("admin-worker")
+    assert stop_all([start_worker(jobs["finished"], logs, _env(secure, stack, ADMIN))], timeout=120) == [0]
+    assert wait_status(stack.redis_client(), jobs["finished"], lambda s: s["state"] == "finished", 60, "finished")
+    return jobs
 
 
 CASES = {
@@ -106,7 +113,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("command", ["produce", "job-create", "snapshot", "worker"])
-def test_refused_commands_end_with_one_line(secure, stack, refused_job, tmp_path, case, command):
+def test_refused_commands_end_with_one_line(secure, stack, refused_jobs, tmp_path, case, command):
     who, expected = CASES[case]
     if case == "no-group-acl" and command != "worker":
         pytest.skip("only a worker joins the job's consumer group")  # the others need no group
@@ -114,10 +121,11 @@ def test_refused_commands_end_with_one_line(secure, stack, refused_job, tmp_path
     env = _env(secure, stack, who.pop("user"), **who)
     rows = tmp_path / "rows.csv"
     rows.write_text("x\n1.0\n")
+    refused_job = refused_jobs["open"]
     args = {"produce": ("produce", refused_job, "--from", str(rows)),
             "job-create": ("job", "create", f"{refused_job}-{uuid.uuid4().hex[:4]}", "--algorithm", "median",
                            "--topic", refused_job),
-            "snapshot": ("snapshot", refused_job),
+            "snapshot": ("snapshot", refused_jobs["finished"]),
             "worker": ("worker", refused_job)}[command]
     started = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "streamlearn", *args], capture_output=True, text=True,

@@ -136,3 +136,14 @@ def test_unreadable_or_wrong_key_files_are_one_clear_error(tmp_path, keys, monke
     (tmp_path / "empty").mkdir()
     with pytest.raises(KeyConfigError, match="holds no"):
         TrustedKeys.parse(f"a-*={tmp_path / 'empty'}")
+
+
+def test_a_streamed_version_may_not_jump_far_past_the_current_one_without_the_store():
+    from streamlearn.snapshots.verified import MAX_VERSION_STEP, check_streamed_version
+
+    near, far = _snapshot(version=5 + MAX_VERSION_STEP), _snapshot(version=10**12)
+    assert check_streamed_version(near, b"", current=5, store=None) == 5 + MAX_VERSION_STEP
+    with pytest.raises(SnapshotError, match="jumps more than"):
+        check_streamed_version(far, b"", current=5, store=None)
+    with pytest.raises(SnapshotError, match="positive int version"):
+        check_streamed_version(_snapshot(version=0), b"", current=None, store=None)
