@@ -52,13 +52,16 @@ def refused_access(exc: BaseException) -> str | None:
     import redis
     from confluent_kafka import KafkaError, KafkaException
 
+    from streamlearn.streams.access import refusal
+
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return (f"Redis refused this user (NOPERM): {exc} — check its ACL (`streamlearn acl JOB` prints the "
                 "rule a job needs)")
     err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:  # e.g. ssl.ca.location unreadable
         return f"Kafka client settings rejected (STREAMLEARN_KAFKA_*): {err.str()}"
-    return None
+    refused = refusal(err, os.environ.get("STREAMLEARN_KAFKA", "the local stack's Kafka"))
+    return None if refused is None else str(refused)
 
 
 def _settings():

@@ -186,6 +186,8 @@ class Worker:
                             status = "failed"
                             break
                     except _OUTAGES as exc:
+                        self._refused(exc.args[0] if isinstance(exc, KafkaException) and exc.args else None)
+                        self._refused.check()  # a refusal is no outage: retrying cannot succeed
                         if self._stop.is_set():
                             raise _StopDuringOutage(str(exc)) from exc
                         self._recover(exc)

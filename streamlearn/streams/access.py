@@ -39,7 +39,7 @@ class RefusalWatch:
         self.servers = servers
         self.refused: KafkaAccessRefused | None = None
 
-    def __call__(self, err: KafkaError) -> None:
+    def __call__(self, err: KafkaError | None) -> None:
         found = refusal(err, self.servers)
         if found is not None and self.refused is None:
             self.refused = found
