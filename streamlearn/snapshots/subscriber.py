@@ -56,7 +56,11 @@ class ModelSubscriber:
     """The newest verified model of ``job``, kept current from the snapshot topic.
 
     ``from_beginning=True`` replays the topic (so the latest retained snapshot is loaded at
-    start); ``False`` only follows snapshots published after the subscriber starts."""
+    start); ``False`` only follows snapshots published after the subscriber starts.
+    ``key``/``trusted``: HMAC keys / trusted Ed25519 keys as for
+    :func:`~streamlearn.snapshots.format.decode_snapshot` (default: the environment, and then
+    ``STREAMLEARN_REQUIRE_SIGNED`` without a key refuses to start); ``topic``: the job's
+    snapshot topic; ``store``: the model store, which must then hold every version taken."""
 
     def __init__(
         self,
