@@ -245,6 +245,8 @@ def ensure_published(settings: Settings, client: redis.Redis, job: str,
     else:
         store = ModelStore(client)
         data, metadata = store.get(job, version), store.metadata(job, version)
-    produce_snapshot(settings.kafka_client_conf(), job, data, metadata)
+    spec_json = record.spec_json()  # the job's own snapshot topic, if it has one
+    topic = JobSpec.from_json(spec_json).snapshot_topic if spec_json is not None else None
+    produce_snapshot(settings.kafka_client_conf(), job, data, metadata, topic=topic)
     record.mark_published(version)
     log.info("job %s: published snapshot version %d", job, version)
