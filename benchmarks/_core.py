@@ -147,6 +147,11 @@ class Context:
         self._spark = None
         self.tmp = Path(tempfile.mkdtemp(prefix="streamlearn-bench-"))
         self.run_id = uuid.uuid4().hex[:6]
+        # in-process cases load the compiled kernels once, as a worker does at start-up (numba's
+        # first call in a process costs ~0.4 s even from its cache; compiling them ~15 s once)
+        from streamlearn.backends import kernels
+
+        kernels.warm_up()
 
     def log(self, msg: str) -> None:
         if self.verbose:

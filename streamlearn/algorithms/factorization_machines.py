@@ -126,12 +126,14 @@ class FactorizationMachines(Algorithm):
         rng = np.random.default_rng([int(self.seed), 0xF4])
         kw = self._keyargs()
         dt = np.dtype(kw["dtype"])
-        state.initialize("b", np.zeros(2 if self._adagrad() else 1))
+        # parameters and accumulators are "step" keys: concurrent workers' steps are averaged,
+        # not added (statestore.buffered.step_scale)
+        state.initialize("b", np.zeros(2 if self._adagrad() else 1), aggregator="step")
         wv = np.zeros((d, 2 * m if self._adagrad() else m), dtype=dt)
         # drawn in the key's dtype (float64 normals for a 2^20 x 8 key were 0.1 s per job) and
         # scaled straight into place (a scaled temporary and its copy were 28 ms more)
         np.multiply(rng.standard_normal((d, m - 1), dtype=dt.type), dt.type(self.init_sigma), out=wv[:, 1:m])
-        state.initialize("wv", wv, **kw)
+        state.initialize("wv", wv, aggregator="step", **kw)
         state.initialize("n", 0.0)
         if self.predictor_type == "regressor":
             for key in ("y_n", "y_sum", "y_sq"):

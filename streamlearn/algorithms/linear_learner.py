@@ -232,10 +232,12 @@ class LinearLearner(Algorithm):
     def initialize(self, state: State) -> None:
         d, MC, M = self._d, int(self.num_models) * self._C, int(self.num_models)
         chunk, dtype = self._sparse_keys()
+        # the weights and their optimizer state are "step" keys: concurrent workers' steps are
+        # averaged, not added (statestore.buffered.step_scale); counts and sums stay "sum"
         for key in ("w", "g2_w") + (("u_w",) if self.averaging else ()):
-            state.initialize(key, np.zeros((d, MC)), dtype=dtype, chunk_rows=chunk)
+            state.initialize(key, np.zeros((d, MC)), aggregator="step", dtype=dtype, chunk_rows=chunk)
         for key in ("b", "g2_b") + (("u_b",) if self.averaging else ()):
-            state.initialize(key, np.zeros(MC))
+            state.initialize(key, np.zeros(MC), aggregator="step")
         state.initialize("n", 0.0)
         if self.normalize:
             state.initialize("feat_n", 0.0)

@@ -62,7 +62,7 @@ from typing import Any
 
 from streamlearn.config import Settings
 from streamlearn.ingest.events import IngestConfig, check_event, encode_batch
-from streamlearn.streams.topics import ensure_topic, partitions
+from streamlearn.streams.topics import ensure_topic, partitions, training_topic_config
 from streamlearn.wire.decode import Rejection, rejection_headers
 
 log = logging.getLogger("streamlearn.ingest")
@@ -213,7 +213,7 @@ def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *,
     """
     conf = settings.kafka_client_conf()
     n = len(partitions(conf, raw_topic))
-    n_out = ensure_topic(conf, topic, n)
+    n_out = ensure_topic(conf, topic, n, training_topic_config())
     ensure_topic(conf, dlq_topic(raw_topic), n)
     if settings.kafka_conf:
         log.warning("STREAMLEARN_KAFKA_* client properties are librdkafka settings and are not passed to faust "

@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
+from streamlearn.backends import kernels
 from streamlearn.config import Settings
 from streamlearn.runtime.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
 from streamlearn.runtime.finalize import ensure_published, maybe_finalize, periodic_snapshot
@@ -147,6 +148,7 @@ class Worker:
         """Work until the job finishes (bounded jobs), fails, is deleted or ``stop`` is
         called; returns the job's state as last seen."""
         limit_blas_threads(self.config.blas_threads)
+        kernels.warm_up()  # before joining the group: no consumed window waits for numba's first call
         conf = self.settings.kafka_client_conf(**{
             "group.id": self.spec.group_id,
             "client.id": self.member,
