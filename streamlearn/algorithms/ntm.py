@@ -216,9 +216,10 @@ class NTM(Algorithm):
             else:
                 parts.append(np.zeros(shape))
         theta = np.concatenate([p.ravel() for p in parts]).astype(np.float32)
-        state.initialize("theta", theta, dtype="float32")
+        # "step" keys: concurrent workers' steps (and optimizer state) are averaged, not added
+        state.initialize("theta", theta, aggregator="step", dtype="float32")
         for key in self._accumulators():
-            state.initialize(key, np.zeros_like(theta), dtype="float32")
+            state.initialize(key, np.zeros_like(theta), aggregator="step", dtype="float32")
         for key in ("t", "n", "ho_nll", "ho_words", "ho_docs"):
             state.initialize(key, 0.0)
 
