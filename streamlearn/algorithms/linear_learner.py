@@ -300,7 +300,7 @@ class LinearLearner(Algorithm):
 
         def matmul(Wm):
             if compiled:
-                return kernels.csr_matmul(A.indptr, A.cols, A.data, Wm, np.arange(n_rows))
+                return kernels.csr_matmul(A.indptr, A.cols, A.data, Wm, np.arange(n_rows), n_rows, False)
             return (bk.spmm(A, Wm) if sparse else X @ Wm)
 
         # --- holdout: every packed model's loss, with the weights the model would ship
@@ -314,7 +314,7 @@ class LinearLearner(Algorithm):
                 Wa, ba = W, b
             # dense: only the holdout rows (5 % by default) go through the product
             if compiled:  # the holdout rows only
-                Zh = kernels.csr_matmul(A.indptr, A.cols, A.data, Wa, np.flatnonzero(h)) + ba
+                Zh = kernels.csr_matmul(A.indptr, A.cols, A.data, Wa, np.flatnonzero(h), int(h.sum()), False) + ba
             else:
                 Zh = bk.to_numpy(bk.take(matmul(Wa), h) + ba if sparse else bk.take(X, h) @ Wa + ba)
             a, c = self._val_metrics(Zh, y[h], t[h], y_mu, y_sd)
@@ -328,7 +328,7 @@ class LinearLearner(Algorithm):
         Z = matmul(W) + b
         R = self._dloss(Z, dev(y), dev(t), y, xp, bk) * dev(tr_w / wsum)[:, None]  # (n, M*C)
         if compiled:
-            gW = kernels.csr_t_matmul(A.indptr, A.cols, A.data, R, A.n_cols)
+            gW = kernels.csr_matmul(A.indptr, A.cols, A.data, R, np.arange(n_rows), A.n_cols, True)
         elif sparse:
             gW = bk.group_sum(A, A.data[:, None] * R[A.rows])
         else:

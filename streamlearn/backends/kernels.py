@@ -141,30 +141,19 @@ def fm_step(indptr, cols, vals, held, m, w0, target, weight, classifier, l2, ada
 
 # -- the sparse linear learner ------------------------------------------------------------------
 @_jit
-def csr_matmul(indptr, cols, vals, W, rows):
-    """``(A @ W)[rows]`` for a CSR ``A`` and a dense (n_cols, k) ``W`` (float64), computing only
-    the rows asked for (the holdout's 5 % of a batch)."""
-    k = W.shape[1]
-    out = np.zeros((len(rows), k))
+def csr_matmul(indptr, cols, vals, B, rows, n_out, transpose):
+    """Products of a CSR ``A`` with a dense (., k) ``B`` (float64 result), over the rows
+    ``rows`` of ``A``: ``(A @ B)[rows]`` (``n_out = len(rows)``; the holdout's 5 % of a batch
+    needs no more), or with ``transpose`` ``A[rows].T @ B[rows]`` into ``n_out`` columns."""
+    k = B.shape[1]
+    out = np.zeros((n_out, k))
     for o in range(len(rows)):
         i = rows[o]
         for p in range(indptr[i], indptr[i + 1]):
             j, x = cols[p], vals[p]
+            dst, src = (j, i) if transpose else (o, j)
             for c in range(k):
-                out[o, c] += x * W[j, c]
-    return out
-
-
-@_jit
-def csr_t_matmul(indptr, cols, vals, R, n_cols):
-    """``A.T @ R`` for a CSR ``A`` with ``n_cols`` columns and a dense (n_rows, k) ``R``."""
-    k = R.shape[1]
-    out = np.zeros((n_cols, k))
-    for i in range(len(indptr) - 1):
-        for p in range(indptr[i], indptr[i + 1]):
-            j, x = cols[p], vals[p]
-            for c in range(k):
-                out[j, c] += x * R[i, c]
+                out[dst, c] += x * B[src, c]
     return out
 
 
@@ -208,9 +197,9 @@ def warm_up() -> None:
         adagrad_step(np.zeros((1, 2)), np.zeros((1, 2)), held, np.ones(2), np.zeros(2))
     for adagrad in (True, False):
         fm_step(indptr, cols, vals, np.zeros((1, 4)), 2, 0.0, one, one, True, np.zeros(2), adagrad, 0.1, 0.1)
-    csr_matmul(indptr, cols, vals, np.zeros((1, 2)), cols)
-    csr_t_matmul(indptr, cols, vals, np.zeros((1, 2)), 1)
+    for transpose in (False, True):
+        csr_matmul(indptr, cols, vals, np.zeros((1, 2)), cols, 1, transpose)
 
 
-__all__ = ["ENV_KERNELS", "KERNEL_CHOICES", "adagrad_step", "compiled", "csr_matmul", "csr_t_matmul", "fm_step",
+__all__ = ["ENV_KERNELS", "KERNEL_CHOICES", "adagrad_step", "compiled", "csr_matmul", "fm_step",
            "gather", "gather_sum", "scatter_add", "warm_up"]
