@@ -127,9 +127,9 @@ def test_n_features_auto_and_a_contradicting_value(stack):
     assert "has no records to infer it from" in res.stderr
 
 
-# Issue 11's targets are 0.01 / 0.01 / 0.03. Digits with 2 concurrent workers: 0.9583 and 0.9639
-# in two runs against scikit-learn's 0.9611, now that concurrent workers' steps merge ("step"
-# keys, issue 17) instead of adding up (then 0.950-0.958, and a 0.02 tolerance here).
+# Issue 11's targets are 0.01 / 0.01 / 0.03. Digits with 2 concurrent workers meets its 0.01
+# (0.958-0.964 vs scikit-learn's 0.961) because concurrent workers' steps merge ("step" keys)
+# instead of adding up into N-fold steps from stale parameters.
 QUALITY = [(load_breast_cancer, "binary_classifier", 0.01), (load_digits, "multiclass_classifier", 0.01),
            (load_diabetes, "regressor", 0.03)]
 
