@@ -268,11 +268,14 @@ def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers
 
 
 def run_job(ctx: Context, prod: Produced, algorithm: str, params: dict, workers: int = 1,
-            env: dict | None = None, tag: str = "") -> JobRun:
+            env: dict | None = None, tag: str = "", together: bool = False) -> JobRun:
     """create_job (bounded: until the end offsets at creation), start ``workers``
     ``python -m streamlearn worker`` processes, wait until the job is finished and its
-    final snapshot stored; load the model from the snapshot store."""
-    from streamlearn.runtime.jobs import create_job
+    final snapshot stored; load the model from the snapshot store. ``together``: the job is
+    paused until every worker has joined (and the group has settled), so that all of them
+    train concurrently from the first record (a small job is otherwise done by the first
+    worker to join); the time counts from the resume."""
+    from streamlearn.runtime.jobs import create_job, set_paused
     from streamlearn.snapshots.format import decode_snapshot, load_model
     from streamlearn.snapshots.store import ModelStore
 
@@ -281,8 +284,15 @@ def run_job(ctx: Context, prod: Produced, algorithm: str, params: dict, workers:
     job = ctx.name(f"{algorithm}-{tag or prod.topic.split('-')[1]}-w{workers}")
     t0 = time.perf_counter()
     create_job(client, s.kafka_client_conf(), job, algorithm, prod.topic, params, until="end")
+    if together:
+        set_paused(client, job, True)
     procs = _start_workers(ctx, job, workers, env)
     try:
+        if together:
+            _wait(ctx, job, procs, lambda st: len(st.get("members", ())) >= workers, f"{workers} members")
+            time.sleep(ctx.p["group_settle_s"])  # the consumer group's last rebalance hands out the partitions
+            set_paused(client, job, False)
+            t0 = time.perf_counter()
         st = _wait(ctx, job, procs, lambda st: st.get("state") == "finished" and st.get("snapshot_version") is not None,
                    "finished with its snapshot")
         dt = time.perf_counter() - t0

@@ -1,4 +1,6 @@
-"""Scaling with the number of worker processes (linear learner, the dense topic).
+"""Scaling with the number of worker processes: speed (linear learner, the dense topic) and
+what is learned (``scaling.quality``: linear learner test accuracy and factorization machines
+AUC with 1, 2 and 4 workers against the 1-worker run).
 
 Each worker count trains a fresh job over the same topic; the figure is the training leg
 (create_job -> final snapshot stored) in rows/s, the reference the one-worker run. The
@@ -10,8 +12,12 @@ from __future__ import annotations
 
 import os
 
+from benchmarks import _streams as st
 from benchmarks._core import Context, Row, fmt_rate, fmt_s
-from benchmarks.e2e import accuracy, ll_job
+from benchmarks.e2e import accuracy, ll_job, ll_params
+
+#: how far from the 1-worker model an N-worker model may be (test accuracy, AUC)
+QUALITY_TOLERANCE = 0.003
 
 
 def case_workers(ctx: Context) -> list[Row]:
@@ -38,4 +44,45 @@ def case_workers(ctx: Context) -> list[Row]:
     return rows
 
 
-CASES = {"scaling.workers": case_workers}
+def case_quality(ctx: Context) -> list[Row]:
+    """The same bounded jobs with 1, 2 and 4 workers, all joined before the job starts (so they
+    train concurrently from the first record): the N-worker model's test figure minus the
+    1-worker one (ratio = 1 + that difference; target: at least 1 - tolerance). Linear
+    learner: the dense topic (scaling.workers'); factorization machines: the first
+    ``river_rows`` rows of the sparse set (peers.fm's), k = 8, AUC on its test rows."""
+    from streamlearn import datasets
+    from streamlearn.batch import Batch
+
+    cores = len(os.sched_getaffinity(0))
+    Xtr, ytr, Xte, yte = st.sparse(ctx)
+    n = min(ctx.p["river_rows"], len(Xtr))
+    fm_prod = st.produce(ctx, "sparse-scaling", datasets._rows(Xtr, 0, n), ytr[:n])
+    fm_params = {"n_features": Xtr.n_features, "num_factors": 8}
+    Xd, yd, _, _ = st.dense(ctx)
+    ll_prod = st.produce(ctx, "dense", Xd, yd)
+    cases = [("linear_learner", "test accuracy",
+              lambda w: ctx.memo(("job:ll-together", w), lambda: st.run_job(ctx, ll_prod, "linear_learner",
+                                                                            ll_params(ctx), w, tag="dense-together",
+                                                                            together=True)),
+              lambda m: accuracy(ctx, m)),
+             ("factorization_machines", "AUC",
+              lambda w: ctx.memo(("job:fm", w), lambda: st.run_job(ctx, fm_prod, "factorization_machines", fm_params,
+                                                                   w, tag="sparse", together=True)),
+              lambda m: float(m.score(Batch(Xte, yte), "auc")))]
+    rows = []
+    for algorithm, metric, run, measure in cases:
+        base = None
+        for w in ctx.p["scaling_workers"]:
+            job = run(w)
+            q = measure(job.model)
+            base = q if base is None else base
+            diff = q - base
+            rows.append(Row(f"scaling.quality[{algorithm}, {w}]", f"{metric} {q:.4f}", f"1 worker {base:.4f}",
+                            1.0 + diff, f"within {QUALITY_TOLERANCE} of 1 worker",
+                            "pass" if diff >= -QUALITY_TOLERANCE else "FAIL",
+                            f"{w} worker process(es) on {cores} cores, {job.records:,} records in {fmt_s(job.seconds)} "
+                            f"({fmt_rate(job.records / job.seconds)})"))
+    return rows
+
+
+CASES = {"scaling.workers": case_workers, "scaling.quality": case_quality}

@@ -146,7 +146,7 @@ def cmd_produce(args) -> int:
     with TerminalProgress(f"producing {args.from_file.name}", enabled=None if _verbosity(args) >= 0 else False) as bar:
         n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
                          partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
-                         header=args.header, progress=bar.update)
+                         header=args.header, progress=bar.update, retention=args.retention)
     print(f"produced {n} records to {args.topic}")
     return 0
 
@@ -156,7 +156,8 @@ def _produce_text(s, args) -> int:
 
     report = produce_text(s.kafka_client_conf(), s.redis_client(), args.topic, args.from_file, args.text_column,
                           vocab_size=args.vocab_size, min_df=args.min_df, max_df=args.max_df, stop=args.stop_words,
-                          vocab_file=args.vocab, partitions=args.partitions, batch_size=args.batch_size or 64)
+                          vocab_file=args.vocab, partitions=args.partitions, batch_size=args.batch_size or 64,
+                          retention=args.retention)
     for line in report.lines():
         print(line, file=sys.stderr)
     print(f"produced {report.documents} documents to {args.topic}")
@@ -194,7 +195,7 @@ def _produce_series(s, args) -> int:
             raise UsageError("--series-column needs --time-column and --target-column")
         series = read_long(args.from_file, args.series_column, args.time_column, args.target_column,
                            _columns(args.feature_columns), _columns(args.static_columns))
-    n = produce_series(s.kafka_client_conf(), args.topic, series, partitions=args.partitions)
+    n = produce_series(s.kafka_client_conf(), args.topic, series, partitions=args.partitions, retention=args.retention)
     print(f"produced {n} points of {len(series)} series to {args.topic}")
     return 0
 
@@ -640,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--from", dest="from_file", required=True, type=Path)
     pr.add_argument("--label-column")
     pr.add_argument("--partitions", type=int, help="create the topic with N partitions if missing")
+    pr.add_argument("--retention", default="7d", metavar="DURATION",
+                    help="how long a topic this creates keeps its records (Kafka retention.ms): 7d (default), 12h, "
+                         "30m, 2w, or never; an existing topic keeps its own")
     pr.add_argument("--batch-size", type=int, help="records per message (1 = one record a message; default 1,000, "
                                                    "fewer for a small file so every partition gets several messages; "
                                                    "text 64)")

@@ -83,7 +83,7 @@ class Connection:
         return topics.ensure_topic(self.kafka_conf, name, partitions, config)
 
     def produce(self, topic: str, X, y=None, *, weights=None, keys=None, partitions: int | None = None,
-                batch_size: int | None = None) -> int:
+                batch_size: int | None = None, retention: str | int | None = topics.DEFAULT_RETENTION) -> int:
         """Send the rows of ``X`` as training records; returns how many.
 
         ``X``: a numpy array, a pandas DataFrame or a scipy sparse matrix; ``y``: labels (an
@@ -91,11 +91,13 @@ class Connection:
         of ``batch_size`` rows (the fast path; None: 1,000, fewer for a small data set so that
         every partition gets several messages), round-robin over the partitions, or by a
         stable hash of ``keys`` (one per row). With ``partitions`` a missing topic is created
-        with that many; without, a missing topic is a :class:`~streamlearn.UserError`."""
+        with that many, keeping records for ``retention`` (``"7d"``, ``"12h"``, ``"never"``;
+        None: the broker's default; an existing topic keeps its own); without, a missing
+        topic is a :class:`~streamlearn.UserError`."""
         X, labels = split_label(X, y)
         features = as_features(X)
         if partitions is not None:
-            topics.ensure_topic(self.kafka_conf, topic, partitions)
+            topics.ensure_topic(self.kafka_conf, topic, partitions, topics.training_topic_config(retention))
         else:
             topics.partitions(self.kafka_conf, topic)  # a TopicError (UserError) for a missing topic
         with Producer(self.kafka_conf) as producer:

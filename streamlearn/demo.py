@@ -21,7 +21,7 @@ from streamlearn.devstack import stack
 from streamlearn.runtime.jobs import create_job, job_status
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.streams.producer import Producer
-from streamlearn.streams.topics import ensure_topic
+from streamlearn.streams.topics import ensure_topic, training_topic_config
 
 N_TRAIN, N_TEST, N_FEATURES = 100_000, 20_000, 20
 
@@ -49,7 +49,7 @@ def run_demo() -> float:
     topic, job = f"demo-events-{run}", f"demo-{run}"
 
     X, y = dense_classification(N_TRAIN + N_TEST, d=N_FEATURES, seed=1)
-    ensure_topic(settings.kafka_client_conf(), topic, partitions=4)
+    ensure_topic(settings.kafka_client_conf(), topic, partitions=4, config=training_topic_config())
     t0 = time.perf_counter()
     with Producer(settings.kafka, settings.kafka_conf) as producer:
         producer.send_batch(topic, X[:N_TRAIN], y[:N_TRAIN], batch_size=100)

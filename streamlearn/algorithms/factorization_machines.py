@@ -27,6 +27,7 @@ from streamlearn.algorithms._common import (BACKEND_PARAMS, NUMPY_BACKEND, Colum
                                             step_rows_of)
 from streamlearn.algorithms.base import AUTO, Algorithm, Model
 from streamlearn.algorithms.params import Interval, ListOf, Options, Param
+from streamlearn.backends import kernels
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding
 from streamlearn.statestore.base import State
@@ -125,12 +126,14 @@ class FactorizationMachines(Algorithm):
         rng = np.random.default_rng([int(self.seed), 0xF4])
         kw = self._keyargs()
         dt = np.dtype(kw["dtype"])
-        state.initialize("b", np.zeros(2 if self._adagrad() else 1))
+        # parameters and accumulators are "step" keys: concurrent workers' steps are averaged,
+        # not added (statestore.buffered.step_scale)
+        state.initialize("b", np.zeros(2 if self._adagrad() else 1), aggregator="step")
         wv = np.zeros((d, 2 * m if self._adagrad() else m), dtype=dt)
         # drawn in the key's dtype (float64 normals for a 2^20 x 8 key were 0.1 s per job) and
         # scaled straight into place (a scaled temporary and its copy were 28 ms more)
         np.multiply(rng.standard_normal((d, m - 1), dtype=dt.type), dt.type(self.init_sigma), out=wv[:, 1:m])
-        state.initialize("wv", wv, **kw)
+        state.initialize("wv", wv, aggregator="step", **kw)
         state.initialize("n", 0.0)
         if self.predictor_type == "regressor":
             for key in ("y_n", "y_sum", "y_sq"):
@@ -149,26 +152,47 @@ class FactorizationMachines(Algorithm):
         tau = float(state.pull("n"))
         m = self._width()
         rows, local = self._columns(X)
-        # arithmetic on the backend (numpy: the arrays themselves); state and pushes stay numpy
-        bk = backend_of(self)
-        xp, dev = bk.xp, bk.asarray
-        A = bk.csr(X.indptr, local, X.values, len(rows))
         b = state.pull("b").astype(np.float64)
         held = state.pull("wv", rows=rows).astype(np.float64)  # (r, m) parameters [+ (r, m) accumulators]
-        P = dev(held[:, :m])
         if self.predictor_type == "regressor":
             state.push("y_n", wsum)
             state.push("y_sum", float(sw @ y))
             state.push("y_sq", float(sw @ (y * y)))
             mu, sd = _label_moments(state)
             t = (y - mu) / sd
+        else:
+            t = y
+        l2 = np.full(m, float(self.factors_l2))
+        l2[0] = float(self.linear_l2)
+        # arithmetic on the backend (numpy: the arrays themselves); state and pushes stay numpy
+        bk = backend_of(self)
+        if bk is NUMPY_BACKEND and kernels.compiled():
+            lr = float(self.learning_rate)
+            delta, g_b = kernels.fm_step(X.indptr, local, np.asarray(X.values, dtype=np.float64), held, m,
+                                         float(b[0]), t, sw / wsum, self.predictor_type == "binary_classifier", l2,
+                                         self._adagrad(), lr, lr / np.sqrt(1.0 + tau / 10_000.0))
+        else:
+            delta, g_b = self._step_on(bk, X, local, held, float(b[0]), t, sw / wsum, l2, tau)
+        g_b += float(self.bias_l2) * float(b[0])
+        state.push("b", self._delta(NUMPY_BACKEND, np.array([[g_b]]), b[None, 1:], tau)[0])
+        state.push("wv", delta, rows=rows)
+        state.push("n", wsum)
+
+    def _step_on(self, bk, X: SparseRows, local: np.ndarray, held: np.ndarray, w0: float, t: np.ndarray,
+                 weight: np.ndarray, l2: np.ndarray, tau: float) -> tuple[np.ndarray, float]:
+        """(delta of the touched rows, d mean-loss / d w0) on a backend: what
+        :func:`kernels.fm_step` computes in one compiled pass."""
+        m = self._width()
+        xp, dev = bk.xp, bk.asarray
+        A = bk.csr(X.indptr, local, X.values, len(held))
+        P = dev(held[:, :m])
         vals = A.data
         vals2 = vals * vals
         xv = P[A.cols] * vals[:, None]  # (nnz, 1 + k): x_j [w_j, v_j]
         vn = (P[:, 1:] * P[:, 1:]).sum(1)  # |v_j|^2 per touched column
-        z, S = _forward_on(bk, A, float(b[0]), xv, vn[A.cols] * vals2)
-        r = (sigmoid(z, xp) - dev(y)) if self.predictor_type == "binary_classifier" else (z - dev(t))
-        r = r * dev(sw) / wsum  # d mean-loss / d z
+        z, S = _forward_on(bk, A, w0, xv, vn[A.cols] * vals2)
+        r = (sigmoid(z, xp) - dev(t)) if self.predictor_type == "binary_classifier" else (z - dev(t))
+        r = r * dev(weight)  # d mean-loss / d z
         # d z / d w_j = x_j; d z / d v_jf = x_j s_f - v_jf x_j^2: the x_j s_f part sums per
         # column the rows' [r, r s] times x_j (one pass over the stored values), the
         # v_jf x_j^2 part is v_jf times a per-column scalar sum of r x_j^2
@@ -176,13 +200,8 @@ class FactorizationMachines(Algorithm):
         T[:, 0] = r
         g = bk.group_sum(A, T[A.rows] * vals[:, None])
         g[:, 1:] -= P[:, 1:] * bk.group_sum(A, r[A.rows] * vals2)[:, None]
-        l2 = np.full(m, float(self.factors_l2))
-        l2[0] = float(self.linear_l2)
         g += dev(l2) * P
-        g_b = float(bk.to_numpy(r.sum())) + float(self.bias_l2) * float(b[0])
-        state.push("b", self._delta(NUMPY_BACKEND, np.array([[g_b]]), b[None, 1:], tau)[0])
-        state.push("wv", self._delta(bk, g, held[:, m:], tau), rows=rows)
-        state.push("n", wsum)
+        return self._delta(bk, g, held[:, m:], tau), float(bk.to_numpy(r.sum()))
 
     def _delta(self, bk, g, acc: np.ndarray, tau: float) -> np.ndarray:
         """The host delta of a [parameters, accumulators] block for gradient ``g``: Adagrad

@@ -46,11 +46,12 @@ import numpy as np
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms import _metrics as metrics
-from streamlearn.algorithms._common import (BACKEND_PARAMS, ColumnIndex, as_pair, backend_of, check_backend,
+from streamlearn.algorithms._common import (BACKEND_PARAMS, NUMPY_BACKEND, ColumnIndex, as_pair, backend_of, check_backend,
                                             check_classes, coding_of, feature_count, holdout_mask, model_coding,
                                             sigmoid, softmax, step_rows_of)
 from streamlearn.algorithms.base import AUTO, Algorithm, Model, require
 from streamlearn.algorithms.params import Interval, ListOf, Options, Param, Span
+from streamlearn.backends import kernels
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding
 from streamlearn.statestore.base import State
@@ -231,10 +232,12 @@ class LinearLearner(Algorithm):
     def initialize(self, state: State) -> None:
         d, MC, M = self._d, int(self.num_models) * self._C, int(self.num_models)
         chunk, dtype = self._sparse_keys()
+        # the weights and their optimizer state are "step" keys: concurrent workers' steps are
+        # averaged, not added (statestore.buffered.step_scale); counts and sums stay "sum"
         for key in ("w", "g2_w") + (("u_w",) if self.averaging else ()):
-            state.initialize(key, np.zeros((d, MC)), dtype=dtype, chunk_rows=chunk)
+            state.initialize(key, np.zeros((d, MC)), aggregator="step", dtype=dtype, chunk_rows=chunk)
         for key in ("b", "g2_b") + (("u_b",) if self.averaging else ()):
-            state.initialize(key, np.zeros(MC))
+            state.initialize(key, np.zeros(MC), aggregator="step")
         state.initialize("n", 0.0)
         if self.normalize:
             state.initialize("feat_n", 0.0)
@@ -263,6 +266,9 @@ class LinearLearner(Algorithm):
         # pulls, pushes, holdout choice and validation metrics stay numpy on the host
         bk = backend_of(self)
         xp, dev = bk.xp, bk.asarray
+        # a sparse batch's products as compiled loops over the stored values (the numpy
+        # path's reduceat/bincount over nnz x M*C temporaries bound the step)
+        compiled = sparse and bk is NUMPY_BACKEND and kernels.compiled()
 
         # --- features in normalized space; pull only what the batch touches
         if sparse:
@@ -293,6 +299,8 @@ class LinearLearner(Algorithm):
             y_mu, y_sd, t = 0.0, 1.0, y
 
         def matmul(Wm):
+            if compiled:
+                return kernels.csr_matmul(A.indptr, A.cols, A.data, Wm, np.arange(n_rows), n_rows, False)
             return (bk.spmm(A, Wm) if sparse else X @ Wm)
 
         # --- holdout: every packed model's loss, with the weights the model would ship
@@ -305,7 +313,10 @@ class LinearLearner(Algorithm):
             else:
                 Wa, ba = W, b
             # dense: only the holdout rows (5 % by default) go through the product
-            Zh = bk.to_numpy(bk.take(matmul(Wa), h) + ba if sparse else bk.take(X, h) @ Wa + ba)
+            if compiled:  # the holdout rows only
+                Zh = kernels.csr_matmul(A.indptr, A.cols, A.data, Wa, np.flatnonzero(h), int(h.sum()), False) + ba
+            else:
+                Zh = bk.to_numpy(bk.take(matmul(Wa), h) + ba if sparse else bk.take(X, h) @ Wa + ba)
             a, c = self._val_metrics(Zh, y[h], t[h], y_mu, y_sd)
             wv = ho_w[h] * (tau + 1.0)  # later evaluations weigh more: they describe the final model better
             state.push("val", np.stack([np.full(M, wv.sum()), wv @ a, wv @ c]))
@@ -316,7 +327,9 @@ class LinearLearner(Algorithm):
         # --- gradient of the mean training loss for every packed model at once
         Z = matmul(W) + b
         R = self._dloss(Z, dev(y), dev(t), y, xp, bk) * dev(tr_w / wsum)[:, None]  # (n, M*C)
-        if sparse:
+        if compiled:
+            gW = kernels.csr_matmul(A.indptr, A.cols, A.data, R, np.arange(n_rows), A.n_cols, True)
+        elif sparse:
             gW = bk.group_sum(A, A.data[:, None] * R[A.rows])
         else:
             gW = X.T @ R
@@ -330,8 +343,15 @@ class LinearLearner(Algorithm):
     def _step(self, state: State, bk, key: str, P, g, lr, l1, tau: float, rows) -> None:
         xp, dev = bk.xp, bk.asarray
         if self.optimizer == "adagrad":
+            held = state.pull("g2_" + key, rows=rows) if rows is not None else state.pull("g2_" + key)
+            if bk is NUMPY_BACKEND and kernels.compiled():
+                delta, g2 = (a.reshape(P.shape) for a in kernels.adagrad_step(
+                    np.atleast_2d(P), np.atleast_2d(g), np.atleast_2d(held), lr, l1))
+                state.push("g2_" + key, g2, rows=rows)
+                self._push_step(state, key, delta, tau, rows)
+                return
             g2 = g * g
-            G = dev(state.pull("g2_" + key, rows=rows) if rows is not None else state.pull("g2_" + key)) + g2
+            G = dev(held) + g2
             scale = dev(lr) / (xp.sqrt(G) + 1e-8)
             state.push("g2_" + key, bk.to_numpy(g2), rows=rows)
         else:
@@ -340,7 +360,9 @@ class LinearLearner(Algorithm):
         if np.any(l1 > 0):
             thr = scale * dev(l1)
             new = xp.sign(new) * xp.maximum(xp.abs(new) - thr, 0.0)
-        delta = bk.to_numpy(new - P)
+        self._push_step(state, key, bk.to_numpy(new - P), tau, rows)
+
+    def _push_step(self, state: State, key: str, delta: np.ndarray, tau: float, rows) -> None:
         state.push(key, delta, rows=rows)
         if self.averaging:
             state.push("u_" + key, (tau * tau / 2.0) * delta, rows=rows)
@@ -409,22 +431,23 @@ class LinearLearner(Algorithm):
 
     def finalize(self, state: State) -> "LinearModel":
         d, C, M = self._d, self._C, int(self.num_models)
-        W = state.pull("w").astype(np.float64)
-        b = state.pull("b").astype(np.float64)
         n = float(state.pull("n"))
+        val = state.pull("val")
+        names = VAL_METRICS[self.predictor_type]
+        metric = self._metric
+        have, scores, best = self._holdout(val)
+        # only the chosen model's columns are folded (all 32 of a 2^20-row key: ~2 s of array passes)
+        cols = slice(best * C, (best + 1) * C)
+        W = state.pull("w")[:, cols].astype(np.float64)
+        b = state.pull("b")[cols].astype(np.float64)
         if self.averaging and n > 0:
-            W = W - state.pull("u_w") / (n * n / 2.0)
-            b = b - state.pull("u_b") / (n * n / 2.0)
+            W = W - state.pull("u_w")[:, cols] / (n * n / 2.0)
+            b = b - state.pull("u_b")[cols] / (n * n / 2.0)
         if self.normalize and "feat_n" in state.keys():
             mean, inv_std = _moments(state.pull("feat_n"), state.pull("feat_sum"), state.pull("feat_sq"))
             W = W * inv_std[:, None]
             b = b - mean @ W
         y_mu, y_sd = _label_moments(state) if self.predictor_type == "regressor" else (0.0, 1.0)
-        val = state.pull("val")
-        names = VAL_METRICS[self.predictor_type]
-        metric = self._metric
-        have, scores, best = self._holdout(val)
-        cols = slice(best * C, (best + 1) * C)
         hp = self._hp()
         attrs = {
             "predictor_type": self.predictor_type, "loss": self._loss, "num_classes": C if C > 1 else 2,
@@ -436,8 +459,8 @@ class LinearLearner(Algorithm):
                         **{nm: (float(scores[nm][i]) if have[i] else None) for nm in names}} for i in range(M)],
             "examples_seen": n, "params": _jsonable_params(self.get_params()),
         }
-        weights = W[:, cols] * y_sd
-        bias = b[cols] * y_sd + (y_mu if self.predictor_type == "regressor" else 0.0)
+        weights = W * y_sd
+        bias = b * y_sd + (y_mu if self.predictor_type == "regressor" else 0.0)
         return LinearModel(weights, bias, attrs)
 
 

@@ -65,7 +65,7 @@ from prometheus_client import CollectorRegistry, Counter
 from streamlearn.config import ConfigError, Settings
 from streamlearn.ingest.events import IngestConfig, check_event, encode_batch
 from streamlearn.runtime.metrics import serve_metrics
-from streamlearn.streams.topics import ensure_topic, partitions
+from streamlearn.streams.topics import ensure_topic, partitions, training_topic_config
 from streamlearn.wire.decode import Rejection, rejection_headers
 
 log = logging.getLogger("streamlearn.ingest")
@@ -262,7 +262,7 @@ def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *,
     conf = settings.kafka_client_conf()
     credentials = faust_credentials(conf)  # a bad TLS file: one line, before anything is created
     n = len(partitions(conf, raw_topic))  # rejected credentials or ACLs: one line, nothing created
-    n_out = ensure_topic(conf, topic, n)
+    n_out = ensure_topic(conf, topic, n, training_topic_config())
     ensure_topic(conf, dlq_topic(raw_topic), n)
     app = create_app(raw_topic, topic, config, broker=settings.kafka, app_id=app_id, partitions=n, out_partitions=n_out,
                      processing_guarantee=EXACTLY_ONCE if exactly_once else AT_LEAST_ONCE,

@@ -25,6 +25,7 @@ from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer
 from threadpoolctl import ThreadpoolController
 
 from streamlearn.algorithms.base import Algorithm
+from streamlearn.backends import kernels
 from streamlearn.config import Settings
 from streamlearn.monitoring.profile import MemberProfile
 from streamlearn.runtime.isolate import AlgorithmBug, Failure, FailureRun, apply_steps
@@ -161,6 +162,7 @@ class Worker:
         """Work until the job finishes (bounded jobs), fails, is deleted or ``stop`` is
         called; returns the job's state as last seen."""
         limit_blas_threads(self.config.blas_threads)
+        kernels.warm_up()  # before joining the group: no consumed window waits for numba's first call
         conf = self.settings.kafka_client_conf(**{
             "group.id": self.spec.group_id,
             "client.id": self.member,

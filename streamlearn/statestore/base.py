@@ -14,8 +14,10 @@ import numpy as np
 
 from streamlearn.errors import UserError
 
-Aggregator = Literal["sum", "min", "max", "replace"]
-AGGREGATORS: tuple[str, ...] = ("sum", "min", "max", "replace")
+#: ``step``: a sum of optimizer steps (parameters and their optimizer state) whose concurrent
+#: deltas are averaged instead of added (see :mod:`streamlearn.statestore.buffered`, "steps")
+Aggregator = Literal["sum", "step", "min", "max", "replace"]
+AGGREGATORS: tuple[str, ...] = ("sum", "step", "min", "max", "replace")
 DTYPES: tuple[str, ...] = ("float32", "float64")
 #: target size of one stored chunk of a large key (see ``KeySpec.chunk_rows``). 1 MiB: a cold
 #: push + commit of 80 MB took ~80 ms with 1 MiB chunks, 95-100 ms with 256 KiB, 512 KiB,

@@ -16,6 +16,7 @@ from typing import Callable, Protocol, TypeVar
 
 import numpy as np
 
+from streamlearn.backends import kernels
 from streamlearn.statestore.base import KeySpec, StateError
 
 #: fills each destination array (chunk id -> a writable C-contiguous array of the chunk's
@@ -26,13 +27,15 @@ Writes = dict[str, dict[int, np.ndarray]]
 #: a commit's computation: (read chunks under the lock, the touched keys' versions there) -> writes
 Compute = Callable[[Reader, dict[str, int]], Writes]
 
-_IDENTITY = {"sum": 0.0, "min": np.inf, "max": -np.inf, "replace": np.nan}
+_IDENTITY = {"sum": 0.0, "step": 0.0, "min": np.inf, "max": -np.inf, "replace": np.nan}
+#: aggregators whose deltas add up (``step`` is a sum scaled at commit: :func:`step_scale`)
+ADDITIVE = ("sum", "step")
 T = TypeVar("T")
 
 
 def combine(aggregator: str, current: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """Aggregate ``delta`` into ``current`` (both the same shape)."""
-    if aggregator == "sum":
+    if aggregator in ADDITIVE:
         return current + delta
     if aggregator == "min":
         return np.minimum(current, delta)
@@ -143,7 +146,7 @@ class _KeyView:
         """``values[idx]`` (the current global value, just read or held) combined in place
         with the pending delta (in float64, stored as the key's dtype); returns that view."""
         out = self.values[idx]
-        if self.spec.aggregator == "sum":
+        if self.spec.aggregator in ADDITIVE:
             np.add(out, self.delta[idx], out=out, dtype=np.float64, casting="same_kind")
         else:
             out[...] = combine(self.spec.aggregator, out.astype(np.float64), self.delta[idx])
@@ -152,6 +155,25 @@ class _KeyView:
     def apply(self, cid: int) -> np.ndarray:
         """Chunk ``cid`` combined in place with the pending delta (see :meth:`_combine_at`)."""
         return self._combine_at(self.chunk(cid))
+
+    def merge(self, cid: int, base: np.ndarray, behind: int) -> np.ndarray:
+        """A ``step`` key's chunk ``cid``, just read (the global value G), combined in place
+        with this worker's model L = base + delta, row by row: a row nobody else changed since
+        this worker read it (G == base) gets the whole delta (G + delta = L); a row that
+        ``behind`` other commits may have changed gets G + (L - G) / (1 + behind), the
+        average of the models those commits and this one made from the same start; rows
+        this worker did not step keep G."""
+        idx = self.chunk(cid)
+        out = self.values[idx]
+        rows = max(1, len(out)) if out.ndim else 1
+        g = out.reshape(rows, -1).astype(np.float64)
+        d = self.delta[idx].reshape(rows, -1)
+        drift = g - base.reshape(rows, -1)
+        weight = np.where((drift != 0).any(1), 1.0 / (1.0 + behind), 1.0)
+        weight[~(d != 0).any(1)] = 0.0
+        g += weight[:, None] * (d - drift)
+        out[...] = g.reshape(out.shape)
+        return out
 
     def apply_held(self, ids: np.ndarray) -> dict[int, np.ndarray]:
         """:meth:`apply` for chunks ``ids`` already current in ``values``; one whole-array
@@ -244,11 +266,16 @@ class BufferedState:
             touched = np.zeros(spec.n_chunks, dtype=bool)
             touched[rows // spec.chunk_rows_] = True
             view.load(self.backend, np.flatnonzero(touched))
+        if kernels.compiled() and spec.aggregator in ADDITIVE and len(spec.shape) == 2:
+            # one pass over the rows instead of two gathers and an add
+            if view.dirty.any():
+                return kernels.gather_sum(view.values, view.delta, rows)
+            return kernels.gather(view.values, rows)
         # np.take: ~2x faster than fancy indexing for a few thousand whole rows
         out = np.take(view.values, rows, axis=0)
         if view.dirty.any():  # then ``delta`` is fresh: the identity wherever nothing is pending
             pending = np.take(view.delta, rows, axis=0)
-            if spec.aggregator == "sum":  # float32 + float32 rounds as float64 + cast would
+            if spec.aggregator in ADDITIVE:  # float32 + float32 rounds as float64 + cast would
                 out += pending
             else:
                 out = combine(spec.aggregator, out, pending).astype(spec.dtype)
@@ -268,7 +295,7 @@ class BufferedState:
             if view.stale:  # combine(identity, delta) is delta for every aggregator
                 np.copyto(view.delta, delta)
                 view.stale = False
-            elif agg == "sum":
+            elif agg in ADDITIVE:
                 np.add(view.delta, delta, out=view.delta)
             else:
                 view.delta[...] = combine(agg, view.delta, delta)
@@ -279,13 +306,15 @@ class BufferedState:
         if delta.shape != want:
             raise StateError(f"push to {key!r} rows: delta shape {delta.shape}, expected {want}")
         view.fresh_delta()
-        if agg == "sum" and (len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())):
+        if agg in ADDITIVE and delta.ndim == 2 and kernels.compiled():
+            kernels.scatter_add(view.delta, rows, delta)
+        elif agg in ADDITIVE and (len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())):
             # distinct rows (what sparse updates push): no scatter-add needed; gather, add and
             # write back is ~2x faster than ``delta[rows] += delta``'s fancy read-modify-write
             pending = np.take(view.delta, rows, axis=0)
             pending += delta
             view.delta[rows] = pending
-        elif agg == "sum":  # duplicate row indices add up, as a dense push would
+        elif agg in ADDITIVE:  # duplicate row indices add up, as a dense push would
             np.add.at(view.delta, rows, delta)
         elif agg == "min":
             np.minimum.at(view.delta, rows, delta)
@@ -311,6 +340,9 @@ class BufferedState:
         touched = {k: np.flatnonzero(v.dirty).tolist() for k, v in dirty.items()}
         written: Writes = {}
         committed_versions: dict[str, int] = {}
+        # step keys: chunk -> (its value as this worker read it, the key's version then), kept
+        # across retries of the transaction (a retry has already overwritten the chunks it read)
+        bases: dict[str, dict[int, tuple[np.ndarray, int]]] = {}
 
         def compute(read: Reader, versions: dict[str, int]) -> Writes:
             # Chunks this worker holds at the key's current version are current: they need
@@ -327,9 +359,13 @@ class BufferedState:
                 view._own()
                 ids_a = np.asarray(ids, dtype=np.int64)
                 held = view.loaded[ids_a] & (view.version[ids_a] == versions[key])
+                kb = bases.setdefault(key, {})
+                if view.spec.aggregator == "step":  # others committed since we read: keep our base to merge
+                    for cid in ids_a[~held & view.loaded[ids_a] & (view.version[ids_a] >= 0)].tolist():
+                        kb[cid] = (view.values[view.chunk(cid)].copy(), int(view.version[cid]))
                 view.version[ids_a] = -1
                 out = written[key] = view.apply_held(ids_a[held])
-                read(key, view.dests(ids_a[~held].tolist()), _applier(view, out))
+                read(key, view.dests(ids_a[~held].tolist()), _applier(view, out, kb, versions[key]))
             return written
 
         try:
@@ -402,10 +438,14 @@ class Checkpoint:
     views: dict[str, tuple["np.ndarray | None", np.ndarray, bool]]
 
 
-def _applier(view: _KeyView, out: dict[int, np.ndarray]) -> Callable[[int], None]:
-    """What a commit does with each chunk read under the lock: combine it with the delta."""
+def _applier(view: _KeyView, out: dict[int, np.ndarray], bases: dict[int, tuple[np.ndarray, int]],
+             version: int) -> Callable[[int], None]:
+    """What a commit does with each chunk read under the lock (the key at ``version``):
+    combine it with the delta, or merge it with this worker's model where ``bases`` holds
+    the chunk as read (a ``step`` key)."""
     def filled(cid: int) -> None:
-        out[cid] = view.apply(cid)
+        base = bases.get(cid)
+        out[cid] = view.apply(cid) if base is None else view.merge(cid, base[0], version - base[1])
     return filled
 
 

@@ -22,7 +22,7 @@ from streamlearn.batch import SparseRows
 from streamlearn.config import KafkaUnreachable, kafka_logging
 from streamlearn.streams.files import read_examples
 from streamlearn.streams.access import RefusalWatch
-from streamlearn.streams.topics import REACH_TIMEOUT_S, ensure_topic
+from streamlearn.streams.topics import DEFAULT_RETENTION, REACH_TIMEOUT_S, ensure_topic, training_topic_config
 from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
 #: Upper bound for one message's uncompressed value (the broker default limit is ~1 MB).
@@ -231,10 +231,12 @@ class Producer:
 def produce_file(bootstrap, topic: str, path, label_column: str | None = None, partitions: int | None = None,
                  batch_size: int | None = None, n_features: int | None = None, feature_columns: list[str] | None = None,
                  extra_conf: dict | None = None, header: bool | None = None,
-                 progress: Callable[[int], None] | None = None) -> int:
+                 progress: Callable[[int], None] | None = None,
+                 retention: str | int | None = DEFAULT_RETENTION) -> int:
     """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``; returns the number
     of records. ``partitions``: create the topic with that many partitions if missing
-    (otherwise a missing topic is created with one). ``batch_size`` rows per message (None:
+    (otherwise a missing topic is created with one), keeping records for ``retention``
+    (:func:`~streamlearn.streams.topics.retention_ms`; None: the broker's default). ``batch_size`` rows per message (None:
     :meth:`Producer.send_batch`'s default); 1 sends one ``training_record`` message per
     example. ``bootstrap`` is a bootstrap string or a client configuration dict; ``progress``
     is called with the records sent so far after each chunk of the file."""
@@ -243,7 +245,7 @@ def produce_file(bootstrap, topic: str, path, label_column: str | None = None, p
     conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
     chunks = read_examples(Path(path), label_column=label_column, feature_columns=feature_columns,
                            n_features=n_features, header=header)
-    ensure_topic(conf, topic, partitions or 1)
+    ensure_topic(conf, topic, partitions or 1, training_topic_config(retention))
     n = 0
     with Producer(conf, extra_conf) as producer:
         for X, y in chunks:

@@ -34,7 +34,7 @@ import numpy as np
 from streamlearn.batch import SparseRows
 from streamlearn.streams.files import FileFormatError, json_objects
 from streamlearn.streams.producer import Producer
-from streamlearn.streams.topics import ensure_topic
+from streamlearn.streams.topics import DEFAULT_RETENTION, ensure_topic, training_topic_config
 
 TOKEN = re.compile(r"[^\W\d_]{2,}")
 TOKEN_RULE = "lower-case; tokens = runs of >= 2 Unicode letters ([^\\W\\d_]{2,}); stop words removed"
@@ -255,7 +255,7 @@ class TextReport:
 
 def produce_text(conf, redis_client, topic: str, path, column: str, vocab_size: int = 20_000, min_df: int = 1,
                  max_df: float = 1.0, stop: str = "english", vocab_file=None, partitions: int | None = None,
-                 batch_size: int = 64) -> TextReport:
+                 batch_size: int = 64, retention: str | int | None = DEFAULT_RETENTION) -> TextReport:
     """Produce the documents of ``column`` of ``path`` as bag-of-words records to ``topic``
     and store the vocabulary (built from the file unless ``vocab_file`` is given) in Redis."""
     if batch_size < 1:
@@ -266,7 +266,7 @@ def produce_text(conf, redis_client, topic: str, path, column: str, vocab_size: 
     else:
         vocab = Vocabulary.build((t for chunk in read_texts(path, column) for t in chunk), vocab_size, min_df,
                                  max_df, stops)
-    ensure_topic(conf, topic, partitions or 1)
+    ensure_topic(conf, topic, partitions or 1, training_topic_config(retention))
     vocab.store(redis_client, topic)
     report = TextReport(vocabulary_size=len(vocab))
     with Producer(conf, batch_size=batch_size) as producer:

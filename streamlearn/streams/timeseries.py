@@ -32,7 +32,7 @@ from fastavro import schemaless_reader
 
 from streamlearn.series_batch import SeriesBatch
 from streamlearn.streams.producer import Producer
-from streamlearn.streams.topics import ensure_topic
+from streamlearn.streams.topics import DEFAULT_RETENTION, ensure_topic, training_topic_config
 from streamlearn.timefreq import Freq
 from streamlearn.wire.confluent import ConfluentSchemas, is_confluent_framed
 from streamlearn.wire.decode import R_MALFORMED, R_NOT_AVRO, R_TRAILING, R_TRUNCATED, R_UNKNOWN_FP, Rejection
@@ -177,9 +177,10 @@ def interleave(series: list[list[Point]]) -> Iterator[Point]:
 
 
 def produce_series(conf: dict, topic: str, series: list[list[Point]], partitions: int | None = None,
-                   extra_conf: dict | None = None) -> int:
-    """Send every point as a ``timeseries_point`` message keyed by its series id."""
-    ensure_topic(conf, topic, partitions or 1)
+                   extra_conf: dict | None = None, retention: str | int | None = DEFAULT_RETENTION) -> int:
+    """Send every point as a ``timeseries_point`` message keyed by its series id (a missing
+    topic is created keeping records for ``retention``)."""
+    ensure_topic(conf, topic, partitions or 1, training_topic_config(retention))
     n = 0
     with Producer(conf, extra_conf) as producer:
         for p in interleave(series):

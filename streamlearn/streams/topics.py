@@ -26,6 +26,40 @@ class TopicError(UserError, RuntimeError):
     """A topic that is missing, too small, or cannot be created."""
 
 
+#: how long a training topic the project creates keeps its records (Kafka's ``retention.ms``):
+#: training data is ephemeral (read once by the jobs, never stored by us), so a topic does not
+#: grow without bound; a topic that exists keeps the retention it has
+DEFAULT_RETENTION = "7d"
+_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def retention_ms(retention: "str | int") -> int:
+    """Kafka's ``retention.ms`` for a retention written as ``7d``, ``12h``, ``30m``, ``45s``,
+    ``500ms``, ``2w``, a number of milliseconds, or ``never`` (-1: kept until deleted)."""
+    if isinstance(retention, bool):
+        raise TopicError(f"retention must be a duration like 7d or 12h, or never; got {retention!r}")
+    if isinstance(retention, int):
+        ms = retention
+    else:
+        text = str(retention).strip().lower()
+        if text in ("never", "forever", "infinite", "-1"):
+            return -1
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):] or "ms"
+        if unit not in _UNITS_MS or not number.isdigit():
+            raise TopicError(f"retention must be a duration like 7d, 12h, 30m, 45s, 500ms or 2w (or never); "
+                             f"got {retention!r}")
+        ms = int(number) * _UNITS_MS[unit]
+    if ms < 1:
+        raise TopicError(f"retention must be positive (or never), got {retention!r}")
+    return ms
+
+
+def training_topic_config(retention: "str | int | None" = DEFAULT_RETENTION) -> dict:
+    """The topic config a training topic is created with (None: the broker's default retention)."""
+    return {} if retention is None else {"retention.ms": retention_ms(retention)}
+
+
 def _conf(conf) -> dict:
     if isinstance(conf, str):
         return {"bootstrap.servers": conf}
@@ -227,5 +261,6 @@ def delete_group(conf, group: str, timeout: float = 30.0) -> None:
             time.sleep(0.5)
 
 
-__all__ = ["TopicError", "ensure_topic", "set_topic_config", "partitions", "end_offsets", "watermarks", "delete_group",
+__all__ = ["DEFAULT_RETENTION", "TopicError", "ensure_topic", "retention_ms", "training_topic_config", "set_topic_config",
+           "partitions", "end_offsets", "watermarks", "delete_group",
            "require_kafka", "consumer_conf", "REACH_TIMEOUT_S"]

@@ -213,3 +213,61 @@ def test_a_commit_over_every_held_chunk_combines_the_whole_key_at_once(aggregato
         a.commit()
     np.testing.assert_array_equal(a.pull("k"), np.full((10, 3), expected))
     np.testing.assert_array_equal(LocalState(backend).pull("k"), np.full((10, 3), expected))
+
+
+# -- the "step" aggregator: concurrent workers' steps merge, a lone worker's add up ----------
+def _workers(n: int, init: np.ndarray, dtype: str = "float64"):
+    backend = MemoryBackend()
+    states = [LocalState(backend) for _ in range(n)]
+    states[0].initialize("p", init, aggregator="step", dtype=dtype, chunk_rows=2)
+    states[0].initialize("n", 0.0)
+    states[0].commit()
+    return backend, states
+
+
+def test_a_lone_workers_steps_add_up_like_a_sum_key():
+    _, (a,) = _workers(1, np.zeros((4, 2)))
+    for k in range(3):
+        a.pull("p")
+        a.push("p", np.full((4, 2), k + 1.0))
+        a.commit()
+    np.testing.assert_array_equal(LocalState(a.backend).pull("p"), np.full((4, 2), 6.0))
+
+
+def test_concurrent_steps_from_one_start_average_where_both_stepped_and_add_where_one_did():
+    base = np.arange(8, dtype=np.float64).reshape(4, 2)
+    _, (a, b) = _workers(2, base)
+    for s in (a, b):  # both read the same state, then step: rows 0-1 both, row 2 only a, row 3 only b
+        s.pull("p")
+        s.push("n", 1.0)
+    a.push("p", np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [0.0, 0.0]]))
+    b.push("p", np.array([[5.0, 5.0], [4.0, 4.0], [0.0, 0.0], [7.0, 7.0]]))
+    a.commit()
+    b.commit()
+    got = LocalState(a.backend).pull("p")
+    np.testing.assert_allclose(got, base + np.array([[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [7.0, 7.0]]))
+    assert float(LocalState(a.backend).pull("n")) == 2.0  # a "sum" key still counts every push
+
+
+def test_a_third_concurrent_worker_gets_an_equal_share():
+    _, (a, b, c) = _workers(3, np.zeros((2, 1)))
+    for s in (a, b, c):
+        s.pull("p")
+    for s, v in ((a, 3.0), (b, 6.0), (c, 12.0)):
+        s.push("p", np.full((2, 1), v))
+    for s in (a, b, c):
+        s.commit()
+    np.testing.assert_allclose(LocalState(a.backend).pull("p"), np.full((2, 1), 7.0))  # (3 + 6 + 12) / 3
+
+
+def test_a_worker_that_read_after_anothers_commit_adds_its_whole_step():
+    _, (a, b) = _workers(2, np.zeros((2, 2)), dtype="float32")
+    a.pull("p")
+    a.push("p", np.ones((2, 2)))
+    a.commit()
+    b.pull("p")  # reads a's commit: b's step builds on it, nothing concurrent
+    b.push("p", np.full((2, 2), 2.0))
+    b.commit()
+    got = LocalState(a.backend).pull("p")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.full((2, 2), 3.0, np.float32))
