@@ -26,6 +26,7 @@ import redis
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.keys import PREFIX, StoreKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
+from streamlearn.statestore.sharded import is_cluster, shard_pattern
 
 #: the set of job names
 JOBS = f"{PREFIX}:jobs"
@@ -211,8 +212,13 @@ class JobRecord:
         doomed = {k.decode() for k in self.client.scan_iter(match=f"{base}:*", count=1000)}
         doomed = {k for k in doomed if not k.startswith(snapshots)} | set(self.store.all_keys())
         doomed |= {self._spec, self._status, self._finalize_lock, self._snapshot_lock}
+        for key in self.client.scan_iter(match=shard_pattern(self.name), count=1000):
+            self.client.delete(key)  # a sharded state's chunks (other slots of a Redis Cluster)
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(*sorted(doomed))
+        if is_cluster(self.client):  # the jobs set is in another slot: no MULTI spans both
+            pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
         pipe.srem(JOBS, self.name)
         pipe.execute()
 

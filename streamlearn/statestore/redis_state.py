@@ -26,6 +26,7 @@ from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, Sta
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import StoreKeys
 from streamlearn.statestore.resp_into import exec_multi, hmget_into, multi_into, versioned_hmget_into
+from streamlearn.statestore.sharded import ShardedBackend, SlotClient, is_cluster
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
 MEMBER_TIMEOUT_MS = 10_000
@@ -63,6 +64,8 @@ class RedisBackend:
         self._specs: dict[str, KeySpec] | None = None
         self._barrier = client.register_script(_BARRIER)
         self.conflicts = 0  # optimistic retries, for benchmarks
+        #: partition -> positions of batches applied in part (a sharded store's; one node applies a batch whole)
+        self.replay: dict[int, list[tuple[int, int]]] = {}
 
     def specs(self) -> dict[str, KeySpec]:
         if self._specs is None:
@@ -240,15 +243,20 @@ class RedisBackend:
 
 
 class RedisState(BufferedState):
-    """The State of job ``job`` in Redis, as one worker (``member``) sees it.
+    """The State of job ``job`` in Redis, as one worker (``member``) sees it; on a Redis
+    Cluster (a ``RedisCluster`` client) the state is sharded (:mod:`~streamlearn.statestore.sharded`).
 
     ``gate``: a key whose value must be ``running`` (or absent) for a batch commit to apply,
     checked inside the commit's transaction; the job record passes the job's status."""
 
-    backend: RedisBackend
+    backend: "RedisBackend | ShardedBackend"
 
     def __init__(self, client: redis.Redis, job: str, member: str | None = None, gate: str | None = None):
-        super().__init__(RedisBackend(client, job, member, gate))
+        if is_cluster(client):  # a Redis Cluster: chunks on shards, the rest on the job's home slot
+            home = RedisBackend(SlotClient(client, StoreKeys(job).base), job, member, gate)
+            super().__init__(ShardedBackend(client, home, job))
+        else:
+            super().__init__(RedisBackend(client, job, member, gate))
 
     def load_consistent(self) -> tuple[dict[int, int], dict[str, int]]:
         """Fill the cache with one consistent cut of the whole state (for finalize) and

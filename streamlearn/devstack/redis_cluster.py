@@ -1,0 +1,139 @@
+"""A local Redis Cluster: N masters (and R replicas each) of Debian's ``redis-server`` on free
+loopback ports, joined by ``redis-cli --cluster create``.
+
+Each node gets its own directory under ``<home>/redis/node-<i>/`` (config, log, data with its
+``nodes.conf``) and an explicit ``cluster-port`` (the bus port), since the default, port +
+10000, may be taken or past 65535 for an ephemeral port. The nodes' ``nodes.conf`` keeps the
+cluster's membership, so a restarted node rejoins by itself. ``cluster-node-timeout`` is short
+(2 s) so that a killed master's replica is promoted within seconds in local fault tests.
+
+The stack's state records the nodes under ``redis.cluster.nodes`` and the URL
+``redis+cluster://[user:pass@]127.0.0.1:p1,127.0.0.1:p2,…/`` naming them all as seeds
+(:mod:`streamlearn.config` builds a redis-py ``RedisCluster`` from it).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import redis
+
+from streamlearn.devstack.jars import check_prerequisites
+from streamlearn.devstack.procs import alive, free_ports, log_tail, spawn
+from streamlearn.devstack.redis_server import redis_conf
+from streamlearn.devstack.state import REDIS_MARKER, StackError
+
+#: how long a master may be unreachable before its replica takes over (ms)
+NODE_TIMEOUT_MS = 2000
+
+
+def cluster_url(ports: list[int], password: str | None, user: str | None) -> str:
+    auth = f"{quote(user or '', safe='')}:{quote(password, safe='')}@" if password is not None else ""
+    return "redis+cluster://" + auth + ",".join(f"127.0.0.1:{p}" for p in ports) + "/"
+
+
+def prepare_cluster(home: Path, masters: int, replicas: int, *, aof: bool, appendfsync: str,
+                    password: str | None, user: str | None, maxmemory: str | None = None) -> dict:
+    """Write every node's config (ports chosen now) and return the stack's ``redis`` state."""
+    if masters < 1 or replicas < 0:
+        raise StackError("a Redis Cluster needs at least 1 master and 0 or more replicas per master")
+    n = masters * (1 + replicas)
+    ports = free_ports(2 * n)
+    nodes = []
+    for i in range(n):
+        port, bus = ports[2 * i], ports[2 * i + 1]
+        d = home / "redis" / f"node-{i}"
+        (d / "data").mkdir(parents=True, exist_ok=True)
+        extra = ["cluster-enabled yes", f"cluster-port {bus}", "cluster-config-file nodes.conf",
+                 f"cluster-node-timeout {NODE_TIMEOUT_MS}", "cluster-require-full-coverage no"]
+        if maxmemory:
+            extra += [f"maxmemory {maxmemory}", "maxmemory-policy noeviction"]
+        if password is not None:
+            # replicas authenticate to their master with the same credentials
+            extra += [f"masterauth {password}"] + ([f"masteruser {user}"] if user else [])
+        conf = redis_conf(port, d / "data", aof=aof, appendfsync=appendfsync, password=password, user=user)
+        (d / "redis.conf").write_text(conf + "\n".join(extra) + "\n")
+        (d / "redis.conf").chmod(0o600)
+        nodes.append({"port": port, "bus_port": bus, "config": str(d / "redis.conf"), "log": str(d / "redis.log"),
+                      "data": str(d / "data"), "dir": str(d), "pid": None})
+    return {"port": nodes[0]["port"], "aof": aof, "appendfsync": appendfsync, "password": password, "user": user,
+            "config": nodes[0]["config"], "log": nodes[0]["log"], "data": str(home / "redis"),
+            "url": cluster_url([nd["port"] for nd in nodes], password, user),
+            "cluster": {"masters": masters, "replicas": replicas, "maxmemory": maxmemory, "nodes": nodes}}
+
+
+def launch_cluster(rstate: dict) -> int:
+    """Start every node that is not running; returns the first node's pid."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise StackError("; ".join(check_prerequisites()))
+    for node in rstate["cluster"]["nodes"]:
+        if not alive(node.get("pid"), REDIS_MARKER):
+            node["pid"] = spawn([server, node["config"]], log=Path(node["log"]), cwd=Path(node["dir"]))
+    return rstate["cluster"]["nodes"][0]["pid"]
+
+
+def node_client(rstate: dict, port: int, **kwargs) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, username=rstate.get("user"), password=rstate.get("password"),
+                       socket_connect_timeout=1, socket_timeout=5, **kwargs)
+
+
+def _cluster_ok(client: redis.Redis) -> bool:
+    info = client.execute_command("CLUSTER", "INFO").decode()
+    return "cluster_state:ok" in info
+
+
+def wait_cluster(rstate: dict, deadline: float) -> None:
+    """Wait for every node to answer, create the cluster if its nodes are not joined yet, then
+    wait until every node reports ``cluster_state:ok``."""
+    nodes = rstate["cluster"]["nodes"]
+    clients = [node_client(rstate, nd["port"]) for nd in nodes]
+    try:
+        for nd, c in zip(nodes, clients):
+            _wait(lambda c=c: c.ping(), nd, deadline, "PING")
+        known = int(clients[0].execute_command("CLUSTER", "INFO").decode().split("cluster_known_nodes:")[1].split()[0])
+        if known < len(nodes):
+            _create(rstate)
+        for nd, c in zip(nodes, clients):
+            _wait(lambda c=c: _cluster_ok(c), nd, deadline, "cluster_state:ok")
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _create(rstate: dict) -> None:
+    cmd = [shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+           *(f"127.0.0.1:{nd['port']}" for nd in rstate["cluster"]["nodes"]),
+           "--cluster-replicas", str(rstate["cluster"]["replicas"]), "--cluster-yes"]
+    cmd += auth_args(rstate)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise StackError(f"redis-cli --cluster create failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def auth_args(rstate: dict) -> list[str]:
+    """redis-cli's arguments for the cluster's credentials (``--no-auth-warning``: the
+    password is on the command line of a local, short-lived process)."""
+    if rstate.get("password") is None:
+        return []
+    return (["--user", rstate["user"]] if rstate.get("user") else []) + ["-a", rstate["password"], "--no-auth-warning"]
+
+
+def _wait(check, node: dict, deadline: float, what: str) -> None:
+    last = None
+    while True:
+        if not alive(node.get("pid"), REDIS_MARKER):
+            raise StackError(f"redis-server (cluster node {node['port']}) exited during startup "
+                             f"(log {node['log']}):\n{log_tail(Path(node['log']))}")
+        try:
+            if check():
+                return
+        except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError, redis.exceptions.ResponseError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise StackError(f"Redis cluster node {node['port']} did not reach {what} in time (last error: {last}; "
+                             f"log {node['log']}):\n{log_tail(Path(node['log']))}")
+        time.sleep(0.1)
