@@ -26,7 +26,7 @@ import redis
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.keys import PREFIX, StoreKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
-from streamlearn.statestore.sharded import is_cluster, shard_pattern
+from streamlearn.statestore.sharded import SlotClient, is_cluster, shard_pattern
 
 #: the set of job names
 JOBS = f"{PREFIX}:jobs"
@@ -179,7 +179,9 @@ class JobRecord:
         ``snapshot_version`` and, when ``final``, ``finalize_calls`` + 1 and status
         ``finished`` — unless the job is finished already (another finalizer won; then
         nothing is written and False returned)."""
-        with self.client.pipeline(transaction=True) as pipe:
+        # on a Redis Cluster, the plain client of the job's node: a cluster pipeline refuses scripts
+        home = SlotClient(self.client, self.store.base) if is_cluster(self.client) else self.client
+        with home.pipeline(transaction=True) as pipe:
             try:
                 if final:
                     pipe.watch(self._status)
