@@ -22,7 +22,7 @@ from urllib.parse import quote
 import redis
 
 from streamlearn.devstack.jars import check_prerequisites
-from streamlearn.devstack.procs import alive, free_ports, log_tail, spawn
+from streamlearn.devstack.procs import alive, free_ports, log_tail, spawn, stop_pid
 from streamlearn.devstack.redis_server import redis_conf
 from streamlearn.devstack.state import REDIS_MARKER, StackError
 
@@ -137,3 +137,71 @@ def _wait(check, node: dict, deadline: float, what: str) -> None:
             raise StackError(f"Redis cluster node {node['port']} did not reach {what} in time (last error: {last}; "
                              f"log {node['log']}):\n{log_tail(Path(node['log']))}")
         time.sleep(0.1)
+
+
+# -- faults and operations on a running local cluster (chaos tests, benchmarks) ----------------
+def masters(rstate: dict) -> dict[str, dict]:
+    """node id -> {"port", "slots": [slot, …]} of the masters, asked of any live node."""
+    for node in rstate["cluster"]["nodes"]:
+        if not alive(node.get("pid"), REDIS_MARKER):
+            continue
+        client = node_client(rstate, node["port"])
+        try:
+            out = {}
+            for line in client.execute_command("CLUSTER", "NODES").decode().splitlines():
+                f = line.split()
+                if "master" not in f[2] or "fail" in f[2]:
+                    continue
+                slots = []
+                for r in f[8:]:
+                    if r.startswith("["):
+                        continue  # a slot being migrated
+                    lo, _, hi = r.partition("-")
+                    slots.extend(range(int(lo), int(hi or lo) + 1))
+                out[f[0]] = {"port": int(f[1].split(":")[1].split("@")[0]), "slots": slots}
+            return out
+        except redis.RedisError:
+            continue
+        finally:
+            client.close()
+    raise StackError("no live Redis Cluster node answered")
+
+
+def kill_master(rstate: dict, slot: int, timeout: float = 60.0) -> int:
+    """SIGKILL the master serving ``slot``, wait until a replica took its slots over (cluster
+    state ok again), then start the killed node again (it rejoins as a replica). Returns the
+    killed node's port. ``rstate`` is updated with the new pid."""
+    owner = next(m for m in masters(rstate).values() if slot in m["slots"])
+    node = next(n for n in rstate["cluster"]["nodes"] if n["port"] == owner["port"])
+    stop_pid(node["pid"], REDIS_MARKER, kill=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            now = masters(rstate)
+            if any(slot in m["slots"] and m["port"] != owner["port"] for m in now.values()):
+                break
+        except StackError:
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"no replica took over slot {slot} within {timeout} s")
+        time.sleep(0.2)
+    launch_cluster(rstate)
+    wait_cluster(rstate, time.monotonic() + timeout)
+    return owner["port"]
+
+
+def reshard(rstate: dict, slot: int, timeout: float = 300.0) -> tuple[int, int]:
+    """Move ``slot`` (and the slots below it on the same master) to another master with
+    ``redis-cli --cluster reshard``, while clients keep using the cluster. Returns (from
+    port, to port)."""
+    now = masters(rstate)
+    src_id, src = next((i, m) for i, m in now.items() if slot in m["slots"])
+    dst_id, dst = min(((i, m) for i, m in now.items() if i != src_id), key=lambda im: len(im[1]["slots"]))
+    n = sum(1 for s in src["slots"] if s <= slot)  # redis-cli takes a source's slots from the lowest
+    cmd = [shutil.which("redis-cli") or "redis-cli", "--cluster", "reshard", f"127.0.0.1:{src['port']}",
+           "--cluster-from", src_id, "--cluster-to", dst_id, "--cluster-slots", str(n), "--cluster-yes",
+           *auth_args(rstate)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise StackError(f"redis-cli --cluster reshard failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return src["port"], dst["port"]

@@ -20,7 +20,7 @@ from streamlearn.config import Settings, mask_url
 from streamlearn.devstack.jars import KAFKA_VERSION, check_prerequisites, ensure_kafka
 from streamlearn.devstack.kafka import launch_kafka, prepare_kafka, wait_kafka
 from streamlearn.devstack.procs import STOP_TIMEOUT_S, alive, free_ports, listening, log_tail, port_free, stop_pid
-from streamlearn.devstack.redis_cluster import launch_cluster, prepare_cluster, wait_cluster
+from streamlearn.devstack.redis_cluster import kill_master, launch_cluster, prepare_cluster, reshard, wait_cluster
 from streamlearn.devstack.redis_server import BAD_PW_CHARS, launch_redis, prepare_redis, wait_redis
 from streamlearn.devstack.state import (
     KAFKA_MARKER, REDIS_MARKER, StackError, flock, read_state, redis_alive, redis_pids, require_state, resolve_home,
@@ -28,7 +28,8 @@ from streamlearn.devstack.state import (
 )
 
 __all__ = ["KAFKA_VERSION", "StackError", "check_prerequisites", "ensure_kafka", "up", "down", "status",
-           "restart_kafka", "restart_redis", "stop_kafka", "start_kafka", "stop_redis", "start_redis"]
+           "restart_kafka", "restart_redis", "stop_kafka", "start_kafka", "stop_redis", "start_redis",
+           "fail_over_redis", "reshard_redis"]
 
 START_TIMEOUT_S = 120.0
 
@@ -296,3 +297,21 @@ def restart_redis(home: Path | str | None = None, *, kill: bool = False,
     """
     stop_redis(home, kill=kill)
     return start_redis(home, timeout=timeout)
+
+
+def fail_over_redis(home: Path | str | None, slot: int) -> int:
+    """Local Redis Cluster: SIGKILL the master of ``slot``, wait for its replica's promotion,
+    restart the killed node (it rejoins as a replica). Returns the killed node's port."""
+    h = resolve_home(home)
+    with flock(h / ".lock"):
+        state = require_state(h)
+        port = kill_master(state["redis"], slot)
+        write_state(h, state)
+        return port
+
+
+def reshard_redis(home: Path | str | None, slot: int) -> tuple[int, int]:
+    """Local Redis Cluster: move ``slot`` to another master (``redis-cli --cluster reshard``)."""
+    h = resolve_home(home)
+    with flock(h / ".lock"):
+        return reshard(require_state(h)["redis"], slot)

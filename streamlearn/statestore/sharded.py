@@ -49,6 +49,15 @@ record in one MULTI each); the cut is taken only if no shard is ahead of the hom
 home commit, such a cut holds exactly the batches the home offsets count. The barrier lives
 on the home slot, unchanged.
 
+Replicas: Redis replicates asynchronously, so a master may acknowledge a write and die
+before its replica has it. A shard that loses an applied batch while the home counted it
+would lose records for good, so when the cluster has replicas every write of the store (a
+shard's commit, the home commit, a claim) is followed by ``WAIT 1`` on its slot (a marker
+write, then WAIT, on one connection: the replica stream is ordered, so the marker's
+acknowledgment covers every earlier write), and the next step waits for it. A master with no
+live replica therefore stalls commits (an outage the worker rides out) rather than
+acknowledge what a failover could lose.
+
 Topology: each slot is served by the node the client's slot map names now
 (:class:`SlotClient`). A redirect (MOVED / ASK / TRYAGAIN / CLUSTERDOWN: a slot migration
 or failover) or a lost node refreshes the slot map and surfaces as ``redis.ConnectionError``,
@@ -79,6 +88,8 @@ Position = tuple[int, int]
 #: the version a sharded read reports: never equal to a commit's (so every commit reads back)
 _READ_VERSION = -2
 _NO_VERSION = -3
+#: how long a write may wait for a replica's acknowledgment (ms)
+WAIT_MS = 5000
 #: how long a consistent cut may wait for batches in flight on some shards
 CUT_TIMEOUT_S = 60.0
 
@@ -188,10 +199,22 @@ class ShardedBackend:
         #: partition -> positions past its stored offset where a partial batch ended (to re-apply alone)
         self.replay: dict[int, list[Position]] = {}
         self._shard_conflicts = 0
+        self.replicated = bool(cluster.get_replicas())
 
     @property
     def conflicts(self) -> int:
         return self.home.conflicts + self._shard_conflicts
+
+    def _replicate(self, client: SlotClient, base: str) -> None:
+        """Return once a replica has every write made so far to ``client``'s slot (see the design)."""
+        if not self.replicated:
+            return
+        pipe = client.pipeline(transaction=False)
+        pipe.set(f"{base}:sync", int(time.time() * 1000))
+        pipe.execute_command("WAIT", 1, WAIT_MS)
+        _, acked = pipe.execute()
+        if int(acked) < 1:
+            raise redis.ConnectionError(f"no replica of {base} acknowledged the write within {WAIT_MS} ms")
 
     def refresh(self) -> None:
         """Reload the slot map (after a redirect or a lost node); a failure is left to the retry."""
@@ -277,7 +300,9 @@ class ShardedBackend:
                 raise CommitRefused(f"job {self.keys.job!r} is {status.decode()}; batch dropped")
         for s in sorted(on):
             self._commit_shard(s, shards[s], on[s], compute, info, end, {k: _NO_VERSION for k in touched})
+            self._replicate(shards[s].client, shards[s].base)
         self.home.transact({}, lambda read, versions: {}, info)
+        self._replicate(self.home.client, self.keys.base)
 
     def _commit_shard(self, s: int, shard: ShardKeys, keys: dict[str, list[int]], compute: Compute,
                       info: CommitInfo, end: dict[int, Position], versions: dict[str, int]) -> None:
@@ -352,6 +377,8 @@ class ShardedBackend:
         for shard in self.shards():
             raw = shard.client.eval(_RAISE_EPOCHS, 2, shard.epochs, shard.applied, *args)
             applied.append([_decode(v) for v in raw])
+            self._replicate(shard.client, shard.base)
+        self._replicate(self.home.client, self.keys.base)
         self._note_replay(partitions, [(o, d) for _, o, d in claimed], applied)
         return claimed
 
