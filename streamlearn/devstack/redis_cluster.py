@@ -186,7 +186,16 @@ def kill_master(rstate: dict, slot: int, timeout: float = 60.0) -> int:
             raise StackError(f"no replica took over slot {slot} within {timeout} s")
         time.sleep(0.2)
     launch_cluster(rstate)
-    wait_cluster(rstate, time.monotonic() + timeout)
+    deadline = time.monotonic() + timeout
+    wait_cluster(rstate, deadline)
+    # back as a replica: wait until it holds its master's data, or a second failure of that
+    # master (before this one synced) would leave the slots with no replica able to take over
+    client = node_client(rstate, node["port"])
+    try:
+        _wait(lambda: b"master_link_status:up" in client.execute_command("INFO", "replication"), node, deadline,
+              "a synced replica")
+    finally:
+        client.close()
     return owner["port"]
 
 
