@@ -2,8 +2,8 @@
 loopback ports, joined by ``redis-cli --cluster create``.
 
 Each node gets its own directory under ``<home>/redis/node-<i>/`` (config, log, data with its
-``nodes.conf``) and an explicit ``cluster-port`` (the bus port), since the default, port +
-10000, may be taken or past 65535 for an ephemeral port. The nodes' ``nodes.conf`` keeps the
+``nodes.conf``), a port below the ephemeral range and an explicit ``cluster-port`` (the bus
+port; the default, port + 10000, may be taken). The nodes' ``nodes.conf`` keeps the
 cluster's membership, so a restarted node rejoins by itself. ``cluster-node-timeout`` is short
 (2 s) so that a killed master's replica is promoted within seconds in local fault tests.
 
@@ -13,6 +13,7 @@ The stack's state records the nodes under ``redis.cluster.nodes`` and the URL
 """
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 import time
@@ -22,12 +23,28 @@ from urllib.parse import quote
 import redis
 
 from streamlearn.devstack.jars import check_prerequisites
-from streamlearn.devstack.procs import alive, free_ports, log_tail, spawn, stop_pid
+from streamlearn.devstack.procs import alive, log_tail, port_free, spawn, stop_pid
 from streamlearn.devstack.redis_server import redis_conf
 from streamlearn.devstack.state import REDIS_MARKER, StackError
 
 #: how long a master may be unreachable before its replica takes over (ms)
 NODE_TIMEOUT_MS = 2000
+
+
+def _fixed_ports(n: int) -> list[int]:
+    """``n`` free ports below the kernel's ephemeral range: a node restarted after a kill must get
+    its port back, and an ephemeral port may meanwhile be some client connection's local port."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(max(1024, low - 12_000), low)
+        if port not in ports and port_free(port):
+            ports.append(port)
+    return ports
 
 
 def cluster_url(ports: list[int], password: str | None, user: str | None) -> str:
@@ -41,7 +58,7 @@ def prepare_cluster(home: Path, masters: int, replicas: int, *, aof: bool, appen
     if masters < 1 or replicas < 0:
         raise StackError("a Redis Cluster needs at least 1 master and 0 or more replicas per master")
     n = masters * (1 + replicas)
-    ports = free_ports(2 * n)
+    ports = _fixed_ports(2 * n)
     nodes = []
     for i in range(n):
         port, bus = ports[2 * i], ports[2 * i + 1]
