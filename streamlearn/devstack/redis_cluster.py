@@ -209,7 +209,7 @@ def kill_master(rstate: dict, slot: int, timeout: float = 60.0) -> int:
     # master (before this one synced) would leave the slots with no replica able to take over
     client = node_client(rstate, node["port"])
     try:
-        _wait(lambda: b"master_link_status:up" in client.execute_command("INFO", "replication"), node, deadline,
+        _wait(lambda: client.info("replication").get("master_link_status") == "up", node, deadline,
               "a synced replica")
     finally:
         client.close()
