@@ -305,9 +305,10 @@ def fail_over_redis(home: Path | str | None, slot: int) -> int:
     h = resolve_home(home)
     with flock(h / ".lock"):
         state = require_state(h)
-        port = kill_master(state["redis"], slot)
-        write_state(h, state)
-        return port
+        try:
+            return kill_master(state["redis"], slot)
+        finally:
+            write_state(h, state)  # the restarted node's pid, even if it failed to sync in time
 
 
 def reshard_redis(home: Path | str | None, slot: int) -> tuple[int, int]:
