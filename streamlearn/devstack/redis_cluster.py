@@ -65,7 +65,9 @@ def prepare_cluster(home: Path, masters: int, replicas: int, *, aof: bool, appen
         d = home / "redis" / f"node-{i}"
         (d / "data").mkdir(parents=True, exist_ok=True)
         extra = ["cluster-enabled yes", f"cluster-port {bus}", "cluster-config-file nodes.conf",
-                 f"cluster-node-timeout {NODE_TIMEOUT_MS}", "cluster-require-full-coverage no"]
+                 f"cluster-node-timeout {NODE_TIMEOUT_MS}", "cluster-require-full-coverage no",
+                 # a master resharded down to no slots stays a master: failovers keep their majority
+                 "cluster-allow-replica-migration no"]
         if maxmemory:
             extra += [f"maxmemory {maxmemory}", "maxmemory-policy noeviction"]
         if password is not None:
