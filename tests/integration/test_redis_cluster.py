@@ -99,3 +99,58 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(cluster_stack, tmp_path):
     assert result.faults["kill"] >= 1, result.summary()
     assert result.lost == 0 and result.duplicated == 0, result.summary()
     assert result.ok, result.summary()
+
+
+def test_state_larger_than_any_node_trains_end_to_end(tmp_path_factory, tmp_path):
+    """Factorization machines over 2^20 hashed features x 8 factors (Adagrad): a 72 MiB state
+    on 3 masters whose maxmemory is 64 MiB each (no eviction: a node over it refuses writes).
+    The state cannot fit on one node, fits the cluster, and every record is trained into it.
+
+    The job runs ``until never`` (no final snapshot): the model store keeps a snapshot as one
+    value on the job's home node, and writing this model (36 MiB) there needs twice that in
+    transient memory (the command's buffer and the value), more than a 64 MiB node has left.
+    Snapshots spread over the cluster are future work (benchmarks/README.md)."""
+    from tests.conftest import _start, _stop
+
+    from streamlearn.batch import SparseRows
+
+    home = tmp_path_factory.mktemp("cluster-maxmemory")
+    settings, dog = _start(home, timeout=180, redis_cluster=3, redis_maxmemory="64mb")
+    try:
+        rng = np.random.default_rng(11)
+        n, nnz, d = 3000, 10, 1 << 20
+        indices = rng.integers(0, d, size=(n, nnz)).astype(np.int64)
+        indices.sort(axis=1)
+        X = SparseRows(np.arange(0, n * nnz + 1, nnz, dtype=np.int64), indices.ravel(),
+                       np.ones(n * nnz, dtype=np.float32), d)
+        y = (indices[:, 0] < d // 2).astype(np.float32)  # learnable from which features occur
+        topic = _name("cl-big")
+        ensure_topic(settings.kafka_client_conf(), topic, partitions=2)
+        with Producer(settings.kafka, settings.kafka_conf) as producer:
+            producer.send_batch(topic, X, y, batch_size=100)
+        client = settings.redis_client()
+        job = _name("fm-big")
+        env = {"STREAMLEARN_KAFKA": settings.kafka, "STREAMLEARN_REDIS": settings.redis}
+        create_job(client, settings.kafka_client_conf(), job, "factorization_machines", topic,
+                   {"predictor_type": "binary_classifier", "num_factors": 8}, until="never")
+        spec = RedisState(client, job).keys()["wv"]
+        state_bytes = int(np.prod(spec.shape)) * 4
+        limit = 64 * 1024 * 1024
+        assert state_bytes > limit, "the state would fit on one node"
+        procs = [start_worker(job, tmp_path, env)]
+        try:
+            status = wait_status(client, job, lambda s: s["records_applied"] >= n, 300, "every record applied")
+        finally:
+            for p in procs:
+                p.terminate()
+            stop_all(procs)
+        assert status["records_applied"] == n and status["records_dead_lettered"] == 0
+        used = [client.get_redis_connection(node).info("memory")["used_memory"] for node in client.get_primaries()]
+        assert all(u < limit for u in used) and sum(used) > state_bytes, used
+        state = RedisState(client, job)
+        offsets, counters = state.load_consistent()
+        assert counters["records_applied"] == n and sum(offsets.values()) == n // 100  # 100-row messages
+        trained = state.pull("wv")[:, 0]  # the linear weights: only features that occurred moved
+        assert np.count_nonzero(trained) == len(np.unique(indices))
+    finally:
+        _stop(home, dog, purge=True)
