@@ -113,8 +113,8 @@ def wait_cluster(rstate: dict, deadline: float) -> None:
     try:
         for nd, c in zip(nodes, clients):
             _wait(lambda c=c: c.ping(), nd, deadline, "PING")
-        known = int(clients[0].execute_command("CLUSTER", "INFO").decode().split("cluster_known_nodes:")[1].split()[0])
-        if known < len(nodes):
+        info = clients[0].execute_command("CLUSTER", "INFO").decode()
+        if int(info.split("cluster_slots_assigned:")[1].split()[0]) == 0:  # a new cluster (a restart has its nodes.conf)
             _create(rstate)
         for nd, c in zip(nodes, clients):
             _wait(lambda c=c: _cluster_ok(c), nd, deadline, "cluster_state:ok")
@@ -124,6 +124,9 @@ def wait_cluster(rstate: dict, deadline: float) -> None:
 
 
 def _create(rstate: dict) -> None:
+    if rstate["cluster"]["masters"] < 3:  # redis-cli --cluster create wants 3 masters or more
+        _create_small(rstate)
+        return
     cmd = [shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
            *(f"127.0.0.1:{nd['port']}" for nd in rstate["cluster"]["nodes"]),
            "--cluster-replicas", str(rstate["cluster"]["replicas"]), "--cluster-yes"]
@@ -131,6 +134,31 @@ def _create(rstate: dict) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise StackError(f"redis-cli --cluster create failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def _create_small(rstate: dict) -> None:
+    """A cluster of 1 or 2 masters (and their replicas), joined by hand: slots split evenly."""
+    nodes, m = rstate["cluster"]["nodes"], rstate["cluster"]["masters"]
+    clients = [node_client(rstate, nd["port"]) for nd in nodes]
+    try:
+        for c in clients[1:]:
+            c.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0]["port"], nodes[0]["bus_port"])
+        for i, c in enumerate(clients[:m]):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * 16384 // m, (i + 1) * 16384 // m - 1)
+        ids = [c.execute_command("CLUSTER", "MYID").decode() for c in clients[:m]]
+        for j, c in enumerate(clients[m:]):
+            deadline = time.monotonic() + 30
+            while True:  # a replica can follow its master once it has heard of it
+                try:
+                    c.execute_command("CLUSTER", "REPLICATE", ids[j % m])
+                    break
+                except redis.ResponseError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+    finally:
+        for c in clients:
+            c.close()
 
 
 def auth_args(rstate: dict) -> list[str]:
