@@ -111,8 +111,9 @@ def up(
             else:
                 kport, cport, rport = free_ports(3)
             if progress:
-                progress(f"starting Kafka {KAFKA_VERSION} on 127.0.0.1:{kport} and Redis on "
-                         f"127.0.0.1:{rport} (home {h})…")
+                where = (f"a Redis Cluster of {redis_cluster} masters" if redis_cluster
+                         else f"Redis on 127.0.0.1:{rport}")
+                progress(f"starting Kafka {KAFKA_VERSION} on 127.0.0.1:{kport} and {where} (home {h})…")
             kstate = prepare_kafka(h, kport, cport, libs)
             if redis_cluster:
                 rstate = prepare_cluster(h, redis_cluster, redis_replicas, aof=aof, appendfsync=fsync,

@@ -25,7 +25,7 @@ import redis
 from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import StoreKeys
-from streamlearn.statestore.resp_into import exec_multi, hmget_into, multi_into, versioned_hmget_into
+from streamlearn.statestore.resp_into import exec_multi, exec_watched, hmget_into, multi_into, versioned_hmget_into
 from streamlearn.statestore.sharded import ShardedBackend, SlotClient, is_cluster
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
@@ -167,14 +167,7 @@ class RedisBackend:
                     if info.offsets:
                         commands.append(("LPUSH", k.rate, f"{now_ms()}:{info.records_applied + info.records_dead_lettered}"))
                         commands.append(("LTRIM", k.rate, 0, 199))
-                    try:
-                        exec_multi(pipe.connection, commands)
-                    except (redis.ConnectionError, redis.TimeoutError) as exc:
-                        # as redis-py does for a watching pipeline: the EXEC may or may not
-                        # have been applied; the retry finds out from the offsets (above)
-                        raise redis.WatchError(f"connection lost during the commit's EXEC: {exc}") from exc
-                    finally:
-                        pipe.reset()
+                    exec_watched(pipe, commands, "the commit")  # a lost reply: the retry reads the offsets (above)
                     return
                 except redis.WatchError:
                     self.conflicts += 1

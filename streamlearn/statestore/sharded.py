@@ -80,7 +80,7 @@ from redis.commands.core import Script
 from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StateError
 from streamlearn.statestore.buffered import CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import PREFIX, StoreKeys
-from streamlearn.statestore.resp_into import exec_multi, hmget_into, multi_into
+from streamlearn.statestore.resp_into import exec_multi, exec_watched, hmget_into, multi_into
 
 #: a position in a partition: (data epoch, next offset), compared as a tuple
 Position = tuple[int, int]
@@ -338,14 +338,8 @@ class ShardedBackend:
                                              *[x for cid, c in chunks.items() for x in (cid, encode_chunk(spec, c))]))
                     if end:
                         commands.append(("HSET", shard.applied, *[x for p, pos in end.items() for x in (str(p), _encode(pos))]))
-                    if commands:
-                        try:
-                            exec_multi(pipe.connection, commands)
-                        except (redis.ConnectionError, redis.TimeoutError) as exc:
-                            # applied or not: the retry reads the applied record and knows
-                            raise redis.WatchError(f"connection lost during a shard's EXEC: {exc}") from exc
-                        finally:
-                            pipe.reset()
+                    if commands:  # a lost reply: the retry reads the applied record (above)
+                        exec_watched(pipe, commands, f"shard {s}'s commit")
                     return
                 except redis.WatchError:
                     self._shard_conflicts += 1

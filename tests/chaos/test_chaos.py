@@ -8,24 +8,31 @@ from tests.chaos.harness import CLUSTER_FAULTS, FAULTS, PROFILES, run_chaos
 pytestmark = pytest.mark.chaos
 
 
-@pytest.fixture(scope="module")
-def chaos_stack(tmp_path_factory):
-    """A private stack (own home, Redis AOF appendfsync always) that the faults may restart."""
+def _private_stack(tmp_path_factory, name: str, purge: bool, **up):
     from tests.conftest import _start, _stop
 
-    home = tmp_path_factory.mktemp("chaos-stack")
-    settings, dog = _start(home, timeout=180, redis_aof=True, redis_appendfsync="always")
+    home = tmp_path_factory.mktemp(name)
+    settings, dog = _start(home, timeout=180, **up)
     try:
         yield home, settings
     finally:
-        _stop(home, dog, purge=False)
+        _stop(home, dog, purge=purge)
+
+
+@pytest.fixture(scope="module")
+def chaos_stack(tmp_path_factory):
+    """A private stack (own home, Redis AOF appendfsync always) that the faults may restart."""
+    yield from _private_stack(tmp_path_factory, "chaos-stack", False, redis_aof=True, redis_appendfsync="always")
 
 
 def test_short_profile_loses_and_duplicates_nothing(chaos_stack, tmp_path):
     home, settings = chaos_stack
-    result = run_chaos(settings, home, PROFILES["short"], tmp_path)
+    _assert_clean(run_chaos(settings, home, PROFILES["short"], tmp_path), FAULTS)
+
+
+def _assert_clean(result, kinds) -> None:
     print(result.summary())
-    assert set(result.faults) == set(FAULTS), f"not every fault kind ran before the job ended: {result.summary()}"
+    assert set(result.faults) == set(kinds), f"not every fault kind ran before the job ended: {result.summary()}"
     assert result.lost == 0 and result.duplicated == 0, result.summary()
     assert result.ok, result.summary()
 
@@ -33,14 +40,7 @@ def test_short_profile_loses_and_duplicates_nothing(chaos_stack, tmp_path):
 @pytest.fixture(scope="module")
 def cluster_chaos_stack(tmp_path_factory):
     """A private stack whose Redis is a Redis Cluster of 3 masters with a replica each."""
-    from tests.conftest import _start, _stop
-
-    home = tmp_path_factory.mktemp("cluster-chaos-stack")
-    settings, dog = _start(home, timeout=180, redis_cluster=3, redis_replicas=1)
-    try:
-        yield home, settings
-    finally:
-        _stop(home, dog, purge=True)
+    yield from _private_stack(tmp_path_factory, "cluster-chaos-stack", True, redis_cluster=3, redis_replicas=1)
 
 
 def test_cluster_profile_failover_and_reshard_lose_and_duplicate_nothing(cluster_chaos_stack, tmp_path):
@@ -48,8 +48,4 @@ def test_cluster_profile_failover_and_reshard_lose_and_duplicate_nothing(cluster
     promoted), one of its slots migrated (``redis-cli --cluster reshard``), workers killed and
     stopped, all mid-job: 0 lost, 0 duplicated, finalized once."""
     home, settings = cluster_chaos_stack
-    result = run_chaos(settings, home, PROFILES["cluster"], tmp_path)
-    print(result.summary())
-    assert set(result.faults) == set(CLUSTER_FAULTS), f"not every fault kind ran before the job ended: {result.summary()}"
-    assert result.lost == 0 and result.duplicated == 0, result.summary()
-    assert result.ok, result.summary()
+    _assert_clean(run_chaos(settings, home, PROFILES["cluster"], tmp_path), CLUSTER_FAULTS)

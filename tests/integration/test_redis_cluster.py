@@ -17,7 +17,7 @@ from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
 from tests.chaos.harness import Profile, run_chaos
-from tests.integration.procs import start_worker, stop_all, wait_status
+from tests.integration.procs import start_worker, stop_all, train_to_end, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -72,12 +72,7 @@ def test_job_on_three_masters_counts_every_record_once(cluster_stack, tmp_path, 
     job = _name(algorithm.split("_")[0])
     create_job(client, settings.kafka_client_conf(), job, algorithm, topic,
                {"predictor_type": "binary_classifier"}, epochs=1)
-    procs = [start_worker(job, tmp_path), start_worker(job, tmp_path)]
-    try:
-        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
-    finally:
-        codes = stop_all(procs)
-    assert codes == [0, 0]
+    status = train_to_end(settings, job, tmp_path)
     assert status["records_applied"] == 5000 and status["records_dead_lettered"] == 0
     assert status["finalize_calls"] == 1 and status["partitions"] == status["end_offsets"]
     backend = RedisState(client, job).backend
