@@ -26,14 +26,23 @@ def _cluster(ctx: Context, masters: int):
     rstate = prepare_cluster(ctx.tmp / f"cluster-{masters}", masters, 0, aof=False, appendfsync="everysec",
                              password=None, user=None)
     launch_cluster(rstate)
-    wait_cluster(rstate, time.monotonic() + 120)
+    try:
+        wait_cluster(rstate, time.monotonic() + 120)
+    except BaseException:
+        _stop(rstate)
+        raise
     return Settings(kafka=ctx.settings.kafka, redis=rstate["url"]), rstate
 
 
-def case_push_pull(ctx: Context) -> list[Row]:
+def _stop(rstate: dict) -> None:
     from streamlearn.devstack.procs import stop_pid
     from streamlearn.devstack.state import REDIS_MARKER
 
+    for node in rstate["cluster"]["nodes"]:
+        stop_pid(node["pid"], REDIS_MARKER)
+
+
+def case_push_pull(ctx: Context) -> list[Row]:
     n = ctx.p["state_floats"]
     one = measure(ctx, n)
     rows = [Row("cluster.push.single", fmt_bw(one["push_bw"]), note=f"{n:.0e} floats, one redis-server: "
@@ -43,8 +52,7 @@ def case_push_pull(ctx: Context) -> list[Row]:
         try:
             m = measure(ctx, n, settings=settings)
         finally:
-            for node in rstate["cluster"]["nodes"]:
-                stop_pid(node["pid"], REDIS_MARKER)
+            _stop(rstate)
         rows.append(Row(f"cluster.push.{masters}", fmt_bw(m["push_bw"]), f"single {fmt_bw(one['push_bw'])}",
                         m["push_bw"] / one["push_bw"], note=f"{masters} master(s), {m['chunks']} chunks: push+commit "
                         f"{m['push_s'] * 1e3:.0f} ms (reads back under WATCH), cold pull {m['pull_s'] * 1e3:.0f} ms "
