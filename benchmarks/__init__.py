@@ -10,10 +10,10 @@ from benchmarks._core import PROFILES, Context, Row, format_table
 
 def all_cases() -> dict:
     """Every case, in the order a full run takes them (limits first: the others reuse them)."""
-    from benchmarks import deepar, e2e, limits, ntm, peers, quality, scaling, serve, state, tune
+    from benchmarks import cluster, deepar, e2e, limits, ntm, peers, quality, scaling, serve, state, tune
 
     out: dict = {}
-    for mod in (limits, e2e, state, scaling, peers, quality, ntm, deepar, serve, tune):
+    for mod in (limits, e2e, state, cluster, scaling, peers, quality, ntm, deepar, serve, tune):
         out.update(mod.CASES)
     return out
 

@@ -18,10 +18,10 @@ from benchmarks._core import Context, Row, check, fmt_bw
 from benchmarks.limits import BEST_OF, redis_bandwidth
 
 
-def _state(ctx: Context, n: int, tag: str):
+def _state(ctx: Context, n: int, tag: str, settings=None):
     from streamlearn.statestore.redis_state import RedisState
 
-    client = ctx.settings.redis_client()
+    client = (settings or ctx.settings).redis_client()
     job = ctx.name(f"state-{tag}")
     state = RedisState(client, job)
     state.initialize("x", np.zeros(n))
@@ -30,16 +30,16 @@ def _state(ctx: Context, n: int, tag: str):
 
 
 def _cleanup(client, job: str) -> None:
-    from streamlearn.statestore.keys import StoreKeys
+    from streamlearn.runtime.record import JobRecord
 
-    k = StoreKeys(job)
-    client.delete(*k.all_keys(["x"]))
+    JobRecord(client, job).delete()  # every key of the state, on one node or a cluster
 
 
-def measure(ctx: Context, n: int, reps: int = BEST_OF) -> dict:
-    """Best-of-``reps`` times of push+commit and of a cold pull for an ``n``-float key."""
+def measure(ctx: Context, n: int, reps: int = BEST_OF, settings=None) -> dict:
+    """Best-of-``reps`` times of push+commit and of a cold pull for an ``n``-float key (on
+    ``settings``' Redis, default the run's stack)."""
     def make():
-        client, job, state = _state(ctx, n, str(n))
+        client, job, state = _state(ctx, n, str(n), settings)
         delta = np.random.default_rng(0).normal(size=n)
         push = pull = float("inf")
         try:
@@ -61,7 +61,7 @@ def measure(ctx: Context, n: int, reps: int = BEST_OF) -> dict:
         nbytes = 8 * n
         return {"push_s": push, "pull_s": pull, "push_bw": 2 * nbytes / push, "pull_bw": nbytes / pull,
                 "chunks": chunks, "chunk_kib": chunk_kib}
-    return ctx.memo(("state", n, reps), make)
+    return ctx.memo(("state", n, reps, settings and settings.redis), make)
 
 
 def case_push_pull(ctx: Context) -> list[Row]:

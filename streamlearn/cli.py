@@ -102,7 +102,8 @@ def cmd_stack(args) -> int:
 
     if args.action == "up":
         password = os.environ.get(args.redis_password_env) if args.redis_password_env else None
-        settings = stack.up(args.home, redis_aof=args.aof, redis_password=password, progress=say)
+        settings = stack.up(args.home, redis_aof=args.aof, redis_password=password, redis_cluster=args.redis_cluster,
+                            redis_replicas=args.replicas, redis_maxmemory=args.redis_maxmemory, progress=say)
         print("\n".join(settings.shell_lines(reveal=True, export=True)))  # for `eval "$(streamlearn stack up)"`
         if args.schema_registry:
             print(f"export {ENV_URL}={schema_registry.up(args.home, progress=say)}")
@@ -632,6 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="up: also start a Confluent-compatible schema registry (Apicurio; needs Java 21+)")
     st.add_argument("--aof", action="store_true", default=None, help="up: Redis with an append-only file")
     st.add_argument("--redis-password-env", metavar="VAR", help="up: protect Redis with the password in $VAR")
+    st.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                    help="up: a Redis Cluster of N masters instead of one Redis (URL redis+cluster://host:port,…/)")
+    st.add_argument("--replicas", type=int, default=0, help="up --redis-cluster: replicas per master")
+    st.add_argument("--redis-maxmemory", metavar="SIZE", help="up --redis-cluster: maxmemory of each node (e.g. 64mb)")
     st.add_argument("--purge", action="store_true", help="down: also delete the stack's data and logs")
     st.add_argument("--kill", action="store_true", help="restart-*: SIGKILL (a crash) instead of SIGTERM")
     st.set_defaults(func=cmd_stack)

@@ -3,7 +3,9 @@
 Resolution order (:meth:`Settings.resolve`):
 
 1. ``STREAMLEARN_KAFKA`` (bootstrap servers, ``host:port[,host:port…]``) and
-   ``STREAMLEARN_REDIS`` (URL: ``redis://[user:pass@]host:port/db`` or ``rediss://…``);
+   ``STREAMLEARN_REDIS`` (URL: ``redis://[user:pass@]host:port/db`` or ``rediss://…``; a Redis
+   Cluster: ``redis+cluster://[user:pass@]host1:port1,host2:port2,…/`` naming one or more seed
+   nodes, or ``rediss+cluster://…`` for TLS; the client finds the other nodes itself);
 2. otherwise the running local stack (``streamlearn stack up``), read from its state file in
    ``$STREAMLEARN_HOME`` (default ``~/.local/state/streamlearn/stack``);
 3. otherwise a :class:`ConfigError` that says what to do.
@@ -32,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from streamlearn.devstack.state import live_state, stale_hint
 from streamlearn.errors import ServiceUnavailable, UserError
 
-__all__ = ["ConfigError", "KafkaUnreachable", "Settings", "mask_url", "kafka_env_conf", "kafka_logging",
+__all__ = ["ConfigError", "KafkaUnreachable", "Settings", "mask_url", "is_cluster_url", "kafka_env_conf", "kafka_logging",
            "local_stack_settings", "LIBRDKAFKA_LOGGER"]
 
 ENV_KAFKA = "STREAMLEARN_KAFKA"
@@ -72,6 +74,12 @@ def kafka_logging(conf: Mapping[str, Any]) -> dict:
 
 def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (user names are kept)."""
+    if is_cluster_url(url):
+        scheme, _, rest = url.partition("://")
+        userinfo, at, hosts = rest.rpartition("@")
+        if not at or ":" not in userinfo:
+            return url
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{hosts}"
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -90,6 +98,38 @@ def mask_url(url: str) -> str:
     if port is not None:
         netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return url.split("://", 1)[0].lower() in ("redis+cluster", "rediss+cluster")
+
+
+def _cluster_client(url: str, kwargs: dict):
+    """A redis-py ``RedisCluster`` for a ``redis+cluster://[user:pass@]h1:p1,h2:p2/`` URL."""
+    from urllib.parse import unquote
+
+    from redis.cluster import ClusterNode, RedisCluster
+
+    scheme, _, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@") if "@" in rest else ("", "", rest)
+    hosts = hosts.split("/", 1)[0].split("?", 1)[0]
+    nodes = []
+    for seed in filter(None, hosts.split(",")):
+        host, _, port = seed.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"seed node {seed!r} is not host:port")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError("no seed node (host:port) in the URL")
+    if at:
+        user, _, password = userinfo.partition(":")
+        kwargs.setdefault("username", unquote(user) or None)
+        kwargs.setdefault("password", unquote(password) or None)
+    if scheme.lower().startswith("rediss"):
+        kwargs.setdefault("ssl", True)
+    kwargs.pop("command_packer", None)  # a cluster client builds its node clients itself
+    return RedisCluster(startup_nodes=nodes, **kwargs)
 
 
 def _mask_conf(conf: Mapping[str, Any]) -> dict:
@@ -200,7 +240,8 @@ class Settings:
         kwargs.setdefault("command_packer", _large_value_packer())
         kwargs.setdefault("socket_read_size", 1 << 20)  # state chunks arrive in MBs: fewer reads
         try:
-            client = _redis_class().from_url(self.redis, **kwargs)
+            client = (_cluster_client(self.redis, kwargs) if is_cluster_url(self.redis)
+                      else _redis_class().from_url(self.redis, **kwargs))
         except ValueError as exc:
             raise ConfigError(
                 f"{ENV_REDIS} is not a valid Redis URL ({mask_url(self.redis)}): {_scrub(exc, self.redis)}"

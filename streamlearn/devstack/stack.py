@@ -20,13 +20,16 @@ from streamlearn.config import Settings, mask_url
 from streamlearn.devstack.jars import KAFKA_VERSION, check_prerequisites, ensure_kafka
 from streamlearn.devstack.kafka import launch_kafka, prepare_kafka, wait_kafka
 from streamlearn.devstack.procs import STOP_TIMEOUT_S, alive, free_ports, listening, log_tail, port_free, stop_pid
+from streamlearn.devstack.redis_cluster import kill_master, launch_cluster, prepare_cluster, reshard, wait_cluster
 from streamlearn.devstack.redis_server import BAD_PW_CHARS, launch_redis, prepare_redis, wait_redis
 from streamlearn.devstack.state import (
-    KAFKA_MARKER, REDIS_MARKER, StackError, flock, read_state, require_state, resolve_home, state_path, write_state,
+    KAFKA_MARKER, REDIS_MARKER, StackError, flock, read_state, redis_alive, redis_pids, require_state, resolve_home,
+    state_path, write_state,
 )
 
 __all__ = ["KAFKA_VERSION", "StackError", "check_prerequisites", "ensure_kafka", "up", "down", "status",
-           "restart_kafka", "restart_redis", "stop_kafka", "start_kafka", "stop_redis", "start_redis"]
+           "restart_kafka", "restart_redis", "stop_kafka", "start_kafka", "stop_redis", "start_redis",
+           "fail_over_redis", "reshard_redis"]
 
 START_TIMEOUT_S = 120.0
 
@@ -43,6 +46,9 @@ def up(
     redis_user: str | None = None,
     redis_aof: bool | None = None,
     redis_appendfsync: str | None = None,
+    redis_cluster: int = 0,
+    redis_replicas: int = 0,
+    redis_maxmemory: str | None = None,
     timeout: float = START_TIMEOUT_S,
     progress: Callable[[str], None] | None = None,
 ) -> Settings:
@@ -52,7 +58,9 @@ def up(
     disabled) protects Redis; ``redis_aof`` turns on the append-only file (``appendfsync``
     defaults to ``always`` with AOF, so a SIGKILLed Redis loses nothing acknowledged).
     Already running → its settings are returned; asking for different Redis options than
-    the running stack has raises :class:`StackError`. Raises :class:`StackError` (with the
+    the running stack has raises :class:`StackError`. ``redis_cluster`` = N > 0 starts a
+    Redis Cluster of N masters with ``redis_replicas`` replicas each (and ``redis_maxmemory``
+    per node, e.g. ``"64mb"``) instead of one server (:mod:`~streamlearn.devstack.redis_cluster`). Raises :class:`StackError` (with the
     log tail) if a component does not come up within ``timeout`` seconds.
     """
     h = resolve_home(home)
@@ -76,13 +84,13 @@ def up(
         state = read_state(h)
         if state is not None:
             kalive = alive(state["kafka"].get("pid"), KAFKA_MARKER)
-            ralive = alive(state["redis"].get("pid"), REDIS_MARKER)
+            ralive = redis_alive(state["redis"])
             if kalive and ralive:
                 _check_same_options(state, redis_password, redis_user, redis_aof)
                 return Settings.of_stack(state)
             # partially/fully dead stack: stop what is left, start again below (same data)
             stop_pid(state["kafka"].get("pid"), KAFKA_MARKER)
-            stop_pid(state["redis"].get("pid"), REDIS_MARKER)
+            _stop_redis_pids(state["redis"])
             prev = state
         else:
             prev = None
@@ -96,33 +104,41 @@ def up(
 
         t0 = time.monotonic()
         for attempt in range(3):
-            if prev and attempt == 0 and all(port_free(p) for p in (
+            if prev and attempt == 0 and "cluster" not in prev["redis"] and all(port_free(p) for p in (
                     prev["kafka"]["port"], prev["kafka"]["controller_port"], prev["redis"]["port"])):
                 kport, cport, rport = (prev["kafka"]["port"], prev["kafka"]["controller_port"],
                                        prev["redis"]["port"])
             else:
                 kport, cport, rport = free_ports(3)
             if progress:
-                progress(f"starting Kafka {KAFKA_VERSION} on 127.0.0.1:{kport} and Redis on "
-                         f"127.0.0.1:{rport} (home {h})…")
+                where = (f"a Redis Cluster of {redis_cluster} masters" if redis_cluster
+                         else f"Redis on 127.0.0.1:{rport}")
+                progress(f"starting Kafka {KAFKA_VERSION} on 127.0.0.1:{kport} and {where} (home {h})…")
             kstate = prepare_kafka(h, kport, cport, libs)
-            rstate = prepare_redis(h, rport, aof=aof, appendfsync=fsync, password=password,
-                                    user=user)
+            if redis_cluster:
+                rstate = prepare_cluster(h, redis_cluster, redis_replicas, aof=aof, appendfsync=fsync,
+                                         password=password, user=user, maxmemory=redis_maxmemory)
+            else:
+                rstate = prepare_redis(h, rport, aof=aof, appendfsync=fsync, password=password,
+                                        user=user)
             state = {"version": 1, "home": str(h), "started_at": time.time(),
                      "kafka": kstate, "redis": rstate,
                      "settings": {"kafka": f"127.0.0.1:{kport}", "redis": rstate["url"]}}
             kstate["pid"] = launch_kafka(h, kstate)
-            rstate["pid"] = launch_redis(h, rstate)
+            rstate["pid"] = launch_cluster(rstate) if redis_cluster else launch_redis(h, rstate)
             write_state(h, state)
             deadline = time.monotonic() + timeout
             try:
-                wait_redis(rstate, rstate["pid"], deadline)
+                if redis_cluster:
+                    wait_cluster(rstate, deadline)
+                else:
+                    wait_redis(rstate, rstate["pid"], deadline)
                 wait_kafka(kstate, kstate["pid"], deadline)
             except StackError:
                 retry = attempt < 2 and (_bind_failed(Path(kstate["log"]))
                                          or _bind_failed(Path(rstate["log"])))
                 stop_pid(kstate["pid"], KAFKA_MARKER, timeout=10)
-                stop_pid(rstate["pid"], REDIS_MARKER, timeout=10)
+                _stop_redis_pids(rstate, timeout=10)
                 if retry:
                     continue
                 with contextlib.suppress(OSError):
@@ -132,6 +148,11 @@ def up(
             write_state(h, state)
             return Settings.of_stack(state)
     raise StackError("unreachable")  # pragma: no cover
+
+
+def _stop_redis_pids(rstate: dict, *, kill: bool = False, timeout: float = STOP_TIMEOUT_S) -> None:
+    for pid in redis_pids(rstate):
+        stop_pid(pid, REDIS_MARKER, kill=kill, timeout=timeout)
 
 
 def _check_same_options(state: dict, password, user, aof) -> None:
@@ -162,9 +183,8 @@ def down(home: Path | str | None = None, *, purge: bool = False,
         state = read_state(h)
         was = False
         if state is not None:
-            was = alive(state["kafka"].get("pid"), KAFKA_MARKER) or alive(
-                state["redis"].get("pid"), REDIS_MARKER)
-            stop_pid(state["redis"].get("pid"), REDIS_MARKER, timeout=timeout)
+            was = alive(state["kafka"].get("pid"), KAFKA_MARKER) or redis_alive(state["redis"])
+            _stop_redis_pids(state["redis"], timeout=timeout)
             stop_pid(state["kafka"].get("pid"), KAFKA_MARKER, timeout=timeout)
             # the opt-in schema registry (schema_registry_server), when `up --schema-registry` started one
             stop_pid(state.get("schema_registry", {}).get("pid"), "quarkus-run.jar", timeout=timeout)
@@ -192,7 +212,7 @@ def status(home: Path | str | None = None) -> dict:
                 "kafka": {"running": False}, "redis": {"running": False}, "settings": None}
     k, r = state["kafka"], state["redis"]
     kalive = alive(k.get("pid"), KAFKA_MARKER)
-    ralive = alive(r.get("pid"), REDIS_MARKER)
+    ralive = redis_alive(r)
     return {
         "home": str(h),
         "state_file": str(state_path(h)),
@@ -207,7 +227,10 @@ def status(home: Path | str | None = None) -> dict:
                   "pid": r.get("pid"), "port": r["port"], "url": mask_url(r["url"]),
                   "aof": r["aof"], "appendfsync": r.get("appendfsync"),
                   "auth": r.get("password") is not None, "user": r.get("user"),
-                  "log": r["log"], "data": r["data"]},
+                  "log": r["log"], "data": r["data"],
+                  **({"cluster": {"masters": r["cluster"]["masters"], "replicas": r["cluster"]["replicas"],
+                                  "nodes": [{"port": n["port"], "pid": n["pid"], "running": alive(n["pid"], REDIS_MARKER)}
+                                            for n in r["cluster"]["nodes"]]}} if "cluster" in r else {})},
         "settings": Settings.of_stack(state).masked(),
     }
 
@@ -275,3 +298,22 @@ def restart_redis(home: Path | str | None = None, *, kill: bool = False,
     """
     stop_redis(home, kill=kill)
     return start_redis(home, timeout=timeout)
+
+
+def fail_over_redis(home: Path | str | None, slot: int) -> int:
+    """Local Redis Cluster: SIGKILL the master of ``slot``, wait for its replica's promotion,
+    restart the killed node (it rejoins as a replica). Returns the killed node's port."""
+    h = resolve_home(home)
+    with flock(h / ".lock"):
+        state = require_state(h)
+        try:
+            return kill_master(state["redis"], slot)
+        finally:
+            write_state(h, state)  # the restarted node's pid, even if it failed to sync in time
+
+
+def reshard_redis(home: Path | str | None, slot: int) -> tuple[int, int]:
+    """Local Redis Cluster: move ``slot`` to another master (``redis-cli --cluster reshard``)."""
+    h = resolve_home(home)
+    with flock(h / ".lock"):
+        return reshard(require_state(h)["redis"], slot)

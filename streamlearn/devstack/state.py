@@ -93,9 +93,20 @@ def require_state(h: Path) -> dict:
     return state
 
 
+def redis_pids(rstate: dict) -> list[int | None]:
+    """The pids of the stack's Redis: one server, or every node of a local Redis Cluster."""
+    if "cluster" in rstate:
+        return [node.get("pid") for node in rstate["cluster"]["nodes"]]
+    return [rstate.get("pid")]
+
+
+def redis_alive(rstate: dict) -> bool:
+    """Whether the stack's Redis runs (a cluster: any of its nodes; a failover keeps it up)."""
+    return any(alive(pid, REDIS_MARKER) for pid in redis_pids(rstate))
+
+
 def both_alive(state: dict) -> bool:
-    return alive(state["kafka"].get("pid"), KAFKA_MARKER) and alive(
-        state["redis"].get("pid"), REDIS_MARKER)
+    return alive(state["kafka"].get("pid"), KAFKA_MARKER) and redis_alive(state["redis"])
 
 
 def live_state(home: Path | str | None = None, env: Mapping[str, str] | None = None) -> dict | None:

@@ -29,6 +29,7 @@ from streamlearn.registry.records import Registry
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.keys import PREFIX, StoreKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
+from streamlearn.statestore.sharded import SlotClient, is_cluster, shard_pattern
 
 #: the set of job names
 JOBS = f"{PREFIX}:jobs"
@@ -196,7 +197,9 @@ class JobRecord:
         ``snapshot_version`` (and ``publishable_version`` unless the gate rejected it) and,
         when ``final``, ``finalize_calls`` + 1 and status ``finished`` — unless the job is
         finished already (another finalizer won; then nothing is written and False returned)."""
-        with self.client.pipeline(transaction=True) as pipe:
+        # on a Redis Cluster, the plain client of the job's node: a cluster pipeline refuses scripts
+        home = SlotClient(self.client, self.store.base) if is_cluster(self.client) else self.client
+        with home.pipeline(transaction=True) as pipe:
             try:
                 if final:
                     pipe.watch(self._status)
@@ -270,8 +273,13 @@ class JobRecord:
         doomed = {k.decode() for k in self.client.scan_iter(match=f"{base}:*", count=1000)}
         doomed = {k for k in doomed if not k.startswith(kept)} | set(self.store.all_keys())
         doomed |= {self._spec, self._status, self._finalize_lock, self._snapshot_lock}
+        for key in self.client.scan_iter(match=shard_pattern(self.name), count=1000):
+            self.client.delete(key)  # a sharded state's chunks (other slots of a Redis Cluster)
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(*sorted(doomed))
+        if is_cluster(self.client):  # the jobs set is in another slot: no MULTI spans both
+            pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
         pipe.srem(JOBS, self.name)
         pipe.execute()
 

@@ -38,6 +38,7 @@ from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.snapshots.signing import require_signer
 from streamlearn.statestore.base import CommitRefused, FencedError
 from streamlearn.statestore.buffered import CommitInfo
+from streamlearn.statestore.sharded import ReplayCutter
 from streamlearn.streams.access import RefusalWatch, refusal
 from streamlearn.wire.confluent import ConfluentSchemas, SchemaRegistryUnavailable
 from streamlearn.wire.decode import decode_messages, rejection_headers
@@ -134,6 +135,7 @@ class Worker:
         self.done_partitions: set[int] = set()  # reached the job's end offset
         self.passes: dict[int, int] = {}  # partition -> the data epoch (pass) being read
         self.positions: dict[int, int] = {}  # partition -> the next offset as last claimed or committed here
+        self.replay = ReplayCutter()  # partial batches of a sharded store, re-applied alone
         self._stop = threading.Event()
         self._paused = False
         self._unsettled: Exception | None = None  # set while a recovery's seek is still owed
@@ -269,6 +271,7 @@ class Worker:
         if not assigned:
             return
         positions = self._retry(lambda: self.state.backend.positions(assigned), "recovery")
+        self.replay.assign(assigned, self.state.backend.replay)
         for p, (offset, done_passes) in zip(assigned, positions):
             self.passes[p] = done_passes
             if offset is not None and p in self.fence:
@@ -326,6 +329,7 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
         claimed = self._retry(lambda: self.state.backend.claim(ids), "partition assignment")
+        self.replay.assign(ids, self.state.backend.replay)
         for tp, (epoch, offset, done_passes) in zip(partitions, claimed):
             self.fence[tp.partition] = epoch
             self.passes[tp.partition] = done_passes
@@ -341,6 +345,7 @@ class Worker:
         log.info("%s: assigned %s", self.member, {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.replay.drop([tp.partition for tp in partitions])
         for tp in partitions:
             self.fence.pop(tp.partition, None)
             self.done_partitions.discard(tp.partition)
@@ -351,6 +356,17 @@ class Worker:
 
     # -- the update step ------------------------------------------------------------------
     def _process(self, msgs) -> None:
+        for batch in self.replay.cut(msgs, self._stored_position):
+            if not self._process_batch(batch):
+                return  # dropped (fenced, refused, failed): the rest goes back to the stored offsets too
+
+    def _stored_position(self, partition: int, offset: int) -> tuple[int, int]:
+        """(data epoch, offset) stored for ``partition`` after the message at ``offset``."""
+        offsets, passes = self._positions_after({partition: offset + 1})
+        return passes[partition], offsets[partition]
+
+    def _process_batch(self, msgs) -> bool:
+        """Apply and commit one batch; False when it was dropped."""
         good, next_offsets = [], {}
         for m in msgs:
             err = m.error()
@@ -373,7 +389,7 @@ class Worker:
             good.append(m)
             next_offsets[p] = off + 1
         if not good:
-            return
+            return True
         values = [m.value() or b"" for m in good]
         own_reader = getattr(self.algorithm, "decode_window", None)  # an algorithm with its own record type
         if own_reader is not None:
@@ -391,7 +407,7 @@ class Worker:
         except AlgorithmBug as exc:
             self.state.discard()
             self._fail(str(exc))
-            return
+            return False
         dead = self._dead_letter(good, result.rejected) + self._dead_letter_records(good, result.row_messages(), failures)
         reasons = [r.reason for r in result.rejected] + [f.reason for f in failures]
         offsets, passes = self._positions_after(next_offsets)
@@ -409,12 +425,12 @@ class Worker:
             log.warning("%s: %s", self.member, exc)
             self.metrics.dropped("fenced")
             self.state.discard()
-            return
+            return False
         except CommitRefused as exc:  # paused (or failed, deleted) before this commit: back to the stored offsets
             self.metrics.dropped("refused")
             self._recover(exc)
             self._next_control = 0.0
-            return
+            return False
         self.records_applied += applied
         if self.profile is not None:
             self.profile.accept()
@@ -435,6 +451,7 @@ class Worker:
             end = self.spec.end_offsets.get(p)
             if end is not None and o >= end:
                 self._mark_done(p)
+        return True
 
     def _last_pass(self, partition: int) -> bool:
         return self.passes.get(partition, 0) >= self.spec.epochs - 1

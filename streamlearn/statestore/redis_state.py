@@ -25,7 +25,8 @@ import redis
 from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import StoreKeys
-from streamlearn.statestore.resp_into import exec_multi, hmget_into, multi_into, versioned_hmget_into
+from streamlearn.statestore.resp_into import exec_multi, exec_watched, hmget_into, multi_into, versioned_hmget_into
+from streamlearn.statestore.sharded import ShardedBackend, SlotClient, is_cluster
 
 #: a member that has not sent a heartbeat for this long has left the job (barrier, status)
 MEMBER_TIMEOUT_MS = 10_000
@@ -80,6 +81,8 @@ class RedisBackend:
         self._barrier = client.register_script(_BARRIER)
         self.conflicts = 0  # optimistic retries, for benchmarks
         self.profiles: list[bytes] = []  # set by read_consistent_into
+        #: partition -> positions of batches applied in part (a sharded store's; one node applies a batch whole)
+        self.replay: dict[int, list[tuple[int, int]]] = {}
 
     def specs(self) -> dict[str, KeySpec]:
         if self._specs is None:
@@ -186,14 +189,7 @@ class RedisBackend:
                     if info.offsets:
                         commands.append(("LPUSH", k.rate, f"{now_ms()}:{info.records_applied + info.records_dead_lettered}"))
                         commands.append(("LTRIM", k.rate, 0, 199))
-                    try:
-                        exec_multi(pipe.connection, commands)
-                    except (redis.ConnectionError, redis.TimeoutError) as exc:
-                        # as redis-py does for a watching pipeline: the EXEC may or may not
-                        # have been applied; the retry finds out from the offsets (above)
-                        raise redis.WatchError(f"connection lost during the commit's EXEC: {exc}") from exc
-                    finally:
-                        pipe.reset()
+                    exec_watched(pipe, commands, "the commit")  # a lost reply: the retry reads the offsets (above)
                     return
                 except redis.WatchError:
                     self.conflicts += 1
@@ -264,15 +260,20 @@ class RedisBackend:
 
 
 class RedisState(BufferedState):
-    """The State of job ``job`` in Redis, as one worker (``member``) sees it.
+    """The State of job ``job`` in Redis, as one worker (``member``) sees it; on a Redis
+    Cluster (a ``RedisCluster`` client) the state is sharded (:mod:`~streamlearn.statestore.sharded`).
 
     ``gate``: a key whose value must be ``running`` (or absent) for a batch commit to apply,
     checked inside the commit's transaction; the job record passes the job's status."""
 
-    backend: RedisBackend
+    backend: "RedisBackend | ShardedBackend"
 
     def __init__(self, client: redis.Redis, job: str, member: str | None = None, gate: str | None = None):
-        super().__init__(RedisBackend(client, job, member, gate))
+        if is_cluster(client):  # a Redis Cluster: chunks on shards, the rest on the job's home slot
+            home = RedisBackend(SlotClient(client, StoreKeys(job).base), job, member, gate)
+            super().__init__(ShardedBackend(client, home, job))
+        else:
+            super().__init__(RedisBackend(client, job, member, gate))
 
     def load_consistent(self) -> tuple[dict[int, int], dict[str, int]]:
         """Fill the cache with one consistent cut of the whole state (for finalize) and

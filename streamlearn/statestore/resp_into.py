@@ -273,3 +273,16 @@ def exec_multi(conn, commands: list[tuple]) -> list:
     :class:`redis.WatchError` when a watched key changed (EXEC answered nil) and the first
     error a command was queued or run with."""
     return _transaction(conn, commands, lambda r: _values(r, len(commands)))
+
+
+def exec_watched(pipe, commands: list[tuple], what: str) -> list:
+    """:func:`exec_multi` on a pipeline holding a ``WATCH``, then reset it. A connection lost
+    during EXEC becomes :class:`redis.WatchError` (as redis-py does for a watching pipeline):
+    the EXEC may or may not have been applied, and the caller's retry finds out from what the
+    transaction records (``what`` names it in the message)."""
+    try:
+        return exec_multi(pipe.connection, commands)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise redis.WatchError(f"connection lost during {what}'s EXEC: {exc}") from exc
+    finally:
+        pipe.reset()

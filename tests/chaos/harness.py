@@ -42,6 +42,10 @@ import redis
 REPO = Path(__file__).resolve().parents[2]
 
 FAULTS = ("kill", "term", "scale", "stop", "redis", "kafka", "join_during_redis", "leave_during_kafka")
+#: faults of a stack whose Redis is a Redis Cluster with replicas (``up(redis_cluster=3, redis_replicas=1)``):
+#: a master of one of the job's slots SIGKILLed (its replica promoted), and one of the job's
+#: slots migrated to another master (``redis-cli --cluster reshard``) while workers run
+CLUSTER_FAULTS = ("kill", "stop", "failover", "reshard")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ PROFILES = {
     # 10-row messages, 4 per commit, the faster state path finished it in 54 s, 6 faults)
     "long": Profile("long", records=600_000, seed=7, msg_rows=5, max_messages=2, fault_gap_s=(2.0, 6.0),
                     timeout_s=1800.0),
+    # a Redis Cluster (sharded state): each cluster fault once or more, besides worker faults
+    "cluster": Profile("cluster", records=60_000, seed=3, msg_rows=5, max_messages=2, fault_gap_s=(1.0, 2.5),
+                       faults=CLUSTER_FAULTS, timeout_s=900.0),
 }
 
 
@@ -243,8 +250,9 @@ def _status(client, job: str) -> dict | None:
 
 class Injector:
     def __init__(self, home: Path, workers: Workers, profile: Profile, rng: random.Random, result: RunResult,
-                 say):
+                 say, client=None):
         self.home, self.w, self.profile, self.rng, self.result, self.say = home, workers, profile, rng, result, say
+        self.client = client  # the stack's Redis (cluster faults pick one of the job's slots)
 
     def ensure_at_least(self, n: int) -> None:
         while len(self.w.running()) < n:
@@ -291,6 +299,12 @@ class Injector:
             time.sleep(self.profile.session_timeout_ms / 1000.0 + rng.uniform(2.0, 4.0))
             os.kill(p.pid, signal.SIGCONT)
             w.stopped.discard(p.pid)
+        elif kind in ("failover", "reshard"):  # on one of the job's slots (home or a shard)
+            slot = rng.choice(job_slots(self.client, w.job))
+            if kind == "failover":
+                stack.fail_over_redis(self.home, slot)
+            else:
+                stack.reshard_redis(self.home, slot)
         elif kind == "redis":
             stack.restart_redis(self.home, kill=rng.random() < 0.5)
         elif kind == "kafka":
@@ -316,6 +330,14 @@ class Injector:
             raise ValueError(f"unknown fault {kind!r}")
         self.result.faults[kind.split("->")[0]] += 1
         self.say(f"  fault {kind}: {len(w.running())} worker(s) running")
+
+
+def job_slots(client, job: str) -> list[int]:
+    """The hash slots of a job's state on a Redis Cluster: its home slot and its shards'."""
+    from streamlearn.statestore.redis_state import RedisState
+
+    backend = RedisState(client, job).backend
+    return [client.keyslot(backend.keys.base)] + [shard.client.slot for shard in backend.shards()]
 
 
 def check_invariants(client, job: str, X: np.ndarray, bad_records: int, result: RunResult) -> None:
@@ -394,7 +416,7 @@ def run_chaos(settings, home: Path, profile: Profile, work_dir: Path, say=print)
     for key, value in settings.kafka_conf.items():  # the private stack's own client settings
         env["STREAMLEARN_KAFKA_" + key.replace("_", "__").replace(".", "_").upper()] = str(value)
     workers = Workers(job, env, work_dir / job, rng)
-    injector = Injector(home, workers, profile, rng, result, say)
+    injector = Injector(home, workers, profile, rng, result, say, client)
     t0 = time.monotonic()
     for _ in range(profile.start_workers):
         workers.start()
@@ -441,4 +463,4 @@ def run_chaos(settings, home: Path, profile: Profile, work_dir: Path, say=print)
     return result
 
 
-__all__ = ["FAULTS", "PROFILES", "Profile", "RunResult", "run_chaos", "make_data"]
+__all__ = ["CLUSTER_FAULTS", "FAULTS", "job_slots", "PROFILES", "Profile", "RunResult", "run_chaos", "make_data"]

@@ -36,6 +36,18 @@ def wait_status(client, job: str, predicate: Callable[[dict], bool], timeout: fl
     return wait_for(lambda: (lambda s: s if predicate(s) else None)(job_status(client, job)), timeout, what)
 
 
+def train_to_end(settings, job: str, log_dir: Path, workers: int = 2) -> dict:
+    """Run ``workers`` worker processes until the job finishes; they must all exit 0."""
+    client = settings.redis_client()
+    procs = [start_worker(job, log_dir) for _ in range(workers)]
+    try:
+        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
+    finally:
+        codes = stop_all(procs)
+    assert codes == [0] * workers
+    return status
+
+
 def stop_all(procs: list[subprocess.Popen], timeout: float = 20) -> list[int]:
     """Wait for workers to exit by themselves (a finished job ends them); kill stragglers."""
     codes = []

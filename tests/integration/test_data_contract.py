@@ -14,7 +14,7 @@ from streamlearn.runtime.jobs import create_job, load_spec
 from streamlearn.runtime.predict import load_job_model
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import ensure_topic
-from tests.integration.procs import cli, start_worker, stop_all, wait_status
+from tests.integration.procs import cli, train_to_end
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits  # noqa: E402
@@ -46,14 +46,7 @@ def _topic(stack, X, y, partitions=2, batch_size=100, extra=()) -> str:
 
 
 def _train(stack, tmp_path, job: str) -> dict:
-    client = stack.redis_client()
-    procs = [start_worker(job, tmp_path), start_worker(job, tmp_path)]
-    try:
-        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
-    finally:
-        codes = stop_all(procs)
-    assert codes == [0, 0]
-    return status
+    return train_to_end(stack, job, tmp_path)
 
 
 def test_binary_labels_1_2_declared_bad_labels_dead_lettered_predictions_in_users_coding(stack, tmp_path):
