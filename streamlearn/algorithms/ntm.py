@@ -61,7 +61,8 @@ OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 ACTIVATIONS = ("softplus", "relu", "tanh", "sigmoid")
 SCORE_METRICS = ("perplexity", "completion_perplexity")
 _HOLDOUT_SALT = 0x7E57_D0C5
-_ADAM_B1, _ADAM_B2, _EPS = 0.9, 0.999, 1e-8
+#: batch normalization's epsilon (the update step's and the folding's at finalize)
+BN_EPS = 1e-5
 
 
 def layout(vocab_size: int, layers: list[int], num_topics: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -74,6 +75,50 @@ def layout(vocab_size: int, layers: list[int], num_topics: int) -> list[tuple[st
     shapes += [("mu_W", (width, num_topics)), ("mu_b", (num_topics,)), ("lv_W", (width, num_topics)),
                ("lv_b", (num_topics,)), ("beta", (num_topics, vocab_size)), ("bg", (vocab_size,))]
     return shapes
+
+
+def bn_size(num_topics: int, vocab_size: int) -> int:
+    """Length of the state key ``bn``: running means of the encoder's 2K outputs (mean and
+    log variance) and of the decoder's V logits, then their variances in the same order."""
+    return 2 * (2 * num_topics + vocab_size)
+
+
+def bn_split(bn, num_topics: int):
+    """(encoder means, encoder variances, decoder means, decoder variances) of ``bn``
+    (numpy or torch)."""
+    e = 2 * num_topics
+    v = (bn.shape[0] - 2 * e) // 2
+    return bn[:e], bn[e + v:2 * e + v], bn[e:e + v], bn[2 * e + v:]
+
+
+def log_unigram(words: np.ndarray) -> np.ndarray:
+    """The decoder's background: log frequencies of the training words counted so far (the
+    state key ``words``, exactly additive over workers), add-1/2 smoothed. The decoder learns
+    only a correction ``bg`` to it: learned from zero, the frequencies took thousands of
+    steps while the topics soaked up the frequent words."""
+    w = np.asarray(words, dtype=np.float64) + 0.5
+    return np.log(w / w.sum())
+
+
+def fold_batch_norm(arrays: dict[str, np.ndarray], bn: np.ndarray, num_topics: int) -> dict[str, np.ndarray]:
+    """The network with its running normalization statistics folded into the encoder's
+    output layers and the decoder (normalization by fixed statistics is affine), and the
+    topic-word matrix centred over topics (the decoder's mixtures sum to 1, so the common
+    part moves into the background): what inference, ``topics`` and ONNX export use."""
+    out = dict(arrays)
+    k = num_topics
+    enc_mean, enc_var, dec_mean, dec_var = bn_split(np.asarray(bn, dtype=np.float64), k)
+    s = np.sqrt(enc_var + BN_EPS)
+    for i, name in enumerate(("mu", "lv")):
+        part = slice(i * k, (i + 1) * k)
+        out[f"{name}_W"] = arrays[f"{name}_W"] / s[part]
+        out[f"{name}_b"] = (arrays[f"{name}_b"] - enc_mean[part]) / s[part]
+    s = np.sqrt(dec_var + BN_EPS)
+    beta = arrays["beta"] / s
+    common = beta.mean(0)
+    out["beta"] = beta - common
+    out["bg"] = arrays["bg"] - dec_mean / s + common
+    return {name: a.astype(np.float32) for name, a in out.items()}
 
 
 def unflatten(flat, shapes) -> dict[str, Any]:
@@ -138,6 +183,7 @@ class NTM(Algorithm):
         "sub_sample": Param("share of each step's documents used (1 = all)", Interval(float, 0, 1, closed="right")),
         "clip_gradient": Param("largest gradient norm (0 = no clipping)", Interval(float, 0, None)),
         "weight_decay": Param("L2 decay of the network's weights (0 = off)", Interval(float, 0, None)),
+        "dropout": Param("share of topic-mixture entries dropped in training (ProdLDA)", Interval(float, 0, 1)),
         "kl_warmup_docs": Param("documents over which the KL term's weight rises from 0 to 1 (0 = off)",
                                 Interval(int, 0, None)),
         "prior_alpha": Param("Dirichlet concentration the logistic-normal prior approximates",
@@ -152,7 +198,7 @@ class NTM(Algorithm):
     def __init__(self, vocab_size: int = 0, vocabulary: list[str] | tuple = (), num_topics: int = 20,
                  encoder_layers: list[int] | tuple = (100, 100), activation: str = "softplus", optimizer: str = "adam",
                  learning_rate: float = 0.002, mini_batch_size: int = 64, sub_sample: float = 1.0,
-                 clip_gradient: float = 0.0, weight_decay: float = 0.0, kl_warmup_docs: int = 0,
+                 clip_gradient: float = 0.0, weight_decay: float = 0.0, dropout: float = 0.2, kl_warmup_docs: int = 0,
                  prior_alpha: float = 1.0, holdout_fraction: float = 0.05, seed: int = 0, device: str = "cpu",
                  precision: str = "float32"):
         self.vocab_size = vocab_size
@@ -166,6 +212,7 @@ class NTM(Algorithm):
         self.sub_sample = sub_sample
         self.clip_gradient = clip_gradient
         self.weight_decay = weight_decay
+        self.dropout = dropout
         self.kl_warmup_docs = kl_warmup_docs
         self.prior_alpha = prior_alpha
         self.holdout_fraction = holdout_fraction
@@ -173,6 +220,7 @@ class NTM(Algorithm):
         self.device = device
         self.precision = precision
         self._torch = None  # the engine of update steps, set up on first use (not a parameter)
+        self._peers = PeerEstimate()
 
     # -- parameters -------------------------------------------------------------------------
     def check_params(self) -> None:
@@ -184,6 +232,7 @@ class NTM(Algorithm):
         require(not self.vocabulary or not self.vocab_size or self.vocab_size == len(self.vocabulary), n,
                 f"vocab_size {self.vocab_size} != the vocabulary's {len(self.vocabulary)} words")
         require(all(h >= 1 for h in self.encoder_layers), n, "encoder_layers must be layer widths >= 1, e.g. [100,100]")
+        require(self.dropout < 1, n, "dropout must be below 1")
         _check_engine(self.device)
 
     def n_features(self) -> int:
@@ -198,6 +247,10 @@ class NTM(Algorithm):
     def _accumulators(self) -> tuple[str, ...]:
         return {"adam": ("m", "v"), "adagrad": ("v",), "rmsprop": ("v",), "sgd": ()}[self.optimizer]
 
+    def _trained(self) -> tuple[str, ...]:
+        """The keys an update step moves: parameters, accumulators, normalization statistics."""
+        return ("theta",) + self._accumulators() + ("bn",)
+
     # -- the three functions ----------------------------------------------------------------
     def initialize(self, state: State) -> None:
         shapes = self._shapes()
@@ -208,17 +261,15 @@ class NTM(Algorithm):
                 parts.append(rng.standard_normal(shape) * np.sqrt(2.0 / (shape[0] + shape[1])))
             elif name == "beta":
                 parts.append(rng.standard_normal(shape) * 0.02)
-            elif name == "bg" and self.vocabulary:
-                # a built vocabulary lists words by falling document frequency: Zipf's law makes
-                # -log(rank) a fair start for the background log-frequency, which otherwise took
-                # thousands of steps to learn while the topics soaked up the frequent words
-                parts.append(-np.log1p(np.arange(shape[0], dtype=np.float64)))
             else:
                 parts.append(np.zeros(shape))
         theta = np.concatenate([p.ravel() for p in parts]).astype(np.float32)
         state.initialize("theta", theta, dtype="float32")
         for key in self._accumulators():
             state.initialize(key, np.zeros_like(theta), dtype="float32")
+        k, v = int(self.num_topics), self.n_features()
+        state.initialize("bn", np.concatenate([np.zeros(2 * k + v), np.ones(2 * k + v)]), dtype="float32")
+        state.initialize("words", np.zeros(v))
         for key in ("t", "n", "ho_nll", "ho_words", "ho_docs"):
             state.initialize(key, 0.0)
 
@@ -228,10 +279,12 @@ class NTM(Algorithm):
             return
         held = holdout_mask(Batch(X), float(self.holdout_fraction), _HOLDOUT_SALT)
         engine = self._engine()
-        flat = {key: state.pull(key) for key in ("theta",) + self._accumulators()}
+        flat = {key: state.pull(key) for key in self._trained()}
         t0, n0 = float(state.pull("t")), float(state.pull("n"))
+        share = 1.0 / self._peers.workers(t0)
         if held.any():
-            nll, words = engine.heldout(flat["theta"], X.take(np.flatnonzero(held)), self._noise_seed(t0, 1))
+            nll, words = engine.heldout(flat["theta"], flat["bn"], log_unigram(state.pull("words")),
+                                        X.take(np.flatnonzero(held)), self._noise_seed(t0, 1))
             state.push("ho_nll", nll)
             state.push("ho_words", words)
             state.push("ho_docs", float(held.sum()))
@@ -241,16 +294,20 @@ class NTM(Algorithm):
             train = train.take(np.flatnonzero(keep))
         if len(train) == 0:
             return
-        new, steps = engine.train(flat, train, t0, n0, self)
+        counts = np.bincount(train.indices, weights=train.values, minlength=train.n_features)
+        state.push("words", counts)
+        background = log_unigram(state.pull("words"))
+        new, steps = engine.train(flat, background, train, t0, n0, self)
         for key, value in new.items():
-            state.push(key, value - flat[key])
+            state.push(key, share * (value - flat[key]))
         state.push("t", float(steps))
+        self._peers.pushed(steps)
         state.push("n", float(len(train)))
 
     def finalize(self, state: State) -> "NTMModel":
-        arrays = {name: np.array(a, dtype=np.float32) for name, a in
-                  unflatten(np.asarray(state.pull("theta")), self._shapes()).items()}
-        arrays["beta"] -= arrays["beta"].mean(0)  # what the decoder uses (see the module doc)
+        arrays = unflatten(np.asarray(state.pull("theta"), dtype=np.float64), self._shapes())
+        arrays["bg"] = arrays["bg"] + log_unigram(state.pull("words"))
+        arrays = fold_batch_norm(arrays, state.pull("bn"), int(self.num_topics))
         words = float(state.pull("ho_words"))
         attrs = {"num_topics": int(self.num_topics), "encoder_layers": [int(h) for h in self.encoder_layers],
                  "activation": self.activation, "prior": list(prior(int(self.num_topics), float(self.prior_alpha))),
@@ -279,6 +336,36 @@ class NTM(Algorithm):
                                                                           float(self.prior_alpha)),
                                    self.device, self.precision)
         return self._torch
+
+
+class PeerEstimate:
+    """How many workers push to the state at once, as one worker sees it from the step
+    counter ``t``: between two of its pulls the counter moved by its own steps and by the
+    steps of every other worker that committed meanwhile. A worker scales its deltas by one
+    over this number, so that N workers' concurrent steps from one state average instead of
+    adding up (module doc). A lone worker (or one whose pulls see only its own pending pushes)
+    counts 1."""
+
+    def __init__(self):
+        self.estimate = 1.0
+        self._seen: float | None = None  # t at the last pull plus this worker's steps since
+        self._own = 0.0
+        self._measured = False
+
+    def workers(self, t: float) -> float:
+        """The estimate at a pull that sees step count ``t``."""
+        if self._seen is not None and self._own > 0:
+            now = 1.0 + max(0.0, t - self._seen) / self._own
+            # halfway towards each new reading: commits of workers at equal pace still
+            # interleave unevenly (0, 1 or 2 foreign commits between two of one's own)
+            self.estimate = now if not self._measured else 0.5 * (self.estimate + now)
+            self._measured = True
+        self._seen, self._own = t, 0.0
+        return self.estimate
+
+    def pushed(self, steps: float) -> None:
+        self._own += steps
+        self._seen += steps
 
 
 def _check_engine(device) -> None:

@@ -27,9 +27,10 @@ def test_elbo_gradient_matches_central_differences():
     size = sum(int(np.prod(s)) for _, s in layout(V, layers, K))
     theta = torch.tensor(rng.normal(0, 0.3, size), dtype=torch.float64, requires_grad=True)
     eps = engine.noise(len(X), K, seed=5)
+    background = torch.tensor(rng.normal(-2.5, 1.0, V), dtype=torch.float64)
 
     def loss(t):
-        rec, kl = engine.neg_elbo(t, enc, counts, eps, kl_weight=0.7)
+        rec, kl, _ = engine.neg_elbo(t, background, enc, counts, eps, kl_weight=0.7)
         return (rec + kl).mean()
 
     (grad,) = torch.autograd.grad(loss(theta), theta)
