@@ -10,8 +10,8 @@ from streamlearn.algorithms.ntm import BN_EPS, bn_split
 from streamlearn.batch import SparseRows
 
 _B1, _B2, _EPS = 0.99, 0.999, 1e-8  # Adam's high momentum of ProdLDA (Srivastava & Sutton 2017)
-#: batch normalization: its epsilon, and the share of the way the running statistics move
-#: towards a training batch's statistics each step
+#: the share of the way batch normalization's running statistics move towards a training
+#: batch's statistics each step
 _BN_RATE = 0.1
 _ACT = {"softplus": torch.nn.functional.softplus, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
@@ -43,16 +43,16 @@ class TorchNTM:
         counts[rows, cols] = vals
         return (rows, cols, torch.log1p(vals)), counts
 
-    def params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, pos = {}, 0
-        for name, shape in self.shapes:
-            size = int(np.prod(shape))
-            out[name] = flat[pos:pos + size].view(shape)
-            pos += size
-        return out
+    def params(self, flat: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The named arrays of the flat vector, or of its pieces (:meth:`pieces`)."""
+        parts = flat if isinstance(flat, list) else self.pieces(flat)
+        return {name: part.view(shape) for (name, shape), part in zip(self.shapes, parts)}
+
+    def pieces(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(flat, [int(np.prod(shape)) for _, shape in self.shapes]))
 
     # -- the model --------------------------------------------------------------------------
-    def neg_elbo(self, flat: torch.Tensor, background: torch.Tensor, enc: tuple, counts: torch.Tensor,
+    def neg_elbo(self, flat: torch.Tensor | list[torch.Tensor], background: torch.Tensor, enc: tuple, counts: torch.Tensor,
                  eps: torch.Tensor, kl_weight: float = 1.0, running: torch.Tensor | None = None, dropout: float = 0.0,
                  gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per-document (reconstruction, KL) of the negative ELBO with noise ``eps`` and the
@@ -115,16 +115,17 @@ class TorchNTM:
         for part_ids in np.array_split(np.arange(len(X)), n_steps):
             part = X.take(part_ids)
             t = t0 + steps
-            theta.requires_grad_(True)
+            # one leaf per array: autograd through views of one flat vector materialized a
+            # full-size zero gradient per array and added them up (most of a step's time)
+            leaves = [piece.detach().requires_grad_(True) for piece in self.pieces(theta)]
             enc, counts = self.sparse(part)
             seed = algo._noise_seed(t, 0)
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-            rec, kl, stats = self.neg_elbo(theta, background, enc, counts, self.noise(len(part), k, seed),
+            rec, kl, stats = self.neg_elbo(leaves, background, enc, counts, self.noise(len(part), k, seed),
                                            algo.kl_weight(n0 + done), None if len(part) > 1 else state["bn"],
                                            float(algo.dropout), gen)
             loss = (rec + kl).mean()
-            (grad,) = torch.autograd.grad(loss, theta)
-            theta = theta.detach()
+            grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, leaves)])
             if algo.weight_decay:
                 grad = grad + algo.weight_decay * theta
             if algo.clip_gradient:
@@ -145,26 +146,24 @@ class TorchNTM:
         if optimizer == "sgd":
             state["theta"] = theta - lr * g
             return
-        v = state["v"]
+        v = state["v"]  # in place (this step's own copies): a 20k-word network has millions of parameters
         if optimizer == "adagrad":
-            v = v + g * g
-            state["theta"] = theta - lr * g / (torch.sqrt(v) + _EPS)
-        else:
-            v = v + (1 - _B2) * (g * g - v)
-            vhat = v.clamp_min(0) / (1 - _B2 ** t)
-            if optimizer == "adam":
-                m = state["m"] + (1 - _B1) * (g - state["m"])
-                state["m"] = m
-                state["theta"] = theta - lr * (m / (1 - _B1 ** t)) / (torch.sqrt(vhat) + _EPS)
-            else:  # rmsprop
-                state["theta"] = theta - lr * g / (torch.sqrt(vhat) + _EPS)
-        state["v"] = v
-
+            v.addcmul_(g, g)
+            state["theta"] = theta.addcdiv(g, v.sqrt().add_(_EPS), value=-lr)
+            return
+        v.mul_(_B2).addcmul_(g, g, value=1 - _B2)
+        denom = (v.clamp_min(0) / (1 - _B2 ** t)).sqrt_().add_(_EPS)
+        if optimizer == "adam":
+            m = state["m"].mul_(_B1).add_(g, alpha=1 - _B1)
+            state["theta"] = theta.addcdiv(m, denom, value=-lr / (1 - _B1 ** t))
+        else:  # rmsprop
+            state["theta"] = theta.addcdiv(g, denom, value=-lr)
 
 def _normalize(x: torch.Tensor, mean, var, stats: list | None) -> torch.Tensor:
     """Batch normalization without scale and shift: by the batch's statistics when ``mean``
     is None (appending the mean and the unbiased variance to ``stats``), else by these."""
     if mean is None:
+        n = x.shape[0]
         mean, var = x.mean(0), x.var(0, unbiased=False)
-        stats += [mean, x.var(0, unbiased=True)]
+        stats += [mean, var.detach() * (n / (n - 1))]
     return (x - mean) / torch.sqrt(var + BN_EPS)

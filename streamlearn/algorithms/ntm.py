@@ -1,34 +1,41 @@
 """Neural topic model (the SageMaker paper's NTM): a variational autoencoder over bags of words.
 
 Encoder: ``log(1 + counts)`` -> MLP (``encoder_layers``, ``activation``) -> mean and log
-variance of a Gaussian latent ``z`` of ``num_topics`` dimensions, sampled with the
-reparameterization trick; the topic mixture is ``softmax(z)`` (a logistic-normal posterior).
-Prior: the logistic-normal (Laplace) approximation of a symmetric Dirichlet(``prior_alpha``)
-in the softmax basis. Decoder: ``softmax(theta @ beta + background)`` over the vocabulary
-(a product of experts: the topic mixture times the topic-word matrix ``beta``, plus a
-learned background log-frequency per word; ``beta``'s mean over topics is subtracted, so
-its common part cancels against the background: without that every topic learned the
-frequent words first and the topics collapsed into one). Loss: the negative ELBO = reconstruction
-(multinomial log-likelihood of the counts) + ``kl_weight`` x KL(q(z|x) || prior), averaged
-over a mini-batch; ``kl_weight`` ramps from 0 to 1 over the first ``kl_warmup_docs`` documents.
+variance of a Gaussian latent ``z`` of ``num_topics`` dimensions, both batch-normalized,
+sampled with the reparameterization trick; the topic mixture is ``softmax(z)`` (a
+logistic-normal posterior), with ``dropout`` in training. Prior: the logistic-normal
+(Laplace) approximation of a symmetric Dirichlet(``prior_alpha``) in the softmax basis.
+Decoder (ProdLDA, Srivastava & Sutton 2017): ``softmax(BN(theta @ beta) + bg + log unigram)``
+over the vocabulary: the batch-normalized product of experts of the topics, plus the log
+frequencies of the training words counted so far (:func:`log_unigram`) and a learned
+correction ``bg``. Without the normalization the frequent words' logits dominated every
+topic and the topics collapsed into one; without the counted background the network spent
+its first thousands of steps learning word frequencies. Loss: the negative ELBO =
+reconstruction (multinomial log-likelihood of the counts) + ``kl_weight`` x KL(q(z|x) ||
+prior), averaged over a mini-batch; ``kl_weight`` ramps from 0 to 1 over the first
+``kl_warmup_docs`` documents. Adam runs with ProdLDA's momentum (beta1 = 0.99).
 
-**On the runtime.** The network's parameters are one flat state key ``theta`` (float32, sum
-aggregated) and the optimizer's accumulators are keys of the same shape (Adam: ``m``, ``v``;
-Adagrad / RMSprop: ``v``) plus the step count ``t``. An update pulls them, runs its
-mini-batches as local steps (torch autograd on CPU or CUDA), and pushes the differences. The
-worker commits those deltas with the window's offsets, so several workers' progress adds up:
-asynchronous data-parallel SGD whose staleness is bounded by the window, which this
-algorithm keeps small (``window_messages``; ``produce --text-column`` writes 64 documents a
-message, so a commit carries at most 4 x 64 documents' steps). The accumulators are
-designed to survive being summed: Adagrad's sum of squares is exactly additive; Adam's and
-RMSprop's exponential averages pushed as ``(1 - beta)(g - m)`` per step shrink by
-``1 - N (1 - beta)`` when N workers push at once, which stays in (-1, 1) (bounded, no sign
-blow-up) for the windows above and up to ~9 workers (beta1 = 0.9), and ``v`` stays >= 0
-because the step count between commits is far below ``1 / (1 - beta2)``. The parameters
-themselves add up too, and that is the design's weak point: N workers starting from one
-state take N aligned steps, in effect an N-fold learning rate early on. Measured (Lee corpus,
-benchmarks/README.md): 2 workers +3.9 %, 4 workers +15 % held-out perplexity over 1 worker
-with Adam, and Adagrad diverged with 2: issue 13's "within 2 %" is not met yet.
+**State.** The network's parameters are one flat key ``theta`` (float32, sum aggregated);
+the optimizer's accumulators are keys of the same shape (Adam: ``m``, ``v``; Adagrad /
+RMSprop: ``v``) plus the step count ``t``; ``bn`` holds the normalization's running means
+and variances (moved 10 % of the way to each training batch's), ``words`` the training word
+counts. ``finalize`` folds the running statistics into the encoder's output layers and the
+decoder (normalization by fixed statistics is affine, :func:`fold_batch_norm`), so models,
+snapshots and ONNX export see a plain network.
+
+**Concurrent workers.** An update pulls the keys, runs its mini-batches as local steps
+(torch autograd on CPU or CUDA) and pushes the differences, committed with the window's
+offsets; several workers' deltas add up: asynchronous data-parallel training whose
+staleness is bounded by the window, which this algorithm keeps small (``window_messages``;
+``produce --text-column`` writes 64 documents a message). N workers starting from one
+state take N aligned steps, in effect an N-fold step; the normalization and the counted
+background keep that stable: on the Lee corpus 1, 2 and 4 workers land within 2 % of each
+other (benchmarks/README.md, ``scaling.ntm``), where scaling each worker's deltas by
+1 / N (estimated from the step counter) or 1 / sqrt(N) measured no better. The
+accumulators stay sound when summed: Adagrad's sum of squares is exactly additive, Adam's
+and RMSprop's exponential averages pushed as ``(1 - beta)(g - m)`` increments shrink by
+``1 - N (1 - beta)`` when N workers push at once (bounded for the windows above), and
+``words`` is an exact count.
 
 Held-out documents (a content hash picks ``holdout_fraction`` of them, the same on every
 worker and run) are never trained on; their ELBO and word count accumulate in the state
@@ -60,6 +67,10 @@ from streamlearn.streams.text import Vocabulary, bow_problem
 OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 ACTIVATIONS = ("softplus", "relu", "tanh", "sigmoid")
 SCORE_METRICS = ("perplexity", "completion_perplexity")
+#: weight of a word's background frequency when ranking a topic's words: the relevance of
+#: Sievert & Shirley (2014), lambda log p(w | topic) + (1 - lambda) log lift, with their
+#: lambda = 0.6. The lift alone (``beta``) ranks words of two or three documents first.
+RELEVANCE_LAMBDA = 0.6
 _HOLDOUT_SALT = 0x7E57_D0C5
 #: batch normalization's epsilon (the update step's and the folding's at finalize)
 BN_EPS = 1e-5
@@ -198,7 +209,7 @@ class NTM(Algorithm):
     def __init__(self, vocab_size: int = 0, vocabulary: list[str] | tuple = (), num_topics: int = 20,
                  encoder_layers: list[int] | tuple = (100, 100), activation: str = "softplus", optimizer: str = "adam",
                  learning_rate: float = 0.002, mini_batch_size: int = 64, sub_sample: float = 1.0,
-                 clip_gradient: float = 0.0, weight_decay: float = 0.0, dropout: float = 0.2, kl_warmup_docs: int = 0,
+                 clip_gradient: float = 0.0, weight_decay: float = 0.0, dropout: float = 0.0, kl_warmup_docs: int = 0,
                  prior_alpha: float = 1.0, holdout_fraction: float = 0.05, seed: int = 0, device: str = "cpu",
                  precision: str = "float32"):
         self.vocab_size = vocab_size
@@ -220,7 +231,6 @@ class NTM(Algorithm):
         self.device = device
         self.precision = precision
         self._torch = None  # the engine of update steps, set up on first use (not a parameter)
-        self._peers = PeerEstimate()
 
     # -- parameters -------------------------------------------------------------------------
     def check_params(self) -> None:
@@ -281,7 +291,6 @@ class NTM(Algorithm):
         engine = self._engine()
         flat = {key: state.pull(key) for key in self._trained()}
         t0, n0 = float(state.pull("t")), float(state.pull("n"))
-        share = 1.0 / self._peers.workers(t0)
         if held.any():
             nll, words = engine.heldout(flat["theta"], flat["bn"], log_unigram(state.pull("words")),
                                         X.take(np.flatnonzero(held)), self._noise_seed(t0, 1))
@@ -299,9 +308,8 @@ class NTM(Algorithm):
         background = log_unigram(state.pull("words"))
         new, steps = engine.train(flat, background, train, t0, n0, self)
         for key, value in new.items():
-            state.push(key, share * (value - flat[key]))
+            state.push(key, value - flat[key])
         state.push("t", float(steps))
-        self._peers.pushed(steps)
         state.push("n", float(len(train)))
 
     def finalize(self, state: State) -> "NTMModel":
@@ -336,36 +344,6 @@ class NTM(Algorithm):
                                                                           float(self.prior_alpha)),
                                    self.device, self.precision)
         return self._torch
-
-
-class PeerEstimate:
-    """How many workers push to the state at once, as one worker sees it from the step
-    counter ``t``: between two of its pulls the counter moved by its own steps and by the
-    steps of every other worker that committed meanwhile. A worker scales its deltas by one
-    over this number, so that N workers' concurrent steps from one state average instead of
-    adding up (module doc). A lone worker (or one whose pulls see only its own pending pushes)
-    counts 1."""
-
-    def __init__(self):
-        self.estimate = 1.0
-        self._seen: float | None = None  # t at the last pull plus this worker's steps since
-        self._own = 0.0
-        self._measured = False
-
-    def workers(self, t: float) -> float:
-        """The estimate at a pull that sees step count ``t``."""
-        if self._seen is not None and self._own > 0:
-            now = 1.0 + max(0.0, t - self._seen) / self._own
-            # halfway towards each new reading: commits of workers at equal pace still
-            # interleave unevenly (0, 1 or 2 foreign commits between two of one's own)
-            self.estimate = now if not self._measured else 0.5 * (self.estimate + now)
-            self._measured = True
-        self._seen, self._own = t, 0.0
-        return self.estimate
-
-    def pushed(self, steps: float) -> None:
-        self._own += steps
-        self._seen += steps
 
 
 def _check_engine(device) -> None:
@@ -444,8 +422,8 @@ class NTMModel(Model):
         return logits - _logsumexp(logits)
 
     def topics(self, top: int = 10) -> list[list[str]]:
-        """The ``top`` words of every topic (its largest topic-word weights); word ids as
-        ``#id`` strings when the model has no vocabulary."""
+        """The ``top`` words of every topic (the most relevant, :data:`RELEVANCE_LAMBDA`);
+        word ids as ``#id`` strings when the model has no vocabulary."""
         ids = self.top_word_ids(top)
         name = (lambda i: self.vocabulary[i]) if self.vocabulary else (lambda i: f"#{i}")
         return [[name(int(i)) for i in row] for row in ids]
@@ -453,7 +431,7 @@ class NTMModel(Model):
     def top_word_ids(self, top: int = 10) -> np.ndarray:
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise ParamError(f"ntm: top must be a positive integer, got {top!r}")
-        beta = self.arrays["beta"]
+        beta = self.arrays["beta"] + RELEVANCE_LAMBDA * self.arrays["bg"]
         top = min(int(top), beta.shape[1])
         part = np.argpartition(-beta, top - 1, axis=1)[:, :top]
         order = np.argsort(-np.take_along_axis(beta, part, axis=1), axis=1, kind="stable")
