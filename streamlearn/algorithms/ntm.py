@@ -29,7 +29,8 @@ offsets; several workers' deltas add up: asynchronous data-parallel training who
 staleness is bounded by the window, which this algorithm keeps small (``window_messages``;
 ``produce --text-column`` writes 64 documents a message). N workers starting from one
 state take N aligned steps, in effect an N-fold step; the normalization and the counted
-background keep that stable: on the Lee corpus 1, 2 and 4 workers land within 2 % of each
+background keep that stable: on the Lee corpus, at the default learning rate, 1, 2 and 4
+workers land within 2 % of each
 other (benchmarks/README.md, ``scaling.ntm``), where scaling each worker's deltas by
 1 / N (estimated from the step counter) or 1 / sqrt(N) measured no better. The
 accumulators stay sound when summed: Adagrad's sum of squares is exactly additive, Adam's
