@@ -30,9 +30,9 @@ staleness is bounded by the window, which this algorithm keeps small (``window_m
 ``produce --text-column`` writes 64 documents a message). N workers starting from one
 state take N aligned steps, in effect an N-fold step; the normalization and the counted
 background keep that stable: on the Lee corpus, at the default learning rate, 1, 2 and 4
-workers land within 2 % of each
-other (benchmarks/README.md, ``scaling.ntm``), where scaling each worker's deltas by
-1 / N (estimated from the step counter) or 1 / sqrt(N) measured no better. The
+workers land within 2 % of each other (benchmarks/README.md, ``scaling.ntm``), where
+scaling each worker's deltas by 1 / N (estimated from the step counter) or 1 / sqrt(N)
+measured no better. The
 accumulators stay sound when summed: Adagrad's sum of squares is exactly additive, Adam's
 and RMSprop's exponential averages pushed as ``(1 - beta)(g - m)`` increments shrink by
 ``1 - N (1 - beta)`` when N workers push at once (bounded for the windows above), and
