@@ -1,34 +1,42 @@
 """Neural topic model (the SageMaker paper's NTM): a variational autoencoder over bags of words.
 
 Encoder: ``log(1 + counts)`` -> MLP (``encoder_layers``, ``activation``) -> mean and log
-variance of a Gaussian latent ``z`` of ``num_topics`` dimensions, sampled with the
-reparameterization trick; the topic mixture is ``softmax(z)`` (a logistic-normal posterior).
-Prior: the logistic-normal (Laplace) approximation of a symmetric Dirichlet(``prior_alpha``)
-in the softmax basis. Decoder: ``softmax(theta @ beta + background)`` over the vocabulary
-(a product of experts: the topic mixture times the topic-word matrix ``beta``, plus a
-learned background log-frequency per word; ``beta``'s mean over topics is subtracted, so
-its common part cancels against the background: without that every topic learned the
-frequent words first and the topics collapsed into one). Loss: the negative ELBO = reconstruction
-(multinomial log-likelihood of the counts) + ``kl_weight`` x KL(q(z|x) || prior), averaged
-over a mini-batch; ``kl_weight`` ramps from 0 to 1 over the first ``kl_warmup_docs`` documents.
+variance of a Gaussian latent ``z`` of ``num_topics`` dimensions, both batch-normalized,
+sampled with the reparameterization trick; the topic mixture is ``softmax(z)`` (a
+logistic-normal posterior), with ``dropout`` in training. Prior: the logistic-normal
+(Laplace) approximation of a symmetric Dirichlet(``prior_alpha``) in the softmax basis.
+Decoder (ProdLDA, Srivastava & Sutton 2017): ``softmax(BN(theta @ beta) + bg + log unigram)``
+over the vocabulary: the batch-normalized product of experts of the topics, plus the log
+frequencies of the training words counted so far (:func:`log_unigram`) and a learned
+correction ``bg``. Without the normalization the frequent words' logits dominated every
+topic and the topics collapsed into one; without the counted background the network spent
+its first thousands of steps learning word frequencies. Loss: the negative ELBO =
+reconstruction (multinomial log-likelihood of the counts) + ``kl_weight`` x KL(q(z|x) ||
+prior), averaged over a mini-batch; ``kl_weight`` ramps from 0 to 1 over the first
+``kl_warmup_docs`` documents. Adam runs with ProdLDA's momentum (beta1 = 0.99).
 
-**On the runtime.** The network's parameters are one flat state key ``theta`` (float32, sum
-aggregated) and the optimizer's accumulators are keys of the same shape (Adam: ``m``, ``v``;
-Adagrad / RMSprop: ``v``) plus the step count ``t``. An update pulls them, runs its
-mini-batches as local steps (torch autograd on CPU or CUDA), and pushes the differences. The
-worker commits those deltas with the window's offsets, so several workers' progress adds up:
-asynchronous data-parallel SGD whose staleness is bounded by the window, which this
-algorithm keeps small (``window_messages``; ``produce --text-column`` writes 64 documents a
-message, so a commit carries at most 4 x 64 documents' steps). The accumulators are
-designed to survive being summed: Adagrad's sum of squares is exactly additive; Adam's and
-RMSprop's exponential averages pushed as ``(1 - beta)(g - m)`` per step shrink by
-``1 - N (1 - beta)`` when N workers push at once, which stays in (-1, 1) (bounded, no sign
-blow-up) for the windows above and up to ~9 workers (beta1 = 0.9), and ``v`` stays >= 0
-because the step count between commits is far below ``1 / (1 - beta2)``. The parameters
-themselves add up too, and that is the design's weak point: N workers starting from one
-state take N aligned steps, in effect an N-fold learning rate early on. Measured (Lee corpus,
-benchmarks/README.md): 2 workers +3.9 %, 4 workers +15 % held-out perplexity over 1 worker
-with Adam, and Adagrad diverged with 2: issue 13's "within 2 %" is not met yet.
+**State.** The network's parameters are one flat key ``theta`` (float32, sum aggregated);
+the optimizer's accumulators are keys of the same shape (Adam: ``m``, ``v``; Adagrad /
+RMSprop: ``v``) plus the step count ``t``; ``bn`` holds the normalization's running means
+and variances (moved 10 % of the way to each training batch's), ``words`` the training word
+counts. ``finalize`` folds the running statistics into the encoder's output layers and the
+decoder (normalization by fixed statistics is affine, :func:`fold_batch_norm`), so models,
+snapshots and ONNX export see a plain network.
+
+**Concurrent workers.** An update pulls the keys, runs its mini-batches as local steps
+(torch autograd on CPU or CUDA) and pushes the differences, committed with the window's
+offsets; several workers' deltas add up: asynchronous data-parallel training whose
+staleness is bounded by the window, which this algorithm keeps small (``window_messages``;
+``produce --text-column`` writes 64 documents a message). N workers starting from one
+state take N aligned steps, in effect an N-fold step; the normalization and the counted
+background keep that stable: on the Lee corpus, at the default learning rate, 1, 2 and 4
+workers land within 2 % of each other (benchmarks/README.md, ``scaling.ntm``), where
+scaling each worker's deltas by 1 / N (estimated from the step counter) or 1 / sqrt(N)
+measured no better. The
+accumulators stay sound when summed: Adagrad's sum of squares is exactly additive, Adam's
+and RMSprop's exponential averages pushed as ``(1 - beta)(g - m)`` increments shrink by
+``1 - N (1 - beta)`` when N workers push at once (bounded for the windows above), and
+``words`` is an exact count.
 
 Held-out documents (a content hash picks ``holdout_fraction`` of them, the same on every
 worker and run) are never trained on; their ELBO and word count accumulate in the state
@@ -60,8 +68,13 @@ from streamlearn.streams.text import Vocabulary, bow_problem
 OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 ACTIVATIONS = ("softplus", "relu", "tanh", "sigmoid")
 SCORE_METRICS = ("perplexity", "completion_perplexity")
+#: weight of a word's background frequency when ranking a topic's words: the relevance of
+#: Sievert & Shirley (2014), lambda log p(w | topic) + (1 - lambda) log lift, with their
+#: lambda = 0.6. The lift alone (``beta``) ranks words of two or three documents first.
+RELEVANCE_LAMBDA = 0.6
 _HOLDOUT_SALT = 0x7E57_D0C5
-_ADAM_B1, _ADAM_B2, _EPS = 0.9, 0.999, 1e-8
+#: batch normalization's epsilon (the update step's and the folding's at finalize)
+BN_EPS = 1e-5
 
 
 def layout(vocab_size: int, layers: list[int], num_topics: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -74,6 +87,50 @@ def layout(vocab_size: int, layers: list[int], num_topics: int) -> list[tuple[st
     shapes += [("mu_W", (width, num_topics)), ("mu_b", (num_topics,)), ("lv_W", (width, num_topics)),
                ("lv_b", (num_topics,)), ("beta", (num_topics, vocab_size)), ("bg", (vocab_size,))]
     return shapes
+
+
+def bn_size(num_topics: int, vocab_size: int) -> int:
+    """Length of the state key ``bn``: running means of the encoder's 2K outputs (mean and
+    log variance) and of the decoder's V logits, then their variances in the same order."""
+    return 2 * (2 * num_topics + vocab_size)
+
+
+def bn_split(bn, num_topics: int):
+    """(encoder means, encoder variances, decoder means, decoder variances) of ``bn``
+    (numpy or torch)."""
+    e = 2 * num_topics
+    v = (bn.shape[0] - 2 * e) // 2
+    return bn[:e], bn[e + v:2 * e + v], bn[e:e + v], bn[2 * e + v:]
+
+
+def log_unigram(words: np.ndarray) -> np.ndarray:
+    """The decoder's background: log frequencies of the training words counted so far (the
+    state key ``words``, exactly additive over workers), add-1/2 smoothed. The decoder learns
+    only a correction ``bg`` to it: learned from zero, the frequencies took thousands of
+    steps while the topics soaked up the frequent words."""
+    w = np.asarray(words, dtype=np.float64) + 0.5
+    return np.log(w / w.sum())
+
+
+def fold_batch_norm(arrays: dict[str, np.ndarray], bn: np.ndarray, num_topics: int) -> dict[str, np.ndarray]:
+    """The network with its running normalization statistics folded into the encoder's
+    output layers and the decoder (normalization by fixed statistics is affine), and the
+    topic-word matrix centred over topics (the decoder's mixtures sum to 1, so the common
+    part moves into the background): what inference, ``topics`` and ONNX export use."""
+    out = dict(arrays)
+    k = num_topics
+    enc_mean, enc_var, dec_mean, dec_var = bn_split(np.asarray(bn, dtype=np.float64), k)
+    s = np.sqrt(enc_var + BN_EPS)
+    for i, name in enumerate(("mu", "lv")):
+        part = slice(i * k, (i + 1) * k)
+        out[f"{name}_W"] = arrays[f"{name}_W"] / s[part]
+        out[f"{name}_b"] = (arrays[f"{name}_b"] - enc_mean[part]) / s[part]
+    s = np.sqrt(dec_var + BN_EPS)
+    beta = arrays["beta"] / s
+    common = beta.mean(0)
+    out["beta"] = beta - common
+    out["bg"] = arrays["bg"] - dec_mean / s + common
+    return {name: a.astype(np.float32) for name, a in out.items()}
 
 
 def unflatten(flat, shapes) -> dict[str, Any]:
@@ -138,6 +195,7 @@ class NTM(Algorithm):
         "sub_sample": Param("share of each step's documents used (1 = all)", Interval(float, 0, 1, closed="right")),
         "clip_gradient": Param("largest gradient norm (0 = no clipping)", Interval(float, 0, None)),
         "weight_decay": Param("L2 decay of the network's weights (0 = off)", Interval(float, 0, None)),
+        "dropout": Param("share of topic-mixture entries dropped in training (ProdLDA)", Interval(float, 0, 1)),
         "kl_warmup_docs": Param("documents over which the KL term's weight rises from 0 to 1 (0 = off)",
                                 Interval(int, 0, None)),
         "prior_alpha": Param("Dirichlet concentration the logistic-normal prior approximates",
@@ -152,7 +210,7 @@ class NTM(Algorithm):
     def __init__(self, vocab_size: int = 0, vocabulary: list[str] | tuple = (), num_topics: int = 20,
                  encoder_layers: list[int] | tuple = (100, 100), activation: str = "softplus", optimizer: str = "adam",
                  learning_rate: float = 0.002, mini_batch_size: int = 64, sub_sample: float = 1.0,
-                 clip_gradient: float = 0.0, weight_decay: float = 0.0, kl_warmup_docs: int = 0,
+                 clip_gradient: float = 0.0, weight_decay: float = 0.0, dropout: float = 0.0, kl_warmup_docs: int = 0,
                  prior_alpha: float = 1.0, holdout_fraction: float = 0.05, seed: int = 0, device: str = "cpu",
                  precision: str = "float32"):
         self.vocab_size = vocab_size
@@ -166,6 +224,7 @@ class NTM(Algorithm):
         self.sub_sample = sub_sample
         self.clip_gradient = clip_gradient
         self.weight_decay = weight_decay
+        self.dropout = dropout
         self.kl_warmup_docs = kl_warmup_docs
         self.prior_alpha = prior_alpha
         self.holdout_fraction = holdout_fraction
@@ -184,6 +243,7 @@ class NTM(Algorithm):
         require(not self.vocabulary or not self.vocab_size or self.vocab_size == len(self.vocabulary), n,
                 f"vocab_size {self.vocab_size} != the vocabulary's {len(self.vocabulary)} words")
         require(all(h >= 1 for h in self.encoder_layers), n, "encoder_layers must be layer widths >= 1, e.g. [100,100]")
+        require(self.dropout < 1, n, "dropout must be below 1")
         _check_engine(self.device)
 
     def n_features(self) -> int:
@@ -198,6 +258,10 @@ class NTM(Algorithm):
     def _accumulators(self) -> tuple[str, ...]:
         return {"adam": ("m", "v"), "adagrad": ("v",), "rmsprop": ("v",), "sgd": ()}[self.optimizer]
 
+    def _trained(self) -> tuple[str, ...]:
+        """The keys an update step moves: parameters, accumulators, normalization statistics."""
+        return ("theta",) + self._accumulators() + ("bn",)
+
     # -- the three functions ----------------------------------------------------------------
     def initialize(self, state: State) -> None:
         shapes = self._shapes()
@@ -208,21 +272,19 @@ class NTM(Algorithm):
                 parts.append(rng.standard_normal(shape) * np.sqrt(2.0 / (shape[0] + shape[1])))
             elif name == "beta":
                 parts.append(rng.standard_normal(shape) * 0.02)
-            elif name == "bg" and self.vocabulary:
-                # a built vocabulary lists words by falling document frequency: Zipf's law makes
-                # -log(rank) a fair start for the background log-frequency, which otherwise took
-                # thousands of steps to learn while the topics soaked up the frequent words
-                parts.append(-np.log1p(np.arange(shape[0], dtype=np.float64)))
             else:
                 parts.append(np.zeros(shape))
         theta = np.concatenate([p.ravel() for p in parts]).astype(np.float32)
         # Adagrad: "step" keys (concurrent workers' steps and accumulators merge, not add up: summed,
-        # 2 workers diverged); Adam / RMSprop: "sum" (their normalized steps averaged made 2 and 4
-        # workers' held-out perplexity +12 % / +24 % over 1 worker, summed +3.9 % / +15 %)
+        # 2 workers diverged); Adam / RMSprop: "sum" (their normalized steps averaged over workers
+        # gave a worse held-out perplexity with 2 and 4 workers than summed)
         agg = "step" if self.optimizer == "adagrad" else "sum"
         state.initialize("theta", theta, aggregator=agg, dtype="float32")
         for key in self._accumulators():
             state.initialize(key, np.zeros_like(theta), aggregator=agg, dtype="float32")
+        k, v = int(self.num_topics), self.n_features()
+        state.initialize("bn", np.concatenate([np.zeros(2 * k + v), np.ones(2 * k + v)]), dtype="float32")
+        state.initialize("words", np.zeros(v))
         for key in ("t", "n", "ho_nll", "ho_words", "ho_docs"):
             state.initialize(key, 0.0)
 
@@ -232,10 +294,11 @@ class NTM(Algorithm):
             return
         held = holdout_mask(Batch(X), float(self.holdout_fraction), _HOLDOUT_SALT)
         engine = self._engine()
-        flat = {key: state.pull(key) for key in ("theta",) + self._accumulators()}
+        flat = {key: state.pull(key) for key in self._trained()}
         t0, n0 = float(state.pull("t")), float(state.pull("n"))
         if held.any():
-            nll, words = engine.heldout(flat["theta"], X.take(np.flatnonzero(held)), self._noise_seed(t0, 1))
+            nll, words = engine.heldout(flat["theta"], flat["bn"], log_unigram(state.pull("words")),
+                                        X.take(np.flatnonzero(held)), self._noise_seed(t0, 1))
             state.push("ho_nll", nll)
             state.push("ho_words", words)
             state.push("ho_docs", float(held.sum()))
@@ -245,16 +308,19 @@ class NTM(Algorithm):
             train = train.take(np.flatnonzero(keep))
         if len(train) == 0:
             return
-        new, steps = engine.train(flat, train, t0, n0, self)
+        counts = np.bincount(train.indices, weights=train.values, minlength=train.n_features)
+        state.push("words", counts)
+        background = log_unigram(state.pull("words"))
+        new, steps = engine.train(flat, background, train, t0, n0, self)
         for key, value in new.items():
             state.push(key, value - flat[key])
         state.push("t", float(steps))
         state.push("n", float(len(train)))
 
     def finalize(self, state: State) -> "NTMModel":
-        arrays = {name: np.array(a, dtype=np.float32) for name, a in
-                  unflatten(np.asarray(state.pull("theta")), self._shapes()).items()}
-        arrays["beta"] -= arrays["beta"].mean(0)  # what the decoder uses (see the module doc)
+        arrays = unflatten(np.asarray(state.pull("theta"), dtype=np.float64), self._shapes())
+        arrays["bg"] = arrays["bg"] + log_unigram(state.pull("words"))
+        arrays = fold_batch_norm(arrays, state.pull("bn"), int(self.num_topics))
         words = float(state.pull("ho_words"))
         attrs = {"num_topics": int(self.num_topics), "encoder_layers": [int(h) for h in self.encoder_layers],
                  "activation": self.activation, "prior": list(prior(int(self.num_topics), float(self.prior_alpha))),
@@ -361,8 +427,8 @@ class NTMModel(Model):
         return logits - _logsumexp(logits)
 
     def topics(self, top: int = 10) -> list[list[str]]:
-        """The ``top`` words of every topic (its largest topic-word weights); word ids as
-        ``#id`` strings when the model has no vocabulary."""
+        """The ``top`` words of every topic (the most relevant, :data:`RELEVANCE_LAMBDA`);
+        word ids as ``#id`` strings when the model has no vocabulary."""
         ids = self.top_word_ids(top)
         name = (lambda i: self.vocabulary[i]) if self.vocabulary else (lambda i: f"#{i}")
         return [[name(int(i)) for i in row] for row in ids]
@@ -370,7 +436,7 @@ class NTMModel(Model):
     def top_word_ids(self, top: int = 10) -> np.ndarray:
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise ParamError(f"ntm: top must be a positive integer, got {top!r}")
-        beta = self.arrays["beta"]
+        beta = self.arrays["beta"] + RELEVANCE_LAMBDA * self.arrays["bg"]
         top = min(int(top), beta.shape[1])
         part = np.argpartition(-beta, top - 1, axis=1)[:, :top]
         order = np.argsort(-np.take_along_axis(beta, part, axis=1), axis=1, kind="stable")
