@@ -1,10 +1,11 @@
-"""docker/: the compose file, Prometheus' scrape config and the Grafana dashboard agree with
-each other and with the metric names the code exports (no docker engine here: the files are
-checked as data)."""
+"""docker/: the compose file is valid for Compose (``docker-compose config``, which needs no
+engine), and it, Prometheus' scrape config and the Grafana dashboard agree with each other
+and with the metric names the code exports."""
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -83,3 +84,14 @@ def test_the_grafana_dashboard_queries_metrics_the_code_exports():
     datasource = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uid = datasource["datasources"][0]["uid"]
     assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {uid}
+
+
+def test_compose_config_is_valid_with_every_profile():
+    """Compose itself parses and resolves the file (services, profiles, references); scripts/install
+    installs Debian's docker-compose for it."""
+    base = ["docker-compose", "-f", str(DOCKER / "compose.yaml")]
+    subprocess.run(base + ["config", "-q"], check=True)
+    listed = subprocess.run(base + ["--profile", "monitoring", "--profile", "ingest", "config", "--services"],
+                            check=True, capture_output=True, text=True).stdout.split()
+    assert {"kafka", "redis", "worker", "ingest", "prometheus", "grafana"} <= set(listed)
+
