@@ -38,6 +38,7 @@ import numpy as np
 
 from streamlearn.algorithms import _forecast_metrics as fm
 from streamlearn.algorithms import register
+from streamlearn.algorithms._shared_adam import SharedAdam
 from streamlearn.algorithms.base import Algorithm, Model, ParamError, require
 from streamlearn.algorithms.params import Interval, ListOf, Options, Param
 from streamlearn.series_batch import SeriesBatch
@@ -127,6 +128,7 @@ class DeepAR(Algorithm):
         self.seed = seed
         self.device = device
         self._net_cache = None  # scratch: the module whose parameters each step overwrites
+        self._adam: SharedAdam | None = None  # scratch: this worker's view of the shared optimizer
 
     # -- parameters -----------------------------------------------------------------------
     def check_params(self) -> None:
@@ -288,15 +290,9 @@ class DeepAR(Algorithm):
         torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.clip_gradient))
         g = torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
         g = g + float(self.weight_decay) * theta
-        adam = state.pull("adam")
-        b1, b2, eps = 0.9, 0.999, 1e-8
-        m = b1 * adam[0] + (1 - b1) * g
-        v = b2 * adam[1] + (1 - b2) * g * g
-        step = t + 1.0
-        delta = -float(self.learning_rate) * (m / (1 - b1 ** step)) / (np.sqrt(v / (1 - b2 ** step)) + eps)
-        state.push("theta", delta)
-        state.push("adam", np.stack([m - adam[0], v - adam[1]]))
-        state.push("t", 1.0)
+        if self._adam is None:
+            self._adam = SharedAdam(self.learning_rate)
+        self._adam.step(state, g)
         state.push("windows", float(len(windows)))
 
     # -- the worker's reader ---------------------------------------------------------------
