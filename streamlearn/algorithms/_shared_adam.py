@@ -14,6 +14,13 @@ commit, which is how 4 workers diverged (ItalyPowerDemand's backtest 0.86 -> 270
   (``b1^k m0``, the same in every worker): each worker applies 1/N of it, so it is applied
   once, not N times.
 
+The same key keeps the parameters' running average (``average``: an exponential moving
+average whose decay ramps up to ``average_decay`` as ``(1 + t) / (10 + t)``, so that a
+short job's average does not reach back to its first, untrained parameters), averaged
+over the workers as the moments are. A stream's step holds windows of one moment and
+consecutive steps walk through time, so the last parameters lean towards the latest
+stretch of every pass; the average spans a few hundred steps.
+
 N is measured, not configured: between two refreshes of the state the global step count
 ``t`` grows by every worker's steps, this worker's own among them; their ratio (smoothed)
 is the number of workers pushing. One worker always measures N = 1, and then every step
@@ -30,12 +37,25 @@ B1, B2, EPS = 0.9, 0.999, 1e-8
 MAX_WORKERS = 64.0
 
 
+ROWS = 3  # of the ``adam`` key: m, v and the parameters' running average (starts at theta)
+
+
+def averaged_parameters(state: State, decay: float) -> np.ndarray:
+    """The parameters a model uses: the running average, or (``decay`` = 0) the last ones."""
+    return np.array(state.pull("adam")[2] if decay > 0 else state.pull("theta"), dtype=np.float64)
+
+
+def average_decay(decay: float, step: float) -> float:
+    return min(decay, (1 + step) / (10 + step))
+
+
 class SharedAdam:
     """One worker's view of the shared optimizer (scratch: rebuilt from the state after a
-    restart). ``theta``, ``adam`` (2 x P: m and v) and ``t`` are the keys it steps."""
+    restart). ``theta``, ``adam`` (ROWS x P: m, v, average) and ``t`` are the keys it steps."""
 
-    def __init__(self, learning_rate: float):
+    def __init__(self, learning_rate: float, average_decay: float = 0.0):
         self.learning_rate = float(learning_rate)
+        self.average_decay = float(average_decay)
         self.workers = 1.0
         self._base_t: float | None = None  # t at this worker's last sight of others' commits
         self._base: np.ndarray | None = None  # the moments then
@@ -53,8 +73,9 @@ class SharedAdam:
                 self.workers = 0.5 * (self.workers + seen)
         self._base_t, self._base, self._expect = t, np.array(pulled, dtype=np.float64), t
 
-    def step(self, state: State, grad: np.ndarray) -> None:
-        """One Adam step with gradient ``grad`` (weight decay included by the caller)."""
+    def step(self, state: State, theta: np.ndarray, grad: np.ndarray) -> None:
+        """One Adam step from parameters ``theta`` (as pulled) with gradient ``grad``
+        (weight decay included by the caller)."""
         t = float(state.pull("t"))
         pulled = state.pull("adam")
         self._sync(t, pulled)
@@ -69,7 +90,9 @@ class SharedAdam:
             carry = B1 ** (step - self._base_t) * base[0]  # the shared momentum's share of m
             direction = (m - carry) + carry / n
         delta = -self.learning_rate * (direction / (1 - B1 ** step)) / (np.sqrt(v / (1 - B2 ** step)) + EPS)
+        d = average_decay(self.average_decay, step)
+        avg = d * own[2] + (1 - d) * (theta + delta) if self.average_decay > 0 else own[2]
         state.push("theta", delta)
-        state.push("adam", np.stack([m - own[0], v - own[1]]) / n)
+        state.push("adam", np.stack([m - own[0], v - own[1], avg - own[2]]) / n)
         state.push("t", 1.0)
         self._expect = step
