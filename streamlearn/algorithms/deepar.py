@@ -111,7 +111,7 @@ class DeepAR(Algorithm):
 
     def __init__(self, prediction_length: int = 14, context_length: int = 0, time_freq: str = "D",
                  likelihood: str = "student-t", num_layers: int = 2, num_cells: int = 40, dropout_rate: float = 0.1,
-                 learning_rate: float = 1e-3, weight_decay: float = 1e-8, average_decay: float = 0.99,
+                 learning_rate: float = 1e-3, weight_decay: float = 1e-8, average_decay: float = 0.0,
                  clip_gradient: float = 10.0,
                  lags_seq: str | list[int] = "auto", num_dynamic_feat: int = 0, num_static_cat: int = 0,
                  cardinality: str | list[int] = "auto", max_series: int = 4096, window_rate: float = 1.0,
