@@ -65,15 +65,16 @@ def _points(name: str, series: list[np.ndarray], freq: str):
     return SeriesBatch.of(*zip(*rows))
 
 
-def fit_ours(name, train: list[np.ndarray], seed: int, windows: int, workers: int = 1):
+def fit_ours(name, train: list[np.ndarray], seed: int, windows: int, workers: int = 1, **params):
     """Train over repeated passes (contexts restarted between passes) until about ``windows``
-    training windows; ``workers`` LocalStates over one backend take the series by key hash."""
+    training windows; ``workers`` LocalStates over one backend take the series by key hash;
+    ``params``: DeepAR parameters beyond the data set's."""
     from streamlearn.algorithms.deepar import DeepAR
     from streamlearn.statestore.local import LocalState, MemoryBackend
 
     H, ctx, freq, lik, _ = SETS[name]
     algo = DeepAR(prediction_length=H, context_length=ctx, time_freq=freq, likelihood=lik, seed=seed,
-                  max_series=max(64, 2 * len(train)))
+                  max_series=max(64, 2 * len(train)), **params)
     algo.check_params()
     per_pass = sum(max(0, len(s) - H + 1) for s in train)
     passes = max(1, windows // per_pass)
