@@ -266,7 +266,8 @@ def case_deepar_workers(ctx: Context) -> list[Row]:
     spread = max(got.values()) / min(got.values()) - 1
     return [Row("quality.deepar_workers", ", ".join(f"{w}w wQL {v:.4f}" for w, v in got.items()), "1 worker",
                 1 - spread, "within 3%", "pass" if spread <= 0.03 else "FAIL",
-                f"{len(series)} series; async Adam on the state, a commit every {COMMIT_POINTS} points a worker")]
+                f"{len(series)} series; SharedAdam (moments averaged over the workers), a commit every "
+                f"{COMMIT_POINTS} points a worker")]
 
 
 CASES = {"quality.deepar": case_deepar, "quality.deepar_workers": case_deepar_workers}
