@@ -19,7 +19,9 @@ average whose decay ramps up to ``average_decay`` as ``(1 + t) / (10 + t)``, so 
 short job's average does not reach back to its first, untrained parameters), averaged
 over the workers as the moments are. A stream's step holds windows of one moment and
 consecutive steps walk through time, so the last parameters lean towards the latest
-stretch of every pass; the average spans a few hundred steps.
+stretch of every pass; the average spans a few hundred steps (``DeepAR.average_decay``:
+off by default, as it helped Covid3Month and macrodata but not ItalyPowerDemand,
+benchmarks/README.md).
 
 N is measured, not configured: between two refreshes of the state the global step count
 ``t`` grows by every worker's steps, this worker's own among them; their ratio (smoothed)
@@ -35,8 +37,6 @@ from streamlearn.statestore.base import State
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 MAX_WORKERS = 64.0
-
-
 ROWS = 3  # of the ``adam`` key: m, v and the parameters' running average (starts at theta)
 
 
