@@ -22,8 +22,11 @@ Optimizer and concurrency. The flat parameter vector ``theta`` and Adam's moment
 are ``sum`` keys: a step pulls them (read-your-writes), computes the gradient of its
 windows and pushes Adam's step, the change of both moments and one step count. One worker
 is plain sequential Adam; N workers apply the same number of steps in total (each sees
-1/N of the points), each computed against parameters at most one commit window old
-(asynchronous Adam with shared moments; benchmarks/deepar.py measures 1, 2 and 4 workers).
+1/N of the points), each computed against parameters at most one commit window old, with
+the moments averaged over the workers rather than summed (``_shared_adam.SharedAdam``:
+summed, N workers' K-step windows scale the momentum by 1 - N (1 - 0.9^K), below -1 from
+3 workers of 16 steps on, and the job diverges).
+
 Randomness (dropout, sampled windows) is seeded by the step count and the point, never by
 the worker, so a resumed job equals an uninterrupted one.
 """
@@ -38,6 +41,7 @@ import numpy as np
 
 from streamlearn.algorithms import _forecast_metrics as fm
 from streamlearn.algorithms import register
+from streamlearn.algorithms._shared_adam import ROWS, SharedAdam, averaged_parameters
 from streamlearn.algorithms.base import Algorithm, Model, ParamError, require
 from streamlearn.algorithms.params import Interval, ListOf, Options, Param
 from streamlearn.series_batch import SeriesBatch
@@ -86,6 +90,8 @@ class DeepAR(Algorithm):
         "dropout_rate": Param("dropout between LSTM layers while training", Interval(float, 0, 1, closed="left")),
         "learning_rate": Param("Adam's step size", Interval(float, 0, None, closed="neither")),
         "weight_decay": Param("L2 decay of the parameters", Interval(float, 0, None)),
+        "average_decay": Param("decay of the parameters' running average that the model uses (0: the last ones)",
+                               Interval(float, 0, 1, closed="left")),
         "clip_gradient": Param("largest absolute gradient component", Interval(float, 0, None, closed="neither")),
         "lags_seq": Param("lagged values the network sees, e.g. [1,2,7] ('auto': GluonTS's lags of time_freq)",
                           Options("auto"), ListOf(int)),
@@ -97,16 +103,19 @@ class DeepAR(Algorithm):
         "window_rate": Param("share of arriving points that end a training window",
                              Interval(float, 0, 1, closed="right")),
         "num_samples": Param("sample paths behind each forecast", Interval(int, 1, None)),
+        "max_growth": Param("bound of a sampled value: this many times the context's largest |value| (0: none)",
+                            Interval(float, 0, None)),
         "seed": Param("seed of the initial weights, dropout and sampled windows", Interval(int, 0, None)),
         "device": Param("where torch computes: 'cpu', 'cuda' or 'cuda:N'", str),
     }
 
     def __init__(self, prediction_length: int = 14, context_length: int = 0, time_freq: str = "D",
                  likelihood: str = "student-t", num_layers: int = 2, num_cells: int = 40, dropout_rate: float = 0.1,
-                 learning_rate: float = 1e-3, weight_decay: float = 1e-8, clip_gradient: float = 10.0,
+                 learning_rate: float = 1e-3, weight_decay: float = 1e-8, average_decay: float = 0.0,
+                 clip_gradient: float = 10.0,
                  lags_seq: str | list[int] = "auto", num_dynamic_feat: int = 0, num_static_cat: int = 0,
                  cardinality: str | list[int] = "auto", max_series: int = 4096, window_rate: float = 1.0,
-                 num_samples: int = 100, seed: int = 0, device: str = "cpu"):
+                 num_samples: int = 100, max_growth: float = 10.0, seed: int = 0, device: str = "cpu"):
         self.prediction_length = prediction_length
         self.context_length = context_length
         self.time_freq = time_freq
@@ -116,6 +125,7 @@ class DeepAR(Algorithm):
         self.dropout_rate = dropout_rate
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.average_decay = average_decay
         self.clip_gradient = clip_gradient
         self.lags_seq = lags_seq
         self.num_dynamic_feat = num_dynamic_feat
@@ -124,9 +134,11 @@ class DeepAR(Algorithm):
         self.max_series = max_series
         self.window_rate = window_rate
         self.num_samples = num_samples
+        self.max_growth = max_growth
         self.seed = seed
         self.device = device
         self._net_cache = None  # scratch: the module whose parameters each step overwrites
+        self._adam: SharedAdam | None = None  # scratch: this worker's view of the shared optimizer
 
     # -- parameters -----------------------------------------------------------------------
     def check_params(self) -> None:
@@ -173,7 +185,7 @@ class DeepAR(Algorithm):
                 "num_layers": int(self.num_layers), "num_cells": int(self.num_cells),
                 "dropout_rate": float(self.dropout_rate), "cardinalities": card, "embedding_dims": emb,
                 "num_dynamic_feat": F, "num_static_cat": int(self.num_static_cat), "input_size": input_size,
-                "num_samples": int(self.num_samples), "seed": int(self.seed)}
+                "num_samples": int(self.num_samples), "max_growth": float(self.max_growth), "seed": int(self.seed)}
 
     def _row_width(self) -> int:
         c = self.config()
@@ -193,7 +205,7 @@ class DeepAR(Algorithm):
             net = build_net(self.config(), "cpu")
         theta = torch.nn.utils.parameters_to_vector(net.parameters()).detach().double().numpy()
         state.initialize("theta", theta)
-        state.initialize("adam", np.zeros((2, len(theta))))
+        state.initialize("adam", np.concatenate([np.zeros((ROWS - 1, len(theta))), theta[None, :]]))
         state.initialize("t", 0.0)
         state.initialize("points", 0.0)
         state.initialize("windows", 0.0)
@@ -288,15 +300,9 @@ class DeepAR(Algorithm):
         torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.clip_gradient))
         g = torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
         g = g + float(self.weight_decay) * theta
-        adam = state.pull("adam")
-        b1, b2, eps = 0.9, 0.999, 1e-8
-        m = b1 * adam[0] + (1 - b1) * g
-        v = b2 * adam[1] + (1 - b2) * g * g
-        step = t + 1.0
-        delta = -float(self.learning_rate) * (m / (1 - b1 ** step)) / (np.sqrt(v / (1 - b2 ** step)) + eps)
-        state.push("theta", delta)
-        state.push("adam", np.stack([m - adam[0], v - adam[1]]))
-        state.push("t", 1.0)
+        if self._adam is None:
+            self._adam = SharedAdam(self.learning_rate, self.average_decay)
+        self._adam.step(state, theta, g)
         state.push("windows", float(len(windows)))
 
     # -- the worker's reader ---------------------------------------------------------------
@@ -358,7 +364,7 @@ class DeepAR(Algorithm):
                  "steps": float(state.pull("t")), "unplaced": float(state.pull("unplaced"))}
         if self.num_static_cat:
             attrs["observed_cardinality"] = [int(v) for v in state.pull("card")]
-        return DeepARModel(np.array(state.pull("theta"), dtype=np.float64), ctx_used[live].copy(), attrs)
+        return DeepARModel(averaged_parameters(state, float(self.average_decay)), ctx_used[live].copy(), attrs)
 
 
 def _sampled(seed: int, series: str, ordinal: int, rate: float) -> bool:
@@ -457,6 +463,19 @@ def _mean_scale(vals: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.where(n > 0, s / np.maximum(n, 1.0), default), 1e-10)
 
 
+def _sample_bound(vals: np.ndarray, mask: np.ndarray, scale: np.ndarray, growth: float) -> np.ndarray:
+    """(B,) largest |value| a forecast may sample: ``growth`` times the context's largest
+    observed |value| (at least its scale). The network feeds its samples back as lags, so
+    a series whose far lags hold a level unlike its context's (Covid3Month's China:
+    thousands a day 56 days back, ~100 in the context, scaled lags ~40) gets inputs outside
+    anything it trained on, and a path that samples high feeds itself higher without end.
+    ``growth`` = 0: no bound."""
+    if growth <= 0:
+        return np.full(len(vals), np.inf)
+    top = np.abs(vals * mask).max(axis=1) if vals.shape[1] else np.zeros(len(vals))
+    return growth * np.maximum(top, scale)
+
+
 def _rnn_inputs(net, c, zs, positions, feats, dyn, static):
     """(B, T, input): lags of the scaled values ``zs`` at ``positions``, static, time, dynamic."""
     import torch
@@ -540,6 +559,7 @@ class DeepARModel(Model):
         cats = torch.as_tensor(np.stack([h.cats for h in histories]).reshape(B, -1))
         scale = _mean_scale(vals[:, -ctx:], mask[:, -ctx:])
         sc = torch.as_tensor(scale, dtype=torch.float32)
+        bound = _sample_bound(vals[:, -ctx:], mask[:, -ctx:], scale, c.get("max_growth", 0.0))
         fut_dyn = np.zeros((B, H, F)) if future_feat is None else np.asarray(future_feat, dtype=np.float64).reshape(B, H, F)
         full_len = P + H
         feats = _features(c, freq, last + H, age + H, np.arange(maxlag, full_len), full_len)
@@ -555,12 +575,12 @@ class DeepARModel(Model):
             args, state = self.net(x)
             rep = lambda a: a.repeat_interleave(S, dim=0)  # noqa: E731
             state = tuple(rep(s.transpose(0, 1)).transpose(0, 1).contiguous() for s in state)
-            zs, sc_s, static_s = rep(zs), rep(sc), rep(static)
+            zs, sc_s, static_s, bound_s = rep(zs), rep(sc), rep(static), rep(T32(bound))
             feats_s, dyn_s = rep(T32(feats)), rep(T32(dyn_all))
             args = tuple(rep(a[:, -1:]) for a in args)
             out = torch.zeros((B * S, H))
             for k in range(H):
-                y = sample(c["likelihood"], args, sc_s[:, None])
+                y = sample(c["likelihood"], args, sc_s[:, None]).clamp(-bound_s[:, None], bound_s[:, None])
                 out[:, k] = y[:, 0]
                 zs[:, P + k] = y[:, 0] / sc_s
                 if k + 1 < H:

@@ -175,3 +175,27 @@ def test_small_backtest_beats_seasonal_naive_with_period_one():
         insample.append(pts.target[idx[:-H]])
     naive_wql = fm.mean_wql(np.array(y), {q: np.array(naive) for q in fm.QUANTILES})
     assert wql < 0.8 * naive_wql, (wql, naive_wql)
+
+
+@pytest.mark.parametrize("likelihood", ["negative-binomial", "student-t"])
+def test_sample_paths_stay_within_max_growth_of_the_context(likelihood):
+    """A network whose output runs far above its inputs (as Covid3Month's China did with one
+    seed: thousands a day in the far lags, ~100 in the context, a median path of 370,000
+    after 14 days) samples no value beyond max_growth x the context's largest |value|."""
+    pts = D.seasonal_series(4, 30, period=7, seed=2, counts=True)
+    model = _fit(pts, 0, prediction_length=7, context_length=7, lags_seq=[1, 7], num_cells=4, max_series=16,
+                 likelihood=likelihood, num_samples=64)
+    arrays, attrs = model.to_arrays()
+    theta = arrays["theta"].copy()
+    # the projection's last two biases: NB total count and logits (a mean of ~e^14 scales),
+    # student-t loc and scale (1e5 and 12 scales)
+    theta[-2:] = (1e5, 12.0) if likelihood == "student-t" else (12.0, 12.0)
+    hists = [model._stored(s) for s in model.series]
+    top = np.array([np.abs(h.vals[-7:] * h.mask[-7:]).max() for h in hists])
+    paths = {}
+    for growth in (0.0, 5.0):
+        m = type(model).from_arrays({**arrays, "theta": theta}, {**attrs, "max_growth": growth})
+        paths[growth] = m.sample_paths(hists, horizon=14, seed=0)
+    assert np.abs(paths[0.0]).max() > 100 * top.max()  # unbounded, it does run away
+    assert np.all(np.isfinite(paths[5.0]))
+    assert np.all(np.abs(paths[5.0]) <= 5.0 * top[:, None, None] * (1 + 1e-6))

@@ -1,0 +1,74 @@
+"""SharedAdam (DeepAR's optimizer on the shared state): one worker is plain Adam; N workers
+taking many steps between commits learn one model (no momentum that flips sign and grows)."""
+from __future__ import annotations
+
+import numpy as np
+
+from streamlearn.algorithms._shared_adam import B1, B2, EPS, ROWS, SharedAdam, average_decay, averaged_parameters
+from streamlearn.statestore.local import LocalState, MemoryBackend
+
+TARGET = np.linspace(-1.0, 1.0, 6)
+LR = 0.01
+
+
+def _states(n: int) -> tuple[MemoryBackend, list[LocalState]]:
+    backend = MemoryBackend()
+    first = LocalState(backend)
+    first.initialize("theta", np.zeros(len(TARGET)))
+    first.initialize("adam", np.zeros((ROWS, len(TARGET))))
+    first.initialize("t", 0.0)
+    first.commit()
+    return backend, [LocalState(backend) for _ in range(n)]
+
+
+def _run(workers: int, windows: int, steps: int, opt=SharedAdam) -> tuple[np.ndarray, float]:
+    """``workers`` each take ``steps`` steps between commits on noisy gradients of
+    0.5 |theta - TARGET|^2 (each its own noise, as each its own data); returns the final
+    parameters and the largest |m| committed."""
+    backend, states = _states(workers)
+    opts = [opt(LR, 0.9) for _ in range(workers)]
+    rngs = [np.random.default_rng(w) for w in range(workers)]
+    largest = 0.0
+    for _ in range(windows):
+        for st, o, rng in zip(states, opts, rngs):
+            st.refresh()
+            for _ in range(steps):
+                theta = st.pull("theta")
+                o.step(st, theta, theta - TARGET + rng.normal(0, 0.5, len(TARGET)))
+        for st in states:
+            st.commit()
+        view = LocalState(backend)
+        largest = max(largest, float(np.abs(view.pull("adam")[0]).max()))
+    return averaged_parameters(LocalState(backend), 0.9), largest
+
+
+def test_one_worker_is_plain_adam_with_a_running_average():
+    _, (state,) = _states(1)
+    opt = SharedAdam(LR, average_decay=0.9)
+    theta, m, v, avg = np.zeros(len(TARGET)), np.zeros(len(TARGET)), np.zeros(len(TARGET)), np.zeros(len(TARGET))
+    assert average_decay(0.9, 1) == 2 / 11 and average_decay(0.9, 100) == 0.9
+    for t in range(1, 41):
+        g = theta - TARGET
+        m, v = B1 * m + (1 - B1) * g, B2 * v + (1 - B2) * g * g
+        theta = theta - LR * (m / (1 - B1 ** t)) / (np.sqrt(v / (1 - B2 ** t)) + EPS)
+        d = min(0.9, (1 + t) / (10 + t))
+        avg = d * avg + (1 - d) * theta
+        pulled = state.pull("theta")
+        opt.step(state, pulled, pulled - TARGET)
+        if t % 8 == 0:
+            state.commit()
+            state.refresh()
+    assert np.allclose(state.pull("theta"), theta, rtol=0, atol=1e-12)
+    assert np.allclose(averaged_parameters(state, 0.9), avg, rtol=0, atol=1e-12)
+    assert np.array_equal(averaged_parameters(state, 0.0), state.pull("theta"))
+    assert opt.workers == 1.0
+
+
+def test_four_workers_with_long_windows_converge_like_one():
+    """16 steps each between commits: summed plain deltas scale the momentum by
+    1 - 4 (1 - 0.9^16) = -2.3 every commit and diverge."""
+    one, _ = _run(1, 160, 16)  # the same steps in all as the four workers take
+    four, largest = _run(4, 40, 16)
+    assert np.abs(one - TARGET).max() < 0.1, one
+    assert np.abs(four - TARGET).max() < 0.15, four  # summed plain deltas: ~1e7
+    assert largest < 10.0, largest  # summed plain deltas: ~1e14
