@@ -48,9 +48,10 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 20) -> list[int]:
     return codes
 
 
-def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
+        timeout: float = 120) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "streamlearn", *args], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})}, timeout=120)
+                         env={**os.environ, **(env or {})}, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"streamlearn {' '.join(args)} failed ({res.returncode}): {res.stderr}")
     return res
