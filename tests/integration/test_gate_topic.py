@@ -14,26 +14,19 @@ import pytest
 from streamlearn import datasets as D
 from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.store import ModelStore
-from streamlearn.streams.producer import Producer
-from streamlearn.streams.topics import ensure_topic
-from tests.integration.procs import cli, start_worker, stop_all
+from tests.integration.procs import cli, labelled_topic, train_job
 
 pytestmark = pytest.mark.integration
 
 GATE = "auc>=published-0.005"
 
 
-def _topic(stack, X, y, partitions: int = 2) -> str:
-    name = f"gtopic-{uuid.uuid4().hex[:8]}"
-    ensure_topic(stack.kafka_client_conf(), name, partitions=partitions)
-    with Producer(stack.kafka, stack.kafka_conf) as p:
-        p.send_batch(name, X, y, batch_size=100)
-    return name
+def _topic(stack, X, y) -> str:
+    return labelled_topic(stack, X, y, "gtopic", batch_size=100)
 
 
 def _train(job: str, tmp_path, *args: str) -> None:
-    cli("job", "create", job, "--algorithm", "factorization_machines", "--epochs", "1", *args)
-    assert stop_all([start_worker(job, tmp_path)], timeout=180) == [0]
+    train_job(job, tmp_path, "factorization_machines", *args)
 
 
 def _refused(stack, job: str, *args: str, message: str) -> None:

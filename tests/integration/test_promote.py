@@ -15,9 +15,7 @@ from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.format import decode_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
-from streamlearn.streams.producer import Producer
-from streamlearn.streams.topics import ensure_topic
-from tests.integration.procs import cli, start_worker, stop_all
+from tests.integration.procs import cli, labelled_topic, train_job
 
 pytestmark = pytest.mark.integration
 
@@ -25,16 +23,11 @@ GATE = "auc>=published-0.005"
 
 
 def _topic(stack, X, y) -> str:
-    name = f"promote-{uuid.uuid4().hex[:8]}"
-    ensure_topic(stack.kafka_client_conf(), name, partitions=2)
-    with Producer(stack.kafka, stack.kafka_conf) as p:
-        p.send_batch(name, X, y, batch_size=200)
-    return name
+    return labelled_topic(stack, X, y, "promote")
 
 
 def _train(job: str, tmp_path, *args: str, algorithm: str = "linear_learner") -> None:
-    cli("job", "create", job, "--algorithm", algorithm, "--epochs", "1", *args)
-    assert stop_all([start_worker(job, tmp_path)], timeout=120) == [0]
+    train_job(job, tmp_path, algorithm, *args)
 
 
 def test_promote_publishes_another_jobs_model_on_the_jobs_line_through_its_gate(stack, tmp_path):
