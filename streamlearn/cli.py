@@ -1,5 +1,5 @@
 """``streamlearn`` command line: stack, produce, ingest, job, worker, schema, snapshot, predict, evaluate, models,
-lineage, compare, backtest, algorithms, topics, serve, export.
+lineage, compare, backtest, algorithms, topics, serve, export, keys, snapshot-topic, acl.
 
 One parser for every command. Each command imports what it needs inside its function, so that
 ``streamlearn --help`` or ``job status`` does not load faust, pyarrow or the algorithms (start-up
@@ -45,6 +45,23 @@ def unreachable_service(exc: BaseException) -> str | None:
     if isinstance(exc, KafkaException):
         return f"Kafka error: {exc}"
     return None
+
+
+def refused_access(exc: BaseException) -> str | None:
+    """One line for "Redis or Kafka refused this user" (an ACL, a client setting), else None."""
+    import redis
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streamlearn.streams.access import refusal
+
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (f"Redis refused this user (NOPERM): {exc} — check its ACL (`streamlearn acl JOB` prints the "
+                "rule a job needs)")
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:  # e.g. ssl.ca.location unreadable
+        return f"Kafka client settings rejected (STREAMLEARN_KAFKA_*): {err.str()}"
+    refused = refusal(err, os.environ.get("STREAMLEARN_KAFKA", "the local stack's Kafka"))
+    return None if refused is None else str(refused)
 
 
 def _settings():
@@ -212,7 +229,7 @@ def cmd_job(args) -> int:
                                _parse_params(args.param), until=args.until, snapshot_every=args.snapshot_every,
                                from_snapshot=args.from_snapshot, epochs=args.epochs, gate=args.gate,
                                gate_min_records=args.gate_min_records, gate_topic=args.gate_topic,
-                               gate_offsets=args.gate_offsets)
+                               gate_offsets=args.gate_offsets, snapshot_topic=args.snapshot_topic)
         epochs = f", {spec.epochs} epochs" if spec.epochs > 1 else ""
         print(f"created job {spec.name} ({spec.algorithm} on {spec.topic}, until {spec.until}{epochs})")
     elif args.action == "list":
@@ -322,6 +339,8 @@ def cmd_snapshot(args) -> int:
     from streamlearn.monitoring.gate import REJECTED, status_of
     from streamlearn.runtime import jobs
     from streamlearn.runtime.finalize import force_publish, publish
+    from streamlearn.snapshots.publisher import ensure_snapshot_topic
+    from streamlearn.snapshots.signing import require_signer
     from streamlearn.snapshots.store import ModelStore
     from streamlearn.streams.topics import require_kafka
 
@@ -330,7 +349,9 @@ def cmd_snapshot(args) -> int:
     s = _settings()
     client = s.redis_client()
     spec = jobs.load_spec(client, args.name)
+    require_signer()
     require_kafka(s.kafka_client_conf())  # fail in seconds, before finalizing a version nobody receives
+    ensure_snapshot_topic(s.kafka_client_conf(), spec.snapshot_topic)  # a missing ACL, too
     if args.force:
         version = force_publish(s, client, spec, args.reason or "")
     else:
@@ -565,6 +586,39 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from streamlearn.snapshots.signing import SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, Signer, generate_keys
+
+    private, public = generate_keys(args.dir, args.name)
+    print(f"key id {Signer.from_file(private).key_id}\nprivate key (publishers, mode 0600): {private}\n"
+          f"public key (verifiers): {public}\n"
+          f"publishers: {SIGNING_KEY_ENV}={private}\nverifiers: {TRUSTED_KEYS_ENV}=JOB_PATTERN={public}")
+    return 0
+
+
+def cmd_snapshot_topic(args) -> int:
+    from streamlearn.snapshots.publisher import TOPIC_CONFIG, setup_snapshot_topic
+
+    topic = setup_snapshot_topic(_settings().kafka_client_conf(), args.topic, args.partitions)
+    print(f"snapshot topic {topic}: " + ", ".join(f"{k}={v}" for k, v in TOPIC_CONFIG.items()))
+    return 0
+
+
+def cmd_acl(args) -> int:
+    from streamlearn.runtime.acl import acl_text
+    from streamlearn.runtime.jobs import JobSpec, check_name, load_spec
+
+    s = _settings()
+    if args.topic:  # a job still to be created (its user needs the rule to create it)
+        check_name(args.name)
+        spec = JobSpec(args.name, "", args.topic, snapshot_topic=args.snapshot_topic)
+    else:
+        spec = load_spec(s.redis_client(), args.name)
+    print(acl_text(spec, args.user or args.name, args.principal or f"User:{args.user or args.name}", args.reader,
+                   s.kafka))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from streamlearn.demo import run_demo
 
@@ -645,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--until", choices=["end", "never"], default="end")
     c.add_argument("--snapshot-every", type=float, metavar="SECONDS")
     c.add_argument("--epochs", type=int, metavar="E", help="bounded jobs: read the topic range E times (default 1)")
+    c.add_argument("--snapshot-topic", metavar="TOPIC",
+                   help="publish this job's snapshots to TOPIC (e.g. one per tenant); default "
+                        "$STREAMLEARN_SNAPSHOT_TOPIC or streamlearn.snapshots")
     c.add_argument("--from-snapshot", metavar="JOB[@VERSION]",
                    help="incremental training: continue from that snapshot's training state (its params unless given)")
     c.add_argument("--gate", action="append", default=[], metavar="EXPR",
@@ -868,6 +925,28 @@ def build_parser() -> argparse.ArgumentParser:
                          "0-padded, instead of a dense (N, d) matrix")
     ex.set_defaults(func=cmd_export)
 
+    ky = sub.add_parser("keys", help="Ed25519 key pairs that sign snapshots (publishers) and verify them")
+    ky.add_argument("action", choices=["generate"])
+    ky.add_argument("--dir", type=Path, default=Path("."), help="where to write NAME.key and NAME.pub")
+    ky.add_argument("--name", default="snapshot-signing")
+    ky.set_defaults(func=cmd_keys)
+
+    stp = sub.add_parser("snapshot-topic", help="admin: create the snapshot topic or set its configuration "
+                                                "(compacted by job, 64 MiB messages, zstd)")
+    stp.add_argument("action", choices=["setup"])
+    stp.add_argument("--topic", help="default $STREAMLEARN_SNAPSHOT_TOPIC or streamlearn.snapshots")
+    stp.add_argument("--partitions", type=int, default=1)
+    stp.set_defaults(func=cmd_snapshot_topic)
+
+    acl = sub.add_parser("acl", help="the Redis ACL rule and Kafka ACL bindings one job needs (least privilege)")
+    acl.add_argument("name")
+    acl.add_argument("--user", help="the Redis user (default: the job's name)")
+    acl.add_argument("--topic", help="a job not created yet: its training topic")
+    acl.add_argument("--snapshot-topic", help="a job not created yet: its snapshot topic")
+    acl.add_argument("--principal", help="the workers' Kafka principal (default User:<user>)")
+    acl.add_argument("--reader", metavar="PRINCIPAL", help="also grant PRINCIPAL what subscribers and servers need")
+    acl.set_defaults(func=cmd_acl)
+
     dm = sub.add_parser("demo", help="produce, train with 3 elastic workers, snapshot, predict (local stack)")
     dm.set_defaults(func=cmd_demo)
     _add_verbosity_options(p, top=True)
@@ -933,8 +1012,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors: one line, no traceback
-        if isinstance(exc, USER_ERRORS):
-            print(f"streamlearn: error: {exc}", file=sys.stderr)
+        refused = None if isinstance(exc, USER_ERRORS) else refused_access(exc)
+        if isinstance(exc, USER_ERRORS) or refused:
+            print(f"streamlearn: error: {refused or exc}", file=sys.stderr)
             return 2
         message = str(exc) if isinstance(exc, ServiceUnavailable) else unreachable_service(exc)
         if message:

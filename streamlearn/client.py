@@ -29,6 +29,7 @@ from streamlearn.registry import backtest, evaluation, queries
 from streamlearn.registry.records import Registry
 from streamlearn.runtime.finalize import promote, publish
 from streamlearn.serving.process import ServerProcess
+from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.streams.producer import Producer
 from streamlearn.streams import topics
@@ -172,7 +173,8 @@ class Connection:
         """Follow ``job``'s snapshots: the subscriber's ``wait_for(timeout=…)`` returns the
         newest verified model, and its ``model`` is swapped as new snapshots arrive."""
         name = job.name if isinstance(job, Job) else job
-        subscriber = ModelSubscriber(name, self.settings.kafka, self.settings.kafka_conf, from_beginning=from_beginning)
+        subscriber = ModelSubscriber(name, self.settings.kafka, self.settings.kafka_conf, from_beginning=from_beginning,
+                                     topic=jobs.load_spec(self.redis, name).snapshot_topic, store=ModelStore(self.redis))
         self._subscribers.append(subscriber)
         return subscriber
 

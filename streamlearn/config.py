@@ -299,6 +299,8 @@ def _redis_class():
                     return super().execute_command(*args, **options)
                 except redis.exceptions.AuthenticationError as exc:
                     raise _auth_error_masked(self._sl_masked_url, exc) from None
+                except redis.exceptions.NoPermissionError as exc:  # name the command refused (keys are no secret)
+                    raise redis.exceptions.NoPermissionError(f"{exc} ({_command_of(args)})") from None
 
             def pipeline(self, transaction=True, shard_hint=None):
                 pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
@@ -317,6 +319,11 @@ def _redis_class():
 
         _REDIS_CLASS = _Redis
     return _REDIS_CLASS
+
+
+def _command_of(args: tuple) -> str:
+    words = [a.decode(errors="replace") if isinstance(a, bytes) else str(a) for a in args[:2]]
+    return " ".join(w[:100] for w in words)
 
 
 def _is_auth_message(msg: str) -> bool:

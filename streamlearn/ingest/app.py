@@ -62,7 +62,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from streamlearn.config import Settings
+from streamlearn.config import ConfigError, Settings
 from streamlearn.ingest.events import IngestConfig, check_event, encode_batch
 from streamlearn.runtime.metrics import serve_metrics
 from streamlearn.streams.topics import ensure_topic, partitions
@@ -91,6 +91,41 @@ def faust_broker(bootstrap: str) -> str:
     if "://" in bootstrap:
         return bootstrap
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
+
+
+def faust_credentials(kafka_conf: dict[str, Any]) -> Any:
+    """faust's ``broker_credentials`` for the librdkafka security properties every other
+    client uses (``STREAMLEARN_KAFKA_SECURITY_PROTOCOL``, ``_SASL_MECHANISM``,
+    ``_SASL_USERNAME``/``_PASSWORD``, ``_SSL_CA_LOCATION``, ``_SSL_CERTIFICATE_LOCATION``/
+    ``_SSL_KEY_LOCATION``, ``_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=none``); None for plain text.
+    :class:`~streamlearn.config.ConfigError` for what aiokafka cannot do."""
+    import ssl
+
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    protocol = str(kafka_conf.get("security.protocol", "PLAINTEXT")).upper()
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol not in ("SSL", "SASL_SSL", "SASL_PLAINTEXT"):
+        raise ConfigError(f"ingest: security.protocol {protocol!r} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        try:
+            context = ssl.create_default_context(cafile=kafka_conf.get("ssl.ca.location"))
+            if kafka_conf.get("ssl.certificate.location"):
+                context.load_cert_chain(kafka_conf["ssl.certificate.location"], kafka_conf.get("ssl.key.location"),
+                                        kafka_conf.get("ssl.key.password"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"ingest: cannot load the TLS files (STREAMLEARN_KAFKA_SSL_*): {exc}") from None
+        if str(kafka_conf.get("ssl.endpoint.identification.algorithm", "https")).lower() == "none":
+            context.check_hostname = False
+    if protocol == "SSL":
+        return SSLCredentials(context)
+    mechanism = str(kafka_conf.get("sasl.mechanism", kafka_conf.get("sasl.mechanisms", "PLAIN"))).upper()
+    if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ConfigError(f"ingest: sasl.mechanism {mechanism!r} is not supported (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+    return SASLCredentials(username=kafka_conf.get("sasl.username"), password=kafka_conf.get("sasl.password"),
+                           ssl_context=context, mechanism=mechanism)
 
 
 def create_app(raw_topic: str, training_topic: str, config: IngestConfig, *, broker: str,
@@ -225,14 +260,13 @@ def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *,
     user error), an unreachable Kafka :class:`~streamlearn.config.KafkaUnreachable`.
     """
     conf = settings.kafka_client_conf()
-    n = len(partitions(conf, raw_topic))
+    credentials = faust_credentials(conf)  # a bad TLS file: one line, before anything is created
+    n = len(partitions(conf, raw_topic))  # rejected credentials or ACLs: one line, nothing created
     n_out = ensure_topic(conf, topic, n)
     ensure_topic(conf, dlq_topic(raw_topic), n)
-    if settings.kafka_conf:
-        log.warning("STREAMLEARN_KAFKA_* client properties are librdkafka settings and are not passed to faust "
-                    "(aiokafka); configure faust's broker_credentials for secured clusters")
     app = create_app(raw_topic, topic, config, broker=settings.kafka, app_id=app_id, partitions=n, out_partitions=n_out,
-                     processing_guarantee=EXACTLY_ONCE if exactly_once else AT_LEAST_ONCE)
+                     processing_guarantee=EXACTLY_ONCE if exactly_once else AT_LEAST_ONCE,
+                     broker_credentials=credentials)
     if metrics_port is not None:
         log.info("Prometheus metrics at http://0.0.0.0:%d/metrics", serve_metrics(app.ingest_metrics, metrics_port))
     started = time.monotonic()
@@ -245,5 +279,6 @@ def run(raw_topic: str, topic: str, config: IngestConfig, settings: Settings, *,
     return 0
 
 
-__all__ = ["create_app", "run_worker", "run", "dlq_topic", "default_app_id", "faust_broker", "AT_LEAST_ONCE",
+__all__ = ["create_app", "run_worker", "run", "dlq_topic", "default_app_id", "faust_broker", "faust_credentials",
+           "AT_LEAST_ONCE",
            "EXACTLY_ONCE"]

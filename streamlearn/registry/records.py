@@ -87,9 +87,13 @@ class Registry:
 
     # -- jobs -----------------------------------------------------------------------------
     def record_job(self, job: str, entry: dict[str, Any]) -> None:
-        """The job's lineage at creation, and its name in the models index (control plane)."""
+        """The job's lineage at creation (``job create`` names it in the models index, with
+        :meth:`ModelStore.register_job`, once the job is completely created)."""
         self.redis.set(self._key(job, "job"), json.dumps(entry, sort_keys=True, default=str))
-        self.store.register_job(job)
+
+    def forget_job(self, job: str) -> None:
+        """Remove the lineage :meth:`record_job` wrote, for a ``job create`` that failed."""
+        self.redis.delete(self._key(job, "job"))
 
     def job_entry(self, job: str) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(job, "job"))

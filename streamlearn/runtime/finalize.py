@@ -42,6 +42,7 @@ from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import decode_snapshot, encode, load_model, snapshot_of
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, produce_snapshot
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
@@ -193,7 +194,7 @@ def _judge_on_data(settings: Settings, client: redis.Redis, spec: JobSpec, model
     except UserError as exc:
         return unreadable(spec.gate_topic, exc)
     ref = _compared_with(client, spec)
-    compared = None if ref is None else load_model(decode_snapshot(ModelStore(client).get(*ref)))
+    compared = None if ref is None else load_model(stored_snapshot(ModelStore(client), *ref))
     return judge_on_data(data, spec.gate, model, compared, model_name(*ref) if ref else "", lineage)
 
 
@@ -248,7 +249,7 @@ def promote(settings: Settings, client: redis.Redis, source: str, job: str) -> i
         raise PromoteError(f"{model_name(**src)} is {job}'s own snapshot already")
     if entry.get("algorithm") != spec.algorithm:
         raise PromoteError(f"{model_name(**src)} is a {entry.get('algorithm')} model; {job} publishes {spec.algorithm}")
-    snapshot = decode_snapshot(registry.store.get(src["job"], src["version"]))
+    snapshot = stored_snapshot(registry.store, src["job"], src["version"])  # verified as the source's own
     model = load_model(snapshot)
     _, published = JobRecord(client, job).snapshot_versions()
     version = ModelStore(client).next_version(job)
@@ -318,6 +319,8 @@ def ensure_published(settings: Settings, client: redis.Redis, job: str,
     else:
         store = ModelStore(client)
         data, metadata = store.get(job, version), store.metadata(job, version)
-    produce_snapshot(settings.kafka_client_conf(), job, data, metadata)
+    spec_json = record.spec_json()  # the job's own snapshot topic, if it has one
+    topic = JobSpec.from_json(spec_json).snapshot_topic if spec_json is not None else None
+    produce_snapshot(settings.kafka_client_conf(), job, data, metadata, topic=topic)
     record.mark_published(version)
     log.info("job %s: published snapshot version %d", job, version)

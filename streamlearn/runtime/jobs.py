@@ -28,13 +28,15 @@ from streamlearn.registry.records import Registry, lineage_data
 from streamlearn.runtime.contract import DataProfile, default_epochs, infer_params, sample_topic
 from streamlearn.runtime.local import sample_model
 from streamlearn.runtime.record import ENDED, JobRecord
-from streamlearn.snapshots.format import decode_snapshot, load_model
+from streamlearn.snapshots.format import load_model
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import now_ms
 from streamlearn.streams.text import with_topic_vocabulary
 from streamlearn.streams.topics import delete_group, ensure_topic, watermarks
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class JobError(UserError, RuntimeError):
@@ -59,6 +61,7 @@ class JobSpec:
     profile_sample: float = 1.0  # share of the applied rows the profile's quantile sketches see
     gate_topic: str | None = None  # the gate scores its metrics on this topic's records (monitoring.gate_data)
     gate_offsets: dict[str, list[list[int]]] = field(default_factory=dict)  # their ranges, fixed at creation
+    snapshot_topic: str | None = None  # its own snapshot topic (None: $STREAMLEARN_SNAPSHOT_TOPIC or the default)
 
     @property
     def dlq_topic(self) -> str:
@@ -100,7 +103,8 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
                snapshot_every: float | None = None, from_snapshot: str | None = None,
                epochs: int | None = None, gate: list[str] | None = None,
                gate_min_records: int = 1, origin: dict[str, Any] | None = None,
-               gate_topic: str | None = None, gate_offsets: str | None = None) -> JobSpec:
+               gate_topic: str | None = None, gate_offsets: str | None = None,
+               snapshot_topic: str | None = None) -> JobSpec:
     """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
 
     ``from_snapshot`` ("JOB" or "JOB@VERSION") trains incrementally: the state starts from
@@ -112,8 +116,11 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     the expressions' metrics are scored on those records (``Model.score``: any metric the
     algorithm's models report), which must not be training data of the job or its parent.
     ``origin``: what started the job, recorded in its lineage (a tuning trial: ``{"study", "trial"}``).
+    ``snapshot_topic``: the job's own snapshot topic (e.g. one per tenant, for Kafka ACLs).
     """
     check_name(name)
+    if snapshot_topic is not None and not _TOPIC.fullmatch(snapshot_topic):
+        raise JobError(f"invalid snapshot topic {snapshot_topic!r}: letters, digits, '.', '_' or '-' (at most 249)")
     if gate_min_records < 1:
         raise GateError(f"--gate-min-records must be at least 1, got {gate_min_records}")
     for text in gate or []:  # malformed: refused before anything is read or written
@@ -145,19 +152,28 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
                    created_at=time.time(), epochs=epochs, gate=gates, gate_min_records=gate_min_records,
                    profile_sample=sample_fraction(n_records * epochs if until == "end" and n_records else None),
-                   gate_topic=gate_topic, gate_offsets=ranges_to_json(gate_data.ranges) if gate_data else {})
+                   gate_topic=gate_topic, gate_offsets=ranges_to_json(gate_data.ranges) if gate_data else {},
+                   snapshot_topic=snapshot_topic)
+    ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
     record = JobRecord(client, name)
     if not record.claim(spec.to_json()):
         raise JobError(f"job {name!r} already exists")
-    Registry(client).record_job(name, job_lineage(spec, profile, origin))
-    state = record.state()
-    if parent_model is None:
-        algo.initialize(state)
-    else:
-        algo.initialize_from(state, parent_model, parent_state)
-    state.commit()
-    record.start(spec.start_offsets)
-    ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
+    registry = Registry(client)
+    try:  # all or nothing: a failure (a refused write, an outage) leaves no half-created job
+        registry.record_job(name, job_lineage(spec, profile, origin))
+        state = record.state()
+        if parent_model is None:
+            algo.initialize(state)
+        else:
+            algo.initialize_from(state, parent_model, parent_state)
+        state.commit()
+        record.start(spec.start_offsets)
+        registry.store.register_job(name)
+        record.enlist()
+    except BaseException:
+        registry.forget_job(name)
+        record.undo_claim()
+        raise
     return spec
 
 
@@ -238,7 +254,7 @@ def _parent_model(client: redis.Redis, ref: str, algorithm: str):
         raise JobError(f"--from-snapshot takes JOB or JOB@VERSION, got {ref!r}") from None
     if version is None:
         raise JobError(f"--from-snapshot: job {job!r} has no snapshot")
-    snapshot = decode_snapshot(store.get(job, version))
+    snapshot = stored_snapshot(store, job, version)
     if snapshot.metadata.get("algorithm") != algorithm:
         raise JobError(f"--from-snapshot: {ref} is a {snapshot.metadata.get('algorithm')} model, not {algorithm}")
     parent_params = snapshot.metadata.get("params") or {}

@@ -15,8 +15,10 @@ from streamlearn.algorithms import algorithm_class
 from streamlearn.algorithms.base import Model, ParamError
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.runtime.jobs import JobError, load_spec
-from streamlearn.snapshots.format import decode_snapshot, load_model
+from streamlearn.snapshots.format import load_model
+from streamlearn.snapshots.signing import require_verifier
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.streams.files import FileFormatError, read_examples
 from streamlearn.streams.text import read_texts
 
@@ -24,11 +26,12 @@ from streamlearn.streams.text import read_texts
 def load_job_model(client: redis.Redis, job: str, version: int | None = None) -> Model:
     """The job's newest (or given) snapshot from the model store, verified and loaded."""
     load_spec(client, job)
+    require_verifier(job)
     store = ModelStore(client)
     if version is None and store.latest_version(job) is None:
         raise JobError(f"job {job!r} has no snapshot yet (it publishes one when it finishes, "
                        f"or run `streamlearn snapshot {job}`)")
-    return load_model(decode_snapshot(store.get(job, version)))
+    return load_model(stored_snapshot(store, job, version))
 
 
 def with_options(model: Model, params: dict[str, str]) -> Model:

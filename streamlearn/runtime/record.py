@@ -81,11 +81,20 @@ class JobRecord:
         return self.client.get(self._spec)
 
     def claim(self, spec_json: str) -> bool:
-        """Store the spec unless the name is taken; returns whether it was free."""
-        if not self.client.set(self._spec, spec_json, nx=True):
-            return False
+        """Store the spec unless the name is taken; returns whether it was free. The job is
+        listed (:meth:`enlist`) only once it is completely created."""
+        return bool(self.client.set(self._spec, spec_json, nx=True))
+
+    def enlist(self) -> None:
+        """Name the job in the jobs set: the last step of creating it (the one write of
+        ``job create`` outside the job's own keys)."""
         self.client.sadd(JOBS, self.name)
-        return True
+
+    def undo_claim(self) -> None:
+        """Remove what a creation that failed after :meth:`claim` wrote (all of it the job's
+        own keys, found without SCAN): no half-created job stays behind."""
+        names = [k.decode() if isinstance(k, bytes) else k for k in self.client.hkeys(self.store.keyspecs)]
+        self.client.delete(self._spec, self._status, *self.store.all_keys(names))
 
     def state(self, member: str | None = None) -> RedisState:
         """The job's state as ``member`` sees it; its batch commits apply only while the

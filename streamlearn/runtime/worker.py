@@ -34,8 +34,10 @@ from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
 from streamlearn.runtime.metrics import WorkerMetrics, consumer_lag, high_watermarks, serve_metrics
 from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.publisher import SnapshotPublishError
+from streamlearn.snapshots.signing import require_signer
 from streamlearn.statestore.base import CommitRefused, FencedError
 from streamlearn.statestore.buffered import CommitInfo
+from streamlearn.streams.access import RefusalWatch, refusal
 from streamlearn.wire.confluent import ConfluentSchemas, SchemaRegistryUnavailable
 from streamlearn.wire.decode import decode_messages, rejection_headers
 from streamlearn.wire.schema_store import SharedSchemas
@@ -118,6 +120,7 @@ class Worker:
     def __init__(self, job: str, settings: Settings, config: WorkerConfig | None = None, member: str | None = None):
         self.settings = settings
         self.config = config or WorkerConfig.from_env()
+        require_signer()  # production (STREAMLEARN_REQUIRE_SIGNED): no key, no worker
         self.client = settings.redis_client()
         self.spec: JobSpec = load_spec(self.client, job)
         self.algorithm = self.spec.algorithm_instance()
@@ -144,6 +147,7 @@ class Worker:
                         else MemberProfile(self.member, self.spec.profile_sample))
         self.metrics = WorkerMetrics(job, self.client)
         self.history = JobHistory(self.client, self.spec, self.algorithm, self.member)
+        self._refused = RefusalWatch(settings.kafka)  # librdkafka's error_cb: credentials, ACLs, TLS
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -165,10 +169,12 @@ class Worker:
             "session.timeout.ms": self.config.session_timeout_ms,
             "heartbeat.interval.ms": self.config.heartbeat_interval_ms,
             "partition.assignment.strategy": "roundrobin",
+            "error_cb": self._refused,
             **FETCH_CONF,
         })
         self._consumer = Consumer(conf)
-        self._dlq = Producer(self.settings.kafka_client_conf(**{"enable.idempotence": True, "linger.ms": 5}))
+        self._dlq = Producer(self.settings.kafka_client_conf(**{"enable.idempotence": True, "linger.ms": 5,
+                                                                "error_cb": self._refused}))
         self._consumer.subscribe([self.spec.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         status = "running"
@@ -186,10 +192,13 @@ class Worker:
                             if status in ("failed", "deleting"):
                                 break
                         self._step()
+                        self._refused.check()
                         if self.failure is not None:
                             status = "failed"
                             break
                     except _OUTAGES as exc:
+                        self._refused(exc.args[0] if isinstance(exc, KafkaException) and exc.args else None)
+                        self._refused.check()  # a refusal is no outage: retrying cannot succeed
                         if self._stop.is_set():
                             raise _StopDuringOutage(str(exc)) from exc
                         self.metrics.dropped("outage")
@@ -277,7 +286,7 @@ class Worker:
                 # drops this member after its session timeout)
                 closer = threading.Thread(target=self._consumer.close, daemon=True)
                 closer.start()
-                closer.join(self.config.close_timeout_s)
+                closer.join(self.config.close_timeout_s if self._refused.refused is None else 1.0)
                 if closer.is_alive():
                     log.warning("%s: the broker did not answer the leave within %.0f s; exiting without it",
                                 self.member, self.config.close_timeout_s)
@@ -288,7 +297,7 @@ class Worker:
                 log.warning("%s: could not leave the job's members (%s); it drops out after its heartbeat "
                             "timeout", self.member, exc)
             if self._dlq is not None:
-                self._dlq.flush(10)
+                self._dlq.flush(10 if self._refused.refused is None else 1)
 
     def _control(self) -> str:
         """Heartbeat, and react to the job's status (pause / resume / finished / failed /
@@ -344,6 +353,10 @@ class Worker:
         for m in msgs:
             err = m.error()
             if err is not None:
+                refused = refusal(err, self.settings.kafka, f"topic {m.topic()}, group {self.spec.group_id}")
+                if refused is not None:
+                    self._refused.refused = refused  # a quick exit: nothing more will be answered
+                    raise refused
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s: consume error %s", self.member, err)
                 continue

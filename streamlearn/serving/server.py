@@ -22,6 +22,8 @@ from streamlearn.serving.app import BatchPolicy, create_app
 from streamlearn.serving.canary import Canary
 from streamlearn.serving.metrics import ServeMetrics
 from streamlearn.serving.slot import ModelSlot, SnapshotFollower, load_version
+from streamlearn.snapshots.signing import require_verifier
+from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
 
 __all__ = ["ServeOptions", "serve"]
@@ -46,7 +48,8 @@ def serve(settings: Settings, job: str, options: ServeOptions) -> None:
     import uvicorn
 
     client = settings.redis_client()
-    load_spec(client, job)  # an unknown job is a one-line user error, before binding anything
+    spec = load_spec(client, job)  # an unknown job is a one-line user error, before binding anything
+    require_verifier(job)
     slot = ModelSlot()
     follower = None
     if options.version is not None:
@@ -61,7 +64,8 @@ def serve(settings: Settings, job: str, options: ServeOptions) -> None:
     host, port = sock.getsockname()[:2]
     if options.version is None:
         follower = SnapshotFollower(slot, ModelSubscriber(job, settings.kafka, settings.kafka_conf,
-                                                          from_beginning=True))
+                                                          from_beginning=True, topic=spec.snapshot_topic,
+                                                          store=ModelStore(client)))
     app = create_app(job, slot, options.policy, canary, follower,
                      mode="follow" if options.version is None else f"pinned to version {options.version}",
                      metrics=metrics)

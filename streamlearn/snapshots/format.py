@@ -39,8 +39,12 @@ from typing import Any, Callable, Iterator
 import fastavro
 import numpy as np
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from streamlearn.algorithms import model_class
 from streamlearn.errors import UserError
+from streamlearn.snapshots.signing import (HMAC_KEY_ENV, TRUSTED_KEYS_ENV, Signer, TrustedKeys, hmac_keys, hmac_sign,
+                                           required, verify_ed25519, verify_hmac)
 from streamlearn.wire.serde import HEADER_LEN, MAGIC, SCHEMA_DIR, MalformedAvro, parsed_fingerprint, read_long
 
 __all__ = [
@@ -59,9 +63,10 @@ __all__ = [
 
 #: The format version new snapshots are written in.
 FORMAT_VERSION = 2
-#: Environment variable holding the HMAC key; when set, snapshots are signed on encode and
-#: unsigned or badly signed snapshots are rejected on decode.
-KEY_ENV = "STREAMLEARN_SNAPSHOT_KEY"
+#: Environment variable holding the HMAC keys (comma-separated; the first signs); when set,
+#: snapshots are signed on encode and unsigned or badly signed snapshots are rejected on decode
+#: (see :mod:`streamlearn.snapshots.signing` for Ed25519 keys).
+KEY_ENV = HMAC_KEY_ENV
 #: The only element types a snapshot may hold (no object, no structured, no strings).
 DTYPES = ("float32", "float64", "int32", "int64", "uint8", "bool")
 
@@ -76,7 +81,7 @@ MAX_NAME_LEN = 1024
 #: kept (renamed to ``snapshot_v<N>.avsc``) so that its snapshots still decode.
 _SCHEMA_FILES = {1: "snapshot_v1.avsc", 2: "snapshot.avsc"}
 
-_FROM_ENV: Any = object()  # sentinel: "read the key from STREAMLEARN_SNAPSHOT_KEY"
+_FROM_ENV: Any = object()  # sentinel: "read the keys from the environment"
 
 
 class SnapshotError(UserError, ValueError):
@@ -232,24 +237,35 @@ def _array_chunks(arrays: list[dict]) -> Iterator[bytes]:
 
 
 def _digests(metadata_json: str, arrays: list[dict], state: list[dict] | None,
-             key: bytes | None) -> tuple[str, str | None]:
+             keys: tuple[bytes, ...] | None = ()) -> tuple[str, list[str]]:
+    """The sha256 of the canonical bytes and their HMAC under each of ``keys``, in one pass."""
     sha = hashlib.sha256()
-    mac = hmac.new(key, digestmod=hashlib.sha256) if key else None
+    macs = [hmac.new(k, digestmod=hashlib.sha256) for k in keys or ()]
     for chunk in _canonical_chunks(metadata_json, arrays, state):
         sha.update(chunk)
-        if mac is not None:
+        for mac in macs:
             mac.update(chunk)
-    return sha.hexdigest(), (mac.hexdigest() if mac is not None else None)
+    return sha.hexdigest(), [mac.hexdigest() for mac in macs]
 
 
-def _resolve_key(key: Any) -> bytes | None:
-    if key is _FROM_ENV:
-        key = os.environ.get(KEY_ENV) or None
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    if key is not None and not isinstance(key, (bytes, bytearray)):
-        raise TypeError(f"snapshot key must be bytes or str, not {type(key).__name__}")
-    return bytes(key) if key else None
+def _trusted(value: Any) -> TrustedKeys:
+    if value is None:
+        return TrustedKeys()
+    if isinstance(value, TrustedKeys):
+        return value
+    if isinstance(value, Ed25519PublicKey):
+        return TrustedKeys.of(value)
+    return TrustedKeys.of(*value)
+
+
+def _verifiers(key: Any, trusted: Any, require: Any) -> tuple[tuple[bytes, ...], TrustedKeys, bool]:
+    """(HMAC keys, trusted public keys, whether a signature is mandatory). All from the
+    environment by default; once any is given explicitly, the others not given are off."""
+    if key is _FROM_ENV and trusted is _FROM_ENV:
+        return hmac_keys(os.environ.get(KEY_ENV)), TrustedKeys.from_env(), (required() if require is _FROM_ENV
+                                                                               else bool(require))
+    return (hmac_keys(None if key is _FROM_ENV else key), _trusted(None if trusted is _FROM_ENV else trusted),
+            False if require is _FROM_ENV else bool(require))
 
 
 # -- encoding --------------------------------------------------------------------------
@@ -321,14 +337,20 @@ def snapshot_of(model: Any, metadata: dict[str, Any] | None = None,
     return Snapshot(normalized, checked, kept)
 
 
-def encode(snapshot: Snapshot, *, key: bytes | str | None = _FROM_ENV) -> bytes:
-    """Serialize ``snapshot``; signed when ``key`` (default: ``$STREAMLEARN_SNAPSHOT_KEY``) is set."""
-    key = _resolve_key(key)
+def encode(snapshot: Snapshot, *, key: bytes | str | list | None = _FROM_ENV,
+           signer: Signer | None = _FROM_ENV) -> bytes:
+    """Serialize ``snapshot``, signed with ``signer`` (Ed25519; default: the private key file
+    in ``$STREAMLEARN_SIGNING_KEY``), else with the first HMAC ``key`` (default:
+    ``$STREAMLEARN_SNAPSHOT_KEY``), else unsigned. Given only ``key``, no Ed25519 key is used."""
+    if signer is _FROM_ENV:
+        signer = Signer.from_env() if key is _FROM_ENV else None
+    keys = hmac_keys(os.environ.get(KEY_ENV) if key is _FROM_ENV else key)[:1]
     metadata_json = _dumps(snapshot.metadata)
     if len(metadata_json) > MAX_METADATA_BYTES:
         raise SnapshotError(f"snapshot metadata is {len(metadata_json)} bytes (max {MAX_METADATA_BYTES})")
     records, state = _array_records(snapshot.arrays, "arrays"), _array_records(snapshot.state, "state arrays")
-    checksum, signature = _digests(metadata_json, records, state, key)
+    checksum, macs = _digests(metadata_json, records, state, () if signer is not None else keys)
+    signature = signer.sign(checksum) if signer is not None else hmac_sign(keys[0], macs[0]) if macs else None
     out = io.BytesIO()
     out.write(MAGIC)
     out.write(_WRITER.fingerprint)
@@ -360,12 +382,12 @@ def _array_records(arrays: dict[str, np.ndarray], what: str) -> list[dict]:
     return records
 
 
-def encode_snapshot(model: Any, metadata: dict[str, Any] | None = None, *, key: bytes | str | None = _FROM_ENV,
-                    state: dict[str, np.ndarray] | None = None) -> bytes:
+def encode_snapshot(model: Any, metadata: dict[str, Any] | None = None, *, key: bytes | str | list | None = _FROM_ENV,
+                    state: dict[str, np.ndarray] | None = None, signer: Signer | None = _FROM_ENV) -> bytes:
     """``model`` + ``metadata`` (job, params, version, offsets, records_applied, lineage,
     scores, ...) + the training ``state`` as snapshot bytes. Fills algorithm, model_attrs,
     format_version, created_at and library_versions."""
-    return encode(snapshot_of(model, metadata, state), key=key)
+    return encode(snapshot_of(model, metadata, state), key=key, signer=signer)
 
 
 # -- decoding --------------------------------------------------------------------------
@@ -433,13 +455,18 @@ def _check_arrays(records: Any) -> None:
             )
 
 
-def decode_snapshot(data: bytes, key: bytes | str | None = _FROM_ENV) -> Snapshot:
+def decode_snapshot(data: bytes, key: bytes | str | list | None = _FROM_ENV, *, trusted: Any = _FROM_ENV,
+                    job: str | None = None, require: bool = _FROM_ENV) -> Snapshot:
     """Parse and verify snapshot bytes; raise :class:`SnapshotError` for anything invalid.
 
-    ``key`` defaults to ``$STREAMLEARN_SNAPSHOT_KEY``; when a key is configured the
-    snapshot must carry a valid HMAC signature. ``key=None`` skips authentication (the
-    checksum is always verified)."""
-    key = _resolve_key(key)
+    The checksum is always verified. Authenticity: a job with public keys pinned by
+    ``trusted`` (default ``$STREAMLEARN_TRUSTED_KEYS``) must carry an Ed25519 signature of
+    one of them; otherwise, with HMAC ``key``s (default ``$STREAMLEARN_SNAPSHOT_KEY``), an
+    HMAC of one of them; otherwise ``require`` (default ``$STREAMLEARN_REQUIRE_SIGNED``)
+    refuses it. ``job``: the job the caller asked for; a snapshot whose signed metadata
+    names another one is refused. Passing ``key`` or ``trusted`` turns the other sources
+    not passed off (``key=None``: checksum only)."""
+    keys, trust, require = _verifiers(key, trusted, require)
     _reader, record = _read_record(data)
     metadata_json, records, state = record.get("metadata_json"), record.get("arrays"), record.get("state")
     if not isinstance(metadata_json, str) or len(metadata_json) > MAX_METADATA_BYTES:
@@ -447,25 +474,43 @@ def decode_snapshot(data: bytes, key: bytes | str | None = _FROM_ENV) -> Snapsho
     _check_arrays(records)
     if state is not None:
         _check_arrays(state)
-    checksum, signature = _digests(metadata_json, records, state, key)
+    checksum, macs = _digests(metadata_json, records, state, keys)
     stored_checksum = record.get("checksum")
     if not isinstance(stored_checksum, str) or not hmac.compare_digest(checksum, stored_checksum):
         raise SnapshotError("checksum mismatch: snapshot is corrupted or tampered")
-    if key is not None:
-        stored_signature = record.get("signature")
-        if stored_signature is None:
-            raise SnapshotError(f"snapshot is unsigned but {KEY_ENV} is set")
-        if not isinstance(stored_signature, str) or not hmac.compare_digest(signature, stored_signature):
-            raise SnapshotError("bad signature: snapshot was not signed with the configured key (or was tampered)")
     try:
         metadata = json.loads(metadata_json)
     except (ValueError, RecursionError) as exc:
         raise SnapshotError(f"metadata is not valid JSON: {exc}"[:300]) from None
     if not isinstance(metadata, dict):
         raise SnapshotError("metadata must be a JSON object")
+    if job is not None and metadata.get("job") != job:
+        raise SnapshotError(f"snapshot belongs to job {str(metadata.get('job'))[:100]!r}, not {job!r}")
+    _authenticate(record.get("signature"), checksum, macs, trust.for_job(metadata.get("job")), keys, require,
+                  metadata.get("job"))
     if not isinstance(metadata.get("algorithm"), str) or not isinstance(metadata.get("model_attrs"), dict):
         raise SnapshotError("metadata must name the algorithm and carry model_attrs")
     return Snapshot(metadata, _arrays_of(records), _arrays_of(state or []))
+
+
+def _authenticate(signature: Any, checksum: str, macs: list[str], pinned: dict, keys: tuple[bytes, ...],
+                  require: bool, job: Any) -> None:
+    if signature is not None and not isinstance(signature, str):
+        raise SnapshotError("malformed signature")
+    try:
+        if pinned:
+            if signature is None:
+                raise ValueError(f"snapshot of job {job!r} is unsigned but {TRUSTED_KEYS_ENV} pins keys to it")
+            verify_ed25519(signature, checksum, pinned, job)
+        elif keys:
+            if signature is None:
+                raise ValueError(f"snapshot is unsigned but {KEY_ENV} is set")
+            verify_hmac(signature, macs)
+        elif require:
+            raise ValueError(f"no key verifies snapshots of job {job!r} ({TRUSTED_KEYS_ENV} or {KEY_ENV}) and "
+                             "signatures are required")
+    except ValueError as exc:
+        raise SnapshotError(str(exc)) from None
 
 
 def _arrays_of(records: list[dict]) -> dict[str, np.ndarray]:

@@ -136,6 +136,11 @@ class ModelStore:
             raise SnapshotNotFound(f"job {job!r} has no snapshot version {version}")
         return data
 
+    def sha256(self, job: str, version: int) -> str | None:
+        """The sha256 (hex) of the bytes stored as ``version`` of ``job``, None if none are."""
+        found = self.redis.hget(f"{self._base(job)}:sha256", str(int(version)))
+        return None if found is None else _text(found)
+
     def versions(self, job: str) -> list[int]:
         return [int(v) for v in self.redis.zrange(f"{self._base(job)}:index", 0, -1)]
 

@@ -1,9 +1,12 @@
 """Follow a job's snapshots on Kafka and hot-swap to the newest model, in a background thread.
 
-Every partition of ``streamlearn.snapshots`` is assigned manually (no consumer-group
-rebalances, no commits: each subscriber reads independently). Messages of other jobs are
-skipped by key before anything is decoded; each of this job's snapshots is decoded and
-verified (checksum, and signature when ``STREAMLEARN_SNAPSHOT_KEY`` is set) and swapped in
+Every partition of the snapshot topic (:func:`~streamlearn.snapshots.publisher.snapshot_topic`)
+is assigned manually (no consumer-group rebalances, no commits: each subscriber reads
+independently; its group id starts with ``$STREAMLEARN_GROUP_PREFIX``, default
+``streamlearn``, so one prefix ACL covers it). Messages of other jobs are skipped by key
+before anything is decoded; each of this job's snapshots is decoded and verified (checksum,
+signature: see :mod:`streamlearn.snapshots.signing`; signed metadata naming this job; a
+version the model store holds, see :mod:`streamlearn.snapshots.verified`) and swapped in
 only when its version is higher than the current one, so duplicates and out-of-order
 deliveries never move the model backwards. The current (model, version, metadata) is one
 immutable tuple replaced in a single assignment, so a reader never sees a mix of two.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
 import uuid
@@ -20,16 +24,27 @@ from typing import Any, NamedTuple
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
 from streamlearn.config import kafka_logging
-from streamlearn.snapshots.format import _FROM_ENV, SnapshotError, decode_snapshot, load_model
-from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, SNAPSHOT_TOPIC
+from streamlearn.snapshots.format import _FROM_ENV, decode_snapshot, load_model
+from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, snapshot_topic
 from streamlearn.snapshots.shadow import ShadowStats
+from streamlearn.snapshots.signing import require_verifier
+from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import check_streamed_version
+from streamlearn.streams.access import RefusalWatch, refusal
 
-__all__ = ["ModelSubscriber", "LoadedModel"]
+__all__ = ["ModelSubscriber", "LoadedModel", "GROUP_PREFIX_ENV", "group_prefix"]
+
+GROUP_PREFIX_ENV = "STREAMLEARN_GROUP_PREFIX"
 
 log = logging.getLogger(__name__)
 
 _FETCH_BYTES = MAX_MESSAGE_BYTES + (4 << 20)
 _REFRESH_PARTITIONS_S = 10.0
+
+
+def group_prefix() -> str:
+    """What the group ids of subscribers and servers start with (``$STREAMLEARN_GROUP_PREFIX``)."""
+    return os.environ.get(GROUP_PREFIX_ENV, "").strip() or "streamlearn"
 
 
 class LoadedModel(NamedTuple):
@@ -47,7 +62,12 @@ class ModelSubscriber:
     ``shadow=True``: once a model is served, a newer snapshot becomes the ``candidate``
     instead of replacing it; :meth:`evaluate` answers with the served model and runs the
     candidate on the same inputs, :meth:`agreement` reports how often they agree, and
-    :meth:`promote` makes the candidate the served model."""
+    :meth:`promote` makes the candidate the served model.
+
+    ``key``/``trusted``: HMAC keys / trusted Ed25519 keys as for
+    :func:`~streamlearn.snapshots.format.decode_snapshot` (default: the environment, and then
+    ``STREAMLEARN_REQUIRE_SIGNED`` without a key refuses to start); ``topic``: the job's
+    snapshot topic; ``store``: the model store, which must then hold every version taken."""
 
     def __init__(
         self,
@@ -56,13 +76,19 @@ class ModelSubscriber:
         kafka_conf: dict[str, Any] | None = None,
         from_beginning: bool = True,
         *,
-        key: bytes | str | None = _FROM_ENV,
+        key: bytes | str | list | None = _FROM_ENV,
+        trusted: Any = _FROM_ENV,
+        topic: str | None = None,
+        store: ModelStore | None = None,
         poll_interval: float = 0.5,
         shadow: bool = False,
     ):
+        if key is _FROM_ENV and trusted is _FROM_ENV:
+            require_verifier(job)  # production: no key, no subscriber
         self.job = job
+        self.topic = snapshot_topic(topic)
         self._job_key = job.encode("utf-8")
-        self._key = key
+        self._key, self._trusted, self._store = key, trusted, store
         self._poll_interval = poll_interval
         self._from_beginning = from_beginning
         self._current: LoadedModel | None = None
@@ -73,9 +99,10 @@ class ModelSubscriber:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.rejected = 0  # snapshots of this job that failed verification
+        self._refused = RefusalWatch(bootstrap)
         conf = {
             "bootstrap.servers": bootstrap,
-            "group.id": f"streamlearn-subscriber-{uuid.uuid4().hex}",
+            "group.id": f"{group_prefix()}-subscriber-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
@@ -86,6 +113,7 @@ class ModelSubscriber:
             "receive.message.max.bytes": 4 * _FETCH_BYTES,
             "queued.max.messages.kbytes": 2 * _FETCH_BYTES // 1024,
             "topic.metadata.refresh.interval.ms": 5000,
+            "error_cb": self._refused,  # rejected credentials or TLS: stop (wait_for raises it)
         }
         conf.update(kafka_conf or {})
         self._consumer = Consumer(kafka_logging(conf))
@@ -183,7 +211,7 @@ class ModelSubscriber:
 
     # -- background thread -----------------------------------------------------------------
     def _assign_new_partitions(self) -> None:
-        topic = self._consumer.list_topics(SNAPSHOT_TOPIC, timeout=5).topics.get(SNAPSHOT_TOPIC)
+        topic = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
         if topic is None or topic.error is not None:
             return  # not created yet: nothing published so far
         new = sorted(set(topic.partitions) - self._assigned)
@@ -191,7 +219,7 @@ class ModelSubscriber:
             return
         # Partitions that appear after start are read from their beginning: all they hold is new.
         start = OFFSET_BEGINNING if (self._from_beginning or self._assigned) else OFFSET_END
-        self._consumer.incremental_assign([TopicPartition(SNAPSHOT_TOPIC, p, start) for p in new])
+        self._consumer.incremental_assign([TopicPartition(self.topic, p, start) for p in new])
         self._assigned.update(new)
 
     def _run(self) -> None:
@@ -199,6 +227,7 @@ class ModelSubscriber:
             last_refresh = float("-inf")
             last_error: str | None = None
             while not self._stop.is_set():
+                self._refused.check()
                 if time.monotonic() - last_refresh >= (_REFRESH_PARTITIONS_S if self._assigned else 1.0):
                     last_refresh = time.monotonic()
                     try:
@@ -212,6 +241,9 @@ class ModelSubscriber:
                 if msg is None:
                     continue
                 if msg.error() is not None:
+                    refused = refusal(msg.error(), self._refused.servers, f"topic {self.topic}")
+                    if refused is not None:
+                        raise refused
                     if msg.error().fatal():
                         raise RuntimeError(f"fatal consumer error: {msg.error()}")
                     if str(msg.error()) != last_error:  # once per distinct error, not per poll
@@ -249,14 +281,10 @@ class ModelSubscriber:
             return
         where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         try:
-            snap = decode_snapshot(msg.value() or b"", key=self._key)
-            version = snap.metadata.get("version")
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise SnapshotError(f"snapshot has no int version ({version!r})")
-            if snap.metadata.get("job") != self.job:
-                raise SnapshotError(f"snapshot belongs to job {snap.metadata.get('job')!r}")
-            if newest is not None and version <= newest.version:
+            snap = decode_snapshot(msg.value() or b"", key=self._key, trusted=self._trusted, job=self.job)
+            if newest is not None and isinstance(snap.version, int) and snap.version <= newest.version:
                 return
+            version = check_streamed_version(snap, msg.value(), None if newest is None else newest.version, self._store)
             model = load_model(snap)
         except Exception as exc:
             self.rejected += 1

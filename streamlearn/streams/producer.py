@@ -21,6 +21,7 @@ from confluent_kafka import Producer as _KafkaProducer
 from streamlearn.batch import SparseRows
 from streamlearn.config import KafkaUnreachable, kafka_logging
 from streamlearn.streams.files import read_examples
+from streamlearn.streams.access import RefusalWatch
 from streamlearn.streams.topics import REACH_TIMEOUT_S, ensure_topic
 from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
@@ -55,6 +56,7 @@ class Producer:
         self.conf = conf = kafka_logging(conf)
         self.batch_size = int(batch_size)
         self._down_since: float | None = None  # librdkafka said every broker is down, and no delivery since
+        self._refused = RefusalWatch(str(conf.get("bootstrap.servers")))
         self._producer = _KafkaProducer({**conf, "error_cb": self._on_error})
         self._errors: list[str] = []
         self._partitions: dict[str, int] = {}
@@ -72,10 +74,12 @@ class Producer:
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN and self._down_since is None:
             self._down_since = time.monotonic()
+        self._refused(err)
 
     def _check_reachable(self) -> None:
         """Give up on a broker that stays down (messages would otherwise wait out
-        ``message.timeout.ms``, 5 minutes by default)."""
+        ``message.timeout.ms``, 5 minutes by default), or that refused us."""
+        self._refused.check()
         if self._down_since is not None and time.monotonic() - self._down_since > REACH_TIMEOUT_S:
             raise KafkaUnreachable(f"cannot reach Kafka at {self.conf.get('bootstrap.servers')}: every broker "
                                    f"has been down for {REACH_TIMEOUT_S:.0f} s with messages undelivered")

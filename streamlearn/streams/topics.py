@@ -10,19 +10,16 @@ from __future__ import annotations
 import time
 import uuid
 
-import logging
-
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from streamlearn.config import ConfigError, KafkaUnreachable, kafka_logging
+from streamlearn.config import KafkaUnreachable, kafka_logging
 from streamlearn.errors import UserError
+from streamlearn.streams.access import refusal
 
 #: how long a short-lived command waits for a first answer from Kafka before it reports the
 #: broker unreachable (a refused connection is reported after about one second)
 REACH_TIMEOUT_S = 10.0
-
-log = logging.getLogger(__name__)
 
 
 class TopicError(UserError, RuntimeError):
@@ -59,7 +56,7 @@ class _Admin(AdminClient):
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
             self.all_down = err
-        elif err.code() == KafkaError._AUTHENTICATION:
+        elif refusal(err, self.servers) is not None:
             self.rejected = err
 
 
@@ -81,8 +78,7 @@ def _metadata(admin: _Admin, timeout: float):
                 raise TopicError(f"Kafka metadata request failed: {exc}") from None
         admin.poll(0)  # serves the error callback
         if admin.rejected is not None:
-            raise ConfigError(f"Kafka at {admin.servers} rejected the client: {admin.rejected.str()} "
-                              f"— check the STREAMLEARN_KAFKA_SASL_* / _SSL_* settings")
+            raise refusal(admin.rejected, admin.servers)
         if admin.all_down is not None or time.monotonic() >= deadline:
             why = admin.all_down.str() if admin.all_down is not None else f"no answer within {REACH_TIMEOUT_S:.0f} s"
             raise KafkaUnreachable(f"cannot reach Kafka at {admin.servers}: {why}")
@@ -115,7 +111,8 @@ def partitions(conf, topic: str, timeout: float = 10.0) -> list[int]:
     """The partition ids of ``topic`` (sorted). :class:`TopicError` if it does not exist."""
     found = _topic_partitions(_admin(conf), topic, timeout)
     if not found:
-        raise TopicError(f"topic {topic!r} does not exist")
+        hidden = " (or no ACL lets this principal describe it)" if _conf(conf).get("sasl.username") else ""
+        raise TopicError(f"topic {topic!r} does not exist{hidden}")
     return found
 
 
@@ -134,6 +131,9 @@ def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = N
             admin.create_topics([new], operation_timeout=timeout)[name].result(timeout)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
+            refused = refusal(err, admin.servers, f"creating topic {name}")
+            if refused is not None:
+                raise refused from None
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise TopicError(f"cannot create topic {name!r}: {err.str() if isinstance(err, KafkaError) else exc}") from None
         deadline = time.monotonic() + timeout
@@ -151,21 +151,18 @@ def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = N
     return len(existing)
 
 
-def raise_config(admin_conf, name: str, key: str, floor: int, timeout: float = 30.0) -> None:
-    """Raise the numeric topic config ``key`` of ``name`` to ``floor`` where it is lower (a topic
-    auto-created with broker defaults, say). Best effort: a failure is logged, not raised (what
-    the lower value breaks reports itself precisely later)."""
+def set_topic_config(admin_conf, name: str, config: dict, timeout: float = 30.0) -> None:
+    """Set ``config`` on topic ``name`` (an incremental alter: other settings stay). For admin
+    commands only: a worker never changes a shared topic. :class:`TopicError` on failure."""
     admin = _admin(admin_conf)
-    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+        ConfigEntry(k, str(v), incremental_operation=AlterConfigOpType.SET) for k, v in config.items()])
     try:
-        entry = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout).get(key)
-        if entry is not None and int(entry.value) < floor:
-            fix = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
-                ConfigEntry(key, str(floor), incremental_operation=AlterConfigOpType.SET)])
-            admin.incremental_alter_configs([fix])[fix].result(timeout)
-            log.info("raised %s %s from %s to %d", name, key, entry.value, floor)
-    except Exception as exc:  # noqa: BLE001 - best effort, see above
-        log.warning("could not check/raise %s of %s: %s", key, name, exc)
+        admin.incremental_alter_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        raise TopicError(f"cannot set the configuration of topic {name!r}: "
+                         f"{err.str() if isinstance(err, KafkaError) else exc}") from None
 
 
 #: what a topic created a moment ago may answer before its leaders are serving
@@ -230,5 +227,5 @@ def delete_group(conf, group: str, timeout: float = 30.0) -> None:
             time.sleep(0.5)
 
 
-__all__ = ["TopicError", "ensure_topic", "raise_config", "partitions", "end_offsets", "watermarks", "delete_group",
+__all__ = ["TopicError", "ensure_topic", "set_topic_config", "partitions", "end_offsets", "watermarks", "delete_group",
            "require_kafka", "consumer_conf", "REACH_TIMEOUT_S"]

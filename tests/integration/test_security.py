@@ -209,6 +209,7 @@ def test_kafka_security_settings_reach_every_client_config(monkeypatch):
     confluent_kafka.Producer(settings.kafka_client_conf()).flush(0)
     # the worker's consumer and dead-letter producer are built from the same settings
     from streamlearn.runtime import worker as worker_mod
+    from streamlearn.streams.access import RefusalWatch
 
     seen: list[dict] = []
 
@@ -222,9 +223,11 @@ def test_kafka_security_settings_reach_every_client_config(monkeypatch):
     w.settings, w.config = settings, worker_mod.WorkerConfig()
     w.spec = type("S", (), {"group_id": "streamlearn.j", "topic": "t"})()
     w.member = "m"
+    w._refused = RefusalWatch(settings.kafka)
     with pytest.raises(RuntimeError, match="captured"):
         w.run()
     assert KAFKA_SECURITY_CONF.items() <= seen[0].items() and seen[0]["group.id"] == "streamlearn.j"
+    assert seen[0]["error_cb"] is w._refused  # credentials / ACL refusals end the worker
     # secrets are masked when settings are printed
     for text in (repr(settings), str(settings), "\n".join(settings.shell_lines()), json.dumps(settings.masked())):
         assert PASSWORD not in text
