@@ -230,8 +230,8 @@ def cmd_job(args) -> int:
         spec = jobs.create_job(client, s.kafka_client_conf(), args.name, args.algorithm, args.topic,
                                _parse_params(args.param), until=args.until, snapshot_every=args.snapshot_every,
                                from_snapshot=args.from_snapshot, epochs=args.epochs, gate=args.gate,
-                               gate_min_records=args.gate_min_records,
-                               snapshot_topic=args.snapshot_topic)
+                               gate_min_records=args.gate_min_records, gate_topic=args.gate_topic,
+                               gate_offsets=args.gate_offsets, snapshot_topic=args.snapshot_topic)
         epochs = f", {spec.epochs} epochs" if spec.epochs > 1 else ""
         print(f"created job {spec.name} ({spec.algorithm} on {spec.topic}, until {spec.until}{epochs})")
     elif args.action == "list":
@@ -367,6 +367,32 @@ def cmd_snapshot(args) -> int:
     return 0
 
 
+def cmd_promote(args) -> int:
+    from streamlearn.monitoring.gate import REJECTED, status_of
+    from streamlearn.runtime.finalize import promote
+    from streamlearn.snapshots.store import ModelStore
+    from streamlearn.streams.topics import require_kafka
+
+    s = _settings()
+    client = s.redis_client()
+    require_kafka(s.kafka_client_conf())
+    version = promote(s, client, args.source, args.to)
+    metadata = ModelStore(client).metadata(args.to, version)
+    if args.json:
+        print(json.dumps({"model": f"{args.to}@{version}", "promoted_from": metadata["promoted_from"],
+                          "gate": metadata["gate"]}, indent=2, sort_keys=True))
+    source = "{job}@{version}".format(**metadata["promoted_from"])
+    if status_of(metadata) == REJECTED:
+        if not args.json:
+            print(f"{source} stored as version {version} of job {args.to}, rejected by its gate (not published): "
+                  f"{metadata['gate']['reason']}")
+        return 1
+    if not args.json:
+        print(f"promoted {source} to job {args.to}: published snapshot version {version} "
+              f"(gate: {metadata['gate']['status']})")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from streamlearn.runtime.predict import predict_file
 
@@ -472,15 +498,16 @@ def cmd_monitor(args) -> int:
     if args.job or not args.topic:
         raise UsageError("monitor takes JOB --topic LIVE (or `monitor status JOB`)")
     options = MonitorOptions(topic=args.topic, labels_topic=args.labels_topic, window=args.window,
-                             on_drift=args.on_drift, once=args.once,
+                             on_drift=args.on_drift, once=args.once, retrain_timeout_s=args.retrain_timeout,
                              policy=DriftPolicy(alpha=args.alpha, min_ks=args.min_ks, min_psi=args.min_psi))
-    reports = monitor(client, s.kafka_client_conf(), args.target, options,
+    reports = monitor(s, client, args.target, options,
                       emit=(lambda r: None) if args.json else (lambda r: print(describe(r), flush=True)))
     if args.json:
         latest = reports[-1] if reports else {"drift": False, "features": {}}
         print(json.dumps({**latest, "windows": [{"window": r["window"], "rows": r["rows"], "drift": r["drift"],
                                                  "drifted_features": r["drifted_features"], "score": r["score"],
-                                                 "retrain": r["retrain"]} for r in reports]},
+                                                 "retrain": r["retrain"], "promotion": r["promotion"]}
+                                                for r in reports]},
                          indent=2, sort_keys=True))
     return 0
 
@@ -691,6 +718,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "'accuracy>=published-0.005' (repeatable; finite arrays and --gate-min-records always hold)")
     c.add_argument("--gate-min-records", type=int, default=1, metavar="N",
                    help="the default gate: at least N records applied (default 1)")
+    c.add_argument("--gate-topic", metavar="T", help="score the --gate metrics (any the model reports, e.g. auc) "
+                                                     "on this topic's records, for the snapshot and the published model")
+    c.add_argument("--gate-offsets", metavar="P:A-B,...", help="--gate-topic: only offsets A to B (B excluded) of "
+                                                               "partition P (default: all it holds at creation)")
     ls = jsub.add_parser("list")
     ls.add_argument("--json", action="store_true")
     for action in ("status", "pause", "resume"):
@@ -756,6 +787,12 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--reason", help="with --force: why (recorded in the snapshot's gate entry)")
     sn.set_defaults(func=cmd_snapshot)
 
+    pm = sub.add_parser("promote", help="publish another job's model as JOB's next version, if JOB's gate passes")
+    pm.add_argument("source", metavar="SOURCE", help="the model: JOB (its newest snapshot) or JOB@VERSION")
+    pm.add_argument("--to", required=True, metavar="JOB", help="the job whose subscribers receive it")
+    pm.add_argument("--json", action="store_true")
+    pm.set_defaults(func=cmd_promote)
+
     pd = sub.add_parser("predict", help="predict a file with a job's newest snapshot (JSON lines)")
     _add_model_input(pd)
     pd.add_argument("--output", type=Path)
@@ -812,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--window", type=int, default=1000, metavar="N", help="records per window (default 1000)")
     mo.add_argument("--on-drift", choices=["retrain"],
                     help="retrain: an incremental job from the published snapshot on the recent data (gated)")
+    mo.add_argument("--retrain-timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="wait at most this long for a retrain to finish and be promoted to JOB (default 600; "
+                         "past it the retrain keeps running, unpromoted)")
     mo.add_argument("--once", action="store_true", help="read what the topic holds now, report, exit")
     mo.add_argument("--alpha", type=float, default=0.01, help="false-alarm probability per window (default 0.01)")
     mo.add_argument("--min-ks", type=float, default=0.1, help="smallest KS distance that counts (default 0.1)")

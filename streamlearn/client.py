@@ -27,7 +27,7 @@ from streamlearn.devstack.procs import terminate
 from streamlearn.errors import ServiceUnavailable, StreamlearnError, UserError
 from streamlearn.registry import backtest, evaluation, queries
 from streamlearn.registry.records import Registry
-from streamlearn.runtime.finalize import publish
+from streamlearn.runtime.finalize import promote, publish
 from streamlearn.serving.process import ServerProcess
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
@@ -106,20 +106,23 @@ class Connection:
     # -- jobs -------------------------------------------------------------------------------
     def create_job(self, name: str, algorithm: Algorithm | str, topic: str, params: dict[str, Any] | None = None,
                    *, until: str = "end", snapshot_every: float | None = None,
-                   from_snapshot: str | None = None) -> "Job":
+                   from_snapshot: str | None = None, gate: list[str] | None = None, gate_min_records: int = 1,
+                   gate_topic: str | None = None, gate_offsets: str | None = None) -> "Job":
         """Create job ``name`` training ``algorithm`` on ``topic`` and run its ``initialize``.
 
         ``algorithm`` is an instance (``sl.KMeans(n_features=5, k=8)``: its parameters are
         the job's) or a registered name with ``params`` (``"kmeans", {"n_features": 5}``).
         ``until="end"`` finishes at the topic's end offsets as of now; ``"never"`` runs on,
         snapshotting every ``snapshot_every`` seconds. ``from_snapshot="JOB[@VERSION]"``
-        starts from that model instead of ``initialize``."""
+        starts from that model instead of ``initialize``. ``gate``, ``gate_min_records``,
+        ``gate_topic``, ``gate_offsets``: the validation gate (``job create --gate …``)."""
         if isinstance(algorithm, Algorithm):
             if params:
                 raise UserError("pass parameters either in the algorithm instance or in params, not both")
             algorithm, params = algorithm.name, algorithm.get_params()
         jobs.create_job(self.redis, self.kafka_conf, name, algorithm, topic, params or {}, until=until,
-                        snapshot_every=snapshot_every, from_snapshot=from_snapshot)
+                        snapshot_every=snapshot_every, from_snapshot=from_snapshot, gate=gate,
+                        gate_min_records=gate_min_records, gate_topic=gate_topic, gate_offsets=gate_offsets)
         return Job(self, name)
 
     def job(self, name: str) -> "Job":
@@ -144,6 +147,12 @@ class Connection:
     def lineage(self, model: str) -> dict[str, Any]:
         """Parents, training data, evaluations and children of ``model`` (``JOB`` or ``JOB@VERSION``)."""
         return queries.lineage(Registry(self.redis), model)
+
+    def promote(self, source: str, to: str) -> dict[str, Any]:
+        """``streamlearn promote SOURCE --to JOB``: model ``source`` (``JOB`` or ``JOB@VERSION``)
+        stored as job ``to``'s next version and published if ``to``'s gate passes it; returns
+        that version's registry entry (``gate["status"]``: blessed, or rejected: not published)."""
+        return Registry(self.redis).store.metadata(to, promote(self.settings, self.redis, source, to))
 
     def compare(self, model_a: str, model_b: str) -> dict[str, Any]:
         """Parameter differences and score differences on the same evaluation data."""

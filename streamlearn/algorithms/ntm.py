@@ -442,6 +442,9 @@ class NTMModel(Model):
         order = np.argsort(-np.take_along_axis(beta, part, axis=1), axis=1, kind="stable")
         return np.take_along_axis(part, order, axis=1)
 
+    def metric_names(self) -> tuple[str, ...]:
+        return SCORE_METRICS
+
     def score(self, batch, metric: str | None = None) -> float:
         """``perplexity`` (default): exp(-ELBO / words) with the posterior mean as the latent
         sample; ``completion_perplexity``: infer each document's mixture from a random half of

@@ -12,10 +12,16 @@ with a number or with the same metric of the currently published version (of thi
 before the first one, of the snapshot the job was continued from). A relative check with
 nothing to compare with passes, and says so. A rejected snapshot is stored but never
 produced to the snapshot topic (``runtime.finalize``).
+
+A job with a gate topic (``--gate-topic``, :mod:`streamlearn.monitoring.gate_data`) scores
+its expressions' metrics on that data instead, for the candidate and for the version it is
+compared with alike (:class:`OnData`); the decision then also carries ``data`` (topic,
+ranges, records, the scores of both, leakage) and a ``held_out`` check.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +44,18 @@ def holdout_metric_names(algo: Algorithm) -> tuple[str, ...]:
 
 def gate_metric_names(algo: Algorithm) -> tuple[str, ...]:
     return holdout_metric_names(algo) + (RECORDS,)
+
+
+@dataclass(frozen=True)
+class OnData:
+    """The gate's metrics on its validation data: of the candidate, of the version it is
+    compared with (None: nothing to compare with), what the decision records of the data,
+    and the data's own checks (held out from the candidate's training data; readable)."""
+
+    candidate: dict[str, float]
+    published: dict[str, float] | None
+    data: dict[str, Any]
+    checks: list[dict[str, Any]]
 
 
 def holdout_scores(attrs: dict[str, Any]) -> dict[str, float]:
@@ -79,21 +97,28 @@ def _check(expr: GateExpr, scores: dict[str, float], published: dict[str, float]
 
 def decide(model: Model, records_applied: int, gates: list[str], min_records: int,
            published_attrs: dict[str, Any] | None, published_name: str = "published",
-           force_reason: str | None = None) -> dict[str, Any]:
+           force_reason: str | None = None, on_data: OnData | None = None) -> dict[str, Any]:
     """The gate entry of a snapshot of ``model`` (see the module doc). ``published_attrs``:
-    the model attributes of the version a relative check compares with (None: none)."""
+    the model attributes of the version a relative check compares with (None: none);
+    ``on_data``: the metrics on the gate topic, which replace the holdout's."""
     checks = [_finite_check(model),
               {"expr": f"{RECORDS}>={min_records}", "passed": records_applied >= min_records,
                "value": float(records_applied), "detail": f"{records_applied} records applied"}]
-    scores = {**holdout_scores(getattr(model, "attrs", None) or {}), RECORDS: float(records_applied)}
-    published = None if published_attrs is None else holdout_scores(published_attrs)
+    if on_data is None:
+        scores = {**holdout_scores(getattr(model, "attrs", None) or {}), RECORDS: float(records_applied)}
+        published = None if published_attrs is None else holdout_scores(published_attrs)
+    else:
+        scores, published = {**on_data.candidate, RECORDS: float(records_applied)}, on_data.published
+        checks += on_data.checks
     checks += [_check(parse_gate(text), scores, published, published_name) for text in gates]
     failed = [c for c in checks if not c["passed"]]
+    data = {} if on_data is None else {"data": on_data.data}
     if force_reason is not None:
-        return {"status": FORCED, "checks": checks, "reason": force_reason}
+        return {"status": FORCED, "checks": checks, "reason": force_reason, **data}
     if failed:
-        return {"status": REJECTED, "checks": checks, "reason": "; ".join(f"{c['expr']}: {c['detail']}" for c in failed)}
-    return {"status": BLESSED, "checks": checks, "reason": None}
+        return {"status": REJECTED, "checks": checks, "reason": "; ".join(f"{c['expr']}: {c['detail']}" for c in failed),
+                **data}
+    return {"status": BLESSED, "checks": checks, "reason": None, **data}
 
 
 def status_of(metadata: dict[str, Any]) -> str | None:

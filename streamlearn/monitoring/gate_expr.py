@@ -68,15 +68,15 @@ def parse_gate(text: str) -> GateExpr:
     return expr
 
 
-def parse_gates(texts: list[str] | None, metrics: tuple[str, ...]) -> list[str]:
+def parse_gates(texts: list[str] | None, metrics: tuple[str, ...], hint: str = "") -> list[str]:
     """Check every expression and that its metric is one of ``metrics`` (what the job can
-    measure); returns them normalized, as the job spec stores them."""
+    measure; ``hint``: how to measure more); returns them normalized, as the job spec stores them."""
     out = []
     for text in texts or []:
         expr = parse_gate(text)
         if expr.metric not in metrics:
             raise GateError(f"--gate {text!r}: metric {expr.metric!r} is not measured for this job; "
-                            f"it measures {list(metrics)}")
+                            f"it measures {list(metrics)}{hint}")
         if expr.metric == RECORDS and expr.relative:
             raise GateError(f"--gate {text!r}: {RECORDS} is compared with a number, not the published version")
         out.append(str(expr))

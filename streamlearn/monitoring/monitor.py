@@ -13,6 +13,13 @@ score compared with the holdout score. Every report goes to the topic
 snapshot over the recent data (the labels topic when given, else the live topic: what it
 retains), with the job's own gate, and starts one worker for it (it exits when the bounded
 job ends). One retrain at a time: none is started while the previous one is running.
+When the retrain ends with a snapshot its gate passed, the monitor promotes that model to
+the monitored job (``runtime.finalize.promote``: the job's next version, through the job's
+own gate), so the job's subscribers receive it, and compares the following windows with it.
+The monitor waits for the retrain at most ``retrain_timeout_s`` (``once``: after its last
+window; else while it reads on); past that the retrain is left running, unpromoted, and the
+report says so. The outcome (``promotion``) is added to the retrain's entry and to the next
+report (``once``: the last one, reported again).
 """
 from __future__ import annotations
 
@@ -35,8 +42,11 @@ from streamlearn.algorithms import _metrics as metrics
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.errors import UserError
 from streamlearn.monitoring.drift import DriftPolicy, compare
-from streamlearn.monitoring.gate import holdout_scores
+from streamlearn.config import Settings
+from streamlearn.monitoring.gate import REJECTED, holdout_scores
+from streamlearn.monitoring.gate_data import offsets_text
 from streamlearn.monitoring.profile import Profile
+from streamlearn.runtime.finalize import promote
 from streamlearn.runtime.jobs import JobSpec, create_job, load_spec
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import decode_snapshot, load_model
@@ -195,14 +205,18 @@ class MonitorOptions:
     policy: DriftPolicy = DriftPolicy()
     score_tolerance: float = SCORE_TOLERANCE
     timeout_s: float = 120.0  # once: how long reading what the topics hold may take
+    retrain_timeout_s: float = 600.0  # how long a retrain may take before it is left unpromoted
 
 
-def monitor(client: redis.Redis, kafka_conf: dict, job: str, options: MonitorOptions,
+def monitor(settings: Settings, client: redis.Redis, job: str, options: MonitorOptions,
             emit: Callable[[dict], None] = lambda report: None) -> list[dict]:
     """Watch ``options.topic`` for ``job``; ``emit`` each window's report as it is made.
     Returns the reports (``once``: all of them; else it runs until interrupted)."""
+    kafka_conf = settings.kafka_client_conf()
     if options.window < 10:
         raise MonitorError(f"--window must be at least 10 records, got {options.window}")
+    if not options.retrain_timeout_s > 0:
+        raise MonitorError(f"--retrain-timeout must be a positive number of seconds, got {options.retrain_timeout_s}")
     if options.on_drift not in (None, "retrain"):
         raise MonitorError(f"--on-drift takes 'retrain', not {options.on_drift!r}")
     ref = Reference.load(client, job)
@@ -215,19 +229,32 @@ def monitor(client: redis.Redis, kafka_conf: dict, job: str, options: MonitorOpt
     producer = Producer({k: v for k, v in kafka_conf.items()})
     reports: list[dict] = []
     retrain: dict | None = None
+    pending = Promotion(settings, client, job, options.retrain_timeout_s)
     deadline = time.monotonic() + options.timeout_s
+
+    def send(report: dict) -> None:
+        producer.produce(MONITORING_TOPIC, key=job.encode(), value=json.dumps(report, sort_keys=True).encode())
+        producer.poll(0)
+        emit(report)
+
     try:
-        for window, scored in _windows(live, labels, options.once, deadline):
+        for window, scored in _windows(live, labels, options.once, deadline, pending.poll):
+            if pending.settled is not None:
+                ref = pending.reference(ref)
             report = _report(ref, options, len(reports), window, scored)
+            report["promotion"] = pending.take()
             if report["drift"] and options.on_drift == "retrain":
                 retrain = _retrain(client, kafka_conf, ref, options, retrain)
                 report["retrain"] = retrain
+                pending.watch(retrain)
             reports.append(report)
             JobRecord(client, job).add_monitor_report(json.dumps(report, sort_keys=True),
                                                       json.dumps(window_summary(report)), WINDOWS_KEPT)
-            producer.produce(MONITORING_TOPIC, key=job.encode(), value=json.dumps(report, sort_keys=True).encode())
-            producer.poll(0)
-            emit(report)
+            send(report)
+        if options.once and pending.wait() and reports:
+            reports[-1]["promotion"] = pending.take()
+            JobRecord(client, job).replace_monitor_report(json.dumps(reports[-1], sort_keys=True))
+            send(reports[-1])
     finally:
         producer.flush(10)
         live.close()
@@ -236,12 +263,14 @@ def monitor(client: redis.Redis, kafka_conf: dict, job: str, options: MonitorOpt
     return reports
 
 
-def _windows(live: Windows, labels: Windows | None, once: bool,
-             deadline: float) -> Iterator[tuple[Batch, Batch | None]]:
-    """(live window, the labelled window that arrived with it or None), in order."""
+def _windows(live: Windows, labels: Windows | None, once: bool, deadline: float,
+             tick: Callable[[], object] = lambda: None) -> Iterator[tuple[Batch, Batch | None]]:
+    """(live window, the labelled window that arrived with it or None), in order; ``tick``
+    runs at every poll (a waiting retrain is checked while no window completes)."""
     pending_live: list[Batch] = []
     pending_labels: list[Batch] = []
     while True:
+        tick()
         pending_live += live.poll()
         if labels is not None:
             pending_labels += labels.poll(0.05)
@@ -287,14 +316,80 @@ def _retrain(client: redis.Redis, kafka_conf: dict, ref: Reference, options: Mon
         return {**last, "started": False}
     name = f"{ref.spec.name}-retrain-{int(time.time())}"
     topic = options.labels_topic or options.topic
-    create_job(client, kafka_conf, name, ref.spec.algorithm, topic, from_snapshot=f"{ref.spec.name}@{ref.version}",
-               gate=ref.spec.gate, gate_min_records=ref.spec.gate_min_records, epochs=1)
+    try:
+        create_job(client, kafka_conf, name, ref.spec.algorithm, topic, from_snapshot=f"{ref.spec.name}@{ref.version}",
+                   gate=ref.spec.gate, gate_min_records=ref.spec.gate_min_records, epochs=1,
+                   gate_topic=ref.spec.gate_topic, gate_offsets=offsets_text(ref.spec.gate_offsets))
+    except UserError as exc:  # e.g. the recent data is the job's gate data: the gate would not be held out
+        log.warning("drift: cannot retrain %s on %s: %s", ref.spec.name, topic, exc)
+        return {"job": name, "from": f"{ref.spec.name}@{ref.version}", "topic": topic, "started": False,
+                "error": str(exc)}
     worker = subprocess.Popen([sys.executable, "-m", "streamlearn", "worker", name], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     log.warning("drift: started retrain job %s from %s@%d on %s (worker pid %d)", name, ref.spec.name, ref.version,
                 topic, worker.pid)
     return {"job": name, "from": f"{ref.spec.name}@{ref.version}", "topic": topic, "worker_pid": worker.pid,
             "started": True}
+
+
+class Promotion:
+    """The retrain a drift started, until its model is promoted to the monitored job, its
+    gate or job failed, or ``timeout_s`` passed; ``settled``: that outcome, until taken."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, job: str, timeout_s: float):
+        self.settings, self.client, self.job, self.timeout_s = settings, client, job, timeout_s
+        self.retrain: dict | None = None
+        self.deadline = 0.0
+        self.settled: dict | None = None
+
+    def watch(self, retrain: dict) -> None:
+        if retrain.get("started"):
+            self.retrain, self.deadline = retrain, time.monotonic() + self.timeout_s
+
+    def poll(self) -> bool:
+        """Settle the retrain if it ended (or timed out); whether an outcome is waiting."""
+        if self.retrain is not None:
+            state = JobRecord(self.client, self.retrain["job"]).status()
+            if state in ENDED or time.monotonic() >= self.deadline:
+                self.settled = self._outcome(state)
+                self.retrain["promotion"] = self.settled
+                self.retrain = None
+        return self.settled is not None
+
+    def wait(self) -> bool:
+        """Poll until the retrain settles (at most until its deadline)."""
+        while self.retrain is not None and not self.poll():
+            time.sleep(0.5)
+        return self.settled is not None
+
+    def take(self) -> dict | None:
+        settled, self.settled = self.settled, None
+        return settled
+
+    def reference(self, ref: Reference) -> Reference:
+        """The reference to compare with from now on: the promoted model when it was published."""
+        return Reference.load(self.client, self.job) if (self.settled or {}).get("published") else ref
+
+    def _outcome(self, state: str | None) -> dict:
+        name = self.retrain["job"]
+        out = {"job": name, "state": state, "model": None, "status": None, "published": False}
+        if state not in ENDED:
+            return {**out, "state": "timeout", "detail": (
+                f"{name} still {state} after {self.timeout_s:.0f} s: not promoted; it keeps running "
+                f"(`streamlearn promote {name} --to {self.job}` once it finishes)")}
+        record = JobRecord(self.client, name)
+        if state != "finished":
+            return {**out, "detail": f"{name} {state}: {record.read_status().reason}"}
+        blessed, _ = record.snapshot_versions()
+        if blessed is None:
+            newest, _ = record.snapshot_versions(stored=True)
+            gate = ModelStore(self.client).metadata(name, newest).get("gate") or {} if newest else {}
+            return {**out, "detail": f"{name}'s gate passed no snapshot: {gate.get('reason')}"}
+        version = promote(self.settings, self.client, f"{name}@{blessed}", self.job)
+        gate = ModelStore(self.client).metadata(self.job, version)["gate"]
+        log.warning("drift: promoted %s@%d to %s@%d (gate: %s)", name, blessed, self.job, version, gate["status"])
+        return {**out, "model": f"{self.job}@{version}", "from": f"{name}@{blessed}", "status": gate["status"],
+                "published": gate["status"] != REJECTED, "detail": gate["reason"]}
 
 
 def monitor_status(client: redis.Redis, job: str) -> dict:
@@ -319,5 +414,10 @@ def describe(report: dict) -> str:
         text += f"; {s['metric']} live {s['live']:.4g} vs holdout {s['holdout']:.4g}" + (" DEGRADED" if s["degraded"] else "")
     if report.get("retrain"):
         r = report["retrain"]
-        text += f"; retrain job {r['job']}" + (" started" if r["started"] else " still running")
+        text += f"; retrain job {r['job']}" + (" started" if r["started"] else
+                                               f" not started: {r['error']}" if r.get("error") else " still running")
+    if report.get("promotion"):
+        p = report["promotion"]
+        text += (f"; retrain {p['from']} promoted to {p['model']} ({p['status']})" if p["model"]
+                 else f"; retrain not promoted: {p['detail']}")
     return head + text

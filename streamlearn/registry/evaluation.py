@@ -12,50 +12,28 @@ import hashlib
 import json
 from typing import Any
 
-import numpy as np
 import redis
 
 from streamlearn.algorithms import make_algorithm
-from streamlearn.algorithms.base import Algorithm
 from streamlearn.errors import UserError
-from streamlearn.registry.data import Records, TrainingData, leakage, parse_offsets, ranges_to_json
+from streamlearn.registry.data import Records, leakage, parse_offsets, ranges_to_json
 from streamlearn.registry.provenance import provenance
-from streamlearn.registry.reading import Message, read_messages, topic_ranges
-from streamlearn.registry.records import Registry, model_name
+from streamlearn.registry.reading import Message, decode_for, read_messages, records_of, topic_ranges
+from streamlearn.registry.records import Registry, lineage_data, model_name
 from streamlearn.registry.times import instant_ms, iso
 from streamlearn.runtime.predict import check_metrics, score_batch
 from streamlearn.snapshots.format import decode_snapshot, load_model
-from streamlearn.wire.decode import DecodeResult, decode_messages, schema_ids
-from streamlearn.wire.schema_store import SharedSchemas
+from streamlearn.wire.decode import schema_ids
 
 
 class RecordsDoNotFit(UserError, ValueError):
     """No record of the evaluation data can be read by the model's algorithm."""
 
 
-def decode_for(algo: Algorithm, messages: list[Message], client: redis.Redis) -> DecodeResult:
-    """The messages decoded as ``algo``'s workers decode them (its width, labels, row rule)."""
-    if getattr(algo, "decode_window", None) is not None:
-        raise UserError(f"{algo.name} reads its own record type: evaluating it on a topic is not supported")
-    return decode_messages([m.value for m in messages], algo.n_features(), algo.accepts_sparse, algo.needs_label,
-                           shared=SharedSchemas(client), labels=algo.label_coding(), row_rule=algo.row_rule())
-
-
-def records_of(topic: str, messages: list[Message], result: DecodeResult) -> Records:
-    """Per message its coordinates and the number of its records the model could read."""
-    per_message = np.bincount(result.row_messages(), minlength=len(messages)) if messages else []
-    return Records(topic, [(m.partition, m.offset, m.timestamp, int(n)) for m, n in zip(messages, per_message)])
-
-
 def data_key(topic: str, ranges: dict, since: int | None, until: int | None) -> str:
     """Names an evaluation data set, so that two models' scores on the same data are compared."""
     text = json.dumps({"topic": topic, "partitions": ranges, "since": since, "until": until}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def lineage_data(registry: Registry, job: str, version: int) -> list[TrainingData]:
-    """The training data of the model and of each of its ancestors."""
-    return [TrainingData.of(model_name(e["job"], e["version"]), e) for e in registry.store.lineage(job, version)]
 
 
 def evaluation_entry(entry: dict[str, Any], topic: str, records: Records, rejected: int,

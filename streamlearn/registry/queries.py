@@ -151,7 +151,8 @@ def lineage(registry: Registry, ref: str) -> dict[str, Any]:
     job_entry = registry.job_entry(job)
     parents = [{"model": _name(e), "algorithm": e.get("algorithm"), "created_at": e.get("created_at"),
                 "status": status_of(e),
-                "link": "previous snapshot" if e["job"] == chain[i]["job"] else "trained from"}
+                "link": ("previous snapshot" if e["job"] == chain[i]["job"] else
+                         "promoted from" if chain[i].get("promoted_from") else "trained from")}
                for i, e in enumerate(chain[1:])]
     return {
         "model": _name(entry), "algorithm": entry.get("algorithm"), "params": entry.get("params") or {},

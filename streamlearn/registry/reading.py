@@ -1,16 +1,22 @@
 """Reading a topic's offset ranges once, in memory, with each message's coordinates and
-timestamp (evaluations and backtests: data lineage names records by partition and offset)."""
+timestamp, and decoding them as a model's workers do (evaluations, backtests and the gate's
+validation data: data lineage names records by partition and offset)."""
 from __future__ import annotations
 
 import time
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
+import redis
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
+from streamlearn.algorithms.base import Algorithm
 from streamlearn.errors import UserError
-from streamlearn.registry.data import Ranges, RangeError, covers
+from streamlearn.registry.data import Ranges, RangeError, Records, covers
 from streamlearn.streams.topics import consumer_conf, watermarks
+from streamlearn.wire.decode import DecodeResult, decode_messages
+from streamlearn.wire.schema_store import SharedSchemas
 
 
 @dataclass(frozen=True)
@@ -72,4 +78,18 @@ def read_messages(kafka_conf: dict, topic: str, ranges: Ranges, timeout: float =
     return out
 
 
-__all__ = ["Message", "read_messages", "topic_ranges"]
+def decode_for(algo: Algorithm, messages: list[Message], client: redis.Redis) -> DecodeResult:
+    """The messages decoded as ``algo``'s workers decode them (its width, labels, row rule)."""
+    if getattr(algo, "decode_window", None) is not None:
+        raise UserError(f"{algo.name} reads its own record type: evaluating it on a topic is not supported")
+    return decode_messages([m.value for m in messages], algo.n_features(), algo.accepts_sparse, algo.needs_label,
+                           shared=SharedSchemas(client), labels=algo.label_coding(), row_rule=algo.row_rule())
+
+
+def records_of(topic: str, messages: list[Message], result: DecodeResult) -> Records:
+    """Per message its coordinates and the number of its records the model could read."""
+    per_message = np.bincount(result.row_messages(), minlength=len(messages)) if messages else []
+    return Records(topic, [(m.partition, m.offset, m.timestamp, int(n)) for m, n in zip(messages, per_message)])
+
+
+__all__ = ["Message", "decode_for", "read_messages", "records_of", "topic_ranges"]

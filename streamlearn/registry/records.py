@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from streamlearn.errors import UserError
+from streamlearn.registry.data import TrainingData
 from streamlearn.snapshots.store import ModelStore, SnapshotNotFound
 from streamlearn.statestore.keys import PREFIX
 
@@ -134,4 +135,9 @@ class Registry:
                 or self.redis.exists(f"{PREFIX}:{{{name}}}:spec") > 0)
 
 
-__all__ = ["ModelNotFound", "Registry", "model_name", "parse_ref"]
+def lineage_data(registry: Registry, job: str, version: int) -> list[TrainingData]:
+    """The training data of the model and of each of its ancestors."""
+    return [TrainingData.of(model_name(e["job"], e["version"]), e) for e in registry.store.lineage(job, version)]
+
+
+__all__ = ["ModelNotFound", "Registry", "lineage_data", "model_name", "parse_ref"]

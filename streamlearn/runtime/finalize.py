@@ -17,7 +17,8 @@ carries its decision and the job's merged data profile in its metadata. A reject
 snapshot is stored (status, reason) but never produced to the snapshot topic: the job's
 ``publishable_version`` only moves for the others, and ``ensure_published`` produces that.
 ``streamlearn snapshot NAME --force --reason R`` (:func:`force_publish`) publishes anyway,
-as a new version whose gate status is ``forced``.
+as a new version whose gate status is ``forced``. ``streamlearn promote SOURCE --to JOB``
+(:func:`promote`) stores another job's model as JOB's next version, through JOB's gate.
 """
 from __future__ import annotations
 
@@ -32,14 +33,16 @@ from streamlearn.config import Settings
 from streamlearn.errors import UserError
 from streamlearn.monitoring import gate
 from streamlearn.monitoring.profile import Profile
-from streamlearn.registry.data import job_training_data
+from streamlearn.monitoring.gate_data import judge_on_data, read_gate_data, unreadable
+from streamlearn.registry.data import TrainingData, job_training_data, ranges_from_json
 from streamlearn.registry.provenance import provenance
-from streamlearn.registry.records import Registry
-from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete
+from streamlearn.registry.records import Registry, lineage_data, model_name
+from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete, load_spec
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import decode_snapshot, encode, load_model, snapshot_of
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, produce_snapshot
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
@@ -120,8 +123,12 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
     if profile is not None:
         metadata["profile"] = profile.to_metadata()
     published_attrs, published_name = _published_attrs(client, spec)
+    lineage = ([TrainingData.of(model_name(spec.name, version), metadata),
+                *(lineage_data(Registry(client), **metadata["parent"]) if metadata["parent"] else [])]
+               if spec.gate_topic else [])
     metadata["gate"] = gate.decide(model, metadata["records_applied"], spec.gate, spec.gate_min_records,
-                                   published_attrs, published_name, force_reason)
+                                   published_attrs, published_name, force_reason,
+                                   _judge_on_data(settings, client, spec, model, lineage))
     kept = _kept_state(spec, state, model)
     metadata["training_state"] = kept is not None
     return _store(settings, client, spec, snapshot_of(model, metadata, kept), final)
@@ -155,17 +162,40 @@ def _registry_entry(metadata: dict) -> dict:
     return {**metadata, "profile": {"summary": metadata["profile"]["summary"]}}
 
 
-def _published_attrs(client: redis.Redis, spec: JobSpec) -> tuple[dict | None, str]:
-    """(model attributes of the version a relative gate compares with, its name): the job's
-    published version, else the snapshot it was continued from, else (None, "")."""
+def _compared_with(client: redis.Redis, spec: JobSpec) -> tuple[str, int] | None:
+    """(job, version) a relative gate compares with: the job's published version, else the
+    snapshot it was continued from, else None."""
     _, published = JobRecord(client, spec.name).snapshot_versions()
-    store = ModelStore(client)
     if published is not None:
-        return store.metadata(spec.name, published).get("model_attrs"), f"{spec.name}@{published}"
+        return spec.name, published
     if spec.parent is not None:
-        job, version = spec.parent["job"], spec.parent["version"]
-        return store.metadata(job, version).get("model_attrs"), f"{job}@{version}"
-    return None, ""
+        return spec.parent["job"], spec.parent["version"]
+    return None
+
+
+def _published_attrs(client: redis.Redis, spec: JobSpec) -> tuple[dict | None, str]:
+    """(model attributes of the version a relative gate compares with, its name), or (None, "")."""
+    ref = _compared_with(client, spec)
+    if ref is None:
+        return None, ""
+    return ModelStore(client).metadata(*ref).get("model_attrs"), model_name(*ref)
+
+
+def _judge_on_data(settings: Settings, client: redis.Redis, spec: JobSpec, model,
+                   lineage: list[TrainingData]) -> gate.OnData | None:
+    """The gate's metrics on the job's gate topic (None: it has none) for ``model`` and the
+    version it is compared with; ``lineage``: the training data of ``model`` and its ancestors.
+    Gate data that can no longer be read (deleted topic, expired retention) rejects."""
+    if spec.gate_topic is None:
+        return None
+    try:
+        data = read_gate_data(client, settings.kafka_client_conf(), spec.algorithm_instance(), spec.gate_topic,
+                              ranges_from_json(spec.gate_offsets))
+    except UserError as exc:
+        return unreadable(spec.gate_topic, exc)
+    ref = _compared_with(client, spec)
+    compared = None if ref is None else load_model(stored_snapshot(ModelStore(client), *ref))
+    return judge_on_data(data, spec.gate, model, compared, model_name(*ref) if ref else "", lineage)
 
 
 def force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reason: str) -> int:
@@ -192,6 +222,50 @@ def force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reason
     version = publish(settings, client, spec, final=False, force_reason=reason)
     assert version is not None
     return version
+
+
+#: what a promoted snapshot keeps of its source's metadata: the model's training, not its identity
+PROMOTED_FIELDS = ("algorithm", "params", "topic", "offsets", "records_applied", "records_dead_lettered",
+                   "trained_from", "data", "profile", "library_versions", "training_state")
+
+
+class PromoteError(UserError, ValueError):
+    """A model that cannot be promoted to that job (its own, or another algorithm's)."""
+
+
+def promote(settings: Settings, client: redis.Redis, source: str, job: str) -> int:
+    """``streamlearn promote SOURCE[@V] --to JOB``: store model ``source`` (its newest
+    snapshot, or version V) as ``job``'s next version, re-encoded as ``job``'s own (metadata
+    ``job`` = JOB, ``parent`` and ``promoted_from`` = the source, ``replaces`` = JOB's
+    published version; the source's training data, profile and training state kept), and
+    publish it if it passes ``job``'s gate — the same checks a snapshot of ``job`` passes,
+    compared with ``job``'s published version. Returns the new version (rejected: stored,
+    not published)."""
+    spec = load_spec(client, job)
+    registry = Registry(client)
+    entry = registry.resolve(source)
+    src = {"job": entry["job"], "version": entry["version"]}
+    if src["job"] == job:
+        raise PromoteError(f"{model_name(**src)} is {job}'s own snapshot already")
+    if entry.get("algorithm") != spec.algorithm:
+        raise PromoteError(f"{model_name(**src)} is a {entry.get('algorithm')} model; {job} publishes {spec.algorithm}")
+    snapshot = stored_snapshot(registry.store, src["job"], src["version"])  # verified as the source's own
+    model = load_model(snapshot)
+    _, published = JobRecord(client, job).snapshot_versions()
+    version = ModelStore(client).next_version(job)
+    metadata = {**{k: snapshot.metadata[k] for k in PROMOTED_FIELDS if k in snapshot.metadata},
+                "job": job, "version": version, "final": False, "parent": src, "promoted_from": src,
+                "replaces": None if published is None else {"job": job, "version": published},
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), "provenance": provenance()}
+    published_attrs, published_name = _published_attrs(client, spec)
+    metadata["gate"] = gate.decide(model, int(metadata.get("records_applied") or 0), spec.gate,
+                                   spec.gate_min_records, published_attrs, published_name, None,
+                                   _judge_on_data(settings, client, spec, model, lineage_data(registry, **src)))
+    stored = _store(settings, client, spec, snapshot_of(model, metadata, dict(snapshot.state) or None), final=False)
+    assert stored is not None  # a non-final snapshot is always stored
+    log.info("job %s: version %d is %s promoted (gate: %s)", job, version, model_name(**src),
+             metadata["gate"]["status"])
+    return stored
 
 
 def _training_data(client: redis.Redis, spec: JobSpec, offsets: dict[int, int], counters: dict[str, int]) -> dict:

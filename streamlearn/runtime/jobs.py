@@ -18,11 +18,15 @@ import redis
 from streamlearn.algorithms import Algorithm, algorithm_class, make_algorithm
 from streamlearn.errors import UserError
 from streamlearn.monitoring.gate import gate_metric_names
-from streamlearn.monitoring.gate_expr import GateError, parse_gate, parse_gates
+from streamlearn.monitoring.gate_data import (GateData, check_held_out, gate_metrics, planned_training_data,
+                                              read_gate_data)
+from streamlearn.monitoring.gate_expr import RECORDS, GateError, parse_gate, parse_gates
 from streamlearn.monitoring.profile import sample_fraction
 from streamlearn.registry.provenance import provenance
-from streamlearn.registry.records import Registry
+from streamlearn.registry.data import parse_offsets, ranges_to_json
+from streamlearn.registry.records import Registry, lineage_data
 from streamlearn.runtime.contract import DataProfile, default_epochs, infer_params, sample_topic
+from streamlearn.runtime.local import sample_model
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import load_model
 from streamlearn.snapshots.store import ModelStore
@@ -55,6 +59,8 @@ class JobSpec:
     gate: list[str] = field(default_factory=list)  # --gate expressions (monitoring.gate_expr)
     gate_min_records: int = 1  # the default gate: at least this many records applied
     profile_sample: float = 1.0  # share of the applied rows the profile's quantile sketches see
+    gate_topic: str | None = None  # the gate scores its metrics on this topic's records (monitoring.gate_data)
+    gate_offsets: dict[str, list[list[int]]] = field(default_factory=dict)  # their ranges, fixed at creation
     snapshot_topic: str | None = None  # its own snapshot topic (None: $STREAMLEARN_SNAPSHOT_TOPIC or the default)
 
     @property
@@ -97,6 +103,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
                snapshot_every: float | None = None, from_snapshot: str | None = None,
                epochs: int | None = None, gate: list[str] | None = None,
                gate_min_records: int = 1, origin: dict[str, Any] | None = None,
+               gate_topic: str | None = None, gate_offsets: str | None = None,
                snapshot_topic: str | None = None) -> JobSpec:
     """Validate, record the topic's offsets, run ``initialize`` once and mark the job running.
 
@@ -105,7 +112,9 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     ``epochs`` (or ``params["epochs"]`` when the algorithm has no such parameter): a bounded
     job reads its topic range that many times. ``gate``: ``--gate`` expressions every snapshot
     must pass to be published, besides the default gate (finite arrays, at least
-    ``gate_min_records`` records applied).
+    ``gate_min_records`` records applied). ``gate_topic`` (``gate_offsets`` ``"P:A-B,…"``):
+    the expressions' metrics are scored on those records (``Model.score``: any metric the
+    algorithm's models report), which must not be training data of the job or its parent.
     ``origin``: what started the job, recorded in its lineage (a tuning trial: ``{"study", "trial"}``).
     ``snapshot_topic``: the job's own snapshot topic (e.g. one per tenant, for Kafka ACLs).
     """
@@ -116,6 +125,8 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         raise GateError(f"--gate-min-records must be at least 1, got {gate_min_records}")
     for text in gate or []:  # malformed: refused before anything is read or written
         parse_gate(text)
+    if gate_offsets is not None and gate_topic is None:
+        raise GateError("--gate-offsets goes with --gate-topic")
     if until not in ("end", "never"):
         raise JobError(f"--until must be 'end' or 'never', not {until!r}")
     if snapshot_every is not None and not snapshot_every > 0:
@@ -132,12 +143,16 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         algo.check_continuable(parent_model, parent_state)
     if epochs is None:  # enough passes for small bounded data, where the learner gains from them
         epochs = default_epochs(n_records) if until == "end" and algo.multi_pass else 1
-    gates = parse_gates(gate, gate_metric_names(algo))
+    gates = (parse_gates(gate, gate_metric_names(algo), " (--gate-topic T scores any metric its models report)")
+             if gate_topic is None else parse_gates(gate, sample_model(algo).metric_names() + (RECORDS,)))
+    gate_data = (_gate_data(client, kafka_conf, name, algo, topic, marks, until == "end", parent, gate_topic,
+                            gate_offsets, gates) if gate_topic is not None else None)
     spec = JobSpec(name=name, algorithm=algorithm, topic=topic, params=algo.get_params(), until=until,
                    snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
                    created_at=time.time(), epochs=epochs, gate=gates, gate_min_records=gate_min_records,
                    profile_sample=sample_fraction(n_records * epochs if until == "end" and n_records else None),
+                   gate_topic=gate_topic, gate_offsets=ranges_to_json(gate_data.ranges) if gate_data else {},
                    snapshot_topic=snapshot_topic)
     ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
     record = JobRecord(client, name)
@@ -160,6 +175,21 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         record.undo_claim()
         raise
     return spec
+
+
+def _gate_data(client: redis.Redis, kafka_conf: dict, name: str, algo: Algorithm, topic: str, marks: dict,
+               bounded: bool, parent: dict[str, Any] | None, gate_topic: str, gate_offsets: str | None,
+               gates: list[str]) -> GateData:
+    """The ``--gate-topic`` records, read now: they fit the model, a ``--gate`` scores a
+    metric on them, and none is a training record of this job or of its ancestors."""
+    if not gate_metrics(gates):
+        raise GateError("--gate-topic needs a --gate on a metric the data is scored with (e.g. 'auc>=published-0.005')")
+    data = read_gate_data(client, kafka_conf, algo, gate_topic, parse_offsets(gate_offsets) if gate_offsets else None)
+    own = planned_training_data(f"{name} (this job)", topic, {p: lo for p, (lo, _) in marks.items()},
+                                {p: hi for p, (_, hi) in marks.items()}, bounded)
+    ancestors = lineage_data(Registry(client), parent["job"], parent["version"]) if parent else []
+    check_held_out(data, [own, *ancestors])
+    return data
 
 
 def with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm,

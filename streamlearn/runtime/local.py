@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from streamlearn.algorithms import make_algorithm
 from streamlearn.algorithms.base import Algorithm, Model, ParamError
+from streamlearn.algorithms.checks import synthetic_batches
 from streamlearn.batch import Batch
 from streamlearn.snapshots.format import Snapshot, load_model
 from streamlearn.statestore.local import LocalState
@@ -50,3 +52,10 @@ def continue_local(algorithm: Algorithm, snapshot: Snapshot, batches: Iterable[B
     algorithm.initialize_from(state, load_model(snapshot), snapshot.state)
     state.commit()
     return fit_local(algorithm, batches, state=state, commit_every=commit_every)
+
+
+def sample_model(algorithm: Algorithm) -> Model:
+    """A model of ``algorithm``'s (resolved) parameters fitted here on 32 synthetic rows: what
+    its models report (``metric_names``) before any real one exists."""
+    batches, _ = synthetic_batches(algorithm, n_batches=1, rows=32)
+    return fit_local(make_algorithm(algorithm.name, algorithm.get_params()), batches)

@@ -241,6 +241,10 @@ class JobRecord:
         pipe.ltrim(self._monitor_windows, -cap, -1)
         pipe.execute()
 
+    def replace_monitor_report(self, report_json: str) -> None:
+        """Rewrite the latest report (what happened to a retrain arrived after its window)."""
+        self.client.set(self._monitor, report_json)
+
     def monitor_windows(self) -> list[dict]:
         """The summaries of the monitored windows, oldest first."""
         return [json.loads(raw) for raw in self.client.lrange(self._monitor_windows, 0, -1)]

@@ -9,14 +9,12 @@ from typing import Any
 
 import redis
 
-from streamlearn.algorithms import make_algorithm
 from streamlearn.algorithms.base import Algorithm, Model
-from streamlearn.algorithms.checks import synthetic_batches
 from streamlearn.algorithms.linear_learner import VAL_METRICS
 from streamlearn.batch import Batch
 from streamlearn.errors import UserError
 from streamlearn.runtime.jobs import load_spec
-from streamlearn.runtime.local import fit_local
+from streamlearn.runtime.local import sample_model
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.registry.reading import read_messages, topic_ranges
 from streamlearn.wire.decode import decode_messages
@@ -34,18 +32,13 @@ def holdout_metrics(algo: Algorithm) -> tuple[str, ...]:
 def check_metric(algo: Algorithm, metric: str, has_validation_topic: bool) -> None:
     """``metric`` must be one the algorithm's model reports (on a tiny in-process fit of the
     resolved parameters), and measurable: a validation topic, or the holdout."""
-    reported = _model_of(algo).metric_names()
+    reported = sample_model(algo).metric_names()
     if metric not in reported:
         raise MetricError(f"{algo.name} does not report metric {metric!r}; it reports {list(reported)}")
     if not has_validation_topic and metric not in holdout_metrics(algo):
         where = (f"its holdout scores only {list(holdout_metrics(algo))}" if holdout_metrics(algo)
                  else "it has no holdout")
         raise MetricError(f"{algo.name}: metric {metric!r} needs --validation-topic ({where})")
-
-
-def _model_of(algo: Algorithm) -> Model:
-    batches, _ = synthetic_batches(algo, n_batches=1, rows=32)
-    return fit_local(make_algorithm(algo.name, algo.get_params()), batches)
 
 
 def read_topic(kafka_conf: dict, topic: str, algo: Algorithm, timeout: float = 120.0) -> Batch:

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
 from streamlearn.runtime.jobs import job_status
+from streamlearn.streams.producer import Producer
+from streamlearn.streams.topics import ensure_topic
 
 
 def start_worker(job: str, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -60,9 +63,10 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 20) -> list[int]:
     return codes
 
 
-def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
+        timeout: float = 120) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "streamlearn", *args], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})}, timeout=120)
+                         env={**os.environ, **(env or {})}, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"streamlearn {' '.join(args)} failed ({res.returncode}): {res.stderr}")
     return res
@@ -70,3 +74,18 @@ def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> su
 
 def cli_json(*args: str) -> dict:
     return json.loads(cli(*args, "--json").stdout)
+
+
+def labelled_topic(stack, X, y, prefix: str, partitions: int = 2, batch_size: int = 200) -> str:
+    """A fresh topic ``PREFIX-<random>`` holding the rows of ``X`` and labels ``y``."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    ensure_topic(stack.kafka_client_conf(), name, partitions=partitions)
+    with Producer(stack.kafka, stack.kafka_conf) as p:
+        p.send_batch(name, X, y, batch_size=batch_size)
+    return name
+
+
+def train_job(job: str, log_dir: Path, algorithm: str, *args: str, timeout: float = 180) -> None:
+    """``job create JOB --algorithm ALGORITHM --epochs 1 ARGS…`` run to its end by one worker."""
+    cli("job", "create", job, "--algorithm", algorithm, "--epochs", "1", *args)
+    assert stop_all([start_worker(job, log_dir)], timeout=timeout) == [0]

@@ -6,8 +6,9 @@
   on data whose feature means moved by 0.5 standard deviations reports drift within two
   windows;
 - ``--on-drift retrain`` creates an incremental job from the published snapshot, whose
-  snapshot passes the gate like any other; ``monitor status`` and the monitoring topic
-  carry the reports.
+  snapshot passes the gate like any other, and promotes its model to the job's line (a
+  subscriber of the job receives it); ``monitor status`` and the monitoring topic carry the
+  reports.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from streamlearn.reporting.report import build_report
 from streamlearn.runtime.jobs import create_job, job_status
 from streamlearn.runtime.record import JobRecord
 from streamlearn.snapshots.format import decode_snapshot
+from streamlearn.snapshots.subscriber import ModelSubscriber
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.streams.producer import Producer
 from streamlearn.streams.topics import consumer_conf, ensure_topic, watermarks
@@ -119,22 +121,44 @@ def test_no_drift_on_unshifted_windows_drift_within_two_windows_after_a_shift(st
     assert "<h2>Drift</h2>" in build_report(stack.redis_client(), job)
 
 
-def test_drift_triggers_a_gated_retrain_from_the_published_snapshot(stack, trained):
+def test_drift_triggers_a_gated_retrain_whose_model_reaches_the_jobs_subscribers(stack, trained):
     job, topics = trained
     client = stack.redis_client()
-    out = cli_json("monitor", job, "--topic", topics["shifted"], "--labels-topic", topics["shifted_labelled"],
-                   "--window", str(WINDOW), "--once", "--on-drift", "retrain")
-    started = [w["retrain"] for w in out["windows"] if w["retrain"] and w["retrain"]["started"]]
-    assert len(started) == 1, out["windows"]  # one retrain at a time
-    assert out["score"]["metric"] in ("log_loss", "accuracy") and out["score"]["holdout"] is not None
-    retrain = started[0]["job"]
-    assert started[0]["from"] == f"{job}@1" and started[0]["topic"] == topics["shifted_labelled"]
-    status = wait_status(client, retrain, lambda s: s["state"] in ("finished", "failed"), 180, "the retrain job")
-    assert status["state"] == "finished" and status["records_applied"] == 4 * WINDOW
-    meta = ModelStore(client).metadata(retrain, 1)
-    assert meta["trained_from"] == {"job": job, "version": 1}
-    assert meta["gate"]["status"] in ("blessed", "rejected")
-    assert [c["expr"] for c in meta["gate"]["checks"]] == ["finite", "records_applied>=1", "accuracy>=0.5"]
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf) as sub:
+        sub.wait_for(1, timeout=60)
+        # --once waits for the retrain it started (at most --retrain-timeout), then promotes its model
+        out = json.loads(cli("monitor", job, "--topic", topics["shifted"], "--labels-topic",
+                             topics["shifted_labelled"], "--window", str(WINDOW), "--once", "--on-drift", "retrain",
+                             "--retrain-timeout", "300", "--json", timeout=420).stdout)
+        started = [w["retrain"] for w in out["windows"] if w["retrain"] and w["retrain"]["started"]]
+        assert len(started) == 1, out["windows"]  # one retrain at a time
+        assert out["score"]["metric"] in ("log_loss", "accuracy") and out["score"]["holdout"] is not None
+        retrain = started[0]["job"]
+        assert started[0]["from"] == f"{job}@1" and started[0]["topic"] == topics["shifted_labelled"]
+        status = job_status(client, retrain)
+        assert status["state"] == "finished" and status["records_applied"] == 4 * WINDOW
+        meta = ModelStore(client).metadata(retrain, 1)
+        assert meta["trained_from"] == {"job": job, "version": 1}
+        assert meta["gate"]["status"] == "blessed", meta["gate"]
+        assert [c["expr"] for c in meta["gate"]["checks"]] == ["finite", "records_applied>=1", "accuracy>=0.5"]
+
+        # promoted: the retrained model is the job's version 2, through the job's own gate
+        promotion = out["promotion"]
+        assert promotion == started[0]["promotion"] and out["windows"][-1]["promotion"] == promotion
+        assert promotion["model"] == f"{job}@2" and promotion["from"] == f"{retrain}@1", promotion
+        assert promotion["status"] == "blessed" and promotion["published"] is True
+        promoted = ModelStore(client).metadata(job, 2)
+        assert promoted["job"] == job and promoted["parent"] == {"job": retrain, "version": 1}
+        assert promoted["promoted_from"] == {"job": retrain, "version": 1}
+        assert promoted["replaces"] == {"job": job, "version": 1} and promoted["gate"]["status"] == "blessed"
+        assert JobRecord(client, job).snapshot_versions() == (2, 2)
+        # ... and reaches the job's subscribers, as the job's own snapshot
+        sub.wait_for(2, timeout=60)
+        assert sub.version == 2 and sub.metadata["job"] == job and sub.metadata["promoted_from"]["job"] == retrain
+        np.testing.assert_array_equal(
+            decode_snapshot(ModelStore(client).get(job, 2)).arrays["weights"],
+            decode_snapshot(ModelStore(client).get(retrain, 1)).arrays["weights"])
+    assert cli_json("monitor", "status", job)["promotion"]["model"] == f"{job}@2"
     wait_for(lambda: job_status(client, retrain)["members"] == [], 30, "the retrain worker to leave")
 
 
