@@ -151,7 +151,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
                    snapshot_every=snapshot_every, parent=parent, start_offsets={p: lo for p, (lo, _) in marks.items()},
                    end_offsets={p: hi for p, (_, hi) in marks.items()} if until == "end" else {},
                    created_at=time.time(), epochs=epochs, gate=gates, gate_min_records=gate_min_records,
-                   profile_sample=sample_fraction(n_records * epochs if until == "end" and n_records else None),
+                   profile_sample=sample_fraction(_expected_rows(n_records, marks, epochs) if until == "end" else None),
                    gate_topic=gate_topic, gate_offsets=ranges_to_json(gate_data.ranges) if gate_data else {},
                    snapshot_topic=snapshot_topic)
     ensure_topic(kafka_conf, spec.dlq_topic, partitions=1)
@@ -190,6 +190,13 @@ def _gate_data(client: redis.Redis, kafka_conf: dict, name: str, algo: Algorithm
     ancestors = lineage_data(Registry(client), parent["job"], parent["version"]) if parent else []
     check_held_out(data, [own, *ancestors])
     return data
+
+
+def _expected_rows(n_records: int, marks: dict, epochs: int) -> int:
+    """Rows a bounded job will apply, for the profile's sample rate: the data contract's count,
+    or, when it did not sample the topic, its messages (at least one record each: a lower
+    bound, so the sketches see at least their target number of rows)."""
+    return (n_records or sum(hi - lo for lo, hi in marks.values())) * epochs
 
 
 def with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm,

@@ -70,7 +70,8 @@ def test_profile_counts_every_record_once_under_worker_churn(stack, tmp_path):
     np.testing.assert_array_equal(profile.features.min, X.min(axis=0))
     np.testing.assert_array_equal(profile.features.max, X.max(axis=0))
     assert profile.sketched_rows == profile.sketches[0].n and profile.sketched_rows > 0
-    assert abs(profile.sketches[0].get_quantile(0.5) - 3.0) < 0.1
+    # the sketched median's rank in the data: the KLL rank error (~1.7 % at k=200) plus sampling
+    assert abs(np.mean(X[:, 0] <= profile.sketches[0].get_quantile(0.5)) - 0.5) < 0.03
     members = client.hlen(f"sl:{{{job}}}:profile")
     assert members == 3  # the killed worker's committed profile stays and counts
     summary = ModelStore(client).metadata(job, 1)["profile"]
