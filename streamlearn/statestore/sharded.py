@@ -199,6 +199,7 @@ class ShardedBackend:
         #: partition -> positions past its stored offset where a partial batch ended (to re-apply alone)
         self.replay: dict[int, list[Position]] = {}
         self._shard_conflicts = 0
+        self.profiles: list[bytes] = []  # set by read_consistent_into, as the single-node backend's
         self.replicated = bool(cluster.get_replicas())
 
     @property
@@ -402,9 +403,9 @@ class ShardedBackend:
         deadline = time.monotonic() + CUT_TIMEOUT_S
         shards = self.shards()
         while True:
-            (offsets, counters, passes), _ = multi_into(
+            (offsets, counters, passes, profiles), _ = multi_into(
                 self.home.client, [("HGETALL", self.keys.offsets), ("HGETALL", self.keys.counters),
-                                   ("HGETALL", self.keys.data_epochs)], [])
+                                   ("HGETALL", self.keys.data_epochs), ("HGETALL", self.keys.profile)], [])
             home = {int(p): (0, int(o)) for p, o in zip(offsets[::2], offsets[1::2])}
             for p, e in zip(passes[::2], passes[1::2]):
                 if int(p) in home:
@@ -425,6 +426,7 @@ class ShardedBackend:
                     if _decode(pos) > home.get(int(p), (0, -1)):
                         ahead = True
             if not ahead:
+                self.profiles = list(profiles[1::2])  # the members' data profiles, with the home counters
                 return ({p: o for p, (_, o) in home.items()},
                         {c.decode(): int(v) for c, v in zip(counters[::2], counters[1::2])})
             if time.monotonic() > deadline:
