@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any, Callable, NamedTuple
 
+from streamlearn.monitoring.gate import REJECTED, status_of
 from streamlearn.runtime.predict import load_job_model
 from streamlearn.snapshots.store import ModelStore
 
@@ -43,28 +44,15 @@ class Served(NamedTuple):
 
 Gate = Callable[[Served], bool]
 
-_FAILED = ("failed", "rejected")
-
-
 def gate_status(metadata: dict[str, Any]) -> str:
-    """What the snapshot's metadata says about the validation gate: its ``gate`` entry
-    (a status string, or a dict with ``status`` or ``passed``), else ``"ungated"``."""
-    gate = metadata.get("gate")
-    if gate is None:
-        return "ungated"
-    if isinstance(gate, str):
-        return gate
-    if isinstance(gate, dict):
-        if isinstance(gate.get("status"), str):
-            return gate["status"]
-        if isinstance(gate.get("passed"), bool):
-            return "passed" if gate["passed"] else "failed"
-    return "unknown"
+    """The validation gate's decision on the snapshot (``blessed``, ``rejected``, ``forced``),
+    or ``"ungated"`` for a snapshot written before the gate existed."""
+    return status_of(metadata) or "ungated"
 
 
 def metadata_gate(served: Served) -> bool:
     """The default gate: serve every verified snapshot except one its metadata marks failed."""
-    return gate_status(served.metadata) not in _FAILED
+    return gate_status(served.metadata) != REJECTED
 
 
 class ModelSlot:

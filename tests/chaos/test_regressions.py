@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from streamlearn.statestore.buffered import CommitInfo
-from streamlearn.statestore import redis_state
+from streamlearn.statestore import resp_into
 from streamlearn.statestore.redis_state import RedisState
 
 pytestmark = pytest.mark.chaos
@@ -21,7 +21,7 @@ def _lose_exec_reply_once(monkeypatch):
     """The next commit's EXEC is applied by Redis but its reply is lost (a Redis restart
     between the two): the connection drops after the transaction went through, which the
     commit sees as a connection error during EXEC."""
-    real = redis_state.exec_multi
+    real = resp_into.exec_multi
     calls = {"n": 0}
 
     def flaky(conn, commands):
@@ -32,7 +32,7 @@ def _lose_exec_reply_once(monkeypatch):
             raise redis.ConnectionError("connection lost before EXEC's reply (injected)")
         return replies
 
-    monkeypatch.setattr(redis_state, "exec_multi", flaky)
+    monkeypatch.setattr(resp_into, "exec_multi", flaky)  # what exec_watched calls
     return calls
 
 

@@ -125,7 +125,7 @@ def test_evaluate_reports_model_score(stack, job, files, data):
     assert only.strip() == f"auc: {expected['auc']}"
     bad = cli("evaluate", job["name"], "--from", str(files["labelled"]), "--label-column", "target",
               "--metric", "r2", check=False)
-    assert bad.returncode == 2 and "unknown metric 'r2'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert bad.returncode == 2 and "do not report metric 'r2'" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 def one_line_exit_2(res: subprocess.CompletedProcess, message: str) -> None:

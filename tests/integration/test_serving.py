@@ -69,7 +69,7 @@ def test_serve_follows_snapshots_and_swaps_under_load_without_a_failed_request(c
         assert got.version == 1 and got.records == v1.predict_records(X[:200])  # np.save body: exact
         np.testing.assert_array_equal(client.predict(X[:200]), v1.evaluate(X[:200]))
         info = client.info()
-        assert info["version"] == 1 and info["algorithm"] == "linear_learner" and info["gate"] == "ungated"
+        assert info["version"] == 1 and info["algorithm"] == "linear_learner" and info["gate"] == "blessed"
         assert info["lineage"]["topic"] == unique_name and info["lineage"]["records_applied"] >= 2000
         assert info["lineage"]["parent"] is None and info["params"]["n_features"] == D_FEATURES
 

@@ -173,7 +173,7 @@ def test_concurrent_requests_share_batches_and_a_swap_fails_none():
         slot.offer(_served(2))  # between two waves, and again while a wave is in flight below
         tasks = [asyncio.ensure_future(one(client, i)) for i in range(64, 192)]
         await asyncio.sleep(0)
-        slot.offer(_served(2, gate="passed"))  # an equal version: no swap
+        slot.offer(_served(2, gate={"status": "blessed"}))  # an equal version: no swap
         second = await asyncio.gather(*tasks)
         info = (await client.get("/v1/models/j")).json()
         metrics = (await client.get("/metrics")).text
@@ -215,11 +215,11 @@ def test_requests_keep_the_model_they_arrived_with():
 
 def test_the_gate_keeps_a_failed_snapshot_out():
     slot = ModelSlot()
-    assert slot.offer(_served(1, gate={"passed": True}))
-    assert not slot.offer(_served(2, gate={"status": "failed"}))
+    assert slot.offer(_served(1, gate={"status": "blessed", "checks": [], "reason": None}))
+    assert not slot.offer(_served(2, gate={"status": "rejected", "checks": [], "reason": "finite: NaN in w"}))
     assert slot.current.version == 1 and slot.gate_rejections == 1 and slot.swaps == 0
-    strict = ModelSlot(gate=lambda served: served.metadata.get("gate") == "passed")
-    assert not strict.offer(_served(1)) and strict.offer(_served(2, gate="passed"))
+    strict = ModelSlot(gate=lambda served: served.metadata.get("gate", {}).get("status") == "blessed")
+    assert not strict.offer(_served(1)) and strict.offer(_served(2, gate={"status": "blessed"}))
 
 
 def test_canary_routes_its_share_and_reports_agreement():
