@@ -31,6 +31,7 @@ import redis
 
 from streamlearn.algorithms.base import Model
 from streamlearn.algorithms.deepar import History
+from streamlearn.monitoring.gate import REJECTED
 from streamlearn.runtime.history import read_history
 from streamlearn.runtime.jobs import job_status, load_spec
 from streamlearn.reporting import plots
@@ -231,7 +232,7 @@ def _gates(snapshots: list[dict]) -> str:
         if not isinstance(gate, dict):
             continue
         state = str(gate.get("status", ""))
-        css = "pass" if state.lower() in ("passed", "pass", "accepted", "ok") else "fail"
+        css = "fail" if state == REJECTED else "pass"  # blessed, or forced past the gate
         rows.append((s.get("version"), f"<span class='{css}'>{_e(state)}</span>", _e(gate.get("reason") or ""),
                      _checks(gate.get("checks"))))
     if not rows:

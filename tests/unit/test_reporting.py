@@ -42,9 +42,11 @@ def test_lag_of_an_unbounded_job_needs_the_high_watermarks():
 def test_gate_decisions_are_a_table_and_text_is_escaped():
     html = _gates([{"version": 1}, {"version": 2, "gate": {"status": "rejected", "reason": "auc < <0.7>",
                                                            "checks": {"auc": 0.61}}},
-                   {"version": 3, "gate": {"status": "passed", "reason": None, "checks": ["auc >= 0.7"]}}])
+                   {"version": 3, "gate": {"status": "blessed", "reason": None, "checks": ["auc >= 0.7"]}},
+                   {"version": 4, "gate": {"status": "forced", "reason": "new labels", "checks": []}}])
     assert "<span class='fail'>rejected</span>" in html and "auc &lt; &lt;0.7&gt;" in html
-    assert "<span class='pass'>passed</span>" in html and "auc: 0.61" in html
+    assert "<span class='pass'>blessed</span>" in html and "auc: 0.61" in html
+    assert "<span class='pass'>forced</span>" in html
     assert ">1<" not in html  # a snapshot without a decision has no row
     assert "no gate decision" in _gates([{"version": 1}])
 
