@@ -145,10 +145,13 @@ def cmd_produce(args) -> int:
     from streamlearn.reporting.progress import TerminalProgress
 
     with TerminalProgress(f"producing {args.from_file.name}", enabled=None if _verbosity(args) >= 0 else False) as bar:
-        n = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
-                         partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
-                         header=args.header, progress=bar.update, retention=args.retention)
-    print(f"produced {n} records to {args.topic}")
+        done = produce_file(s.kafka_client_conf(), args.topic, args.from_file, label_column=args.label_column,
+                            partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
+                            header=args.header, progress=bar.update, retention=args.retention)
+    if done.dead_lettered:
+        print(f"{done.dead_lettered} rows of {args.from_file} are not examples: sent to {args.topic}.dlq with the "
+              f"reason (first: {done.first_bad})", file=sys.stderr)
+    print(f"produced {done.records} records to {args.topic}")
     return 0
 
 

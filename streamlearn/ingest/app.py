@@ -65,7 +65,7 @@ from prometheus_client import CollectorRegistry, Counter
 from streamlearn.config import ConfigError, Settings
 from streamlearn.ingest.events import IngestConfig, check_event, encode_batch
 from streamlearn.runtime.metrics import serve_metrics
-from streamlearn.streams.topics import ensure_topic, partitions, training_topic_config
+from streamlearn.streams.topics import dlq_topic, ensure_topic, partitions, training_topic_config
 from streamlearn.wire.decode import Rejection, rejection_headers
 
 log = logging.getLogger("streamlearn.ingest")
@@ -78,10 +78,6 @@ EXACTLY_ONCE = "exactly_once"
 
 
 # -- the faust app ------------------------------------------------------------------------------
-def dlq_topic(raw_topic: str) -> str:
-    return f"{raw_topic}.dlq"
-
-
 def default_app_id(raw_topic: str, training_topic: str) -> str:
     return f"streamlearn-ingest-{raw_topic}-to-{training_topic}"
 

@@ -33,7 +33,7 @@ from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import now_ms
 from streamlearn.streams.text import with_topic_vocabulary
-from streamlearn.streams.topics import delete_group, ensure_topic, watermarks
+from streamlearn.streams.topics import delete_group, dlq_topic, ensure_topic, watermarks
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -65,7 +65,7 @@ class JobSpec:
 
     @property
     def dlq_topic(self) -> str:
-        return f"{self.topic}.dlq"
+        return dlq_topic(self.topic)
 
     @property
     def group_id(self) -> str:

@@ -482,13 +482,16 @@ class Worker:
 
     def _dead_letter(self, msgs, rejected) -> int:
         """Send rejected messages to ``<topic>.dlq`` with the reason; wait for delivery so
-        the commit that counts them never precedes them."""
+        the commit that counts them never precedes them. A bounded job's later passes count
+        them again (every pass reads the range) but do not send them again: decoding is
+        deterministic, so the first pass's dead letter stands for every pass."""
         if not rejected:
             return 0
         errors: list[str] = []
         for r in rejected:
             m = msgs[r.index]
-            self._send_dead(m, m.value(), rejection_headers(r), errors)
+            if self.passes.get(m.partition(), 0) == 0:
+                self._send_dead(m, m.value(), rejection_headers(r), errors)
         self._flush_dead(errors)
         return sum(r.n_records for r in rejected)
 

@@ -6,8 +6,13 @@ JSONL form ``{"indices": [...], "values": [...], "label": 1}`` (``n_features`` r
 and ``y`` float64 (NaN where a row has no label) or None without a label column.
 
 Feature columns default to every column except the label, in file order; they must be
-numeric. Non-finite feature values are an error here (with the row number) rather than a
-dead-lettered message later.
+numeric. A row that cannot be an example goes to ``on_bad_row`` as a :class:`BadRow` (its
+row number, the reason and its text) and is left out; without ``on_bad_row`` it is an
+error (with the row number). Bad rows are: a CSV row with the wrong number of fields, a
+value that is not a number in a numeric column (a word among a column's numbers), a JSON
+line that is not an object or not of the first line's form; strict reading (no
+``on_bad_row``) also refuses missing, NaN and infinite feature values, which lenient
+reading passes on as numbers for the workers' rules to judge.
 
 What a file's layout is taken to be is said in one warning on the ``streamlearn.streams.files``
 logger (the CLI prints it on stderr):
@@ -26,8 +31,10 @@ import csv as _csv
 import itertools
 import json
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -51,11 +58,26 @@ class FileFormatError(UserError, ValueError):
 Chunk = "tuple[np.ndarray | SparseRows, np.ndarray | None]"
 
 
+@dataclass(frozen=True)
+class BadRow:
+    """A row of a file that cannot be an example."""
+
+    row: int | None  # CSV: the file's row, 1-based, a header row counted; JSONL: the line; Parquet: the record
+    reason: str
+    text: str  # the row as written (CSV: its fields joined by commas; JSONL: the line)
+
+    def where(self, path) -> str:
+        return f"{path}: row {self.row}" if self.row is not None else str(path)
+
+
 def read_examples(path, label_column: str | None = None, feature_columns: list[str] | None = None,
                   n_features: int | None = None, chunk_rows: int = 65536,
-                  header: bool | None = None) -> Iterator[Chunk]:
+                  header: bool | None = None,
+                  on_bad_row: Callable[[BadRow], None] | None = None) -> Iterator[Chunk]:
     """Iterate over ``(X, y)`` chunks of at most ``chunk_rows`` rows from ``path``.
-    ``header`` (CSV only): whether the first row names the columns; None detects it."""
+    ``header`` (CSV only): whether the first row names the columns; None detects it.
+    ``on_bad_row``: receives each row that cannot be an example, which is left out (see
+    the module's doc); None: such a row raises :class:`FileFormatError`."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -65,8 +87,14 @@ def read_examples(path, label_column: str | None = None, feature_columns: list[s
     if chunk_rows < 1:
         raise FileFormatError("chunk_rows must be >= 1")
     if suffix == ".jsonl":
-        return _read_jsonl(path, label_column, feature_columns, n_features, chunk_rows)
-    return _read_arrow(path, suffix, label_column, feature_columns, chunk_rows, header)
+        return _read_jsonl(path, label_column, feature_columns, n_features, chunk_rows, on_bad_row)
+    return _read_arrow(path, suffix, label_column, feature_columns, chunk_rows, header, on_bad_row)
+
+
+def _refuse(path) -> Callable[[BadRow], None]:
+    def refuse(bad: BadRow) -> None:
+        raise FileFormatError(f"{bad.where(path)}: {bad.reason}")
+    return refuse
 
 
 # -- csv layout -------------------------------------------------------------------------------
@@ -104,26 +132,104 @@ def _csv_layout(path: Path, header: bool | None) -> tuple[list[str] | None, bool
 
 
 # -- csv / parquet (pyarrow) ------------------------------------------------------------------
-def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_rows, header) -> Iterator[Chunk]:
+#: what pyarrow's cast from text to float64 accepts (surrounding blanks trimmed first)
+_NUMBER = r"^[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)$"
+_CSV_COLUMN = re.compile(r"In CSV column #(\d+)")
+#: bytes of a CSV file parsed at once; the first block's values set a column's type
+_CSV_BLOCK_BYTES = 1 << 22
+
+
+def _skip(_row) -> str:
+    return "skip"
+
+
+class _CsvFile:
+    """A CSV file's record batches. Lenient (bad rows wanted rather than an error): a first
+    pass lists the rows with the wrong number of fields and reads as text every column in
+    which the type the first block suggested fails further down (a word among numbers, a
+    fraction among integers), so that the second pass cannot stop halfway through a file
+    whose first rows were already produced. Blank lines are kept as rows of nulls, so that
+    row numbers are the file's; :func:`_blank_rows` drops them."""
+
+    def __init__(self, path: Path, column_names: list[str] | None, lenient: bool):
+        self.path, self.column_names, self.lenient = path, column_names, lenient
+        self.text_columns: set[str] = set()
+        self.invalid: list[BadRow] = []  # rows with the wrong number of fields, in file order
+        self.skipped: list[int] = []  # file rows the parser leaves out (those)
+        self.schema = self._open(_skip if lenient else None).schema
+        if lenient:
+            self._first_pass()
+        self.first_row = 1 if column_names else 2
+
+    def _open(self, on_invalid):
+        import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
+        from pyarrow import csv
+
+        read = csv.ReadOptions(block_size=_CSV_BLOCK_BYTES, column_names=self.column_names, use_threads=not self.lenient)
+        parse = (csv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False) if self.lenient
+                 else csv.ParseOptions())
+        convert = csv.ConvertOptions(column_types={c: pa.string() for c in self.text_columns})
+        try:
+            return csv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=convert)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise FileFormatError(f"{self.path}: cannot read as CSV: {exc}") from None
+
+    def _first_pass(self) -> None:
+        import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
+
+        names = self.schema.names
+        while True:
+            invalid: list[BadRow] = []
+
+            def note(row) -> str:
+                # single-threaded parsing (lenient) knows every row's number
+                invalid.append(BadRow(row.number, f"{row.actual_columns} fields, expected {row.expected_columns}",
+                                      row.text))
+                return "skip"
+
+            try:
+                for _ in self._open(note):
+                    pass
+            except pa.ArrowInvalid as exc:
+                m = _CSV_COLUMN.search(str(exc))
+                column = names[int(m.group(1))] if m and int(m.group(1)) < len(names) else None
+                if column is None or column in self.text_columns:
+                    raise FileFormatError(f"{self.path}: bad CSV: {exc}") from None
+                self.text_columns.add(column)
+                continue
+            self.invalid = invalid
+            self.skipped = [bad.row for bad in invalid]
+            return
+
+    def batches(self):
+        import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
+
+        reader = self._open(_skip if self.lenient else None)
+        try:
+            yield from reader
+        except pa.ArrowInvalid as exc:
+            raise FileFormatError(f"{self.path}: bad CSV: {exc}") from None
+
+    def file_row(self, record: int) -> int:
+        """The file row of the ``record``-th record read (0-based)."""
+        row = self.first_row + record
+        for skipped in self.skipped:
+            if skipped > row:
+                break
+            row += 1
+        return row
+
+
+def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_rows, header,
+                on_bad_row) -> Iterator[Chunk]:
     import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
 
     notes: list[str] = []
     index_first = False
     if suffix == ".csv":
-        from pyarrow import csv
-
         names, index_first, notes = _csv_layout(path, header)
-        try:
-            reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 22, column_names=names))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise FileFormatError(f"{path}: cannot read as CSV: {exc}") from None
-        schema = reader.schema
-
-        def batches():
-            try:
-                yield from reader
-            except pa.ArrowInvalid as exc:
-                raise FileFormatError(f"{path}: bad CSV: {exc}") from None
+        source = _CsvFile(path, names, lenient=on_bad_row is not None)
+        schema, batches, file_row, invalid = source.schema, source.batches, source.file_row, source.invalid
     else:
         import pyarrow.parquet as pq
 
@@ -131,10 +237,13 @@ def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_ro
             pf = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise FileFormatError(f"{path}: cannot read as Parquet: {exc}") from None
-        schema = pf.schema_arrow
+        schema, invalid = pf.schema_arrow, []
 
         def batches():
             yield from pf.iter_batches(batch_size=chunk_rows, columns=columns)
+
+        def file_row(record: int) -> int:
+            return record + 1
 
     names = list(schema.names)
     if feature_columns is None and names and (names[0] in INDEX_NAMES or index_first):
@@ -146,29 +255,88 @@ def _read_arrow(path: Path, suffix: str, label_column, feature_columns, chunk_ro
     columns = _columns(path, names, label_column, feature_columns)
     for col in columns:
         t = schema.field(col).type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
-            what = "label" if col == label_column else "feature"
-            raise FileFormatError(f"{path}: {what} column {col!r} is not numeric ({t})")
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+                or pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise FileFormatError(f"{path}: {_what(col, label_column)} column {col!r} is not numeric ({t})")
+    report = on_bad_row or _refuse(path)
+    for bad in invalid:
+        report(bad)
     features = [c for c in columns if c != label_column]
-    row = 0
+    seen_numbers: set[str] = set()  # text columns known to hold numbers
+    record = 0
     for batch in batches():
         for start in range(0, batch.num_rows, chunk_rows):
             part = batch.slice(start, chunk_rows)
-            X = np.empty((part.num_rows, len(features)), dtype=np.float32)
+            values, bad, reasons = {}, np.zeros(part.num_rows, dtype=bool), {}
+            for c in columns:
+                values[c], words = _numbers(part.column(c))
+                if words is None:
+                    continue
+                if c not in seen_numbers:
+                    _check_holds_numbers(path, c, label_column, part.column(c), values[c], words)
+                    seen_numbers.add(c)
+                for i in np.flatnonzero(words & ~bad):
+                    reasons[int(i)] = f"{_what(c, label_column)} {part.column(c)[int(i)].as_py()!r} is not a number"
+                bad |= words
+            for i in sorted(reasons):
+                fields = part.slice(i, 1).to_pylist()[0]
+                report(BadRow(file_row(record + i), reasons[i],
+                              ",".join("" if v is None else str(v) for v in fields.values())))
+            keep = ~bad
+            if on_bad_row is not None and suffix == ".csv":
+                keep &= ~_blank_rows(part)
+            X = np.empty((int(keep.sum()), len(features)), dtype=np.float32)
             for j, c in enumerate(features):
-                X[:, j] = _column(part.column(c))
-            _check_finite(path, X, row, features)
-            y = None if label_column is None else _column(part.column(label_column)).astype(np.float64)
-            row += part.num_rows
+                X[:, j] = values[c][keep]
+            if on_bad_row is None:
+                _check_finite(path, X, lambda r: file_row(record + r), features)
+            y = None if label_column is None else values[label_column][keep]
+            record += part.num_rows
             yield X, y
 
 
-def _column(arr) -> np.ndarray:
+def _blank_rows(part) -> np.ndarray:
+    """Rows with no value in any column: a blank line (or only separators)."""
     import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
+    import pyarrow.compute as pc
 
-    if pa.types.is_boolean(arr.type) or pa.types.is_null(arr.type):
-        arr = arr.cast(pa.float64())
-    return arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)  # nulls -> NaN
+    blank = np.ones(part.num_rows, dtype=bool)
+    for arr in part.columns:
+        empty = pc.equal(pc.utf8_trim_whitespace(arr), "") if pa.types.is_string(arr.type) else arr.is_null()
+        blank &= np.asarray(pc.fill_null(empty, True))
+    return blank
+
+
+def _what(column: str, label_column: str | None) -> str:
+    return "label" if column == label_column else "feature"
+
+
+def _numbers(arr) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(float64 values, which values are words)`` of a column; the mask is None for a
+    numeric column. Nulls and empty text are NaN (missing), not words."""
+    import pyarrow as pa  # start-up cost: pyarrow loads only when a file is read
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        if pa.types.is_boolean(arr.type) or pa.types.is_null(arr.type):
+            arr = arr.cast(pa.float64())
+        return arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False), None  # nulls -> NaN
+    text = pc.utf8_trim_whitespace(arr)
+    blank = pc.fill_null(pc.equal(text, ""), True)
+    number = pc.fill_null(pc.match_substring_regex(text, _NUMBER, ignore_case=True), False)
+    parsed = pc.cast(pc.if_else(number, text, pa.scalar(None, text.type)), pa.float64())
+    words = ~(np.asarray(number) | np.asarray(blank))
+    return parsed.to_numpy(zero_copy_only=False).astype(np.float64, copy=False), words
+
+
+def _check_holds_numbers(path, column: str, label_column: str | None, arr, values: np.ndarray,
+                         words: np.ndarray) -> None:
+    """A text column none of whose first values is a number holds words (string labels,
+    names), not numbers with a few typos: refused as a whole rather than row by row."""
+    if words.any() and not np.isfinite(values).any():
+        hint = ": code string labels as numbers" if column == label_column else ""
+        raise FileFormatError(f"{path}: {_what(column, label_column)} column {column!r} is not numeric "
+                              f"(e.g. {arr.filter(words)[0].as_py()!r}){hint}")
 
 
 def _columns(path: Path, names: list[str], label_column, feature_columns) -> list[str]:
@@ -187,18 +355,18 @@ def _columns(path: Path, names: list[str], label_column, feature_columns) -> lis
     return list(feature_columns) + ([label_column] if label_column is not None else [])
 
 
-def _check_finite(path: Path, X: np.ndarray, first_row: int, names: list[str] | None) -> None:
+def _check_finite(path: Path, X: np.ndarray, file_row: Callable[[int], int], names: list[str] | None) -> None:
     bad = ~np.isfinite(X)
     if bad.any():
         r, c = np.argwhere(bad)[0]
         where = f"column {names[c]!r}" if names else f"feature {c}"
-        raise FileFormatError(f"{path}: row {first_row + int(r) + 1}: missing, NaN or inf value in {where}")
+        raise FileFormatError(f"{path}: row {file_row(int(r))}: missing, NaN or inf value in {where}")
 
 
 # -- jsonl ----------------------------------------------------------------------------------
-def json_objects(path: Path, error: type[Exception] = FileFormatError) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` of every non-blank line of a JSON-lines file; ``error`` (one
-    line naming the file and line) for a line that is not a JSON object."""
+def json_lines(path: Path, on_bad_line: Callable[[BadRow], None]) -> Iterator[tuple[int, str, dict]]:
+    """``(line number, line, object)`` of every non-blank line of a JSON-lines file that is a
+    JSON object; any other line goes to ``on_bad_line``."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -206,22 +374,39 @@ def json_objects(path: Path, error: type[Exception] = FileFormatError) -> Iterat
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise error(f"{path}:{lineno}: not JSON: {exc.msg}") from None
+                on_bad_line(BadRow(lineno, f"not JSON: {exc.msg}", line.rstrip("\n")))
+                continue
             if not isinstance(obj, dict):
-                raise error(f"{path}:{lineno}: expected a JSON object per line")
-            yield lineno, obj
+                on_bad_line(BadRow(lineno, "expected a JSON object per line", line.rstrip("\n")))
+                continue
+            yield lineno, line, obj
 
 
-def _read_jsonl(path: Path, label_column, feature_columns, n_features, chunk_rows) -> Iterator[Chunk]:
-    """Three line forms: ``{"features": [...], "label": y}``, sparse ``{"indices": [...],
-    "values": [...], "label": y}`` and flat ``{"col": v, ..., "label": y}``."""
+def json_objects(path: Path, error: type[Exception] = FileFormatError) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSON-lines file; ``error`` (one
+    line naming the file and line) for a line that is not a JSON object."""
+    def refuse(bad: BadRow) -> None:
+        raise error(f"{path}:{bad.row}: {bad.reason}")
+
+    for lineno, _, obj in json_lines(path, refuse):
+        yield lineno, obj
+
+
+class _BadLine(ValueError):
+    """A JSON line that cannot be an example (the message is the reason)."""
+
+
+def _read_jsonl(path: Path, label_column, feature_columns, n_features, chunk_rows, on_bad_row) -> Iterator[Chunk]:
+    """Three line forms, set by the first line: ``{"features": [...], "label": y}``, sparse
+    ``{"indices": [...], "values": [...], "label": y}`` and flat ``{"col": v, ..., "label": y}``."""
+    report = on_bad_row or _refuse(path)
     label_key = label_column
     form = None
+    width = None  # the array form's row width, from the first line
     rows: list = []
     labels: list[float] = []
-    first_row = 0
     cols = feature_columns
-    for lineno, obj in json_objects(path):
+    for lineno, line, obj in json_lines(path, report):
         if form is None:
             form = "sparse" if "indices" in obj else "array" if "features" in obj else "flat"
             if form == "sparse" and not n_features:
@@ -235,67 +420,83 @@ def _read_jsonl(path: Path, label_column, feature_columns, n_features, chunk_row
                 cols = [k for k in obj if k != label_key]
                 if not cols:
                     raise FileFormatError(f"{path}: no feature columns")
-        if label_key is not None:
-            lab = obj.get(label_key)
-            if lab is not None:
-                if isinstance(lab, bool) or not isinstance(lab, (int, float)):
-                    lab = _number(path, lineno, label_key, lab)
-            labels.append(np.nan if lab is None else float(lab))
+            if form == "array" and isinstance(obj["features"], list):
+                width = len(obj["features"])
         try:
-            if form == "sparse":
-                idx, vals = obj["indices"], obj["values"]
-                if len(idx) != len(vals):
-                    raise FileFormatError(f"{path}:{lineno}: {len(idx)} indices but {len(vals)} values")
-                rows.append((idx, vals))
-            elif form == "array":
-                rows.append(obj["features"])
-            else:
-                rows.append([obj.get(c) for c in cols])
-        except (KeyError, TypeError) as exc:
-            raise FileFormatError(f"{path}:{lineno}: line does not match the first line's form ({exc})") from None
+            label = np.nan if label_key is None else _json_number(obj.get(label_key), "label")
+            row = _json_row(obj, form, cols, n_features, width)
+            if on_bad_row is None:
+                _json_finite(row, form, cols)
+        except _BadLine as exc:
+            report(BadRow(lineno, str(exc), line.rstrip("\n")))
+            continue
+        rows.append(row)
+        labels.append(label)
         if len(rows) >= chunk_rows:
-            yield _jsonl_chunk(path, form, rows, labels, label_key, n_features, first_row, cols)
-            first_row += len(rows)
+            yield _jsonl_chunk(form, rows, labels, label_key, n_features)
             rows, labels = [], []
     if rows:
-        yield _jsonl_chunk(path, form, rows, labels, label_key, n_features, first_row, cols)
+        yield _jsonl_chunk(form, rows, labels, label_key, n_features)
 
 
-def _number(path, lineno, key, v) -> float:
+def _json_number(v, what: str) -> float:
+    """A JSON value as a number (null: NaN, missing); :class:`_BadLine` for anything else."""
+    if v is None:
+        return np.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise _BadLine(f"{what} {v!r} is not a number")
     try:
         return float(v)
-    except (TypeError, ValueError):
-        raise FileFormatError(f"{path}:{lineno}: {key!r} is not a number: {v!r}") from None
+    except ValueError:
+        raise _BadLine(f"{what} {v!r} is not a number") from None
 
 
-def _jsonl_chunk(path, form, rows, labels, label_key, n_features, first_row, cols) -> Chunk:
+def _json_row(obj: dict, form: str, cols, n_features, width):
+    """One line's features: a float32 vector, or (indices, values) for the sparse form."""
+    try:
+        if form == "sparse":
+            idx, vals = obj["indices"], obj["values"]
+            if not isinstance(idx, list) or not isinstance(vals, list):
+                raise _BadLine("indices and values must be lists")
+            if len(idx) != len(vals):
+                raise _BadLine(f"{len(idx)} indices but {len(vals)} values")
+            indices = np.array([_json_index(i) for i in idx], dtype=np.int64)
+            if len(indices) and (indices.min() < 0 or indices.max() >= n_features):
+                raise _BadLine(f"sparse index out of range [0, {n_features})")
+            return indices, np.array([_json_number(v, "value") for v in vals], dtype=np.float32)
+        values = obj["features"] if form == "array" else [obj.get(c) for c in cols]
+    except KeyError as exc:
+        raise _BadLine(f"line does not match the first line's form (no {exc})") from None
+    if not isinstance(values, list):
+        raise _BadLine("features must be a list")
+    if form == "array" and len(values) != width:
+        raise _BadLine(f"{len(values)} features, the first line has {width}")
+    return np.array([_json_number(v, "feature") for v in values], dtype=np.float32)
+
+
+def _json_index(i) -> int:
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise _BadLine(f"sparse index {i!r} is not an integer")
+    return i
+
+
+def _json_finite(row, form: str, cols) -> None:
+    values = row[1] if form == "sparse" else row
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        where = f"column {cols[bad[0]]!r}" if form == "flat" else f"feature {bad[0]}" if form == "array" else "a value"
+        raise _BadLine(f"missing, NaN or inf value in {where}")
+
+
+def _jsonl_chunk(form, rows, labels, label_key, n_features) -> Chunk:
     y = None if label_key is None else np.asarray(labels, dtype=np.float64)
     if form == "sparse":
-        lengths = [len(i) for i, _ in rows]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        try:
-            indices = np.array([k for i, _ in rows for k in i], dtype=np.int64)
-            values = np.array([v for _, vs in rows for v in vs], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise FileFormatError(f"{path}: non-numeric sparse indices/values near row {first_row + 1}: {exc}") from None
-        if len(indices) and (indices.min() < 0 or indices.max() >= n_features):
-            r = int(np.searchsorted(indptr, int(np.flatnonzero((indices < 0) | (indices >= n_features))[0]), "right"))
-            raise FileFormatError(f"{path}: row {first_row + r}: sparse index out of range [0, {n_features})")
-        bad = ~np.isfinite(values)
-        if bad.any():
-            r = int(np.searchsorted(indptr, int(np.flatnonzero(bad)[0]), "right"))
-            raise FileFormatError(f"{path}: row {first_row + r}: NaN or inf value")
-        return SparseRows(indptr, indices, values, int(n_features)), y
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise FileFormatError(f"{path}: rows {first_row + 1}..{first_row + len(rows)} have differing widths {sorted(widths)}")
-    try:
-        X = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(f"{path}: non-numeric feature near row {first_row + 1}: {exc}") from None
-    _check_finite(path, X.reshape(len(rows), -1), first_row, cols if form == "flat" else None)
-    return X.reshape(len(rows), -1), y
+        np.cumsum([len(i) for i, _ in rows], out=indptr[1:])
+        indices = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, np.int64)
+        values = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
+        return SparseRows(indptr, indices.astype(np.int64), values.astype(np.float32), int(n_features)), y
+    return np.vstack(rows).astype(np.float32, copy=False), y
 
 
-__all__ = ["read_examples", "FileFormatError", "SUFFIXES"]
+__all__ = ["read_examples", "BadRow", "FileFormatError", "SUFFIXES"]

@@ -9,8 +9,10 @@ raised (at the next send or at :meth:`Producer.flush`), never swallowed.
 """
 from __future__ import annotations
 
+import itertools
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,9 +22,10 @@ from confluent_kafka import Producer as _KafkaProducer
 
 from streamlearn.batch import SparseRows
 from streamlearn.config import KafkaUnreachable, kafka_logging
-from streamlearn.streams.files import read_examples
+from streamlearn.streams.files import BadRow, read_examples
 from streamlearn.streams.access import RefusalWatch
-from streamlearn.streams.topics import DEFAULT_RETENTION, REACH_TIMEOUT_S, ensure_topic, training_topic_config
+from streamlearn.streams.topics import DEFAULT_RETENTION, REACH_TIMEOUT_S, dlq_topic, ensure_topic, training_topic_config
+from streamlearn.wire.decode import Rejection, rejection_headers
 from streamlearn.wire.serde import encode_training_batch, encode_training_record
 
 #: Upper bound for one message's uncompressed value (the broker default limit is ~1 MB).
@@ -134,7 +137,9 @@ class Producer:
         a stable hash of their key (the same key always lands in the same partition).
         ``batch_size=None``: the producer's own, but small enough that a small data set still
         makes :data:`MESSAGES_PER_PARTITION` messages a partition, so that every worker of an
-        elastic group gets a share and commits often. Returns the number of records sent."""
+        elastic group gets a share and commits often. A worker accepts or rejects a message
+        as a whole, so rows it would reject (:func:`lone_rows`) go in messages of their own:
+        only they are dead-lettered. Returns the number of records sent."""
         n = len(X) if isinstance(X, SparseRows) else len(np.asarray(X))
         if batch_size is None:
             batch_size = min(self.batch_size, max(1, -(-n // (MESSAGES_PER_PARTITION * self.n_partitions(topic)))))
@@ -151,6 +156,7 @@ class Producer:
         for name, a in (("y", y), ("w", w), ("keys", keys)):
             if a is not None and len(a) != n:
                 raise ValueError(f"{name} has {len(a)} entries for {n} rows")
+        lone = lone_rows(X, y, w)
         if keys is None:
             groups = [(None, np.arange(n))]
         else:
@@ -159,6 +165,7 @@ class Producer:
             part = np.array([0 if k is None else zlib.crc32(k.encode()) % nparts for k in keys], dtype=np.int64)
             groups = [(int(p), np.flatnonzero(part == p)) for p in np.unique(part)]
         for partition, rows in groups:
+            alone = lone[rows]
             if sparse:
                 nnz_per_row = np.diff(X.indptr)
                 step_bytes = None
@@ -167,6 +174,9 @@ class Producer:
             start = 0
             while start < len(rows):
                 stop = min(start + batch_size, len(rows))
+                first_lone = np.flatnonzero(alone[start:stop])
+                if first_lone.size:  # rows keep their order: a lone row ends the message before it
+                    stop = start + max(1, int(first_lone[0]))
                 if sparse:
                     sub = rows[start:stop]
                     while stop - start > 1 and int(nnz_per_row[sub].sum()) * 12 + len(sub) * 24 > MAX_MESSAGE_BYTES:
@@ -174,18 +184,20 @@ class Producer:
                         sub = rows[start:stop]
                 elif (stop - start) * step_bytes > MAX_MESSAGE_BYTES:
                     stop = start + max(1, MAX_MESSAGE_BYTES // step_bytes)
-                sel = rows[start:stop]
-                contiguous = keys is None
-                Xs = (X.take(sel) if sparse else (X[sel[0]:sel[-1] + 1] if contiguous else X[sel]))
-                value = encode_training_batch(
-                    Xs,
-                    None if y is None else y[sel],
-                    None if w is None else w[sel],
-                    None if keys is None else [keys[i] for i in sel])
-                self._produce(topic, value, partition=self._round_robin(topic) if partition is None else partition)
-                self.records_sent += len(sel)
+                self._send_rows(topic, X, y, w, keys, rows[start:stop], partition)
                 start = stop
         return n
+
+    def _send_rows(self, topic: str, X, y, w, keys, sel: np.ndarray, partition: int | None) -> None:
+        contiguous = len(sel) == 0 or sel[-1] - sel[0] == len(sel) - 1
+        Xs = X.take(sel) if isinstance(X, SparseRows) else (X[sel[0]:sel[-1] + 1] if contiguous else X[sel])
+        value = encode_training_batch(
+            Xs,
+            None if y is None else y[sel],
+            None if w is None else w[sel],
+            None if keys is None else [keys[i] for i in sel])
+        self._produce(topic, value, partition=self._round_robin(topic) if partition is None else partition)
+        self.records_sent += len(sel)
 
     def send_record(self, topic: str, features, label=None, weight: float = 1.0, key: str | None = None,
                     event_time: int | None = None) -> None:
@@ -228,27 +240,64 @@ class Producer:
             self._producer.flush(10)
 
 
+def lone_rows(X, y=None, w=None) -> np.ndarray:
+    """Rows a worker may reject on their own, whatever the job: a missing, NaN or infinite
+    feature value, an infinite label, a non-finite or negative weight, or — among labelled
+    rows — a missing label (a supervised job rejects it; an unlabelled data set, all labels
+    missing, stays batched)."""
+    if isinstance(X, SparseRows):
+        bad = np.zeros(len(X), dtype=bool)
+        bad[np.repeat(np.arange(len(X)), np.diff(X.indptr))[~np.isfinite(X.values)]] = True
+    else:
+        bad = ~np.isfinite(X).all(axis=1)
+    if y is not None:
+        missing = np.isnan(y)
+        bad |= np.isinf(y) | (missing if not missing.all() else False)
+    if w is not None:
+        bad |= ~np.isfinite(w) | (w < 0)
+    return bad
+
+
+@dataclass
+class FileProduced:
+    """What :func:`produce_file` sent: the examples to the topic, the rows that could not be
+    examples to its dead-letter topic (with the reason and the row as written)."""
+
+    records: int = 0
+    dead_lettered: int = 0
+    first_bad: str | None = None  # "row N: reason" of the first dead-lettered row
+
+
 def produce_file(bootstrap, topic: str, path, label_column: str | None = None, partitions: int | None = None,
                  batch_size: int | None = None, n_features: int | None = None, feature_columns: list[str] | None = None,
                  extra_conf: dict | None = None, header: bool | None = None,
                  progress: Callable[[int], None] | None = None,
-                 retention: str | int | None = DEFAULT_RETENTION) -> int:
-    """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``; returns the number
-    of records. ``partitions``: create the topic with that many partitions if missing
-    (otherwise a missing topic is created with one), keeping records for ``retention``
+                 retention: str | int | None = DEFAULT_RETENTION) -> FileProduced:
+    """Produce the examples of a .csv/.jsonl/.parquet file to ``topic``. ``partitions``:
+    create the topic with that many partitions if missing (otherwise a missing topic is
+    created with one), keeping records for ``retention``
     (:func:`~streamlearn.streams.topics.retention_ms`; None: the broker's default). ``batch_size`` rows per message (None:
     :meth:`Producer.send_batch`'s default); 1 sends one ``training_record`` message per
-    example. ``bootstrap`` is a bootstrap string or a client configuration dict; ``progress``
-    is called with the records sent so far after each chunk of the file."""
+    example. A row that cannot be an example (:class:`~streamlearn.streams.files.BadRow`)
+    goes to the topic's dead-letter topic with the reason, as a worker's rejections do;
+    rows with a value the workers judge (a missing feature, a label outside the classes)
+    are sent in messages of their own (:func:`lone_rows`). ``bootstrap`` is a bootstrap
+    string or a client configuration dict; ``progress`` is called with the records sent so
+    far after each chunk of the file. A file-level problem (no such column, a column of
+    words) is a :class:`~streamlearn.streams.files.FileFormatError` before anything is sent."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     conf = {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
+    done = FileProduced()
+    bad_rows: list[BadRow] = []
     chunks = read_examples(Path(path), label_column=label_column, feature_columns=feature_columns,
-                           n_features=n_features, header=header)
+                           n_features=n_features, header=header, on_bad_row=bad_rows.append)
+    first = next(chunks, None)  # file-level errors (columns, types) before any topic is created
     ensure_topic(conf, topic, partitions or 1, training_topic_config(retention))
-    n = 0
     with Producer(conf, extra_conf) as producer:
-        for X, y in chunks:
+        for X, y in itertools.chain([first] if first is not None else [], chunks):
+            if bad_rows:
+                _dead_letter_rows(producer, conf, topic, path, bad_rows, done)
             if batch_size == 1:
                 for i in range(len(X)):
                     label = None if y is None or np.isnan(y[i]) else float(y[i])
@@ -257,12 +306,28 @@ def produce_file(bootstrap, topic: str, path, label_column: str | None = None, p
                         producer.send_record(topic, (X.indices[s:e], X.values[s:e], X.n_features), label=label)
                     else:
                         producer.send_record(topic, X[i], label=label)
-                n += len(X)
+                done.records += len(X)
             else:
-                n += producer.send_batch(topic, X, y, batch_size=batch_size)
+                done.records += producer.send_batch(topic, X, y, batch_size=batch_size)
             if progress is not None:
-                progress(n)
-    return n
+                progress(done.records)
+        if bad_rows:
+            _dead_letter_rows(producer, conf, topic, path, bad_rows, done)
+    return done
 
 
-__all__ = ["Producer", "ProduceError", "produce_file", "MAX_MESSAGE_BYTES"]
+def _dead_letter_rows(producer: Producer, conf: dict, topic: str, path, bad_rows: list[BadRow],
+                      done: FileProduced) -> None:
+    dlq = dlq_topic(topic)
+    if not done.dead_lettered:
+        ensure_topic(conf, dlq, 1)
+        done.first_bad = f"row {bad_rows[0].row}: {bad_rows[0].reason}"
+    for bad in bad_rows:
+        headers = rejection_headers(Rejection(0, bad.reason, 1)) + [
+            ("streamlearn.source", f"{path}:{bad.row}".encode())]
+        producer.send_raw(dlq, bad.text.encode(), headers=headers)
+    done.dead_lettered += len(bad_rows)
+    bad_rows.clear()
+
+
+__all__ = ["Producer", "ProduceError", "produce_file", "FileProduced", "lone_rows", "MAX_MESSAGE_BYTES"]

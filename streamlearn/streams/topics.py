@@ -150,6 +150,11 @@ def partitions(conf, topic: str, timeout: float = 10.0) -> list[int]:
     return found
 
 
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``: records that cannot be trained on, with the reason."""
+    return f"{topic}.dlq"
+
+
 def ensure_topic(admin_conf, name: str, partitions: int, config: dict | None = None,
                  replication_factor: int = -1, timeout: float = 30.0) -> int:
     """Create ``name`` with ``partitions`` partitions unless it exists; returns its
@@ -261,6 +266,6 @@ def delete_group(conf, group: str, timeout: float = 30.0) -> None:
             time.sleep(0.5)
 
 
-__all__ = ["DEFAULT_RETENTION", "TopicError", "ensure_topic", "retention_ms", "training_topic_config", "set_topic_config",
+__all__ = ["dlq_topic", "DEFAULT_RETENTION", "TopicError", "ensure_topic", "retention_ms", "training_topic_config", "set_topic_config",
            "partitions", "end_offsets", "watermarks", "delete_group",
            "require_kafka", "consumer_conf", "REACH_TIMEOUT_S"]

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamlearn.batch import SparseRows
-from streamlearn.streams.files import FileFormatError, read_examples
+from streamlearn.streams import files
+from streamlearn.streams.files import BadRow, FileFormatError, read_examples
 
 
 def collect(chunks):
@@ -75,7 +76,7 @@ def test_errors(tmp_path):
     with pytest.raises(FileFormatError, match="column 'name' is not numeric"):
         list(read_examples(p))
     p.write_text("a,b\n1,\n")
-    with pytest.raises(FileFormatError, match="row 1: missing, NaN or inf value in column 'b'"):
+    with pytest.raises(FileFormatError, match="row 2: missing, NaN or inf value in column 'b'"):
         list(read_examples(p))
     j = tmp_path / "d.jsonl"
     j.write_text('{"a": 1}\n')
@@ -126,7 +127,7 @@ def test_csv_header_detection_can_be_overridden(tmp_path, caplog):
     X, _, _ = collect(read_examples(p, header=True))  # forced: the first row names the columns
     assert X.tolist() == [[3, 4]]
     p.write_text("a,b\n3,4\n")
-    with pytest.raises(FileFormatError, match="column 'c0' is not numeric"):  # forced: "a,b" is data
+    with pytest.raises(FileFormatError, match="row 1: feature 'a' is not a number"):  # forced: "a,b" is data
         list(read_examples(p, header=False))
     with caplog.at_level("WARNING", logger="streamlearn.streams.files"):
         X, _, _ = collect(read_examples(p))
@@ -173,3 +174,66 @@ def test_parquet_pandas_index_column_is_dropped(tmp_path):
         ["__index_level_0__", "a", "y"]), p)
     X, y, _ = collect(read_examples(p, label_column="y"))
     assert X.tolist() == [[1], [2]] and y.tolist() == [0, 1]
+
+
+# -- rows that cannot be examples: left out and reported (lenient) or an error (strict) ---------
+def read_lenient(path, **kw):
+    bad: list[BadRow] = []
+    X, y, _ = collect(read_examples(path, on_bad_row=bad.append, **kw))
+    return X, y, bad
+
+
+def test_csv_bad_rows_are_reported_with_their_file_row_and_text(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,label\n1,2,0\n3,4,abc\n\n5,6\n7,8,1\n9,,1\n10,11, 2.5 \n")
+    X, y, bad = read_lenient(p, label_column="label")
+    assert X.tolist()[:2] == [[1, 2], [7, 8]] and np.isnan(X[2, 1]) and X[3].tolist() == [10, 11]
+    assert y.tolist() == [0, 1, 1, 2.5]  # a missing feature is a number (NaN) for the workers' rules
+    assert [(b.row, b.reason, b.text) for b in bad] == [
+        (5, "2 fields, expected 3", "5,6"),
+        (3, "label 'abc' is not a number", "3,4,abc")]
+    with pytest.raises(FileFormatError, match="Expected 3 columns, got 2: 5,6"):
+        list(read_examples(p, label_column="label"))
+    p.write_text("a,b,label\n1,2,0\n3,4,abc\n")
+    with pytest.raises(FileFormatError, match="row 3: label 'abc' is not a number"):
+        list(read_examples(p, label_column="label"))
+
+
+def test_csv_word_far_down_a_number_column_does_not_stop_the_file_halfway(tmp_path, monkeypatch):
+    """The first block's rows make the label an integer column; a fraction and a word come
+    blocks later: found by the first pass, so every good row is read."""
+    monkeypatch.setattr(files, "_CSV_BLOCK_BYTES", 64)
+    p = tmp_path / "d.csv"
+    rows = [f"{i},{i % 2}" for i in range(40)]
+    rows[30], rows[35] = "30,0.5", "35,yes"
+    p.write_text("x,label\n" + "\n".join(rows) + "\n")
+    X, y, bad = read_lenient(p, label_column="label")
+    assert len(X) == 39 and 35 not in X[:, 0] and y[X[:, 0] == 30].tolist() == [0.5]
+    assert [(b.row, b.reason) for b in bad] == [(37, "label 'yes' is not a number")]
+
+
+def test_a_column_of_words_is_refused_as_a_whole(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,label\n1,cat\n2,dog\n")
+    with pytest.raises(FileFormatError, match="label column 'label' is not numeric .*'cat'.*code string labels"):
+        read_lenient(p, label_column="label")
+
+
+def test_jsonl_bad_lines_are_reported_with_their_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"features": [1, 2], "label": 0}\nnot json\n[1]\n{"features": [1], "label": 1}\n'
+                 '{"features": [1, "x"], "label": 1}\n{"features": [3, 4], "label": "two"}\n'
+                 '{"features": [5, 6], "label": "1"}\n')
+    X, y, bad = read_lenient(p)
+    assert X.tolist() == [[1, 2], [5, 6]] and y.tolist() == [0, 1]
+    assert [(b.row, b.reason) for b in bad] == [
+        (2, "not JSON: Expecting value"), (3, "expected a JSON object per line"),
+        (4, "1 features, the first line has 2"), (5, "feature 'x' is not a number"),
+        (6, "label 'two' is not a number")]
+    assert bad[0].text == "not json"
+    s = tmp_path / "s.jsonl"
+    s.write_text('{"indices": [1], "values": [2]}\n{"indices": [9], "values": [1]}\n'
+                 '{"indices": [1, 2], "values": [1]}\n')
+    bad = []
+    (X, _), = list(read_examples(s, n_features=4, on_bad_row=bad.append))
+    assert X.to_dense().tolist() == [[0, 2, 0, 0]] and [b.row for b in bad] == [2, 3]
