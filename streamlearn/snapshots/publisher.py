@@ -166,6 +166,7 @@ def produce_snapshot(
     headers = [("version", str(version).encode())]
     if metadata.get("algorithm") is not None:
         headers.append(("algorithm", str(metadata["algorithm"]).encode()))
+    size, parts = len(data), 1
     try:
         if in_parts or len(data) > MAX_MESSAGE_BYTES:
             partition = _partition_of(producer, topic, job, version, timeout)
@@ -175,6 +176,7 @@ def produce_snapshot(
                      [(k, p, [*headers, ("part", str(i).encode())]) for i, (k, p) in enumerate(zip(keys, pieces))])
             data = Manifest.of(job, int(version), data, pieces, [k.decode() for k in keys]).to_bytes()
             headers.append(("parts", str(len(pieces)).encode()))
+            parts = len(pieces)
         else:
             partition = -1  # the partitioner's choice by key
         msg = _deliver(producer, conf, topic, job, version, timeout, partition,
@@ -182,8 +184,8 @@ def produce_snapshot(
     except SnapshotPublishError:
         _CHECKED.discard((str(conf.get("bootstrap.servers")), topic))
         raise
-    log.info("published snapshot %s@%s (%d bytes) to %s[%d]@%d", job, version, len(data), topic, msg.partition(),
-             msg.offset())
+    log.info("published snapshot %s@%s (%d bytes, %d message(s)) to %s[%d]@%d", job, version, size, parts, topic,
+             msg.partition(), msg.offset())
 
 
 def _partition_of(producer: Producer, topic: str, job: str, version: Any, timeout: float) -> int:
