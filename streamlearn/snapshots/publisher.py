@@ -184,7 +184,7 @@ def produce_snapshot(
     except SnapshotPublishError:
         _CHECKED.discard((str(conf.get("bootstrap.servers")), topic))
         raise
-    log.info("published snapshot %s@%s (%d bytes, %d message(s)) to %s[%d]@%d", job, version, size, parts, topic,
+    log.info("published snapshot %s@%s (%d bytes in %d part(s)) to %s[%d]@%d", job, version, size, parts, topic,
              msg.partition(), msg.offset())
 
 
