@@ -67,26 +67,32 @@ def case_push_pull(ctx: Context) -> list[Row]:
     return rows
 
 
+#: live runs per configuration (the best is reported: the other helpers' load comes and goes)
+LIVE_RUNS = 2
+
+
 def case_live_linear(ctx: Context) -> list[Row]:
     Xtr, ytr, _, _ = st.dense(ctx)
 
-    def live(tag: str):
-        return st.run_live(ctx, f"dense-{tag}", Xtr, ytr, "linear_learner", ll_params(ctx))
+    def best(tag: str) -> tuple[float, str]:
+        runs = [st.run_live(ctx, f"dense-{tag}{i}", Xtr, ytr, "linear_learner", ll_params(ctx))
+                for i in range(LIVE_RUNS)]
+        top = max(runs, key=lambda r: r.records / r.seconds)
+        return top.records / top.seconds, (f"best of {', '.join(fmt_rate(r.records / r.seconds) for r in runs)}; "
+                                           f"test accuracy {accuracy(ctx, top.model):.4f}; {top.timeline()}")
 
-    one = live("single")
-    base = one.records / one.seconds
-    rows = [Row("cluster.live_linear.single", fmt_rate(base), note=f"{one.records:,}x{Xtr.shape[1]} rows, one "
-                f"redis-server, test accuracy {accuracy(ctx, one.model):.4f}; {one.timeline()}")]
+    base, note = best("single")
+    rows = [Row("cluster.live_linear.single", fmt_rate(base), note=f"{len(Xtr):,}x{Xtr.shape[1]} rows, one "
+                f"redis-server, {note}")]
     for masters in MASTERS:
         settings, rstate = _cluster(ctx, masters)
         try:
             with ctx.redis_of(settings):
-                run = live(f"c{masters}")
+                rate, note = best(f"c{masters}-")
         finally:
             _stop(rstate)
-        rate = run.records / run.seconds
         rows.append(Row(f"cluster.live_linear.{masters}", fmt_rate(rate), f"single {fmt_rate(base)}", rate / base,
-                        note=f"{masters} master(s), test accuracy {accuracy(ctx, run.model):.4f}; {run.timeline()}"))
+                        note=f"{masters} master(s), {note}"))
     return rows
 
 
