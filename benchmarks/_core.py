@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -180,6 +180,17 @@ class Context:
 
             warm_broker(self)
         return self._settings
+
+    @contextlib.contextmanager
+    def redis_of(self, settings) -> Iterator[None]:
+        """Cases (and the workers they start) use ``settings`` (the stack's Kafka, another
+        Redis: a Redis Cluster started for the case) until the block ends."""
+        saved = self.settings
+        self._settings = settings
+        try:
+            yield
+        finally:
+            self._settings = saved
 
     def worker_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLEARN_KAFKA_")}

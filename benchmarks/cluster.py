@@ -7,12 +7,19 @@
   figure is what sharding costs in round trips and read-backs, not what N machines give:
   N nodes on one host cannot add bandwidth. benchmarks/README.md has the cost model for a
   real 50-node cluster.
+- ``cluster.live_linear``: the live linear learner (:func:`benchmarks._streams.run_live`,
+  ``e2e.linear_learner``'s figure: one worker already running, producer and training at
+  once, until a snapshot of every record is stored) on the dense set, with the state on the
+  run's single Redis and on Redis Clusters of 1, 3 and 6 masters (Kafka: the run's stack).
+  The same 2-core bound holds: the figure is what a sharded commit costs one worker here.
 """
 from __future__ import annotations
 
 import time
 
-from benchmarks._core import Context, Row, fmt_bw
+from benchmarks import _streams as st
+from benchmarks._core import Context, Row, fmt_bw, fmt_rate
+from benchmarks.e2e import accuracy, ll_params
 from benchmarks.state import measure
 
 MASTERS = (1, 3, 6)
@@ -60,4 +67,33 @@ def case_push_pull(ctx: Context) -> list[Row]:
     return rows
 
 
-CASES = {"cluster.push_pull": case_push_pull}
+#: live runs per configuration (the best is reported: the other helpers' load comes and goes)
+LIVE_RUNS = 2
+
+
+def case_live_linear(ctx: Context) -> list[Row]:
+    Xtr, ytr, _, _ = st.dense(ctx)
+
+    def best(tag: str) -> tuple[float, str]:
+        runs = [st.run_live(ctx, f"dense-{tag}{i}", Xtr, ytr, "linear_learner", ll_params(ctx))
+                for i in range(LIVE_RUNS)]
+        top = max(runs, key=lambda r: r.records / r.seconds)
+        return top.records / top.seconds, (f"best of {', '.join(fmt_rate(r.records / r.seconds) for r in runs)}; "
+                                           f"test accuracy {accuracy(ctx, top.model):.4f}; {top.timeline()}")
+
+    base, note = best("single")
+    rows = [Row("cluster.live_linear.single", fmt_rate(base), note=f"{len(Xtr):,}x{Xtr.shape[1]} rows, one "
+                f"redis-server, {note}")]
+    for masters in MASTERS:
+        settings, rstate = _cluster(ctx, masters)
+        try:
+            with ctx.redis_of(settings):
+                rate, note = best(f"c{masters}-")
+        finally:
+            _stop(rstate)
+        rows.append(Row(f"cluster.live_linear.{masters}", fmt_rate(rate), f"single {fmt_rate(base)}", rate / base,
+                        note=f"{masters} master(s), {note}"))
+    return rows
+
+
+CASES = {"cluster.push_pull": case_push_pull, "cluster.live_linear": case_live_linear}

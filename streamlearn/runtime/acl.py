@@ -40,7 +40,9 @@ def redis_rule(spec: JobSpec, user: str) -> list[str]:
     """The ``ACL SETUSER`` command (Redis >= 7: selectors) for ``user`` running ``spec``'s job;
     ``>PASSWORD`` is left for the operator to fill in."""
     return ["ACL", "SETUSER", user, "reset", "on", ">PASSWORD", "resetchannels", *_REDIS_COMMANDS,
-            f"~{PREFIX}:{{{spec.name}}}:*", f"%R~{JOBS}", f"%R~{MODELS_KEY}", f"%R~{SCHEMAS_KEY}",
+            f"~{PREFIX}:{{{spec.name}}}:*",
+            # on a Redis Cluster: the state's shards ({JOB:s0}…) and snapshot parts ({JOB/p0}…)
+            f"~{PREFIX}:{{{spec.name}:*", f"~{PREFIX}:{{{spec.name}/*", f"%R~{JOBS}", f"%R~{MODELS_KEY}", f"%R~{SCHEMAS_KEY}",
             f"%R~{VOCABULARY_KEY.format(topic=spec.topic)}",
             f"(~{JOBS} +sadd)", f"(~{MODELS_KEY} +sadd)", f"(~{SCHEMAS_KEY} +hsetnx)"]
 

@@ -314,13 +314,13 @@ def ensure_published(settings: Settings, client: redis.Redis, job: str,
     version, published = record.snapshot_versions()  # the newest version the gate let through
     if version is None or (published is not None and published >= version):
         return
+    store = ModelStore(client)
     if just_stored is not None and just_stored[0] == version:
         _, data, metadata = just_stored
     else:
-        store = ModelStore(client)
         data, metadata = store.get(job, version), store.metadata(job, version)
     spec_json = record.spec_json()  # the job's own snapshot topic, if it has one
     topic = JobSpec.from_json(spec_json).snapshot_topic if spec_json is not None else None
-    produce_snapshot(settings.kafka_client_conf(), job, data, metadata, topic=topic)
+    produce_snapshot(settings.kafka_client_conf(), job, data, metadata, topic=topic, in_parts=store.spreads(len(data)))
     record.mark_published(version)
     log.info("job %s: published snapshot version %d", job, version)

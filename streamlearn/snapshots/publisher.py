@@ -8,24 +8,33 @@ carries 64 MiB messages (``max.message.bytes``) zstd-compressed. Those settings 
 when the topic is created (by the first publisher when missing) or by the admin command
 ``streamlearn snapshot-topic setup``; publishers never describe or alter a shared topic's
 configuration.
+
+A snapshot larger than one message, or one the model store keeps in parts (a large model
+on a Redis Cluster), is produced in parts (:mod:`streamlearn.snapshots.parts`), all to one
+partition: its :data:`~streamlearn.snapshots.parts.PART_BYTES` pieces under the keys
+``<job>/part/<i>`` (one key per index, so compaction keeps the newest of each), acknowledged
+before the manifest is produced under the job's key. Subscribers assemble the parts the
+manifest names and verify the whole snapshot.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import zlib
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
 from streamlearn.config import KafkaUnreachable
 from streamlearn.snapshots.format import SnapshotError, decode_snapshot
+from streamlearn.snapshots.parts import Manifest, split
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.streams.access import refusal
 from streamlearn.streams.topics import TopicError, ensure_topic, set_topic_config
 
 __all__ = ["SNAPSHOT_TOPIC", "TOPIC_ENV", "MAX_MESSAGE_BYTES", "TOPIC_CONFIG", "SnapshotPublishError", "snapshot_topic",
-           "ensure_snapshot_topic", "setup_snapshot_topic", "publish_snapshot", "produce_snapshot"]
+           "ensure_snapshot_topic", "setup_snapshot_topic", "publish_snapshot", "produce_snapshot", "part_key"]
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +125,6 @@ def publish_snapshot(
     The bytes are decoded and verified first, so nothing unloadable is ever published;
     the registry entry is the snapshot's own metadata plus any extra keys of ``metadata``
     (which must not contradict it)."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise SnapshotPublishError(f"snapshot is {len(data)} bytes; the topic carries at most {MAX_MESSAGE_BYTES}")
     snap = decode_snapshot(data)
     entry = dict(snap.metadata)
     for k, v in metadata.items():
@@ -134,50 +141,80 @@ def publish_snapshot(
     store = ModelStore(redis_client)
     store.register_job(job)
     store.put(job, data, entry)
-    produce_snapshot(producer_conf, job, data, entry, timeout=timeout, topic=topic)
+    produce_snapshot(producer_conf, job, data, entry, timeout=timeout, topic=topic, in_parts=store.spreads(len(data)))
+
+
+def part_key(job: str, index: int) -> bytes:
+    """The message key of part ``index`` of ``job``'s snapshots (job names hold no ``/``)."""
+    return f"{job}/part/{index}".encode("utf-8")
 
 
 def produce_snapshot(
     producer_conf: dict[str, Any], job: str, data: bytes, metadata: dict[str, Any], *, timeout: float = 60.0,
-    topic: str | None = None,
+    topic: str | None = None, in_parts: bool = False,
 ) -> None:
     """Produce already-stored snapshot bytes to the snapshot ``topic`` (:func:`snapshot_topic`;
     key = job, headers version/algorithm), creating the topic when missing, and wait for the
-    acknowledgement."""
+    acknowledgement. In parts (see the module's docstring) when ``in_parts`` or when the
+    snapshot exceeds one message."""
     topic = snapshot_topic(topic)
     version = metadata.get("version")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise SnapshotPublishError(f"snapshot is {len(data)} bytes; the topic carries at most {MAX_MESSAGE_BYTES}")
     conf = {**PRODUCER_DEFAULTS, **producer_conf}
     conf["message.max.bytes"] = max(int(conf.get("message.max.bytes", 0)), MAX_MESSAGE_BYTES + (1 << 20))
     ensure_snapshot_topic(conf, topic)
     producer = Producer(conf)
-    outcome: dict[str, Any] = {}
-
-    def on_delivery(err: Any, msg: Any) -> None:
-        outcome["err"], outcome["msg"] = err, msg
-
     headers = [("version", str(version).encode())]
     if metadata.get("algorithm") is not None:
         headers.append(("algorithm", str(metadata["algorithm"]).encode()))
+    size, parts = len(data), 1
     try:
-        try:
-            producer.produce(topic, key=job.encode("utf-8"), value=data, headers=headers,
-                             on_delivery=on_delivery)
-            remaining = producer.flush(timeout)
-        except (KafkaException, BufferError) as exc:
-            raise SnapshotPublishError(f"cannot produce snapshot {job}@{version}: {exc}") from exc
-        if remaining or "err" not in outcome:
-            raise SnapshotPublishError(f"snapshot {job}@{version} not delivered within {timeout}s")
-        refused = refusal(outcome["err"], str(conf.get("bootstrap.servers")), f"topic {topic}")
-        if refused is not None:
-            raise refused  # not an outage: retrying cannot succeed
-        if outcome["err"] is not None:
-            raise SnapshotPublishError(f"snapshot {job}@{version} delivery failed: {outcome['err']}")
+        if in_parts or len(data) > MAX_MESSAGE_BYTES:
+            partition = _partition_of(producer, topic, job, version, timeout)
+            pieces = split(data)
+            keys = [part_key(job, i) for i in range(len(pieces))]
+            _deliver(producer, conf, topic, job, version, timeout, partition,
+                     [(k, p, [*headers, ("part", str(i).encode())]) for i, (k, p) in enumerate(zip(keys, pieces))])
+            data = Manifest.of(job, int(version), data, pieces, [k.decode() for k in keys]).to_bytes()
+            headers.append(("parts", str(len(pieces)).encode()))
+            parts = len(pieces)
+        else:
+            partition = -1  # the partitioner's choice by key
+        msg = _deliver(producer, conf, topic, job, version, timeout, partition,
+                       [(job.encode("utf-8"), data, headers)])
     except SnapshotPublishError:
         _CHECKED.discard((str(conf.get("bootstrap.servers")), topic))
         raise
-    log.info(
-        "published snapshot %s@%s (%d bytes) to %s[%d]@%d",
-        job, version, len(data), topic, outcome["msg"].partition(), outcome["msg"].offset(),
-    )
+    log.info("published snapshot %s@%s (%d bytes in %d part(s)) to %s[%d]@%d", job, version, size, parts, topic,
+             msg.partition(), msg.offset())
+
+
+def _partition_of(producer: Producer, topic: str, job: str, version: Any, timeout: float) -> int:
+    """The one partition all messages of a snapshot in parts go to (the job's, by a stable hash)."""
+    try:
+        partitions = producer.list_topics(topic, timeout=timeout).topics[topic].partitions
+    except (KafkaException, KeyError) as exc:
+        raise SnapshotPublishError(f"cannot read the partitions of {topic} for snapshot {job}@{version}: {exc}") from exc
+    return zlib.crc32(job.encode("utf-8")) % len(partitions)
+
+
+def _deliver(producer: Producer, conf: dict[str, Any], topic: str, job: str, version: Any, timeout: float,
+             partition: int, messages: list[tuple[bytes, bytes, list]]) -> Any:
+    """Produce ``messages`` (key, value, headers) and wait until the broker acknowledged each;
+    returns the last one's delivery report."""
+    outcomes: list[tuple[Any, Any]] = []
+    try:
+        for key, value, headers in messages:
+            producer.produce(topic, key=key, value=value, headers=headers, partition=partition,
+                             on_delivery=lambda err, msg: outcomes.append((err, msg)))
+        remaining = producer.flush(timeout)
+    except (KafkaException, BufferError) as exc:
+        raise SnapshotPublishError(f"cannot produce snapshot {job}@{version}: {exc}") from exc
+    if remaining or len(outcomes) < len(messages):
+        raise SnapshotPublishError(f"snapshot {job}@{version} not delivered within {timeout}s")
+    for err, _ in outcomes:
+        refused = refusal(err, str(conf.get("bootstrap.servers")), f"topic {topic}")
+        if refused is not None:
+            raise refused  # not an outage: retrying cannot succeed
+        if err is not None:
+            raise SnapshotPublishError(f"snapshot {job}@{version} delivery failed: {err}")
+    return outcomes[-1][1]

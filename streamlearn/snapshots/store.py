@@ -4,6 +4,11 @@ Keys of one job share the hash tag ``{job}`` so they live in one Redis Cluster s
 the Lua script that writes them atomically requires::
 
     sl:{job}:snapshot:<version>     snapshot bytes (immutable once written)
+    sl:{job}:snapshot:<version>:parts   on a Redis Cluster, instead of the bytes when they exceed
+                                    PART_BYTES: the manifest (:mod:`streamlearn.snapshots.parts`)
+                                    of parts ``sl:{job/pM}:snapshot:<version>:<i>`` written
+                                    round-robin to every master (tag ``job/pM`` on master M),
+                                    so that no node holds a whole large model
     sl:{job}:snapshot:index         zset version -> version
     sl:{job}:snapshot:seq           INCR counter handing out versions
     sl:{job}:snapshot:meta          hash version -> metadata JSON (the registry entry)
@@ -25,7 +30,9 @@ from typing import Any
 import redis
 
 from streamlearn.errors import UserError
+from streamlearn.snapshots.parts import PART_BYTES, Manifest, PartialSnapshot, assemble, split
 from streamlearn.statestore.keys import PREFIX
+from streamlearn.statestore.sharded import is_cluster, tag_on
 
 __all__ = ["ModelStore", "SnapshotNotFound", "SnapshotConflict"]
 
@@ -76,6 +83,7 @@ class ModelStore:
     def __init__(self, redis_client: Any):
         self.redis = _binary_client(redis_client)
         self._put = self.redis.register_script(_PUT)
+        self._part_tags: dict[str, list[str]] = {}
 
     # -- keys ------------------------------------------------------------------------------
     @staticmethod
@@ -91,6 +99,21 @@ class ModelStore:
 
     def key(self, job: str, version: int) -> str:
         return f"{self._base(job)}:{int(version)}"
+
+    def _manifest_key(self, job: str, version: int) -> str:
+        return f"{self.key(job, version)}:parts"
+
+    def spreads(self, size: int) -> bool:
+        """Whether a snapshot of ``size`` bytes is stored in parts spread over the cluster's masters."""
+        return is_cluster(self.redis) and size > PART_BYTES
+
+    def _part_keys(self, job: str, version: int, count: int) -> list[str]:
+        """Keys of ``count`` parts, round-robin over the masters (each tag chosen on one of them)."""
+        if job not in self._part_tags:
+            masters = sorted(self.redis.get_primaries(), key=lambda n: n.name)
+            self._part_tags[job] = [tag_on(self.redis, f"{job}/p{m}", node.name) for m, node in enumerate(masters)]
+        tags = self._part_tags[job]
+        return [f"{PREFIX}:{{{tags[i % len(tags)]}}}:snapshot:{int(version)}:{i}" for i in range(count)]
 
     # -- store -----------------------------------------------------------------------------
     def next_version(self, job: str) -> int:
@@ -115,6 +138,8 @@ class ModelStore:
         base = self._base(job)
         keys = [self.key(job, version), f"{base}:index", f"{base}:seq", f"{base}:meta", f"{base}:sha256"]
         args = [version, bytes(data), json.dumps(entry, sort_keys=True, default=str), entry["snapshot_sha256"]]
+        if self.spreads(len(data)):  # the parts first; the manifest in the atomic step
+            keys[0], args[1] = self._manifest_key(job, version), self._put_parts(job, version, data)
         if pipe is not None:
             self._put(keys=keys, args=args, client=pipe)
             return
@@ -125,16 +150,34 @@ class ModelStore:
                 raise SnapshotConflict(f"job {job!r} already has a different snapshot version {version}") from None
             raise
 
+    def _put_parts(self, job: str, version: int, data: bytes) -> bytes:
+        """Write ``data``'s parts (a part's key holds it once a version is put: rewriting it
+        is idempotent) and return the manifest naming them. Parts of a put whose transaction
+        then fails stay behind unreferenced."""
+        pieces = split(data)
+        keys = self._part_keys(job, version, len(pieces))
+        for key, piece in zip(keys, pieces):
+            self.redis.set(key, piece)
+        return Manifest.of(job, int(version), data, pieces, keys).to_bytes()
+
     def get(self, job: str, version: int | None = None) -> bytes:
-        """The snapshot bytes of ``version`` (the latest when None)."""
+        """The snapshot bytes of ``version`` (the latest when None); a snapshot stored in parts
+        is assembled and checked part by part (:class:`~streamlearn.snapshots.parts.PartialSnapshot`
+        when a part is missing or altered)."""
         if version is None:
             version = self.latest_version(job)
             if version is None:
                 raise SnapshotNotFound(f"job {job!r} has no snapshots")
         data = self.redis.get(self.key(job, version))
-        if data is None:
+        if data is not None:
+            return data
+        manifest = self.redis.get(self._manifest_key(job, version))
+        if manifest is None:
             raise SnapshotNotFound(f"job {job!r} has no snapshot version {version}")
-        return data
+        parts = Manifest.from_bytes(manifest)
+        if (parts.job, parts.version) != (job, int(version)):
+            raise PartialSnapshot(f"the manifest stored as {job}@{version} names {parts.name}")
+        return assemble(parts, self.redis.get)
 
     def sha256(self, job: str, version: int) -> str | None:
         """The sha256 (hex) of the bytes stored as ``version`` of ``job``, None if none are."""

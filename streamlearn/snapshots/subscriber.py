@@ -10,6 +10,10 @@ version the model store holds, see :mod:`streamlearn.snapshots.verified`) and sw
 only when its version is higher than the current one, so duplicates and out-of-order
 deliveries never move the model backwards. The current (model, version, metadata) is one
 immutable tuple replaced in a single assignment, so a reader never sees a mix of two.
+
+A snapshot published in parts (:mod:`streamlearn.snapshots.parts`) is held part by part
+until its manifest arrives, then assembled and verified as a whole; one with a part missing
+or altered is rejected like any snapshot that fails verification.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartiti
 
 from streamlearn.config import kafka_logging
 from streamlearn.snapshots.format import _FROM_ENV, decode_snapshot, load_model
-from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, snapshot_topic
+from streamlearn.snapshots.parts import Manifest, PartsBuffer, is_manifest
+from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, part_key, snapshot_topic
 from streamlearn.snapshots.shadow import ShadowStats
 from streamlearn.snapshots.signing import require_verifier
 from streamlearn.snapshots.store import ModelStore
@@ -88,6 +93,8 @@ class ModelSubscriber:
         self.job = job
         self.topic = snapshot_topic(topic)
         self._job_key = job.encode("utf-8")
+        self._part_prefix = part_key(job, 0)[:-1]
+        self._parts = PartsBuffer()
         self._key, self._trusted, self._store = key, trusted, store
         self._poll_interval = poll_interval
         self._from_beginning = from_beginning
@@ -251,9 +258,10 @@ class ModelSubscriber:
                         log.warning("snapshot subscriber %s: %s", self.job, last_error)
                     continue
                 last_error = None
-                if msg.key() != self._job_key:
-                    continue
-                self._consider(msg)
+                if msg.key() == self._job_key:
+                    self._consider(msg)
+                elif (msg.key() or b"").startswith(self._part_prefix):
+                    self._hold_part(msg)
         except BaseException as exc:  # surfaced by wait_for
             log.exception("snapshot subscriber %s stopped", self.job)
             with self._cond:
@@ -265,26 +273,31 @@ class ModelSubscriber:
             except Exception:
                 pass
 
+    def _newest(self) -> LoadedModel | None:
+        return self._current if self._candidate is None else self._candidate
+
+    def _hold_part(self, msg: Any) -> None:
+        """Keep a part of a snapshot in parts (newer than the one served) until its manifest."""
+        version, newest = _header_version(msg), self._newest()
+        if version is not None and (newest is None or version > newest.version):
+            self._parts.add(version, msg.key().decode("utf-8", "replace"), msg.value() or b"")
+
     def _consider(self, msg: Any) -> None:
-        cur = self._current
-        header_version = None
-        for k, v in msg.headers() or []:
-            if k == "version":
-                try:
-                    header_version = int(v)
-                except (TypeError, ValueError):
-                    pass
+        header_version = _header_version(msg)
         # Cheap skip of a duplicate/older snapshot. The header is not authenticated, so it can
         # only ever make us skip; what gets swapped in is decided by the verified metadata.
-        newest = cur if self._candidate is None else self._candidate
+        newest = self._newest()
         if newest is not None and header_version is not None and header_version <= newest.version:
             return
         where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         try:
-            snap = decode_snapshot(msg.value() or b"", key=self._key, trusted=self._trusted, job=self.job)
+            data = msg.value() or b""
+            if is_manifest(data):
+                data = self._parts.take(Manifest.from_bytes(data))
+            snap = decode_snapshot(data, key=self._key, trusted=self._trusted, job=self.job)
             if newest is not None and isinstance(snap.version, int) and snap.version <= newest.version:
                 return
-            version = check_streamed_version(snap, msg.value(), None if newest is None else newest.version, self._store)
+            version = check_streamed_version(snap, data, None if newest is None else newest.version, self._store)
             model = load_model(snap)
         except Exception as exc:
             self.rejected += 1
@@ -301,3 +314,13 @@ class ModelSubscriber:
                 self._current = LoadedModel(model, version, snap.metadata)
                 log.info("snapshot subscriber %s: now serving version %d (from %s)", self.job, version, where)
             self._cond.notify_all()
+
+
+def _header_version(msg: Any) -> int | None:
+    for k, v in msg.headers() or []:
+        if k == "version":
+            try:
+                return int(v)
+            except (TypeError, ValueError):
+                return None
+    return None

@@ -160,6 +160,15 @@ class ShardKeys:
         return f"{self.base}:k:{key}"
 
 
+def tag_on(cluster: RedisCluster, prefix: str, node_name: str) -> str:
+    """A hash tag (``prefix``, else ``prefix.N``) whose slot the node ``node_name`` serves now."""
+    for attempt in range(100_000):
+        tag = prefix if attempt == 0 else f"{prefix}.{attempt}"
+        if cluster.nodes_manager.get_node_from_slot(cluster.keyslot(f"{{{tag}}}")).name == node_name:
+            return tag
+    return prefix  # pragma: no cover - 16,384 slots: found long before
+
+
 def shard_pattern(job: str) -> str:
     """A SCAN pattern matching every shard key of ``job`` (job names hold no ``:``)."""
     return f"{PREFIX}:{{{job}:*"
@@ -242,13 +251,7 @@ class ShardedBackend:
         return self.shards()
 
     def _tag_on(self, i: int, node_name: str) -> str:
-        job = self.keys.job
-        for attempt in range(100_000):
-            tag = f"{job}:s{i}" if attempt == 0 else f"{job}:s{i}.{attempt}"
-            slot = self.cluster.keyslot(f"{{{tag}}}")
-            if self.cluster.nodes_manager.get_node_from_slot(slot).name == node_name:
-                return tag
-        return f"{job}:s{i}"  # pragma: no cover - 16,384 slots: found long before
+        return tag_on(self.cluster, f"{self.keys.job}:s{i}", node_name)
 
     def shard_of(self, key: str, cid: int) -> int:
         return (zlib.crc32(key.encode()) + cid) % len(self.shards())

@@ -96,18 +96,22 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(cluster_stack, tmp_path):
     assert result.ok, result.summary()
 
 
-def test_state_larger_than_any_node_trains_end_to_end(tmp_path_factory, tmp_path):
+def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_path_factory, tmp_path, monkeypatch):
     """Factorization machines over 2^20 hashed features x 8 factors (Adagrad): a 72 MiB state
     on 3 masters whose maxmemory is 64 MiB each (no eviction: a node over it refuses writes).
     The state cannot fit on one node, fits the cluster, and every record is trained into it.
 
-    The job runs ``until never`` (no final snapshot): the model store keeps a snapshot as one
-    value on the job's home node, and writing this model (36 MiB) there needs twice that in
-    transient memory (the command's buffer and the value), more than a 64 MiB node has left.
-    Snapshots spread over the cluster are future work (benchmarks/README.md)."""
+    The final snapshot (a 36 MiB model, Ed25519-signed) would not fit on the job's home node
+    beside its share of the state either (writing a value needs twice its size there): it is
+    stored in parts spread over the masters and published to the topic in parts; a loader and
+    a subscriber assemble it, verify the whole and predict. A missing part is refused."""
     from tests.conftest import _start, _stop
 
     from streamlearn.batch import SparseRows
+    from streamlearn.snapshots.parts import Manifest, PartialSnapshot
+    from streamlearn.snapshots.signing import SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, generate_keys
+    from streamlearn.snapshots.store import ModelStore
+    from streamlearn.snapshots.subscriber import ModelSubscriber
 
     home = tmp_path_factory.mktemp("cluster-maxmemory")
     settings, dog = _start(home, timeout=180, redis_cluster=3, redis_maxmemory="64mb")
@@ -125,27 +129,44 @@ def test_state_larger_than_any_node_trains_end_to_end(tmp_path_factory, tmp_path
             producer.send_batch(topic, X, y, batch_size=100)
         client = settings.redis_client()
         job = _name("fm-big")
-        env = {"STREAMLEARN_KAFKA": settings.kafka, "STREAMLEARN_REDIS": settings.redis}
+        private, public = generate_keys(tmp_path / "keys", "signer")
+        env = {"STREAMLEARN_KAFKA": settings.kafka, "STREAMLEARN_REDIS": settings.redis, SIGNING_KEY_ENV: str(private)}
         create_job(client, settings.kafka_client_conf(), job, "factorization_machines", topic,
-                   {"predictor_type": "binary_classifier", "num_factors": 8}, until="never")
+                   {"predictor_type": "binary_classifier", "num_factors": 8}, epochs=1)
         spec = RedisState(client, job).keys()["wv"]
         state_bytes = int(np.prod(spec.shape)) * 4
         limit = 64 * 1024 * 1024
         assert state_bytes > limit, "the state would fit on one node"
         procs = [start_worker(job, tmp_path, env)]
         try:
-            status = wait_status(client, job, lambda s: s["records_applied"] >= n, 300, "every record applied")
+            status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
         finally:
-            for p in procs:
-                p.terminate()
-            stop_all(procs)
+            assert stop_all(procs) == [0]
         assert status["records_applied"] == n and status["records_dead_lettered"] == 0
+        assert status["finalize_calls"] == 1
         used = [client.get_redis_connection(node).info("memory")["used_memory"] for node in client.get_primaries()]
         assert all(u < limit for u in used) and sum(used) > state_bytes, used
-        state = RedisState(client, job)
-        offsets, counters = state.load_consistent()
-        assert counters["records_applied"] == n and sum(offsets.values()) == n // 100  # 100-row messages
-        trained = state.pull("wv")[:, 0]  # the linear weights: only features that occurred moved
-        assert np.count_nonzero(trained) == len(np.unique(indices))
+
+        store = ModelStore(client)
+        version = store.latest_version(job)
+        assert store.redis.get(store.key(job, version)) is None  # not one value on the home node
+        manifest = Manifest.from_bytes(store.redis.get(f"{store.key(job, version)}:parts"))
+        model_bytes = store.metadata(job, version)["snapshot_bytes"]
+        assert manifest.size == model_bytes > 32 << 20 and len(manifest.parts) > 3
+        nodes = {client.nodes_manager.get_node_from_slot(client.keyslot(key)).name for key, _, _ in manifest.parts}
+        assert len(nodes) == 3, nodes
+
+        monkeypatch.setenv(TRUSTED_KEYS_ENV, f"{job}={public}")
+        model = load_job_model(client, job)  # assembled, checksum and Ed25519 signature verified
+        predicted = model.evaluate(Batch(X))
+        assert float(np.mean(predicted == y)) > 0.9  # the training rows: every one was learned
+        with ModelSubscriber(job, settings.kafka, store=store) as subscriber:  # from the topic, in parts
+            streamed = subscriber.wait_for(version, timeout=120)
+            assert subscriber.rejected == 0
+        np.testing.assert_array_equal(streamed.evaluate(Batch(X)), predicted)
+
+        client.delete(manifest.parts[1][0])
+        with pytest.raises(PartialSnapshot, match=rf"part 2 of {len(manifest.parts)} .* is missing"):
+            load_job_model(client, job)
     finally:
         _stop(home, dog, purge=True)
