@@ -266,7 +266,7 @@ def case_deepar_workers(ctx: Context) -> list[Row]:
     spread = max(got.values()) / min(got.values()) - 1
     return [Row("quality.deepar_workers", ", ".join(f"{w}w wQL {v:.4f}" for w, v in got.items()), "1 worker",
                 1 - spread, "within 3%", "pass" if spread <= 0.03 else "FAIL",
-                f"{len(series)} series; SharedAdam (moments averaged over the workers), a commit every "
+                f"{len(series)} series; SharedAdam (the moments of one worker taking all steps), a commit every "
                 f"{COMMIT_POINTS} points a worker")]
 
 

@@ -1,33 +1,36 @@
 """Adam whose parameters and moments are ``sum`` keys of the shared state, written so that N
-workers pushing at once learn one model.
+workers pushing at once learn what one worker learns from the same points.
 
-Plain deltas do not survive being summed: a worker that takes K steps from moments m0 pushes
-``m_K - m0 = (b1^K - 1) m0 + fresh``, and N such pushes scale m0 by ``1 - N (1 - b1^K)``:
--2.3 for 4 workers of 16 steps (b1 = 0.9), a momentum that flips sign and grows every
-commit, which is how 4 workers diverged (ItalyPowerDemand's backtest 0.86 -> 270). So:
+The reference is one worker's sequential Adam over every worker's steps, interleaved: N
+workers that each take K steps between commits stand for N K sequential steps, and each
+gradient keeps the weight it has there; only the order within a commit window is lost.
 
-* moments are averaged, not summed: each worker pushes ``(m_K - m0) / N`` (and so for v),
-  and the committed moments are the mean of the workers' own (the moments are estimates of
-  the gradient's statistics, which every worker samples);
-* parameters are summed, so N workers together take the steps of one worker over the same
-  points, except the part of each step that only carries the shared momentum m0 forward
-  (``b1^k m0``, the same in every worker): each worker applies 1/N of it, so it is applied
-  once, not N times.
+* Parameters are summed: each worker's step is one of the N K steps.
+* The moments are exponential averages over *all* gradients, one decay per global step.
+  Each worker pushes its own gradients' increments (its fresh part: decayed by ``b^N`` per
+  own step, as N steps pass for each of its own, and weighted ``(1 - b^N) / N``, the mean
+  weight of N interleaved values) plus 1/N of the shared moment's decay ``b^(N K) - 1``.
+  The committed moment is then ``b^(N K) m0`` plus every gradient once. Summing the
+  workers' moment changes instead counts m0's decay N times (a factor ``1 - N (1 - b^K)``
+  on the momentum every commit: -2.3 for 4 workers of 16 steps, which diverged); averaging
+  them leaves a gradient ``(1 - b) + b / N`` of its weight (1 / 3 of the progress for 4
+  workers committing every step: worse backtests the more workers).
+* A step uses the moment's mean over the N interleaved steps it stands for: m0 and the
+  fresh parts decayed by ``b^i``, i = 1..N, with the new gradient entering the rest. The
+  others' fresh parts of the window are not known before the commit; the worker's own stand
+  in for them (N times its own), so a window's steps keep the speed of sequential Adam.
 
 The same key keeps the parameters' running average (``average``: an exponential moving
 average whose decay ramps up to ``average_decay`` as ``(1 + t) / (10 + t)``, so that a
 short job's average does not reach back to its first, untrained parameters), averaged
-over the workers as the moments are. A stream's step holds windows of one moment and
-consecutive steps walk through time, so the last parameters lean towards the latest
-stretch of every pass; the average spans a few hundred steps (``DeepAR.average_decay``:
-off by default, as it helped Covid3Month and macrodata but not ItalyPowerDemand,
-benchmarks/README.md).
+over the workers (``DeepAR.average_decay``: off by default, benchmarks/README.md).
 
 N is measured, not configured: between two refreshes of the state the global step count
 ``t`` grows by every worker's steps, this worker's own among them; their ratio (smoothed)
 is the number of workers pushing. One worker always measures N = 1, and then every step
 is exactly sequential Adam (a resumed job equals an uninterrupted one). The worker's own
-moments between refreshes follow from what it pulls: ``pulled = base + (own - base) / N``.
+pushes since its last refresh follow from what it pulls (read-your-writes), so a restart or
+a rollback only rebases it.
 """
 from __future__ import annotations
 
@@ -80,19 +83,38 @@ class SharedAdam:
         pulled = state.pull("adam")
         self._sync(t, pulled)
         n, base = self.workers, self._base
-        own = pulled if n == 1 else base + n * (pulled - base)  # this worker's moments
-        m = B1 * own[0] + (1 - B1) * grad
-        v = np.maximum(B2 * own[1] + (1 - B2) * grad * grad, 0.0)
-        step = t + 1.0
-        if n == 1:
-            direction = m
+        if n == 1:  # sequential Adam, exactly
+            own = pulled
+            m = B1 * own[0] + (1 - B1) * grad
+            v = np.maximum(B2 * own[1] + (1 - B2) * grad * grad, 0.0)
+            dm, dv, step = m - own[0], v - own[1], t + 1.0
         else:
-            carry = B1 ** (step - self._base_t) * base[0]  # the shared momentum's share of m
-            direction = (m - carry) + carry / n
-        delta = -self.learning_rate * (direction / (1 - B1 ** step)) / (np.sqrt(v / (1 - B2 ** step)) + EPS)
+            k = t - self._base_t  # own steps since the rebase
+            m, dm = _moment(B1, n, k, base[0], pulled[0], grad)
+            v, dv = _moment(B2, n, k, base[1], pulled[1], grad * grad)
+            v = np.maximum(v, 0.0)
+            own = base + n * (pulled - base)  # the running average is averaged over the workers
+            step = self._base_t + n * (k + 1)  # this step's place among the interleaved ones
+        delta = -self.learning_rate * (m / (1 - B1 ** step)) / (np.sqrt(v / (1 - B2 ** step)) + EPS)
         d = average_decay(self.average_decay, step)
         avg = d * own[2] + (1 - d) * (theta + delta) if self.average_decay > 0 else own[2]
         state.push("theta", delta)
-        state.push("adam", np.stack([m - own[0], v - own[1], avg - own[2]]) / n)
+        state.push("adam", np.stack([dm, dv, (avg - own[2]) / n]))
         state.push("t", 1.0)
-        self._expect = step
+        self._expect = t + 1.0
+
+
+def _moment(beta: float, n: float, k: float, m0: np.ndarray, pulled: np.ndarray, x: np.ndarray):
+    """A moment ``b m + (1 - b) x`` of N workers whose steps stand for N interleaved ones, at a
+    worker's own step ``k + 1`` since the shared moment was ``m0``: (the mean of the moment
+    over those N steps, which its step uses; the push that adds its share). Its pushes so far
+    hold 1/N of m0's decay over its k steps (``b^(N k)``) and its fresh part ``f``; the
+    committed moment is m0's decay plus every worker's f. Over the N steps m0 and the fresh
+    parts decay by ``b^i``, i = 1..N (mean ``r``), and the N new values enter with the rest."""
+    decay = beta ** n
+    r = beta * (1 - decay) / (n * (1 - beta))
+    fresh = pulled - m0 * (1 + (decay ** k - 1) / n)
+    use = r * (decay ** k * m0 + n * fresh) + (1 - r) * x  # the others' fresh parts: like its own
+    fresh_next = decay * fresh + (1 - decay) / n * x  # N values weigh (1 - b) b^i, i < N: (1 - b^N) / N each
+    push = m0 * (decay ** (k + 1) - decay ** k) / n + (fresh_next - fresh)
+    return use, push

@@ -20,12 +20,13 @@ partition that moves keeps its series' context, and a worker holds only the rows
 
 Optimizer and concurrency. The flat parameter vector ``theta`` and Adam's moments ``adam``
 are ``sum`` keys: a step pulls them (read-your-writes), computes the gradient of its
-windows and pushes Adam's step, the change of both moments and one step count. One worker
-is plain sequential Adam; N workers apply the same number of steps in total (each sees
-1/N of the points), each computed against parameters at most one commit window old, with
-the moments averaged over the workers rather than summed (``_shared_adam.SharedAdam``:
-summed, N workers' K-step windows scale the momentum by 1 - N (1 - 0.9^K), below -1 from
-3 workers of 16 steps on, and the job diverges).
+windows and pushes Adam's step, its share of both moments and one step count. One worker
+is plain sequential Adam. N workers (each sees 1/N of the points, each step computed
+against parameters at most one commit window old) stand for one worker taking all their
+steps interleaved (``_shared_adam.SharedAdam``): parameter steps are summed, and the
+moments keep every gradient once with one decay per global step, so N workers make the
+progress of one. Averaging the moments instead left each gradient ``0.1 + 0.9 / N`` of its
+weight, and summing them counted the shared momentum's decay N times (it diverged).
 
 Randomness (dropout, sampled windows) is seeded by the step count and the point, never by
 the worker, so a resumed job equals an uninterrupted one.
