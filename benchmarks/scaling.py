@@ -85,4 +85,61 @@ def case_quality(ctx: Context) -> list[Row]:
     return rows
 
 
-CASES = {"scaling.workers": case_workers, "scaling.quality": case_quality}
+def _fm_concurrent(Xtr, ytr, n: int, rows: int, workers: int, window: int, partitions: int) -> object:
+    """An in-process model of ``workers`` concurrent workers of a factorization-machines job:
+    LocalStates over one MemoryBackend, ``rows``-row messages round-robin over ``partitions``
+    (worker w owns partitions p with p % workers == w). In each round every worker applies
+    its next ``window`` messages from what it holds (so it misses the others' commits of the
+    round before), then all commit one after another. Returns the model."""
+    from streamlearn import datasets
+    from streamlearn.algorithms import make_algorithm
+    from streamlearn.batch import Batch
+    from streamlearn.statestore.local import LocalState, MemoryBackend
+
+    algo = make_algorithm("factorization_machines", {"n_features": Xtr.n_features, "num_factors": 8,
+                                                     "mini_batch_size": rows})
+    backend = MemoryBackend()
+    first = LocalState(backend)
+    algo.initialize(first)
+    first.commit()
+    states = [LocalState(backend) for _ in range(workers)]
+    shares = [[Batch(datasets._rows(Xtr, a, min(a + rows, n)), ytr[a:min(a + rows, n)])
+               for i, a in enumerate(range(0, n, rows)) if (i % partitions) % workers == w] for w in range(workers)]
+    for start in range(0, max(map(len, shares)), window):
+        for state, share in zip(states, shares):
+            for batch in share[start:start + window]:
+                algo.update(state, batch)
+        for state in states:
+            state.commit()
+    return algo.finalize(LocalState(backend))
+
+
+def case_quality_sim(ctx: Context) -> list[Row]:
+    """Why ``scaling.quality``'s factorization machines lose AUC with workers, in-process
+    (no services): the same rows and step size as that case, N concurrent workers that
+    commit once for their whole share (what the live run's workers do: every message is in
+    the topic when the job resumes) or after every message, against the 1-worker model and
+    a 1-worker model with N-times-larger steps (what N averaged concurrent steps amount to)."""
+    from streamlearn.batch import Batch
+
+    Xtr, ytr, Xte, yte = st.sparse(ctx)
+    n, rows = min(ctx.p["river_rows"], len(Xtr)), ctx.p["message_rows"]
+
+    def auc(workers: int, window: int, step_rows: int = rows) -> float:
+        model = _fm_concurrent(Xtr, ytr, n, step_rows, workers, window, ctx.p["partitions"])
+        return float(model.score(Batch(Xte, yte), "auc"))
+
+    base = auc(1, 1)
+    out = []
+    for w in ctx.p["scaling_workers"][1:]:
+        for label, window in (("whole share", n), ("every message", 1)):
+            q = auc(w, window)
+            out.append(Row(f"scaling.quality_sim[fm, {w}, commit {label}]", f"AUC {q:.4f}", f"1 worker {base:.4f}",
+                           1.0 + q - base, "", "info", f"in-process, {w} workers in lockstep"))
+        q = auc(1, 1, rows * w)
+        out.append(Row(f"scaling.quality_sim[fm, 1, {w}x step rows]", f"AUC {q:.4f}", f"1 worker {base:.4f}",
+                       1.0 + q - base, "", "info", f"one worker, {rows * w}-row steps"))
+    return out
+
+
+CASES = {"scaling.workers": case_workers, "scaling.quality": case_quality, "scaling.quality_sim": case_quality_sim}

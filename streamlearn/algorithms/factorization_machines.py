@@ -2,7 +2,8 @@
 
     y_hat(x) = w0 + sum_j w_j x_j + 1/2 sum_f [ (sum_j v_jf x_j)^2 - sum_j v_jf^2 x_j^2 ]
 
-State (all ``sum``-aggregated deltas, so concurrent workers add up exactly): ``b`` =
+State (parameters and accumulators ``step`` keys: concurrent workers' steps are averaged,
+see ``statestore.buffered._KeyView.merge``; counters ``sum``): ``b`` =
 [w0, its Adagrad accumulator]; ``wv`` (d, 2 (1 + k)) = per feature [w_j, v_j1 .. v_jk]
 followed by their Adagrad accumulators (sgd: (d, 1 + k), no accumulators); ``n`` examples
 seen; for regression ``y_n/y_sum/y_sq`` (label standardization). A feature's parameters
@@ -127,7 +128,7 @@ class FactorizationMachines(Algorithm):
         kw = self._keyargs()
         dt = np.dtype(kw["dtype"])
         # parameters and accumulators are "step" keys: concurrent workers' steps are averaged,
-        # not added (statestore.buffered.step_scale)
+        # not added (statestore.buffered._KeyView.merge)
         state.initialize("b", np.zeros(2 if self._adagrad() else 1), aggregator="step")
         wv = np.zeros((d, 2 * m if self._adagrad() else m), dtype=dt)
         # drawn in the key's dtype (float64 normals for a 2^20 x 8 key were 0.1 s per job) and

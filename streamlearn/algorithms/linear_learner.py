@@ -233,7 +233,7 @@ class LinearLearner(Algorithm):
         d, MC, M = self._d, int(self.num_models) * self._C, int(self.num_models)
         chunk, dtype = self._sparse_keys()
         # the weights and their optimizer state are "step" keys: concurrent workers' steps are
-        # averaged, not added (statestore.buffered.step_scale); counts and sums stay "sum"
+        # averaged, not added (statestore.buffered._KeyView.merge); counts and sums stay "sum"
         for key in ("w", "g2_w") + (("u_w",) if self.averaging else ()):
             state.initialize(key, np.zeros((d, MC)), aggregator="step", dtype=dtype, chunk_rows=chunk)
         for key in ("b", "g2_b") + (("u_b",) if self.averaging else ()):
