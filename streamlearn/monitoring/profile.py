@@ -62,6 +62,10 @@ TARGET_SKETCH_ROWS = 20_000
 #: the sampling fraction of an unbounded job (whose size is not known)
 UNBOUNDED_FRACTION = 1 / 64
 _MAGIC = b"SLPROF1\0"
+#: committed rows a worker collects before observing them together: profiling a 5-row commit
+#: on its own cost more than the commit (per-call overheads of ~d sketch updates, the
+#: moments, the label classes)
+OBSERVE_ROWS = 1024
 
 
 def sample_fraction(expected_rows: int | None) -> float:
@@ -349,12 +353,27 @@ class MemberProfile:
         self.member = member
         self.sample = sample
         self.flush_s = flush_s
-        self.committed: Profile | None = None
+        self._committed: Profile | None = None
+        self._unobserved: list[Batch] = []  # committed batches not in ``_committed`` yet
+        self._unobserved_rows = 0
         self.unwritten = False  # committed rows the stored field lacks
         self._written_at = -math.inf
         self._pending: list[Batch] = []
         self._staged: Profile | None = None
         self._rng = np.random.default_rng(seed)
+
+    @property
+    def committed(self) -> Profile | None:
+        """The profile of every row this member committed."""
+        self._observe_collected()
+        return self._committed
+
+    def _observe_collected(self) -> None:
+        if self._unobserved:
+            if self._committed is None:
+                self._committed = Profile.for_batch(self._unobserved[0], self.sample)
+            self._committed.observe(_joined(self._unobserved), self._rng)
+            self._unobserved, self._unobserved_rows = [], 0
 
     def due(self) -> bool:
         return time.monotonic() - self._written_at >= self.flush_s
@@ -377,7 +396,8 @@ class MemberProfile:
         self._pending, self._staged = applied, None
         if not (applied or self.unwritten) or not (force or self.due()):
             return None
-        staged = self.committed.copy() if self.committed is not None else Profile.for_batch(applied[0], self.sample)
+        committed = self.committed
+        staged = committed.copy() if committed is not None else Profile.for_batch(applied[0], self.sample)
         staged.observe(applied, self._rng)
         self._staged = staged
         return self.member, staged.to_bytes()
@@ -385,13 +405,14 @@ class MemberProfile:
     def accept(self) -> None:
         """The staged commit went through."""
         if self._staged is not None:
-            self.committed, self.unwritten = self._staged, False
+            self._committed, self.unwritten = self._staged, False
             self._written_at = time.monotonic()
         elif self._pending:
-            if self.committed is None:
-                self.committed = Profile.for_batch(self._pending[0], self.sample)
-            self.committed.observe(self._pending, self._rng)
+            self._unobserved += self._pending
+            self._unobserved_rows += sum(len(b) for b in self._pending)
             self.unwritten = True
+            if self._unobserved_rows >= OBSERVE_ROWS:
+                self._observe_collected()
         self._pending, self._staged = [], None
 
     def write(self, store: Callable[[str, bytes], None], force: bool = False) -> bool:
@@ -403,3 +424,12 @@ class MemberProfile:
         store(self.member, self.committed.to_bytes())
         self.unwritten, self._written_at = False, time.monotonic()
         return True
+
+
+def _joined(batches: list[Batch]) -> list[Batch]:
+    """Dense batches as one (one pass of each profile update instead of one per batch);
+    sparse ones, or a mix of labelled and unlabelled, as they are."""
+    if len(batches) < 2 or any(b.is_sparse for b in batches) or len({b.y is None for b in batches}) > 1:
+        return batches
+    y = None if batches[0].y is None else np.concatenate([b.y for b in batches])
+    return [Batch(np.concatenate([np.asarray(b.X) for b in batches]), y)]
