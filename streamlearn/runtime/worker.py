@@ -291,6 +291,7 @@ class Worker:
         time.sleep(0.2)  # an outage is not over in microseconds: don't spin
 
     def _close(self) -> None:
+        closer = None
         try:
             if self._consumer is not None:
                 # leaves the group now, so the others rebalance at once; but librdkafka's close
@@ -303,7 +304,8 @@ class Worker:
                     log.warning("%s: the broker did not answer the leave within %.0f s; exiting without it",
                                 self.member, self.config.close_timeout_s)
         finally:
-            self._write_profile(force=True)
+            if closer is None or not closer.is_alive():  # else its revoke callback may be writing it
+                self._write_profile(force=True)
             try:
                 self.state.backend.leave()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
