@@ -9,16 +9,28 @@ the distribution of the stored values (a sketch), their count, NaN count, min an
 Labels: count, missing (NaN) count, min, max, a sketch and, while there are at most
 :data:`MAX_CLASSES` distinct values, their exact histogram.
 
-Exactly once: each worker keeps the profile of the rows it has committed and writes it
-whole, as one field of the job's profile hash (``sl:{job}:profile``, field = member), in
-the same transaction as the offsets and counters of the batch that last changed it
-(``CommitInfo.profile``). A fenced, refused or lost commit writes nothing, so a member's
-field always covers exactly its committed batches; a killed worker's field stays and a
-restarted one writes a new field. Finalize reads the hash in the same consistent cut as
-the counters and merges the fields (sketches merge, counts add), so the merged row count
-equals ``records_applied``. Rewriting a member's whole profile costs a bounded blob per
-commit (a KLL sketch stays a few kB whatever it has seen), where per-commit deltas would
-grow a list without bound until merged.
+Written with the offsets, at most every few seconds: each worker keeps the profile of the
+rows it has committed and writes it whole, as one field of the job's profile hash
+(``sl:{job}:profile``, field = member). Serializing and writing that blob (~14 kB at d = 5,
+~230 kB at d = 100) with every commit doubled the cost of a small commit, so a worker writes
+it only when it holds committed rows the field lacks and ``flush_s`` seconds (5 by default,
+``STREAMLEARN_PROFILE_FLUSH_S``) have passed since its last write, plus always: with a
+commit that brings a partition to its end offset (a bounded job's last batches), when it
+loses partitions (a rebalance), and when it stops. A field is written either in the same
+transaction as a commit (``CommitInfo.profile``: then it includes that commit's batch) or
+on its own (``write_profile``: the rows of commits that already went through). Either way it
+holds exactly a prefix of the member's committed batches: a fenced, refused or lost commit
+adds nothing to it, and no row is ever counted twice. Finalize reads the hash in the same
+consistent cut as the counters and merges the fields (sketches merge, counts add).
+
+What the merged profile can miss: a worker that is SIGKILLed (or loses its machine) leaves
+its field as of its last write, missing the rows it committed in at most the last
+``flush_s`` seconds before the kill; a worker frozen past its session timeout while the job
+finishes, likewise. A snapshot taken while workers run (periodic, ``streamlearn
+snapshot``) may lag each live worker's rows by up to ``flush_s``. A bounded job whose
+workers were not killed has every applied row in its final profile. The profile is a
+sample of the data for monitoring, not a counter: records and offsets stay exactly once
+whatever happens to it.
 
 Serialized without pickle: a JSON header (counts, the arrays as lists, the sketches'
 byte lengths) followed by the sketches' own serialization.
@@ -29,7 +41,8 @@ import base64
 import json
 import math
 import struct
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from datasketches import kll_floats_sketch
@@ -39,7 +52,7 @@ from streamlearn.batch import Batch, SparseRows
 #: KLL accuracy parameter: ~1.65 % normalized rank error, a few kB per sketch
 SKETCH_K = 200
 #: dense features beyond this many are counted but not sketched (a sketch per feature is
-#: rewritten with every commit and carried in the snapshot's metadata)
+#: rewritten with every profile write and carried in the snapshot's metadata)
 MAX_SKETCHED = 256
 #: distinct label values kept as an exact histogram (classes); more: the sketch only
 MAX_CLASSES = 64
@@ -49,6 +62,10 @@ TARGET_SKETCH_ROWS = 20_000
 #: the sampling fraction of an unbounded job (whose size is not known)
 UNBOUNDED_FRACTION = 1 / 64
 _MAGIC = b"SLPROF1\0"
+#: committed rows a worker collects before observing them together: profiling a 5-row commit
+#: on its own cost more than the commit (per-call overheads of ~d sketch updates, the
+#: moments, the label classes)
+OBSERVE_ROWS = 1024
 
 
 def sample_fraction(expected_rows: int | None) -> float:
@@ -323,21 +340,48 @@ def _quantiles(sketch: kll_floats_sketch | None) -> dict[str, Any]:
 
 
 class MemberProfile:
-    """One worker's profile across its commits: ``stage`` before a commit (the blob the
-    commit writes: everything committed so far plus this batch), ``accept`` after it went
-    through. A commit that fails leaves the committed profile as it was; the next ``stage``
-    starts from it again."""
+    """One worker's profile across its commits, and when to write it (see the module doc).
 
-    def __init__(self, member: str, sample: float, seed: int | None = None):
+    Before each commit, ``stage`` is handed the commit's batches; it returns the blob the
+    commit should write (everything committed so far plus this batch) only when a write is
+    due or ``force``d, else None (no copy, no serialization). ``accept`` after the commit went
+    through adds the batch to the committed profile. A commit that fails leaves the committed
+    profile as it was; the next ``stage`` replaces what was staged. ``write`` stores the
+    committed profile outside a commit (idle, rebalance, shutdown)."""
+
+    def __init__(self, member: str, sample: float, flush_s: float = 5.0, seed: int | None = None):
         self.member = member
         self.sample = sample
-        self.committed: Profile | None = None
+        self.flush_s = flush_s
+        self._committed: Profile | None = None
+        self._unobserved: list[Batch] = []  # committed batches not in ``_committed`` yet
+        self._unobserved_rows = 0
+        self.unwritten = False  # committed rows the stored field lacks
+        self._written_at = -math.inf
+        self._pending: list[Batch] = []
         self._staged: Profile | None = None
         self._rng = np.random.default_rng(seed)
 
-    def stage(self, steps: list[Batch], failed_rows: Iterable[int] = ()) -> tuple[str, bytes] | None:
+    @property
+    def committed(self) -> Profile | None:
+        """The profile of every row this member committed."""
+        self._observe_collected()
+        return self._committed
+
+    def _observe_collected(self) -> None:
+        if self._unobserved:
+            if self._committed is None:
+                self._committed = Profile.for_batch(self._unobserved[0], self.sample)
+            self._committed.observe(_joined(self._unobserved), self._rng)
+            self._unobserved, self._unobserved_rows = [], 0
+
+    def due(self) -> bool:
+        return time.monotonic() - self._written_at >= self.flush_s
+
+    def stage(self, steps: list[Batch], failed_rows: Iterable[int] = (), force: bool = False) -> tuple[str, bytes] | None:
         """(field, blob) for the commit of ``steps`` whose rows ``failed_rows`` (positions
-        across the steps) were dead-lettered instead of applied; None when nothing was applied."""
+        across the steps) were dead-lettered instead of applied, when a write is due or
+        ``force``d and there is something to write; else None."""
         failed = np.fromiter(failed_rows, dtype=np.int64)
         applied, start = [], 0
         for b in steps:
@@ -349,14 +393,43 @@ class MemberProfile:
             if len(b):
                 applied.append(b)
             start += n
-        if not applied:
-            self._staged = None
+        self._pending, self._staged = applied, None
+        if not (applied or self.unwritten) or not (force or self.due()):
             return None
-        staged = self.committed.copy() if self.committed is not None else Profile.for_batch(applied[0], self.sample)
+        committed = self.committed
+        staged = committed.copy() if committed is not None else Profile.for_batch(applied[0], self.sample)
         staged.observe(applied, self._rng)
         self._staged = staged
         return self.member, staged.to_bytes()
 
     def accept(self) -> None:
+        """The staged commit went through."""
         if self._staged is not None:
-            self.committed, self._staged = self._staged, None
+            self._committed, self.unwritten = self._staged, False
+            self._written_at = time.monotonic()
+        elif self._pending:
+            self._unobserved += self._pending
+            self._unobserved_rows += sum(len(b) for b in self._pending)
+            self.unwritten = True
+            if self._unobserved_rows >= OBSERVE_ROWS:
+                self._observe_collected()
+        self._pending, self._staged = [], None
+
+    def write(self, store: Callable[[str, bytes], None], force: bool = False) -> bool:
+        """Store the committed profile with ``store(field, blob)`` if it has rows the stored
+        field lacks and a write is due (or ``force``); returns whether it did. A failing
+        ``store`` leaves the rows unwritten (written by a later write)."""
+        if not self.unwritten or not (force or self.due()):
+            return False
+        store(self.member, self.committed.to_bytes())
+        self.unwritten, self._written_at = False, time.monotonic()
+        return True
+
+
+def _joined(batches: list[Batch]) -> list[Batch]:
+    """Dense batches as one (one pass of each profile update instead of one per batch);
+    sparse ones, or a mix of labelled and unlabelled, as they are."""
+    if len(batches) < 2 or any(b.is_sparse for b in batches) or len({b.y is None for b in batches}) > 1:
+        return batches
+    y = None if batches[0].y is None else np.concatenate([b.y for b in batches])
+    return [Batch(np.concatenate([np.asarray(b.X) for b in batches]), y)]

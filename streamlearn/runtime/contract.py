@@ -56,7 +56,7 @@ def default_epochs(n_records: int) -> int:
 
 
 @dataclass
-class DataProfile:
+class TopicSample:
     """What a sample of a topic's records says about the data contract."""
 
     topic: str
@@ -81,35 +81,35 @@ class DataProfile:
                 self.many_labels, self.labels = True, self.labels[:MAX_CLASSES]
 
     @classmethod
-    def of_batches(cls, topic: str, batches: Iterable[Batch]) -> "DataProfile":
-        """The profile of in-memory batches (every record seen: complete)."""
-        profile = cls(topic)
+    def of_batches(cls, topic: str, batches: Iterable[Batch]) -> "TopicSample":
+        """The sample of in-memory batches (every record seen: complete)."""
+        sample = cls(topic)
         for b in batches:
-            profile.add(b.y, int(b.X.shape[1]), len(b))
-        profile.n_records = profile.sampled
-        return profile
+            sample.add(b.y, int(b.X.shape[1]), len(b))
+        sample.n_records = sample.sampled
+        return sample
 
 
-def sample_topic(kafka_conf: dict, topic: str, marks: dict[int, tuple[int, int]], timeout: float = 30.0) -> DataProfile:
+def sample_topic(kafka_conf: dict, topic: str, marks: dict[int, tuple[int, int]], timeout: float = 30.0) -> TopicSample:
     """Read each partition of ``topic`` from its low watermark (``marks``: partition ->
-    (low, high)) until its high one or the sample bounds, and profile the records."""
-    profile = DataProfile(topic)
+    (low, high)) until its high one or the sample bounds, and count what they hold."""
+    sample = TopicSample(topic)
     todo = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
     total_messages = sum(hi - lo for lo, hi in marks.values())
     if not todo:
-        return profile
+        return sample
     consumer = Consumer({**consumer_conf(kafka_conf), "group.id": f"streamlearn-inspect-{uuid.uuid4().hex}", "enable.auto.commit": False,
                          "enable.partition.eof": False})
     consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in todo])
     messages = nbytes = 0
     deadline = time.monotonic() + timeout
     try:
-        while todo and profile.sampled < SAMPLE_RECORDS and nbytes < SAMPLE_BYTES and time.monotonic() < deadline:
+        while todo and sample.sampled < SAMPLE_RECORDS and nbytes < SAMPLE_BYTES and time.monotonic() < deadline:
             values = []
             for m in consumer.consume(num_messages=500, timeout=0.5):
                 if m.error() is not None:
                     if m.error().code() != KafkaError._PARTITION_EOF:
-                        profile.complete = False
+                        sample.complete = False
                     continue
                 if m.partition() in todo and m.offset() < todo[m.partition()]:
                     values.append(m.value() or b"")
@@ -117,57 +117,57 @@ def sample_topic(kafka_conf: dict, topic: str, marks: dict[int, tuple[int, int]]
                         del todo[m.partition()]
             messages += len(values)
             nbytes += sum(len(v) for v in values)
-            profile.schemas |= schema_ids(values)
-            _profile_messages(profile, values)
+            sample.schemas |= schema_ids(values)
+            _sample_messages(sample, values)
     finally:
         consumer.close()
-    profile.complete = profile.complete and not todo
-    profile.n_records = (profile.sampled if profile.complete or not messages
-                         else round(profile.sampled * total_messages / messages))
-    return profile
+    sample.complete = sample.complete and not todo
+    sample.n_records = (sample.sampled if sample.complete or not messages
+                        else round(sample.sampled * total_messages / messages))
+    return sample
 
 
-def _profile_messages(profile: DataProfile, values: list[bytes]) -> None:
+def _sample_messages(sample: TopicSample, values: list[bytes]) -> None:
     """Decode ``values`` (any width: the first message's, then each message of another width
-    on its own) into ``profile``."""
+    on its own) into ``sample``."""
     if not values:
         return
     result = decode_messages(values, None, True, False)
     for piece in result.pieces:
-        profile.add(piece.y, result.n_features, piece.n)
+        sample.add(piece.y, result.n_features, piece.n)
     other_width = [r.index for r in result.rejected if r.reason.startswith(("dimension ", "sparse n_features "))]
     for i in other_width:
-        _profile_messages(profile, [values[i]])
+        _sample_messages(sample, [values[i]])
 
 
-def infer_params(algorithm: Algorithm, profile: DataProfile, bounded: bool) -> dict[str, Any]:
+def infer_params(algorithm: Algorithm, sample: TopicSample, bounded: bool) -> dict[str, Any]:
     """The parameter values the topic's records settle for ``algorithm`` (its "auto" ones),
     or :class:`ParamError` (one line) when the records contradict an explicit value or
     cannot settle an "auto" one."""
     out: dict[str, Any] = {}
     params = algorithm.get_params()
     if "n_features" in params:
-        out.update(_n_features(algorithm, params["n_features"], profile))
+        out.update(_n_features(algorithm, params["n_features"], sample))
     if "classes" in params and params.get("predictor_type") != "regressor":
-        out.update(_classes(algorithm, params, profile))
-    if params.get("mini_batch_size") == AUTO and bounded and profile.n_records:
-        out["mini_batch_size"] = default_step_rows(profile.n_records)
+        out.update(_classes(algorithm, params, sample))
+    if params.get("mini_batch_size") == AUTO and bounded and sample.n_records:
+        out["mini_batch_size"] = default_step_rows(sample.n_records)
     return out
 
 
-def _n_features(algorithm: Algorithm, value, profile: DataProfile) -> dict[str, Any]:
-    t, name = profile.topic, algorithm.name
-    widths = sorted(profile.widths, key=lambda w: -profile.widths[w])
+def _n_features(algorithm: Algorithm, value, sample: TopicSample) -> dict[str, Any]:
+    t, name = sample.topic, algorithm.name
+    widths = sorted(sample.widths, key=lambda w: -sample.widths[w])
     if value == AUTO:
         if not widths:
             raise ParamError(f"{name}: n_features=auto but topic {t!r} has no records to infer it from; "
                              f"produce the data first or pass --param n_features=D")
         if len(widths) > 1:
             raise ParamError(f"{name}: n_features=auto but topic {t!r}'s records have differing widths "
-                             f"{_counts(profile.widths)}; pass --param n_features=D (other widths are dead-lettered)")
+                             f"{_counts(sample.widths)}; pass --param n_features=D (other widths are dead-lettered)")
         return {"n_features": widths[0]}
-    if widths and int(value) not in profile.widths:
-        have = f"{widths[0]} features" if len(widths) == 1 else f"widths {_counts(profile.widths)}"
+    if widths and int(value) not in sample.widths:
+        have = f"{widths[0]} features" if len(widths) == 1 else f"widths {_counts(sample.widths)}"
         raise ParamError(f"{name}: n_features={value} but topic {t!r}'s records have {have}")
     return {}
 
@@ -176,15 +176,15 @@ def _counts(widths: dict[int, int]) -> str:
     return ", ".join(f"{w} ({n} records)" for w, n in sorted(widths.items()))
 
 
-def _classes(algorithm: Algorithm, params: dict, profile: DataProfile) -> dict[str, Any]:
-    name, t, pt = algorithm.name, profile.topic, params["predictor_type"]
+def _classes(algorithm: Algorithm, params: dict, sample: TopicSample) -> dict[str, Any]:
+    name, t, pt = algorithm.name, sample.topic, params["predictor_type"]
     num_classes = params.get("num_classes", 2)
     if params["classes"] != AUTO:
         k = len(algorithm.label_coding().classes)
         return {"num_classes": k} if pt == "multiclass_classifier" and num_classes == AUTO else {}
-    labels = profile.labels
+    labels = sample.labels
     shown = "[" + ", ".join(f"{v:g}" for v in labels[:10]) + (", ..." if len(labels) > 10 else "") + "]"
-    if profile.many_labels:
+    if sample.many_labels:
         raise ParamError(f"{name}: topic {t!r}'s labels take more than {MAX_CLASSES} values: not classes "
                          f"(predictor_type=regressor?)")
     if pt == "binary_classifier":
@@ -207,4 +207,4 @@ def _classes(algorithm: Algorithm, params: dict, profile: DataProfile) -> dict[s
     return {"classes": LabelCoding.of(labels).to_json(), "num_classes": len(labels)}
 
 
-__all__ = ["DataProfile", "default_epochs", "default_step_rows", "infer_params", "sample_topic"]
+__all__ = ["TopicSample", "default_epochs", "default_step_rows", "infer_params", "sample_topic"]

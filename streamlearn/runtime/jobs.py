@@ -25,7 +25,7 @@ from streamlearn.monitoring.profile import sample_fraction
 from streamlearn.registry.provenance import provenance
 from streamlearn.registry.data import parse_offsets, ranges_to_json
 from streamlearn.registry.records import Registry, lineage_data
-from streamlearn.runtime.contract import DataProfile, default_epochs, infer_params, sample_topic
+from streamlearn.runtime.contract import TopicSample, default_epochs, infer_params, sample_topic
 from streamlearn.runtime.local import sample_model
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import load_model
@@ -137,8 +137,8 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     params, epochs = _job_epochs(algorithm, {**parent_params, **(params or {})}, epochs, until)
     algo = make_algorithm(algorithm, with_topic_vocabulary(client, algorithm_class(algorithm), topic, params))
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
-    algo, profile = with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
-    n_records = profile.n_records
+    algo, sample = with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
+    n_records = sample.n_records
     if parent_model is not None:
         algo.check_continuable(parent_model, parent_state)
     if epochs is None:  # enough passes for small bounded data, where the learner gains from them
@@ -160,7 +160,7 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
         raise JobError(f"job {name!r} already exists")
     registry = Registry(client)
     try:  # all or nothing: a failure (a refused write, an outage) leaves no half-created job
-        registry.record_job(name, job_lineage(spec, profile, origin))
+        registry.record_job(name, job_lineage(spec, sample, origin))
         state = record.state()
         if parent_model is None:
             algo.initialize(state)
@@ -200,19 +200,19 @@ def _expected_rows(n_records: int, marks: dict, epochs: int) -> int:
 
 
 def with_data_contract(kafka_conf: dict, topic: str, marks: dict, algo: Algorithm,
-                        bounded: bool) -> tuple[Algorithm, DataProfile]:
+                        bounded: bool) -> tuple[Algorithm, TopicSample]:
     """(the algorithm with its "auto" parameters inferred from the topic's records, after
-    checking its explicit ones against them; the sample's profile, empty when not sampled:
+    checking its explicit ones against them; the topic's sample, empty when not sampled:
     ``n_records`` in the topic range, writer ``schemas``) — streamlearn/runtime/contract.py."""
     params = algo.get_params()
     if not ({"n_features", "classes", "mini_batch_size"} & set(params)):
-        return algo, DataProfile(topic)
-    profile = sample_topic(kafka_conf, topic, marks)
-    inferred = infer_params(algo, profile, bounded)
-    return (make_algorithm(algo.name, {**params, **inferred}) if inferred else algo), profile
+        return algo, TopicSample(topic)
+    sample = sample_topic(kafka_conf, topic, marks)
+    inferred = infer_params(algo, sample, bounded)
+    return (make_algorithm(algo.name, {**params, **inferred}) if inferred else algo), sample
 
 
-def job_lineage(spec: JobSpec, profile: DataProfile, origin: dict[str, Any] | None) -> dict[str, Any]:
+def job_lineage(spec: JobSpec, sample: TopicSample, origin: dict[str, Any] | None) -> dict[str, Any]:
     """What the registry records of a job at creation: its spec, what started it, the data
     it is given (offset ranges, sampled record count, writer schemas) and who/what created it."""
     return {"job": spec.name, "algorithm": spec.algorithm, "params": spec.params, "topic": spec.topic,
@@ -220,7 +220,7 @@ def job_lineage(spec: JobSpec, profile: DataProfile, origin: dict[str, Any] | No
             "created_at": _dt.datetime.fromtimestamp(spec.created_at, _dt.timezone.utc).isoformat(),
             "start_offsets": {str(p): o for p, o in sorted(spec.start_offsets.items())},
             "end_offsets": {str(p): o for p, o in sorted(spec.end_offsets.items())},
-            "records": profile.n_records, "schemas": sorted(profile.schemas), **provenance()}
+            "records": sample.n_records, "schemas": sorted(sample.schemas), **provenance()}
 
 
 def _job_epochs(algorithm: str, params: dict[str, Any], epochs: int | None,

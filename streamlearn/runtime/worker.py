@@ -91,6 +91,10 @@ class WorkerConfig:
     #: on a 2-core machine (benchmarks/README.md, scaling.workers).
     blas_threads: int = 1
     close_timeout_s: float = 10.0  # how long leaving the group may take on shutdown
+    #: the most seconds between writes of the worker's data profile (it is also written when a
+    #: partition reaches its end, on a rebalance and on shutdown); a SIGKILLed worker's profile
+    #: misses at most this long of its committed rows (streamlearn.monitoring.profile)
+    profile_flush_s: float = 5.0
 
     def step_rows(self, algorithm: Algorithm) -> int:
         """Examples per update step: ``update_rows`` if set, else the algorithm's own."""
@@ -104,6 +108,7 @@ class WorkerConfig:
             update_rows=int(env.get("STREAMLEARN_WORKER_UPDATE_ROWS", cls.update_rows)),
             session_timeout_ms=int(env.get("STREAMLEARN_SESSION_TIMEOUT_MS", cls.session_timeout_ms)),
             blas_threads=int(env.get("STREAMLEARN_WORKER_BLAS_THREADS", cls.blas_threads)),
+            profile_flush_s=float(env.get("STREAMLEARN_PROFILE_FLUSH_S", cls.profile_flush_s)),
         )
 
 
@@ -147,7 +152,7 @@ class Worker:
         self._dlq: Producer | None = None
         # the rows this worker committed, profiled (an algorithm with its own record type: none)
         self.profile = (None if getattr(self.algorithm, "decode_window", None) is not None
-                        else MemberProfile(self.member, self.spec.profile_sample))
+                        else MemberProfile(self.member, self.spec.profile_sample, self.config.profile_flush_s))
         self.metrics = WorkerMetrics(job, self.client)
         self.history = JobHistory(self.client, self.spec, self.algorithm, self.member)
         self._refused = RefusalWatch(settings.kafka)  # librdkafka's error_cb: credentials, ACLs, TLS
@@ -225,7 +230,9 @@ class Worker:
         msgs = self._next_messages()
         if msgs:
             self._process(msgs)
-        elif self.spec.until == "end":
+            return
+        self._write_profile()  # idle: a due write costs no throughput
+        if self.spec.until == "end":
             maybe_finalize(self.settings, self.client, self.spec, self.member)
 
     def _next_messages(self) -> list:
@@ -284,6 +291,7 @@ class Worker:
         time.sleep(0.2)  # an outage is not over in microseconds: don't spin
 
     def _close(self) -> None:
+        closer = None
         try:
             if self._consumer is not None:
                 # leaves the group now, so the others rebalance at once; but librdkafka's close
@@ -296,6 +304,8 @@ class Worker:
                     log.warning("%s: the broker did not answer the leave within %.0f s; exiting without it",
                                 self.member, self.config.close_timeout_s)
         finally:
+            if closer is None or not closer.is_alive():  # else its revoke callback may be writing it
+                self._write_profile(force=True)
             try:
                 self.state.backend.leave()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -345,6 +355,7 @@ class Worker:
         log.info("%s: assigned %s", self.member, {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._write_profile(force=True)  # the partitions' next owner may finish the job
         self.replay.drop([tp.partition for tp in partitions])
         for tp in partitions:
             self.fence.pop(tp.partition, None)
@@ -411,12 +422,14 @@ class Worker:
         dead = self._dead_letter(good, result.rejected) + self._dead_letter_records(good, result.row_messages(), failures)
         reasons = [r.reason for r in result.rejected] + [f.reason for f in failures]
         offsets, passes = self._positions_after(next_offsets)
+        ended = [p for p, o in offsets.items() if self.spec.end_offsets.get(p) is not None and o >= self.spec.end_offsets[p]]
         applied = result.n_records - len(failures)
         info = CommitInfo(offsets=offsets, fence={p: self.fence[p] for p in offsets},
                           records_applied=applied, records_dead_lettered=dead,
                           data_epochs=passes if self.spec.epochs > 1 else {},
                           dead_letter_reason=reasons[0] if reasons else None,
-                          profile=None if self.profile is None else self.profile.stage(steps, (f.row for f in failures)),
+                          profile=None if self.profile is None else self.profile.stage(
+                              steps, (f.row for f in failures), force=bool(ended)),  # ended: finalize may come next
                           event_times=event_times(good, {r.index for r in result.rejected}))
         updated, conflicts = time.perf_counter(), self.state.backend.conflicts
         try:
@@ -447,11 +460,19 @@ class Worker:
                     self._unsettled = exc
         self._consumer.commit(offsets=[TopicPartition(self.spec.topic, p, o) for p, o in offsets.items()],
                               asynchronous=True)
-        for p, o in offsets.items():
-            end = self.spec.end_offsets.get(p)
-            if end is not None and o >= end:
-                self._mark_done(p)
+        for p in ended:
+            self._mark_done(p)
         return True
+
+    def _write_profile(self, force: bool = False) -> None:
+        """Write this worker's data profile if it has committed rows not written yet and a
+        write is due (or ``force``); Redis unreachable: the rows stay for a later write."""
+        if self.profile is None:
+            return
+        try:
+            self.profile.write(self.state.backend.write_profile, force)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("%s: data profile not written (%s); it is written later", self.member, exc)
 
     def _last_pass(self, partition: int) -> bool:
         return self.passes.get(partition, 0) >= self.spec.epochs - 1

@@ -64,7 +64,8 @@ class CommitInfo:
     records_dead_lettered: int = 0
     data_epochs: dict[int, int] = field(default_factory=dict)
     dead_letter_reason: str | None = None
-    #: (member, its whole data profile including this batch), written with the offsets it covers
+    #: (member, its whole data profile including this batch), written with the offsets it covers;
+    #: None: the profile is not written this time (written at most every few seconds)
     profile: tuple[str, bytes] | None = None
     event_times: dict[int, tuple[int, int]] = field(default_factory=dict)
 

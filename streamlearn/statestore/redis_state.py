@@ -233,6 +233,11 @@ class RedisBackend:
             self.keys.data_epochs, fields).execute()
         return [(None if o is None else int(o), int(d or 0)) for o, d in zip(stored, passes)]
 
+    def write_profile(self, member: str, blob: bytes) -> None:
+        """Store ``member``'s data profile outside a commit: it must cover only batches whose
+        commits already went through (see :mod:`streamlearn.monitoring.profile`)."""
+        self.client.hset(self.keys.profile, member, blob)
+
     def heartbeat(self) -> None:
         if self.member:
             self.client.zadd(self.keys.members, {self.member: now_ms()})

@@ -442,6 +442,10 @@ class ShardedBackend:
         self.home.heartbeat()
 
     @_rerouted
+    def write_profile(self, member: str, blob: bytes) -> None:
+        self.home.write_profile(member, blob)
+
+    @_rerouted
     def leave(self) -> None:
         self.home.leave()
 

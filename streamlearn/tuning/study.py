@@ -142,8 +142,8 @@ def create_study(client: redis.Redis, redis_url: str, kafka_conf: dict, name: st
 
     check_space(algorithm, space, fixed)
     marks = watermarks(kafka_conf, topic)  # a missing topic: JobError, exit 2
-    algo, profile = with_data_contract(kafka_conf, topic, marks, make_algorithm(algorithm, fixed), bounded=True)
-    n_records = profile.n_records
+    algo, sample = with_data_contract(kafka_conf, topic, marks, make_algorithm(algorithm, fixed), bounded=True)
+    n_records = sample.n_records
     if n_records <= 0:
         raise StudyError(f"topic {topic} has no records to tune on")
     if validation_topic is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streamlearn.batch import SparseRows
+from streamlearn.devstack.procs import terminate
 from streamlearn.wire.decode import decode_messages
 from streamlearn.ingest.app import default_app_id, dlq_topic
 from streamlearn.streams.topics import end_offsets, ensure_topic
@@ -133,12 +133,9 @@ def run_ingest(stack, tmp_path: Path, raw_topic: str, out_topic: str, *extra: st
             wait_for(caught_up, 40, "the ingest app to commit the raw topic's end offsets", interval=0.3)
         except AssertionError:
             raise AssertionError(log_path.read_text()[-4000:]) from None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log_path.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        code = terminate(proc, 30)  # SIGTERM: the ingest app leaves cleanly
+    assert code == 0, log_path.read_text()[-3000:]
     return log_path.read_text()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from confluent_kafka.admin import NewTopic
 
 from streamlearn.config import Settings
+from streamlearn.devstack.procs import terminate
 from tests.integration.procs import cli, start_worker, stop_all, wait_for, wait_status
 from tests.integration.secure_kafka import ADMIN, start_secure_kafka, stop_secure_kafka
 
@@ -177,10 +177,7 @@ def test_ingest_on_sasl_ssl_end_to_end_and_refused_creates_nothing(secure, stack
                 sum(end_offsets(admin.kafka_client_conf(), out).values()) == 20
                 and sum(end_offsets(admin.kafka_client_conf(), f"{raw}.dlq").values()) == 1)
         wait_for(forwarded, 120, "ingest to forward 20 events and dead-letter 1 over SASL_SSL", interval=0.5)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        code = terminate(proc, 60)  # SIGTERM: the ingest app leaves cleanly
+    assert code == 0, log_path.read_text()[-3000:]
     assert secure.passwords[ADMIN] not in log_path.read_text()

@@ -10,7 +10,7 @@ from streamlearn.algorithms import make_algorithm
 from streamlearn.algorithms.base import ParamError
 from streamlearn.algorithms.factorization_machines import FactorizationMachines
 from streamlearn.algorithms.linear_learner import LinearLearner
-from streamlearn.runtime.contract import DataProfile, default_epochs, default_step_rows, infer_params
+from streamlearn.runtime.contract import TopicSample, default_epochs, default_step_rows, infer_params
 from streamlearn.runtime.isolate import apply_steps
 from streamlearn.labels import LabelCoding, LabelError
 from streamlearn.runtime.local import fit_local
@@ -107,20 +107,20 @@ def test_decode_without_a_width_takes_the_first_messages():
     assert [r.reason for r in res.rejected] == ["dimension 4 != 5"]
 
 
-def _profile(X, y, topic="t"):
-    return DataProfile.of_batches(topic, D.batches(X, y, 100))
+def _sample(X, y, topic="t"):
+    return TopicSample.of_batches(topic, D.batches(X, y, 100))
 
 
 def test_infer_n_features_and_refuse_a_contradiction():
     X, y = _two_blobs(d=30)
     algo = make_algorithm("linear_learner", {})
     assert algo.unresolved() == ["n_features"]
-    assert infer_params(algo, _profile(X, y, "bc"), bounded=True)["n_features"] == 30
+    assert infer_params(algo, _sample(X, y, "bc"), bounded=True)["n_features"] == 30
     with pytest.raises(ParamError, match=r"n_features=29 but topic 'bc''s records have 30 features"):
-        infer_params(make_algorithm("linear_learner", {"n_features": "29"}), _profile(X, y, "bc"), True)
+        infer_params(make_algorithm("linear_learner", {"n_features": "29"}), _sample(X, y, "bc"), True)
     with pytest.raises(ParamError, match="has no records to infer it from"):
-        infer_params(make_algorithm("kmeans", {}), DataProfile("empty"), True)
-    mixed = DataProfile.of_batches("m", [D.to_batch(X[:5]), D.to_batch(X[:5, :3])])
+        infer_params(make_algorithm("kmeans", {}), TopicSample("empty"), True)
+    mixed = TopicSample.of_batches("m", [D.to_batch(X[:5]), D.to_batch(X[:5, :3])])
     with pytest.raises(ParamError, match="differing widths"):
         infer_params(make_algorithm("pca", {"n_components": "2"}), mixed, True)
     assert infer_params(make_algorithm("pca", {"n_components": "2", "n_features": "3"}), mixed, True) == {}
@@ -139,17 +139,17 @@ def test_infer_label_codings():
              ("multiclass_classifier", {}, [0.5, 2, 7] * 13 + [7], {"classes": [0.5, 2, 7], "num_classes": 3})]
     for pt, extra, labels, want in cases:
         algo = make_algorithm("linear_learner", {"predictor_type": pt, **extra})
-        got = infer_params(algo, _profile(X, np.array(labels, float)), bounded=False)
+        got = infer_params(algo, _sample(X, np.array(labels, float)), bounded=False)
         assert {k: got[k] for k in want} == want, (pt, labels, got)
         resolved = make_algorithm("linear_learner", {**algo.get_params(), **got})
         assert resolved.unresolved() == [] and resolved.label_coding().classes is not None
     with pytest.raises(ParamError, match=r"take 3 value\(s\) \[0, 1, 2\].*multiclass"):
-        infer_params(make_algorithm("linear_learner", {}), _profile(X, np.array([0, 1, 2] * 13 + [0.0])), True)
+        infer_params(make_algorithm("linear_learner", {}), _sample(X, np.array([0, 1, 2] * 13 + [0.0])), True)
     with pytest.raises(ParamError, match="num_classes=9 but topic 't''s labels take 10 values"):
         infer_params(make_algorithm("linear_learner", {"predictor_type": "multiclass_classifier", "num_classes": "9"}),
-                     _profile(X, np.array(list(range(1, 11)) * 4, float)), True)
+                     _sample(X, np.array(list(range(1, 11)) * 4, float)), True)
     regressor = make_algorithm("linear_learner", {"predictor_type": "regressor", "n_features": "4"})
-    assert infer_params(regressor, _profile(X, np.linspace(0, 1, 40)), False) == {}
+    assert infer_params(regressor, _sample(X, np.linspace(0, 1, 40)), False) == {}
 
 
 def test_declared_classes_param_forms_and_checks():
@@ -169,8 +169,8 @@ def test_step_and_epoch_defaults_scale_with_the_data():
     assert default_epochs(455) == 44 and default_epochs(353) == 50 and default_epochs(1437) == 14
     assert default_epochs(20_000) == 1 and default_epochs(10**7) == 1 and default_epochs(0) == 1
     X, y = _two_blobs(n=455)
-    got = infer_params(make_algorithm("linear_learner", {}), _profile(X, y), bounded=True)
+    got = infer_params(make_algorithm("linear_learner", {}), _sample(X, y), bounded=True)
     assert got["mini_batch_size"] == 64
     assert make_algorithm("linear_learner", {"n_features": "4", **got}).step_rows == 64
-    assert "mini_batch_size" not in infer_params(make_algorithm("linear_learner", {}), _profile(X, y), bounded=False)
+    assert "mini_batch_size" not in infer_params(make_algorithm("linear_learner", {}), _sample(X, y), bounded=False)
     assert LinearLearner(n_features=4).step_rows == 1000 and FactorizationMachines(n_features=4).step_rows == 500

@@ -45,7 +45,7 @@ def test_profiles_merge_to_the_profile_of_all_rows():
 
 def test_a_member_profile_skips_dead_lettered_rows_and_keeps_failed_commits_out():
     X = np.arange(10, dtype=np.float32).reshape(-1, 1)
-    member = MemberProfile("w", 1.0)
+    member = MemberProfile("w", 1.0, flush_s=0.0)  # every commit writes
     member.stage([Batch(X[:5]), Batch(X[5:])], failed_rows=[1, 7])
     member.accept()
     assert member.committed.rows == 8 and member.committed.features.sum[0] == 45 - 1 - 7
@@ -53,6 +53,26 @@ def test_a_member_profile_skips_dead_lettered_rows_and_keeps_failed_commits_out(
     field, blob = member.stage([Batch(X[:1])])
     member.accept()
     assert field == "w" and Profile.from_bytes(blob).rows == 9
+
+
+def test_a_member_profile_is_written_when_due_or_forced_and_always_a_prefix_of_its_commits():
+    X = np.arange(10, dtype=np.float32).reshape(-1, 1)
+    member = MemberProfile("w", 1.0, flush_s=3600.0)
+    field, blob = member.stage([Batch(X[:2])])  # nothing written yet: due
+    member.accept()
+    assert Profile.from_bytes(blob).rows == 2 and not member.unwritten
+    assert member.stage([Batch(X[2:5])]) is None  # written just now: not due, nothing serialized
+    member.accept()
+    assert member.committed.rows == 5 and member.unwritten
+    _, failed = member.stage([Batch(X[5:6])], force=True)  # a forced write whose commit fails
+    assert Profile.from_bytes(failed).rows == 6
+    stored: dict[str, bytes] = {}
+    assert member.write(stored.__setitem__) is False  # not due
+    assert member.write(stored.__setitem__, force=True) and Profile.from_bytes(stored["w"]).rows == 5
+    assert member.write(stored.__setitem__, force=True) is False  # nothing new to write
+    _, blob = member.stage([Batch(X[6:])], force=True)  # a partition's end: written with its commit
+    member.accept()
+    assert Profile.from_bytes(blob).rows == 9 and not member.unwritten
 
 
 def test_ks_distance_matches_the_exact_two_sample_statistic():

@@ -9,7 +9,7 @@ import pytest
 
 from streamlearn import datasets as D
 from streamlearn.algorithms import make_algorithm
-from streamlearn.runtime.contract import DataProfile, default_epochs, infer_params
+from streamlearn.runtime.contract import TopicSample, default_epochs, infer_params
 from streamlearn.runtime.local import fit_local
 
 sklearn = pytest.importorskip("sklearn")
@@ -33,7 +33,7 @@ def test_defaults_match_sklearn_on_small_data(loader, predictor_type, tolerance)
     # what job create does: infer the "auto" parameters from the records, size the steps
     algo = make_algorithm("linear_learner", {"predictor_type": predictor_type})
     algo = make_algorithm("linear_learner", {**algo.get_params(), **infer_params(
-        algo, DataProfile.of_batches("t", [D.to_batch(Xtr, ytr)]), bounded=True)})
+        algo, TopicSample.of_batches("t", [D.to_batch(Xtr, ytr)]), bounded=True)})
     steps = list(D.batches(Xtr, ytr, algo.step_rows))
     model = fit_local(algo, steps * default_epochs(len(Xtr)))
     ours = model.score(D.to_batch(Xte, yte), "r2" if predictor_type == "regressor" else "accuracy")
