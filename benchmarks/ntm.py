@@ -161,19 +161,20 @@ def case_speed(ctx: Context) -> list[Row]:
                 f"LDA partial_fit {lda_rate:.0f} docs/s", step["rate"] / lda_rate, "", "info",
                 f"per second of process CPU time (both); K=20, encoder [100,100], 256-doc updates of 64-doc "
                 f"steps, in-process, after one untimed update; state {step['mb']:.0f} MB "
-                f"(theta + Adam m, v, float32); worker process peak RSS {step['rss_mb']:.0f} MB")]
+                f"(theta + Adam m, v, float32); probe process peak RSS (torch + corpus + steps) "
+                f"{step['rss_mb']:.0f} MB")]
     rows += _workers_rows(ctx, vocab, Xtr)
     big = _step_probe(ctx, 100_000, n, redis=True)
     rows.append(Row("speed.ntm vocab 100k", f"{big['rate']:.0f} docs/s per worker (update, CPU)", "", None, "",
                     "info", f"the paper's vocabulary: state {big['mb']:.0f} MB; one commit of an update's deltas "
-                    f"to Redis {big['commit_s'] * 1e3:.0f} ms (every key the step moves); worker process peak RSS "
-                    f"{big['rss_mb']:.0f} MB"))
+                    f"to Redis {big['commit_s'] * 1e3:.0f} ms (every key the step moves); probe process peak "
+                    f"RSS (torch + corpus + steps) {big['rss_mb']:.0f} MB"))
     return rows
 
 
 def _step_probe(ctx: Context, vocab_size: int, n: int, redis: bool = False) -> dict:
-    """Run :func:`step_probe` in a child process (its peak RSS is a worker's memory, not
-    this process's): documents/s of ``n`` documents' updates, the state's size and, with
+    """Run :func:`step_probe` in a child process (its peak RSS is the step's memory with
+    torch and the corpus, not this process's): documents/s of ``n`` documents' updates, the state's size and, with
     ``redis``, one commit of the deltas to the run's Redis."""
     import json
     import subprocess
