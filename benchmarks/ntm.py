@@ -14,8 +14,9 @@ Targets (issue 13): completion perplexity <= 1.05 x LDA's seed mean, NPMI >= LDA
 mean, TU >= 0.8, for 10, 20 and 50 topics (the ``full`` profile; ``smoke``: 20 topics, 1 seed).
 
 ``speed.ntm``: documents per second of one worker's update step (in-process, CPU, 20k
-vocabulary) against LDA's ``partial_fit``; and the state of a 100k-word vocabulary (the
-paper's scale): its size, one commit's push cost (LocalState) and the step's memory.
+vocabulary) against LDA's ``partial_fit``; a bounded job over the training documents with 1
+and 2 worker processes (Kafka + Redis); and a 100k-word vocabulary (the paper's scale): its
+state size, one commit of an update's deltas to Redis and a worker process's peak memory.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from benchmarks._core import Context, Row
 KS = {"smoke": (20,), "full": (10, 20, 50)}
 SEEDS = {"smoke": (0,), "full": (0, 1, 2)}
 NTM_EPOCHS = 20
-#: ProdLDA's large steps on 200-document mini-batches
-NTM_PARAMS = {"mini_batch_size": 200, "learning_rate": 0.005}
+#: the default 64-document steps at a larger step size: 20 epochs of 200-document steps (ProdLDA's
+#: size) are 240 steps, and left the model short of its 64-document steps' perplexity
+NTM_PARAMS = {"mini_batch_size": 64, "learning_rate": 0.005}
 
 
 def corpus(vocab_size: int = 20_000, seed: int = 0):
@@ -142,45 +144,119 @@ def case_quality(ctx: Context) -> list[Row]:
 
 
 def case_speed(ctx: Context) -> list[Row]:
-    import resource
-
+    """One worker's update step in-process against LDA's ``partial_fit`` (20k vocabulary);
+    1 and 2 real worker processes (Kafka + Redis) on the training documents; the 100k
+    vocabulary's state size, one commit of its deltas to Redis and a worker's memory."""
     from sklearn.decomposition import LatentDirichletAllocation
+
+    vocab, Xtr, _, _ = corpus()
+    n = min(len(Xtr), 1024)
+    lda = LatentDirichletAllocation(20, learning_method="online", random_state=0, n_jobs=1)
+    t0 = time.process_time()
+    for start in range(0, n, 256):
+        lda.partial_fit(csr(Xtr.take(np.arange(start, min(start + 256, n)))))
+    lda_rate = n / (time.process_time() - t0)
+    step = _step_probe(ctx, len(vocab), n)
+    rows = [Row("speed.ntm vocab 20k", f"{step['rate']:.0f} docs/s per worker (update, CPU)",
+                f"LDA partial_fit {lda_rate:.0f} docs/s", step["rate"] / lda_rate, "", "info",
+                f"per second of process CPU time (both); K=20, encoder [100,100], 256-doc updates of 64-doc "
+                f"steps, in-process, after one untimed update; state {step['mb']:.0f} MB "
+                f"(theta + Adam m, v, float32); probe process peak RSS (torch + corpus + steps) "
+                f"{step['rss_mb']:.0f} MB")]
+    rows += _workers_rows(ctx, vocab, Xtr)
+    big = _step_probe(ctx, 100_000, n, redis=True)
+    rows.append(Row("speed.ntm vocab 100k", f"{big['rate']:.0f} docs/s per worker (update, CPU)", "", None, "",
+                    "info", f"the paper's vocabulary: state {big['mb']:.0f} MB; one commit of an update's deltas "
+                    f"to Redis {big['commit_s'] * 1e3:.0f} ms (every key the step moves); probe process peak "
+                    f"RSS (torch + corpus + steps) {big['rss_mb']:.0f} MB"))
+    return rows
+
+
+def _step_probe(ctx: Context, vocab_size: int, n: int, redis: bool = False) -> dict:
+    """Run :func:`step_probe` in a child process (its peak RSS is the step's memory with
+    torch and the corpus, not this process's): documents/s of ``n`` documents' updates, the state's size and, with
+    ``redis``, one commit of the deltas to the run's Redis."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ntm", str(vocab_size), str(n)] + ["redis"] * redis,
+                         capture_output=True, text=True, check=True, env=ctx.worker_env())
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def step_probe(vocab_size: int, n: int, redis: bool = False) -> dict:
+    """The update step of a ``vocab_size``-word NTM (K=20) on ``n`` NewsArticles training
+    documents (ids spread over the vocabulary), in this process, on a LocalState or, with
+    ``redis``, on a RedisState (``STREAMLEARN_REDIS``) whose commit after the steps is timed."""
+    import resource
 
     from streamlearn.algorithms import make_algorithm
     from streamlearn.batch import Batch
     from streamlearn.statestore.local import LocalState
 
-    vocab, Xtr, _, _ = corpus()
-    rows = []
-    n = min(len(Xtr), 1024)
-    lda = LatentDirichletAllocation(20, learning_method="online", random_state=0, n_jobs=1)
-    t0 = time.perf_counter()
-    for start in range(0, n, 256):
-        lda.partial_fit(csr(Xtr.take(np.arange(start, min(start + 256, n)))))
-    lda_rate = n / (time.perf_counter() - t0)
-    for v, label in ((len(vocab), "20k"), (100_000, "100k")):
-        algo = make_algorithm("ntm", {"vocab_size": v, "num_topics": 20, "holdout_fraction": 0.0})
+    _, Xtr, _, _ = corpus()
+    X = Xtr if vocab_size == Xtr.n_features else _widen(Xtr, vocab_size)
+    algo = make_algorithm("ntm", {"vocab_size": vocab_size, "num_topics": 20, "holdout_fraction": 0.0})
+    if redis:
+        from streamlearn.config import Settings
+        from streamlearn.runtime.record import JobRecord
+        from streamlearn.statestore.redis_state import RedisState
+
+        client = Settings.resolve().redis_client()
+        job = f"ntm-speed-{vocab_size}"
+        state = RedisState(client, job)
+    else:
         state = LocalState()
+    try:
         algo.initialize(state)
         state.commit()
-        X = Xtr if v == len(vocab) else _widen(Xtr, v)
         parts = [Batch(X.take(np.arange(s, min(s + 256, n)))) for s in range(0, n, 256)]
-        t0 = time.perf_counter()
+        algo.update(state, parts[0])  # torch's import and first call are no step's cost
+        t0 = time.process_time()
         for b in parts:
             algo.update(state, b)
-        step_s = time.perf_counter() - t0
+        step_s = time.process_time() - t0
         t0 = time.perf_counter()
         state.commit()
         commit_s = time.perf_counter() - t0
         size = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in state.keys().values())
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rate = n / step_s
-        rows.append(Row(f"speed.ntm vocab {label}", f"{rate:.0f} docs/s per worker (update, CPU)",
-                        f"LDA partial_fit {lda_rate:.0f} docs/s (20k vocab)" if label == "20k" else "",
-                        rate / lda_rate if label == "20k" else None, "",
-                        "info", f"K=20, encoder [100,100], 256-doc updates of 64-doc steps; state "
-                        f"{size / 1e6:.0f} MB (theta + Adam m, v, float32), one commit of it {commit_s * 1e3:.0f} ms "
-                        f"(in-process store); peak RSS {rss:.0f} MB"))
+    finally:
+        if redis:
+            JobRecord(client, job).delete()
+    return {"rate": n / step_s, "commit_s": commit_s, "mb": size / 1e6,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _workers_rows(ctx: Context, vocab, Xtr) -> list[Row]:
+    """One pass over the training documents by a bounded job with 1 and 2 worker processes,
+    all joined before it starts; 64 documents a message, as ``produce --text-column`` writes."""
+    import os
+
+    from benchmarks import _streams as st
+    from streamlearn.streams.producer import Producer
+    from streamlearn.streams.topics import ensure_topic
+
+    def make():
+        s = ctx.settings
+        topic = ctx.name("news-bow")
+        ensure_topic(s.kafka_client_conf(), topic, partitions=ctx.p["partitions"])
+        with Producer(s.kafka, s.kafka_conf) as p:
+            p.send_batch(topic, Xtr, batch_size=64)
+        return st.Produced(topic, len(Xtr), -(-len(Xtr) // 64), 0.0, Xtr.n_features)
+
+    prod = ctx.memo(("topic", "news-bow"), make)
+    params = {"vocab_size": len(vocab), "num_topics": 20, "holdout_fraction": 0.0}
+    cores = len(os.sched_getaffinity(0))
+    rows, base = [], None
+    for w in (1, 2):
+        job = st.run_job(ctx, prod, "ntm", params, w, tag="news", together=True)
+        rate = job.records / job.seconds / w
+        base = base or rate
+        rows.append(Row(f"speed.ntm workers[{w}]", f"{rate:.0f} docs/s per worker", f"1 worker {base:.0f} docs/s",
+                        rate * w / base, "", "info",
+                        f"{w} worker process(es) on {cores} cores, a bounded job over {job.records:,} documents "
+                        f"(20k words, K=20) in {job.seconds:.0f} s; ratio = total rate / 1 worker's"))
     return rows
 
 
@@ -248,3 +324,10 @@ def fit_workers(params: dict, windows, n_workers: int):
         for (_, st), _ in group:
             st.commit()
     return make_algorithm("ntm", params).finalize(LocalState(backend))
+
+
+if __name__ == "__main__":  # the child process of _step_probe: VOCAB_SIZE N [redis]
+    import json
+    import sys
+
+    print(json.dumps(step_probe(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["redis"])))

@@ -119,7 +119,7 @@ class TorchNTM:
             # full-size zero gradient per array and added them up (most of a step's time)
             leaves = [piece.detach().requires_grad_(True) for piece in self.pieces(theta)]
             enc, counts = self.sparse(part)
-            seed = algo._noise_seed(t, 0)
+            seed = algo._noise_seed(t, 0, part)
             gen = torch.Generator(device="cpu").manual_seed(seed + 1)
             rec, kl, stats = self.neg_elbo(leaves, background, enc, counts, self.noise(len(part), k, seed),
                                            algo.kl_weight(n0 + done), None if len(part) > 1 else state["bn"],

@@ -331,11 +331,16 @@ class NTM(Algorithm):
         return NTMModel(arrays, attrs)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _noise_seed(self, t: float, stream: int) -> int:
-        """A seed for the step's random draws: the job's seed, the global step count and a
-        stream id, so that a resumed or re-run job draws the same noise."""
-        digest = hashlib.blake2b(f"{self.seed}:{int(t)}:{stream}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") >> 1
+    def _noise_seed(self, t: float, stream: int, X: SparseRows | None = None) -> int:
+        """A seed for the step's random draws: the job's seed, the global step count, a
+        stream id and the step's documents ``X``, so that a resumed or re-run job draws the
+        same noise, and concurrent workers, which start from the same step count, draw
+        different noise (with the same, their summed steps added its error up coherently)."""
+        h = hashlib.blake2b(f"{self.seed}:{int(t)}:{stream}".encode(), digest_size=8)
+        if X is not None:
+            h.update(np.ascontiguousarray(X.indices).tobytes())
+            h.update(np.ascontiguousarray(X.values).tobytes())
+        return int.from_bytes(h.digest(), "little") >> 1
 
     def kl_weight(self, docs_seen: float) -> float:
         return 1.0 if not self.kl_warmup_docs else min(1.0, docs_seen / float(self.kl_warmup_docs))

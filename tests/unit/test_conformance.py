@@ -32,6 +32,9 @@ class Fixture:
     bad: tuple[dict[str, Any], str]
     #: how much worse (absolute, in quality units) a 3-worker model may be than a 1-worker one
     multi_worker_tol: float
+    #: passes over ``train`` in the several-workers check (a model trained to convergence, as a
+    #: user trains it, where one pass leaves it short)
+    multi_worker_passes: int = 1
 
 
 def _split_batches(X, y, n_train, batch_size):
@@ -73,12 +76,13 @@ def _fixture(name: str) -> Fixture:
     if name == "ntm":
         X = D.topic_documents(3500, vocab_size=200, num_topics=5, seed=7)
         train, test = _split_batches(X, None, 3000, 100)
-        return Fixture({"vocab_size": 200, "num_topics": 5, "encoder_layers": [32], "learning_rate": 0.03,
+        # 6 passes: in one, 3 workers take a third of the lone worker's sequential steps, and
+        # their summed steps (3x the step size) fall short of its model by 3-4 % of log
+        # perplexity at this learning rate; trained to convergence they land within 0.4 %
+        return Fixture({"vocab_size": 200, "num_topics": 5, "encoder_layers": [32], "learning_rate": 0.01,
                         "mini_batch_size": 50, "holdout_fraction": 0.1}, train, test,
-                       # 0.04: ten rounds of 3 workers leave the summed model short of the lone one's
-                       # convergence here (3.4 %; 1.8 % after 6 passes); issue 13's 2 % in perplexity
-                       # is measured on real text by benchmarks/ntm.py's scaling.ntm
-                       lambda m, b: -np.log(m.score(b)), ({"vocab_size": 200, "num_topics": 1}, "num_topics"), 0.04)
+                       lambda m, b: -np.log(m.score(b)), ({"vocab_size": 200, "num_topics": 1}, "num_topics"), 0.02,
+                       multi_worker_passes=6)
     if name == "deepar":
         pts = D.seasonal_series(12, 60, period=7, seed=7)
         n = 12 * 56  # the last 4 points of every series are the test's prediction range
@@ -165,14 +169,15 @@ def test_several_workers_match_one(name):
     """Three workers (LocalStates over one backend) interleave the batches; the model is as
     good as one worker's on the same data."""
     fx = fixture(name)
-    single, _ = checks.fit(make(name), fx.train)
+    train = fx.train * fx.multi_worker_passes
+    single, _ = checks.fit(make(name), train)
     backend = MemoryBackend()
     init = LocalState(backend)
     make(name).initialize(init)
     init.commit()
     workers = [(make(name), LocalState(backend)) for _ in range(3)]
-    for i in range(0, len(fx.train), 3):  # each worker pulls, then all commit: real interleaving
-        group = list(zip(workers, fx.train[i:i + 3]))
+    for i in range(0, len(train), 3):  # each worker pulls, then all commit: real interleaving
+        group = list(zip(workers, train[i:i + 3]))
         for (algo, st), b in group:
             st.refresh()
             algo.update(st, b)
