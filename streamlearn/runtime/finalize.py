@@ -71,12 +71,16 @@ def maybe_finalize(settings: Settings, client: redis.Redis, spec: JobSpec, membe
 def periodic_snapshot(settings: Settings, client: redis.Redis, spec: JobSpec, member: str) -> int | None:
     """Publish if ``snapshot_every`` seconds passed since the last periodic snapshot (one
     worker wins the interval's lock; the lock's expiry is the period)."""
-    if not JobRecord(client, spec.name).take_snapshot_turn(member, spec.snapshot_every):
+    record = JobRecord(client, spec.name)
+    if not record.take_snapshot_turn(member, spec.snapshot_every):
         return None
-    try:
-        return publish(settings, client, spec, final=False)
-    except NothingToSnapshot:
-        return None
+    with record.one_snapshot_at_a_time(wait_s=0) as held:
+        if not held:
+            return None  # a snapshot is being taken (on demand, final): this period has it
+        try:
+            return _publish(settings, client, spec, final=False)
+        except NothingToSnapshot:
+            return None
 
 
 def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
@@ -88,6 +92,12 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
     job, or the job applied no record (then it is marked failed). Raises
     :class:`NothingToSnapshot` for a non-final snapshot of a state that applied no record.
     """
+    with JobRecord(client, spec.name).one_snapshot_at_a_time():
+        return _publish(settings, client, spec, final, force_reason)
+
+
+def _publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
+             force_reason: str | None = None) -> int | None:
     record = JobRecord(client, spec.name)
     state = record.state()
     offsets, counters = state.load_consistent()
@@ -205,6 +215,11 @@ def force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reason
     Snapshots are immutable: the rejected version stays rejected; the forced copy names it."""
     if not (reason or "").strip():
         raise UserError("--force needs --reason \"why this snapshot goes live despite its gate\"")
+    with JobRecord(client, spec.name).one_snapshot_at_a_time():
+        return _force_publish(settings, client, spec, reason)
+
+
+def _force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reason: str) -> int:
     record = JobRecord(client, spec.name)
     newest, published = record.snapshot_versions(stored=True)
     store = ModelStore(client)
@@ -219,7 +234,7 @@ def force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reason
                         final=False)
         assert stored is not None  # a non-final snapshot is always stored
         return stored
-    version = publish(settings, client, spec, final=False, force_reason=reason)
+    version = _publish(settings, client, spec, final=False, force_reason=reason)
     assert version is not None
     return version
 

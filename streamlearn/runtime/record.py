@@ -19,9 +19,12 @@ WATCH need). Two owners share that prefix:
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from contextlib import contextmanager
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import redis
 
@@ -66,6 +69,7 @@ class JobRecord:
         self._status = f"{base}:status"  # running | paused | finished | failed | deleting
         self._finalize_lock = f"{base}:finalize:lock"
         self._snapshot_lock = f"{base}:snapshot:lock"
+        self._snapshot_mutex = f"{base}:snapshot:mutex"
         self._monitor = f"{base}:monitor"  # JSON: the latest drift report (streamlearn monitor)
         # list: every window's per-feature KS distances and verdict, oldest first (the report's plot)
         self._monitor_windows = f"{base}:monitor:windows"
@@ -191,6 +195,25 @@ class JobRecord:
         """Whether ``member`` publishes this period's snapshot (the lock expires with the period)."""
         return bool(self.client.set(self._snapshot_lock, member, nx=True, px=int(period_s * 1000)))
 
+    @contextmanager
+    def one_snapshot_at_a_time(self, wait_s: float = 300.0) -> Iterator[bool]:
+        """Held while a snapshot of the job is taken (periodic, on demand, final), so that
+        each reads the state after the one before it was stored: versions follow the data
+        and a snapshot's parent is the version before it. Yields whether it was got within
+        ``wait_s`` (then the caller goes on anyway: the order of versions is at stake, not
+        exactly-once); it expires after 5 minutes (a snapshot taker that died holding it)."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        held = bool(self.client.set(self._snapshot_mutex, token, nx=True, px=300_000))
+        while not held and time.monotonic() < deadline:
+            time.sleep(0.05)
+            held = bool(self.client.set(self._snapshot_mutex, token, nx=True, px=300_000))
+        try:
+            yield held
+        finally:
+            if held:
+                self.client.eval(_RELEASE, 1, self._snapshot_mutex, token)
+
     def record_snapshot(self, version: int, final: bool, store_put: Callable[[redis.client.Pipeline], None],
                         publishable: bool = True) -> bool:
         """In one transaction: ``store_put(pipe)`` (the model store's writes), the job's
@@ -276,7 +299,7 @@ class JobRecord:
         base, kept = self.store.base, (ModelStore.prefix(self.name), Registry.prefix(self.name))
         doomed = {k.decode() for k in self.client.scan_iter(match=f"{base}:*", count=1000)}
         doomed = {k for k in doomed if not k.startswith(kept)} | set(self.store.all_keys())
-        doomed |= {self._spec, self._status, self._finalize_lock, self._snapshot_lock}
+        doomed |= {self._spec, self._status, self._finalize_lock, self._snapshot_lock, self._snapshot_mutex}
         for key in self.client.scan_iter(match=shard_pattern(self.name), count=1000):
             self.client.delete(key)  # a sharded state's chunks (other slots of a Redis Cluster)
         pipe = self.client.pipeline(transaction=True)

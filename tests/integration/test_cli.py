@@ -72,6 +72,39 @@ def test_unbounded_job_snapshots_periodically_and_on_demand(stack, tmp_path):
     assert json.loads(cli("job", "status", job, "--json").stdout)["members"] == []
 
 
+def test_concurrent_snapshots_take_turns_so_versions_follow_the_data(stack, tmp_path):
+    """Periodic snapshots by the worker and on-demand ones from three threads at once: each
+    reads the state after the one before it was stored, so every version's parent is the
+    version before it and records_applied never goes down from one version to the next."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamlearn.runtime.finalize import publish
+    from streamlearn.runtime.jobs import load_spec
+    from streamlearn.streams.producer import Producer
+    from streamlearn.streams.topics import ensure_topic
+
+    topic, job = f"turns-{uuid.uuid4().hex[:8]}", f"turns-{uuid.uuid4().hex[:8]}"
+    ensure_topic(stack.kafka_client_conf(), topic, partitions=2)
+    with Producer(stack.kafka, stack.kafka_conf) as p:
+        p.send_batch(topic, np.full((2000, 1), 5.0, dtype=np.float32), batch_size=20)
+    cli("job", "create", job, "--algorithm", "median", "--topic", topic, "--until", "never", "--snapshot-every", "0.2")
+    client = stack.redis_client()
+    procs = [start_worker(job, tmp_path)]
+    wait_status(client, job, lambda s: s["records_applied"] > 0, 60, "first records")
+    spec = load_spec(client, job)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: publish(stack, stack.redis_client(), spec, final=False), range(9)))
+    procs[0].send_signal(signal.SIGTERM)
+    assert stop_all(procs) == [0]
+    store = ModelStore(client)
+    versions = sorted(store.versions(job))
+    assert len(versions) >= 9 and versions == list(range(1, len(versions) + 1))
+    meta = [store.metadata(job, v) for v in versions]
+    assert [m["parent"] for m in meta[1:]] == [{"job": job, "version": v} for v in versions[:-1]]
+    applied = [m["records_applied"] for m in meta]
+    assert applied == sorted(applied)
+
+
 @pytest.mark.parametrize("args,message", [
     (("job", "status", "no-such-job"), "unknown job"),
     (("worker", "no-such-job"), "unknown job"),
