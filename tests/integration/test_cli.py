@@ -44,18 +44,27 @@ def test_produce_file_create_status_and_list(stack, tmp_path):
     assert models[0]["algorithm"] == "linear_learner" and models[0]["records_applied"] == 3000 * final["epochs"]
 
 
-def test_unbounded_job_snapshots_periodically_and_on_demand(stack, tmp_path):
+def _unbounded_median_job(stack, tmp_path, rows: int, batch_size: int, snapshot_every: float):
+    """(topic, job, worker processes) of a running ``--until never`` median job over
+    ``rows`` produced values, with periodic snapshots."""
     from streamlearn.streams.producer import Producer
     from streamlearn.streams.topics import ensure_topic
 
     topic, job = f"unb-{uuid.uuid4().hex[:8]}", f"unb-{uuid.uuid4().hex[:8]}"
     ensure_topic(stack.kafka_client_conf(), topic, partitions=2)
     with Producer(stack.kafka, stack.kafka_conf) as p:
-        p.send_batch(topic, np.full((500, 1), 5.0, dtype=np.float32), batch_size=50)
-    cli("job", "create", job, "--algorithm", "median", "--topic", topic, "--until", "never", "--snapshot-every", "1")
+        p.send_batch(topic, np.full((rows, 1), 5.0, dtype=np.float32), batch_size=batch_size)
+    cli("job", "create", job, "--algorithm", "median", "--topic", topic, "--until", "never",
+        "--snapshot-every", str(snapshot_every))
+    return topic, job, [start_worker(job, tmp_path)]
+
+
+def test_unbounded_job_snapshots_periodically_and_on_demand(stack, tmp_path):
+    from streamlearn.streams.producer import Producer
+
+    topic, job, procs = _unbounded_median_job(stack, tmp_path, 500, 50, 1)
     client = stack.redis_client()
     store = ModelStore(client)
-    procs = [start_worker(job, tmp_path)]
     wait_status(client, job, lambda s: s["records_applied"] == 500, 60, "first records")
     with Producer(stack.kafka, stack.kafka_conf) as p:  # data keeps arriving: the job keeps training
         p.send_batch(topic, np.full((300, 1), 5.0, dtype=np.float32), batch_size=50)
@@ -80,16 +89,9 @@ def test_concurrent_snapshots_take_turns_so_versions_follow_the_data(stack, tmp_
 
     from streamlearn.runtime.finalize import publish
     from streamlearn.runtime.jobs import load_spec
-    from streamlearn.streams.producer import Producer
-    from streamlearn.streams.topics import ensure_topic
 
-    topic, job = f"turns-{uuid.uuid4().hex[:8]}", f"turns-{uuid.uuid4().hex[:8]}"
-    ensure_topic(stack.kafka_client_conf(), topic, partitions=2)
-    with Producer(stack.kafka, stack.kafka_conf) as p:
-        p.send_batch(topic, np.full((2000, 1), 5.0, dtype=np.float32), batch_size=20)
-    cli("job", "create", job, "--algorithm", "median", "--topic", topic, "--until", "never", "--snapshot-every", "0.2")
+    _, job, procs = _unbounded_median_job(stack, tmp_path, 2000, 20, 0.2)
     client = stack.redis_client()
-    procs = [start_worker(job, tmp_path)]
     wait_status(client, job, lambda s: s["records_applied"] > 0, 60, "first records")
     spec = load_spec(client, job)
     with ThreadPoolExecutor(3) as pool:
