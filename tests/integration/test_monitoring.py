@@ -59,6 +59,9 @@ def test_profile_counts_every_record_once_under_worker_churn(stack, tmp_path):
     eager = {**lazy, "STREAMLEARN_PROFILE_FLUSH_S": "0"}
     procs = [start_worker(job, tmp_path, lazy), start_worker(job, tmp_path, eager)]
     wait_status(client, job, lambda s: s["records_applied"] > 8_000, 120, "records before the kill")
+    # the killed worker must have committed before it dies (member ids carry the process id)
+    wait_for(lambda: any(f"-{procs[1].pid}-" in m.decode() for m in client.hkeys(f"sl:{{{job}}}:profile")), 120,
+             "the eager worker's first profile")
     procs[1].kill()
     procs[1].wait()
     procs.append(start_worker(job, tmp_path, lazy))
