@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,10 @@ def test_readme_python_example_runs_as_written(stack, capsys):
         exec(compile(readme_python_example(), str(README), "exec"), namespace)
     finally:
         for worker in namespace.get("workers", []):
-            worker.stop(timeout=30)
+            try:  # a worker still shutting down (its "worker stopped" printed) must not be SIGTERMed
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.stop(timeout=30)
     status, model = namespace["status"], namespace["model"]
     X, y, test = namespace["X"], namespace["y"], namespace["test"]
     assert status["state"] == "finished" and status["records_applied"] == 450 * status["epochs"]
