@@ -134,6 +134,7 @@ def cmd_ingest(args) -> int:
 
 def cmd_produce(args) -> int:
     from streamlearn.streams.producer import produce_file
+    from streamlearn.streams.topics import dlq_topic
     from streamlearn.wire.schema_store import SharedSchemas
 
     s = _settings()
@@ -149,7 +150,7 @@ def cmd_produce(args) -> int:
                             partitions=args.partitions, batch_size=args.batch_size, n_features=args.n_features,
                             header=args.header, progress=bar.update, retention=args.retention)
     if done.dead_lettered:
-        print(f"{done.dead_lettered} rows of {args.from_file} are not examples: sent to {args.topic}.dlq with the "
+        print(f"{done.dead_lettered} rows of {args.from_file} are not examples: sent to {dlq_topic(args.topic)} with the "
               f"reason (first: {done.first_bad})", file=sys.stderr)
     print(f"produced {done.records} records to {args.topic}")
     return 0
