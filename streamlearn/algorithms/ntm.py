@@ -18,10 +18,11 @@ prior), averaged over a mini-batch; ``kl_weight`` ramps from 0 to 1 over the fir
 **State.** The network's parameters are one flat key ``theta`` (float32, sum aggregated);
 the optimizer's accumulators are keys of the same shape (Adam: ``m``, ``v``; Adagrad /
 RMSprop: ``v``) plus the step count ``t``; ``bn`` holds the normalization's running means
-and variances (moved 10 % of the way to each training batch's), ``words`` the training word
-counts. ``finalize`` folds the running statistics into the encoder's output layers and the
-decoder (normalization by fixed statistics is affine, :func:`fold_batch_norm`), so models,
-snapshots and ONNX export see a plain network.
+and variances (moved 10 % of the way to each training batch's; ``step`` aggregated, so
+workers' moves merge), ``words`` the training word counts. ``finalize`` folds the running
+statistics into the encoder's output layers and the decoder (normalization by fixed
+statistics is affine, :func:`fold_batch_norm`), so models, snapshots and ONNX export see a
+plain network.
 
 **Concurrent workers.** An update pulls the keys, runs its mini-batches as local steps
 (torch autograd on CPU or CUDA) and pushes the differences, committed with the window's
@@ -283,7 +284,10 @@ class NTM(Algorithm):
         for key in self._accumulators():
             state.initialize(key, np.zeros_like(theta), aggregator=agg, dtype="float32")
         k, v = int(self.num_topics), self.n_features()
-        state.initialize("bn", np.concatenate([np.zeros(2 * k + v), np.ones(2 * k + v)]), dtype="float32")
+        # running statistics are a model, not a sum: workers' concurrent moves are merged
+        # ("step"); summed, two workers that each moved a variance from 1 to near 0 made it negative
+        state.initialize("bn", np.concatenate([np.zeros(2 * k + v), np.ones(2 * k + v)]), aggregator="step",
+                         dtype="float32")
         state.initialize("words", np.zeros(v))
         for key in ("t", "n", "ho_nll", "ho_words", "ho_docs"):
             state.initialize(key, 0.0)

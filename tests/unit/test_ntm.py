@@ -9,11 +9,12 @@ torch = pytest.importorskip("torch")
 from streamlearn import datasets as D  # noqa: E402
 from streamlearn.algorithms import make_algorithm  # noqa: E402
 from streamlearn.algorithms._ntm_torch import TorchNTM  # noqa: E402
-from streamlearn.algorithms.ntm import (completion_perplexity, layout, npmi_coherence, prior,  # noqa: E402
+from streamlearn.algorithms.ntm import (bn_split, completion_perplexity, layout, npmi_coherence, prior,  # noqa: E402
                                         topic_uniqueness)
 from streamlearn.batch import Batch  # noqa: E402
 from streamlearn.runtime.local import fit_local  # noqa: E402
 from streamlearn.snapshots.format import decode_snapshot, encode_snapshot, load_model  # noqa: E402
+from streamlearn.statestore.local import LocalState, MemoryBackend  # noqa: E402
 
 
 def test_elbo_gradient_matches_central_differences():
@@ -56,6 +57,26 @@ def test_adagrad_accumulators_add_up_across_workers():
         TorchNTM.step(state, state["theta"], g, 1, "adagrad", 0.1)
         deltas.append(state["v"] - 1.0)
     np.testing.assert_allclose((deltas[0] + deltas[1]).numpy(), (g1 * g1 + g2 * g2).numpy())
+
+
+def test_workers_committing_long_shares_keep_positive_normalization_variances():
+    """Two workers that each train a long share from the initial state and commit once:
+    their running normalization statistics merge into a mix of both (summed, each worker's
+    variance drop from the initial 1 counted twice went negative, and the folded model
+    collapsed onto one theme)."""
+    train, _ = _docs()
+    algo = make_algorithm("ntm", PARAMS)
+    backend = MemoryBackend()
+    first = LocalState(backend)
+    algo.initialize(first)
+    first.commit()
+    workers = [LocalState(backend), LocalState(backend)]
+    for i, batch in enumerate(train * 2):
+        algo.update(workers[i % 2], batch)
+    for state in workers:
+        state.commit()
+    _, enc_var, _, dec_var = bn_split(LocalState(backend).pull("bn"), PARAMS["num_topics"])
+    assert (enc_var > 0).all() and (dec_var > 0).all()
 
 
 def _docs():
