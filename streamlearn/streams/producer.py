@@ -247,7 +247,7 @@ def lone_rows(X, y=None, w=None) -> np.ndarray:
     missing, stays batched)."""
     if isinstance(X, SparseRows):
         bad = np.zeros(len(X), dtype=bool)
-        bad[np.repeat(np.arange(len(X)), np.diff(X.indptr))[~np.isfinite(X.values)]] = True
+        bad[X.row_ids()[~np.isfinite(X.values)]] = True
     else:
         bad = ~np.isfinite(X).all(axis=1)
     if y is not None:
