@@ -158,12 +158,12 @@ def _store(settings: Settings, client: redis.Redis, spec: JobSpec, snapshot, fin
             publishable=status != gate.REJECTED):
         store.discard(spec.name, version)  # the parts this finalizer wrote, if any
         return None  # another finalizer finished the job
-    store.collect_orphans(spec.name)
     log.info("job %s: stored snapshot version %d%s (gate: %s)", spec.name, version, " (final)" if final else "", status)
     if status == gate.REJECTED:
         log.warning("job %s: snapshot version %d rejected by the gate, not published: %s", spec.name, version,
                     metadata["gate"]["reason"])
     ensure_published(settings, client, spec.name, just_stored=(version, data, entry))
+    store.collect_orphans(spec.name)  # parts of earlier versions never committed (crashed writers)
     return version
 
 
