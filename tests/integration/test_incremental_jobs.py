@@ -15,6 +15,7 @@ from streamlearn.algorithms.base import training_state
 from streamlearn.batch import Batch
 from streamlearn.runtime.jobs import load_spec
 from streamlearn.snapshots.format import decode_snapshot, load_model
+from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
@@ -79,3 +80,29 @@ def test_linear_learner_continued_on_b_is_near_one_pass_over_a_and_b(stack, tmp_
     acc = {k: load_model(s).score(Batch(Xt, yt), "accuracy") for k, s in snapshots.items()}
     assert acc["b"] >= acc["a"], acc
     assert abs(acc["b"] - acc["ab"]) <= 0.003, acc
+
+
+def test_a_snapshot_in_parts_on_one_redis_carries_its_state_and_is_continued(stack, tmp_path, monkeypatch):
+    """One plain Redis, one message lowered to 64 KiB (the setting reaches the workers and the
+    CLI): the counter's snapshot (X'X in the model and in the state, 80 KB each) is stored in
+    parts with its training state, and a job continued from it ends with the state of one job
+    over A and B."""
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    rng = np.random.default_rng(4)
+    A, B = rng.integers(-9, 10, (600, 100)).astype(np.float32), rng.integers(-9, 10, (400, 100)).astype(np.float32)
+    topics = _topics(stack, {"a": (A, None), "b": (B, None), "ab": (np.vstack([A, B]), None)})
+    tag = uuid.uuid4().hex[:6]
+    _run(f"cntp-a-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["a"], "--param", "dim=100")
+    _run(f"cntp-b-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["b"],
+         "--from-snapshot", f"cntp-a-{tag}")
+    _run(f"cntp-ab-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["ab"], "--param", "dim=100")
+    client = stack.redis_client()
+    store = ModelStore(client)
+    assert store.redis.get(store.key(f"cntp-a-{tag}", 1)) is None  # not one value
+    manifest = Manifest.from_bytes(store.redis.get(f"{store.key(f'cntp-a-{tag}', 1)}:parts"))
+    assert len(manifest.parts) >= 3 and store.metadata(f"cntp-a-{tag}", 1)["training_state"] is True
+    continued, whole = (training_state(RedisState(client, j)) for j in (f"cntp-b-{tag}", f"cntp-ab-{tag}"))
+    assert sorted(continued) == sorted(whole)
+    for key in whole:
+        np.testing.assert_array_equal(continued[key], whole[key], err_msg=key)
+    assert float(whole["n"]) == 1000
