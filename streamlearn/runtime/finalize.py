@@ -39,14 +39,14 @@ from streamlearn.registry.provenance import provenance
 from streamlearn.registry.records import Registry, lineage_data, model_name
 from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete, load_spec
 from streamlearn.runtime.record import ENDED, JobRecord
-from streamlearn.snapshots.format import decode_snapshot, encode, load_model, snapshot_of
-from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, produce_snapshot
+from streamlearn.snapshots.format import MAX_SNAPSHOT_BYTES, decode_snapshot, encode, load_model, snapshot_of
+from streamlearn.snapshots.publisher import produce_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import RedisState
 
 log = logging.getLogger("streamlearn.finalize")
-#: room left in a snapshot message for its metadata (packed models' scores, params)
+#: room left in a snapshot for its metadata (packed models' scores, params)
 METADATA_ROOM_BYTES = 4 << 20
 
 class NothingToSnapshot(JobError):
@@ -152,15 +152,18 @@ def _store(settings: Settings, client: redis.Redis, spec: JobSpec, snapshot, fin
     version = metadata["version"]
     status = gate.status_of(metadata)
     entry = _registry_entry(metadata)
+    store = ModelStore(client)
     if not JobRecord(client, spec.name).record_snapshot(
-            version, final, lambda pipe: ModelStore(client).put(spec.name, data, entry, pipe=pipe),
+            version, final, lambda pipe: store.put(spec.name, data, entry, pipe=pipe),
             publishable=status != gate.REJECTED):
+        store.discard(spec.name, version)  # the parts this finalizer wrote, if any
         return None  # another finalizer finished the job
     log.info("job %s: stored snapshot version %d%s (gate: %s)", spec.name, version, " (final)" if final else "", status)
     if status == gate.REJECTED:
         log.warning("job %s: snapshot version %d rejected by the gate, not published: %s", spec.name, version,
                     metadata["gate"]["reason"])
     ensure_published(settings, client, spec.name, just_stored=(version, data, entry))
+    store.collect_orphans(spec.name)  # parts of earlier versions never committed (crashed writers)
     return version
 
 
@@ -294,12 +297,13 @@ def _training_data(client: redis.Redis, spec: JobSpec, offsets: dict[int, int], 
 
 
 def _kept_state(spec: JobSpec, state: RedisState, model) -> dict | None:
-    """The state the snapshot carries so that a job can continue from it; None when model and
-    state together would not fit one snapshot message (a 2**20-feature factorization machine:
-    38 MB of model, 75 MB of parameters and accumulators), so the model is still published."""
+    """The state the snapshot carries so that a job can continue from it (a snapshot over one
+    message is stored and published in parts: a 2**20-feature factorization machine's 38 MB
+    of model and 75 MB of parameters and accumulators); None when model and state together
+    would exceed a snapshot's 1 GiB, so the model is still published."""
     size = sum(int(np.prod(k.shape, dtype=np.int64)) * np.dtype(k.dtype).itemsize for k in state.keys().values())
     model_size = sum(np.asarray(a).nbytes for a in model.to_arrays()[0].values())
-    if model_size + size > MAX_MESSAGE_BYTES - METADATA_ROOM_BYTES:
+    if model_size + size > MAX_SNAPSHOT_BYTES - METADATA_ROOM_BYTES:
         log.warning("job %s: the training state (%d bytes) does not fit the snapshot beside the model (%d bytes); "
                     "this snapshot cannot be continued with --from-snapshot", spec.name, size, model_size)
         return None

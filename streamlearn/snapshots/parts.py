@@ -21,25 +21,59 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Callable
 
+from streamlearn.errors import UserError
 from streamlearn.snapshots.format import MAX_SNAPSHOT_BYTES, SnapshotError
 
-__all__ = ["PART_BYTES", "MAGIC", "PartialSnapshot", "Manifest", "PartsBuffer", "is_manifest", "split", "assemble"]
+__all__ = ["PART_BYTES", "WHOLE_BYTES", "WHOLE_BYTES_ENV", "MAGIC", "PartialSnapshot", "Manifest", "PartsBuffer",
+           "is_manifest", "split", "assemble", "whole_bytes", "part_bytes"]
 
 #: the size of one part: a Redis node needs about twice a value's size while it is written
 #: (the command's buffer and the value), and a Kafka message on a topic this project did not
 #: create may be limited to 1 MB by default, 64 MiB on ours
 PART_BYTES = 4 << 20
+#: the largest snapshot stored as one Redis value (on one node) and sent as one Kafka message:
+#: the snapshot topic's ``max.message.bytes``; larger ones are stored and published in parts
+WHOLE_BYTES = 64 << 20
+#: a smaller limit, for a snapshot topic this project did not create (Kafka's default
+#: ``max.message.bytes`` is about 1 MB: set it a few kB below the topic's limit)
+WHOLE_BYTES_ENV = "STREAMLEARN_SNAPSHOT_MESSAGE_BYTES"
+_MIN_PART_BYTES = 64 << 10
 MAGIC = b"streamlearn.snapshot.parts.v1\n"
 #: at most this many parts (a snapshot is at most MAX_SNAPSHOT_BYTES)
-MAX_PARTS = MAX_SNAPSHOT_BYTES // (64 << 10)
+MAX_PARTS = MAX_SNAPSHOT_BYTES // _MIN_PART_BYTES
 _MAX_KEY_LEN = 1024
 
 
 class PartialSnapshot(SnapshotError):
     """A snapshot in parts whose parts are missing, altered or do not add up: refused."""
+
+
+class BadPartSize(UserError, ValueError):
+    """``$STREAMLEARN_SNAPSHOT_MESSAGE_BYTES`` is not a byte count the parts can use."""
+
+
+def whole_bytes() -> int:
+    """The largest snapshot kept whole: ``$STREAMLEARN_SNAPSHOT_MESSAGE_BYTES`` (64 KiB to
+    64 MiB), else :data:`WHOLE_BYTES`."""
+    raw = os.environ.get(WHOLE_BYTES_ENV, "").strip()
+    if not raw:
+        return WHOLE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not _MIN_PART_BYTES <= value <= WHOLE_BYTES:
+        raise BadPartSize(f"{WHOLE_BYTES_ENV}={raw[:40]!r}: give a byte count from {_MIN_PART_BYTES} to {WHOLE_BYTES}")
+    return value
+
+
+def part_bytes() -> int:
+    """The size of one part: :data:`PART_BYTES`, or less when :func:`whole_bytes` is less."""
+    return min(PART_BYTES, whole_bytes())
 
 
 @dataclass(frozen=True)
@@ -102,10 +136,11 @@ def is_manifest(raw: bytes | None) -> bool:
     return raw is not None and bytes(raw[:len(MAGIC)]) == MAGIC
 
 
-def split(data: bytes, part_bytes: int = PART_BYTES) -> list[bytes]:
-    """``data`` in pieces of ``part_bytes`` (the last one shorter)."""
+def split(data: bytes, size: int | None = None) -> list[bytes]:
+    """``data`` in pieces of ``size`` (default :func:`part_bytes`; the last one shorter)."""
+    size = part_bytes() if size is None else size
     view = memoryview(data)
-    return [bytes(view[i:i + part_bytes]) for i in range(0, len(data), part_bytes)]
+    return [bytes(view[i:i + size]) for i in range(0, len(data), size)]
 
 
 def assemble(manifest: Manifest, fetch: Callable[[str], bytes | None]) -> bytes:

@@ -9,8 +9,8 @@ when the topic is created (by the first publisher when missing) or by the admin 
 ``streamlearn snapshot-topic setup``; publishers never describe or alter a shared topic's
 configuration.
 
-A snapshot larger than one message, or one the model store keeps in parts (a large model
-on a Redis Cluster), is produced in parts (:mod:`streamlearn.snapshots.parts`), all to one
+A snapshot larger than one message (64 MiB, or ``$STREAMLEARN_SNAPSHOT_MESSAGE_BYTES``), or
+one the model store keeps in parts (a large model on a Redis Cluster), is produced in parts (:mod:`streamlearn.snapshots.parts`), all to one
 partition: its :data:`~streamlearn.snapshots.parts.PART_BYTES` pieces under the keys
 ``<job>/part/<i>`` (one key per index, so compaction keeps the newest of each), acknowledged
 before the manifest is produced under the job's key. Subscribers assemble the parts the
@@ -28,7 +28,7 @@ from confluent_kafka import KafkaException, Producer
 
 from streamlearn.config import KafkaUnreachable
 from streamlearn.snapshots.format import SnapshotError, decode_snapshot
-from streamlearn.snapshots.parts import Manifest, split
+from streamlearn.snapshots.parts import Manifest, split, whole_bytes
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.streams.access import refusal
 from streamlearn.streams.topics import TopicError, ensure_topic, set_topic_config
@@ -168,7 +168,7 @@ def produce_snapshot(
         headers.append(("algorithm", str(metadata["algorithm"]).encode()))
     size, parts = len(data), 1
     try:
-        if in_parts or len(data) > MAX_MESSAGE_BYTES:
+        if in_parts or len(data) > whole_bytes():
             partition = _partition_of(producer, topic, job, version, timeout)
             pieces = split(data)
             keys = [part_key(job, i) for i in range(len(pieces))]

@@ -4,11 +4,19 @@ Keys of one job share the hash tag ``{job}`` so they live in one Redis Cluster s
 the Lua script that writes them atomically requires::
 
     sl:{job}:snapshot:<version>     snapshot bytes (immutable once written)
-    sl:{job}:snapshot:<version>:parts   on a Redis Cluster, instead of the bytes when they exceed
-                                    PART_BYTES: the manifest (:mod:`streamlearn.snapshots.parts`)
-                                    of parts ``sl:{job/pM}:snapshot:<version>:<i>`` written
-                                    round-robin to every master (tag ``job/pM`` on master M),
-                                    so that no node holds a whole large model
+    sl:{job}:snapshot:<version>:parts   instead of the bytes when they exceed PART_BYTES on a Redis
+                                    Cluster (or one message, 64 MiB, on one node): the manifest
+                                    (:mod:`streamlearn.snapshots.parts`) of parts
+                                    ``sl:{job/pM}:snapshot:<version>:<i>`` written round-robin to
+                                    every master (tag ``job/pM`` on master M), so that no node
+                                    holds a whole large model; on one node
+                                    ``sl:{job}:snapshot:<version>:<i>`` (no command carries more
+                                    than a part: Redis refuses a value over 512 MB)
+    sl:{job}:snapshot:pending       hash version -> {"at": ms, "keys": [part keys]} of parts written
+                                    for a version not committed yet: the commit removes its entry;
+                                    one left behind (a lost finalize race, a crash between the
+                                    parts and the commit) names orphaned parts, deleted by
+                                    :meth:`ModelStore.collect_orphans`
     sl:{job}:snapshot:index         zset version -> version
     sl:{job}:snapshot:seq           INCR counter handing out versions
     sl:{job}:snapshot:meta          hash version -> metadata JSON (the registry entry)
@@ -25,21 +33,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import redis
 
 from streamlearn.errors import UserError
-from streamlearn.snapshots.parts import PART_BYTES, Manifest, PartialSnapshot, assemble, split
+from streamlearn.snapshots.parts import Manifest, PartialSnapshot, assemble, part_bytes, split, whole_bytes
 from streamlearn.statestore.keys import PREFIX
 from streamlearn.statestore.sharded import is_cluster, tag_on
 
-__all__ = ["ModelStore", "SnapshotNotFound", "SnapshotConflict"]
+__all__ = ["ModelStore", "SnapshotNotFound", "SnapshotConflict", "ORPHANED_AFTER_S"]
 
 JOBS_KEY = f"{PREFIX}:models:jobs"
+#: parts written this long ago for a version still not committed are orphans: far longer than
+#: writing a 1 GiB snapshot takes, so a slow writer's parts are not taken from under it
+ORPHANED_AFTER_S = 3600.0
 
-# KEYS: data, index, seq, meta, sha ; ARGV: version, data, metadata json, sha256
+# KEYS: data, index, seq, meta, sha, pending ; ARGV: version, data, metadata json, sha256, '1' for a manifest
 _PUT = """
+if ARGV[5] == '1' and redis.call('HDEL', KEYS[6], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then
+  return redis.error_reply('ABANDONED snapshot version ' .. ARGV[1] .. ': its parts were collected as orphans')
+end
 local existing = redis.call('HGET', KEYS[5], ARGV[1])
 if existing then
   if existing == ARGV[4] then return 0 end
@@ -52,6 +67,22 @@ redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
 local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
 if seq < tonumber(ARGV[1]) then redis.call('SET', KEYS[3], ARGV[1]) end
 return 1
+"""
+
+# KEYS: pending, sha ; ARGV: written at or before (ms), one version or '' (all)
+# The pending entries of versions written long enough ago (their writer lost its race or died)
+# are removed; those of versions never committed are returned: their parts are orphans.
+_ORPHANS = """
+local out = {}
+local pending = redis.call('HGETALL', KEYS[1])
+for i = 1, #pending, 2 do
+  local version, entry = pending[i], pending[i + 1]
+  if (ARGV[2] == '' or version == ARGV[2]) and cjson.decode(entry)['at'] <= tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], version)
+    if redis.call('HEXISTS', KEYS[2], version) == 0 then out[#out + 1] = entry end
+  end
+end
+return out
 """
 
 
@@ -73,6 +104,10 @@ def _binary_client(client: Any) -> Any:
     return redis.Redis(connection_pool=new_pool)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
 
@@ -83,6 +118,7 @@ class ModelStore:
     def __init__(self, redis_client: Any):
         self.redis = _binary_client(redis_client)
         self._put = self.redis.register_script(_PUT)
+        self._orphans = self.redis.register_script(_ORPHANS)
         self._part_tags: dict[str, list[str]] = {}
 
     # -- keys ------------------------------------------------------------------------------
@@ -104,12 +140,17 @@ class ModelStore:
         return f"{self.key(job, version)}:parts"
 
     def spreads(self, size: int) -> bool:
-        """Whether a snapshot of ``size`` bytes is stored in parts spread over the cluster's masters."""
-        return is_cluster(self.redis) and size > PART_BYTES
+        """Whether a snapshot of ``size`` bytes is stored in parts: on a Redis Cluster, spread over
+        its masters when over one part; on one node, when over one message
+        (:func:`~streamlearn.snapshots.parts.whole_bytes`)."""
+        return size > (part_bytes() if is_cluster(self.redis) else whole_bytes())
 
     def _part_keys(self, job: str, version: int, count: int) -> list[str]:
-        """Keys of ``count`` parts, round-robin over the masters (each tag chosen on one of them)."""
-        if job not in self._part_tags:
+        """Keys of ``count`` parts, round-robin over the masters (each tag chosen on one of
+        them); on one node, under the job's own tag."""
+        if job not in self._part_tags and not is_cluster(self.redis):
+            self._part_tags[job] = [job]
+        elif job not in self._part_tags:
             masters = sorted(self.redis.get_primaries(), key=lambda n: n.name)
             self._part_tags[job] = [tag_on(self.redis, f"{job}/p{m}", node.name) for m, node in enumerate(masters)]
         tags = self._part_tags[job]
@@ -136,10 +177,11 @@ class ModelStore:
         entry = dict(metadata, job=job, snapshot_bytes=len(data))
         entry.setdefault("snapshot_sha256", hashlib.sha256(data).hexdigest())
         base = self._base(job)
-        keys = [self.key(job, version), f"{base}:index", f"{base}:seq", f"{base}:meta", f"{base}:sha256"]
-        args = [version, bytes(data), json.dumps(entry, sort_keys=True, default=str), entry["snapshot_sha256"]]
+        keys = [self.key(job, version), f"{base}:index", f"{base}:seq", f"{base}:meta", f"{base}:sha256",
+                self._pending_key(job)]
+        args = [version, bytes(data), json.dumps(entry, sort_keys=True, default=str), entry["snapshot_sha256"], 0]
         if self.spreads(len(data)):  # the parts first; the manifest in the atomic step
-            keys[0], args[1] = self._manifest_key(job, version), self._put_parts(job, version, data)
+            keys[0], args[1], args[4] = self._manifest_key(job, version), self._put_parts(job, version, data), 1
         if pipe is not None:
             self._put(keys=keys, args=args, client=pipe)
             return
@@ -149,16 +191,41 @@ class ModelStore:
             if "CONFLICT" in str(exc):
                 raise SnapshotConflict(f"job {job!r} already has a different snapshot version {version}") from None
             raise
+        self.collect_orphans(job)
+
+    def _pending_key(self, job: str) -> str:
+        return f"{self._base(job)}:pending"
 
     def _put_parts(self, job: str, version: int, data: bytes) -> bytes:
         """Write ``data``'s parts (a part's key holds it once a version is put: rewriting it
-        is idempotent) and return the manifest naming them. Parts of a put whose transaction
-        then fails stay behind unreferenced."""
+        is idempotent) and return the manifest naming them. The parts are named in the
+        pending hash first, so that those of a put whose commit never comes are found
+        (:meth:`collect_orphans`, :meth:`discard`)."""
         pieces = split(data)
         keys = self._part_keys(job, version, len(pieces))
+        self.redis.hset(self._pending_key(job), str(int(version)), json.dumps({"at": _now_ms(), "keys": keys}))
         for key, piece in zip(keys, pieces):
             self.redis.set(key, piece)
         return Manifest.of(job, int(version), data, pieces, keys).to_bytes()
+
+    def collect_orphans(self, job: str, older_than_s: float = ORPHANED_AFTER_S) -> int:
+        """Delete the parts written at least ``older_than_s`` ago for versions of ``job`` that
+        were never committed (a lost finalize race, a crash between the parts and the commit);
+        returns how many. A commit that comes after its parts were collected is refused
+        (``ABANDONED``), so a stored manifest never names a collected part."""
+        return self._delete_orphans(job, _now_ms() - int(older_than_s * 1000), "")
+
+    def discard(self, job: str, version: int) -> int:
+        """Delete the parts of ``version`` if it was not committed (its writer lost the
+        finalize race); returns how many."""
+        return self._delete_orphans(job, _now_ms() + 1, str(int(version)))
+
+    def _delete_orphans(self, job: str, before_ms: int, version: str) -> int:
+        entries = self._orphans(keys=[self._pending_key(job), f"{self._base(job)}:sha256"], args=[before_ms, version])
+        keys = [key for entry in entries for key in json.loads(entry)["keys"]]
+        for key in keys:  # one by one: on a cluster, the parts are in different slots
+            self.redis.delete(key)
+        return len(keys)
 
     def get(self, job: str, version: int | None = None) -> bytes:
         """The snapshot bytes of ``version`` (the latest when None); a snapshot stored in parts

@@ -12,8 +12,9 @@ deliveries never move the model backwards. The current (model, version, metadata
 immutable tuple replaced in a single assignment, so a reader never sees a mix of two.
 
 A snapshot published in parts (:mod:`streamlearn.snapshots.parts`) is held part by part
-until its manifest arrives, then assembled and verified as a whole; one with a part missing
-or altered is rejected like any snapshot that fails verification.
+until its manifest arrives, then assembled and verified as a whole. One with a part missing
+(a subscriber that started mid-publish) or altered is read from the model store when the
+subscriber has it, else rejected like any snapshot that fails verification.
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartiti
 
 from streamlearn.config import kafka_logging
 from streamlearn.snapshots.format import _FROM_ENV, decode_snapshot, load_model
-from streamlearn.snapshots.parts import Manifest, PartsBuffer, is_manifest
+from streamlearn.snapshots.parts import Manifest, PartialSnapshot, PartsBuffer, is_manifest
 from streamlearn.snapshots.publisher import MAX_MESSAGE_BYTES, part_key, snapshot_topic
 from streamlearn.snapshots.shadow import ShadowStats
 from streamlearn.snapshots.signing import require_verifier
-from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.store import ModelStore, SnapshotNotFound
 from streamlearn.snapshots.verified import check_streamed_version
 from streamlearn.streams.access import RefusalWatch, refusal
 
@@ -282,6 +283,23 @@ class ModelSubscriber:
         if version is not None and (newest is None or version > newest.version):
             self._parts.add(version, msg.key().decode("utf-8", "replace"), msg.value() or b"")
 
+    def _assemble(self, manifest: Manifest) -> bytes:
+        """The snapshot ``manifest`` names, from the parts held; when some were published
+        before this subscriber started (or were compacted away), from the model store, which
+        holds every published version: the same bytes, verified the same way."""
+        try:
+            return self._parts.take(manifest)
+        except PartialSnapshot as missing:
+            if self._store is None:
+                raise
+            try:
+                data = self._store.get(self.job, manifest.version)
+            except SnapshotNotFound:
+                raise missing from None
+            log.info("snapshot subscriber %s: version %d read from the model store (%s)", self.job,
+                     manifest.version, missing)
+            return data
+
     def _consider(self, msg: Any) -> None:
         header_version = _header_version(msg)
         # Cheap skip of a duplicate/older snapshot. The header is not authenticated, so it can
@@ -293,7 +311,7 @@ class ModelSubscriber:
         try:
             data = msg.value() or b""
             if is_manifest(data):
-                data = self._parts.take(Manifest.from_bytes(data))
+                data = self._assemble(Manifest.from_bytes(data))
             snap = decode_snapshot(data, key=self._key, trusted=self._trusted, job=self.job)
             if newest is not None and isinstance(snap.version, int) and snap.version <= newest.version:
                 return

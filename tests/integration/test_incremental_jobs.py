@@ -15,6 +15,7 @@ from streamlearn.algorithms.base import training_state
 from streamlearn.batch import Batch
 from streamlearn.runtime.jobs import load_spec
 from streamlearn.snapshots.format import decode_snapshot, load_model
+from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
@@ -39,25 +40,32 @@ def _run(job: str, tmp_path, *args: str) -> None:
     assert stop_all([start_worker(job, tmp_path)]) == [0]
 
 
-def test_counter_continued_on_b_has_the_state_of_one_job_over_a_and_b(stack, tmp_path):
-    rng = np.random.default_rng(3)
-    A, B = rng.integers(-9, 10, (1500, 3)).astype(np.float32), rng.integers(-9, 10, (1100, 3)).astype(np.float32)
+def _counter_continued(stack, tmp_path, seed: int, rows: tuple[int, int], dim: int) -> tuple[object, str, str]:
+    """Counter jobs over A, over B continued from A's snapshot, and over A∪B: the continued
+    one ends with the state of the one over A∪B. Returns (client, job A, job B)."""
+    rng = np.random.default_rng(seed)
+    A, B = (rng.integers(-9, 10, (n, dim)).astype(np.float32) for n in rows)
     topics = _topics(stack, {"a": (A, None), "b": (B, None), "ab": (np.vstack([A, B]), None)})
     tag = uuid.uuid4().hex[:6]
-    _run(f"cnt-a-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["a"], "--param", "dim=3")
+    _run(f"cnt-a-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["a"], "--param", f"dim={dim}")
     _run(f"cnt-b-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["b"],
          "--from-snapshot", f"cnt-a-{tag}")
-    _run(f"cnt-ab-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["ab"], "--param", "dim=3")
+    _run(f"cnt-ab-{tag}", tmp_path, "--algorithm", "counter", "--topic", topics["ab"], "--param", f"dim={dim}")
     client = stack.redis_client()
     continued, whole = (training_state(RedisState(client, j)) for j in (f"cnt-b-{tag}", f"cnt-ab-{tag}"))
     assert sorted(continued) == sorted(whole)
     for key in whole:
         np.testing.assert_array_equal(continued[key], whole[key], err_msg=key)
-    assert float(whole["n"]) == 2600
+    assert float(whole["n"]) == sum(rows)
+    return client, f"cnt-a-{tag}", f"cnt-b-{tag}"
+
+
+def test_counter_continued_on_b_has_the_state_of_one_job_over_a_and_b(stack, tmp_path):
+    client, job_a, job_b = _counter_continued(stack, tmp_path, 3, (1500, 1100), 3)
     # lineage: the job's spec and its snapshot name the model it was continued from
-    assert load_spec(client, f"cnt-b-{tag}").parent == {"job": f"cnt-a-{tag}", "version": 1}
-    meta = ModelStore(client).metadata(f"cnt-b-{tag}")
-    assert meta["trained_from"] == {"job": f"cnt-a-{tag}", "version": 1} and meta["training_state"] is True
+    assert load_spec(client, job_b).parent == {"job": job_a, "version": 1}
+    meta = ModelStore(client).metadata(job_b)
+    assert meta["trained_from"] == {"job": job_a, "version": 1} and meta["training_state"] is True
 
 
 def test_linear_learner_continued_on_b_is_near_one_pass_over_a_and_b(stack, tmp_path):
@@ -79,3 +87,16 @@ def test_linear_learner_continued_on_b_is_near_one_pass_over_a_and_b(stack, tmp_
     acc = {k: load_model(s).score(Batch(Xt, yt), "accuracy") for k, s in snapshots.items()}
     assert acc["b"] >= acc["a"], acc
     assert abs(acc["b"] - acc["ab"]) <= 0.003, acc
+
+
+def test_a_snapshot_in_parts_on_one_redis_carries_its_state_and_is_continued(stack, tmp_path, monkeypatch):
+    """One plain Redis, one message lowered to 64 KiB (the setting reaches the workers and the
+    CLI): the counter's snapshot (X'X in the model and in the state, 80 KB each) is stored in
+    parts with its training state, and a job continued from it ends with the state of one job
+    over A and B."""
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    client, job_a, _ = _counter_continued(stack, tmp_path, 4, (600, 400), 100)
+    store = ModelStore(client)
+    assert store.redis.get(store.key(job_a, 1)) is None  # not one value
+    manifest = Manifest.from_bytes(store.redis.get(f"{store.key(job_a, 1)}:parts"))
+    assert len(manifest.parts) >= 3 and store.metadata(job_a, 1)["training_state"] is True

@@ -98,13 +98,13 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(cluster_stack, tmp_path):
 
 def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_path_factory, tmp_path, monkeypatch):
     """Factorization machines over 2^20 hashed features x 8 factors (Adagrad): a 72 MiB state
-    on 3 masters whose maxmemory is 64 MiB each (no eviction: a node over it refuses writes).
+    on 4 masters whose maxmemory is 64 MiB each (no eviction: a node over it refuses writes).
     The state cannot fit on one node, fits the cluster, and every record is trained into it.
 
-    The final snapshot (a 36 MiB model, Ed25519-signed) would not fit on the job's home node
-    beside its share of the state either (writing a value needs twice its size there): it is
-    stored in parts spread over the masters and published to the topic in parts; a loader and
-    a subscriber assemble it, verify the whole and predict. A missing part is refused."""
+    The final snapshot (a 36 MiB model and the 72 MiB training state, Ed25519-signed) would
+    not fit on any node: it is stored in parts spread over the masters and published to the
+    topic in parts; a loader and a subscriber assemble it, verify the whole and predict. A
+    missing part is refused."""
     from tests.conftest import _start, _stop
 
     from streamlearn.batch import SparseRows
@@ -114,7 +114,7 @@ def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_p
     from streamlearn.snapshots.subscriber import ModelSubscriber
 
     home = tmp_path_factory.mktemp("cluster-maxmemory")
-    settings, dog = _start(home, timeout=180, redis_cluster=3, redis_maxmemory="64mb")
+    settings, dog = _start(home, timeout=180, redis_cluster=4, redis_maxmemory="64mb")
     try:
         rng = np.random.default_rng(11)
         n, nnz, d = 3000, 10, 1 << 20
@@ -151,10 +151,11 @@ def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_p
         version = store.latest_version(job)
         assert store.redis.get(store.key(job, version)) is None  # not one value on the home node
         manifest = Manifest.from_bytes(store.redis.get(f"{store.key(job, version)}:parts"))
-        model_bytes = store.metadata(job, version)["snapshot_bytes"]
-        assert manifest.size == model_bytes > 32 << 20 and len(manifest.parts) > 3
+        entry = store.metadata(job, version)
+        assert entry["training_state"] is True  # model and state: continuable with --from-snapshot
+        assert manifest.size == entry["snapshot_bytes"] > state_bytes + (32 << 20) and len(manifest.parts) > 3
         nodes = {client.nodes_manager.get_node_from_slot(client.keyslot(key)).name for key, _, _ in manifest.parts}
-        assert len(nodes) == 3, nodes
+        assert len(nodes) == 4, nodes
 
         monkeypatch.setenv(TRUSTED_KEYS_ENV, f"{job}={public}")
         model = load_job_model(client, job)  # assembled, checksum and Ed25519 signature verified

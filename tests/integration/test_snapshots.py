@@ -8,6 +8,8 @@ import uuid
 
 import numpy as np
 import pytest
+import redis
+from confluent_kafka import Producer
 
 from streamlearn.algorithms import register
 from streamlearn.algorithms.base import Algorithm, Model
@@ -25,6 +27,8 @@ from streamlearn.snapshots import (
     publish_snapshot,
 )
 from streamlearn.snapshots.format import KEY_ENV
+from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest, split
+from streamlearn.snapshots.publisher import ensure_snapshot_topic, part_key, snapshot_topic
 
 pytestmark = pytest.mark.integration
 
@@ -246,4 +250,112 @@ def test_tens_of_megabytes_through_kafka_and_consistent_reads(stack):
         assert seen and all(ok for _, ok in seen)
         versions = [v for v, _ in seen]
         assert versions == sorted(versions)  # never backwards
+    client.close()
+
+
+def _parts_of(client, job: str, version: int) -> list[bytes]:
+    """The part keys a plain Redis holds for ``job``'s ``version``."""
+    return sorted(client.scan_iter(match=f"sl:{{{job}}}:snapshot:{version}:[0-9]*", count=1000))
+
+
+def _wide(job: str, version: int, rows: int = 300) -> tuple[WideModel, bytes]:
+    """A ~300 KB snapshot: several parts of the 64 KiB the tests below set as one message."""
+    rng = np.random.default_rng(version)
+    model = WideModel(rng.standard_normal((rows, 128)), np.full(128, float(version)))
+    return model, encode_snapshot(model, {"job": job, "version": version})
+
+
+def test_a_snapshot_over_one_message_on_one_redis_is_stored_and_published_in_parts(stack, monkeypatch):
+    """One plain Redis: a snapshot over one message (64 MiB; 64 KiB here through the setting)
+    is stored as parts under the job's tag with the manifest in the commit (no command carries
+    it whole), published in parts, and assembled and verified by a loader and a subscriber."""
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    client = stack.redis_client()
+    job = _job()
+    model, data = _wide(job, 1)
+    publish_snapshot(stack.kafka_client_conf(), client, job, data, {"version": 1})
+    store = ModelStore(client)
+    assert store.redis.get(store.key(job, 1)) is None  # not one value
+    manifest = Manifest.from_bytes(store.redis.get(f"{store.key(job, 1)}:parts"))
+    assert manifest.size == len(data) and len(manifest.parts) == -(-len(data) // (64 << 10)) >= 4
+    assert [k.decode() for k in _parts_of(store.redis, job, 1)] == sorted(k for k, _, _ in manifest.parts)
+    assert store.get(job, 1) == data and store.sha256(job, 1) == manifest.sha256
+
+    X = Batch(np.random.default_rng(5).standard_normal((4, 300)).astype(np.float32))
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf, store=store) as sub:  # from the topic, in parts
+        np.testing.assert_array_equal(sub.wait_for(1, timeout=60).evaluate(X), model.evaluate(X))
+        assert sub.rejected == 0
+    client.close()
+
+
+def test_orphaned_parts_are_collected_and_a_collected_version_is_never_committed(stack, monkeypatch):
+    """Parts written for a version whose commit never came (a crash between the parts and the
+    commit; a lost finalize race) are deleted: the loser's at once (``discard``), a crashed
+    writer's by the next put once they are old enough; a commit after its parts were collected
+    is refused, so no stored manifest names a collected part."""
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    client = stack.redis_client()
+    store = ModelStore(client)
+    job = _job()
+    data = {v: _wide(job, v)[1] for v in (1, 2, 3, 4)}
+
+    with client.pipeline(transaction=True) as pipe:  # crash: parts written, the commit never sent
+        pipe.multi()
+        store.put(job, data[1], {"version": 1}, pipe=pipe)
+        pipe.reset()
+    crashed = _parts_of(client, job, 1)
+    assert len(crashed) >= 4
+
+    status = f"sl:{{{job}}}:test-status"
+    with client.pipeline(transaction=True) as pipe:  # a lost race: the status changed under the WATCH
+        pipe.watch(status)
+        pipe.multi()
+        store.put(job, data[2], {"version": 2}, pipe=pipe)
+        client.set(status, "finished")
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert store.discard(job, 2) == len(crashed) and _parts_of(client, job, 2) == []
+
+    store.put(job, data[3], {"version": 3})  # collects only orphans an hour old: the crash is seconds old
+    assert _parts_of(client, job, 1) == crashed
+    assert store.collect_orphans(job, older_than_s=0) == len(crashed)
+    assert _parts_of(client, job, 1) == [] and store.versions(job) == [3] and store.get(job, 3) == data[3]
+    assert store.discard(job, 3) == 0 and store.get(job, 3) == data[3]  # a committed version is kept
+
+    with client.pipeline(transaction=True) as pipe:  # a writer slower than the collection
+        pipe.multi()
+        store.put(job, data[4], {"version": 4}, pipe=pipe)
+        assert store.collect_orphans(job, older_than_s=0) > 0
+        with pytest.raises(redis.ResponseError, match="ABANDONED"):
+            pipe.execute()
+    assert store.versions(job) == [3] and _parts_of(client, job, 4) == []
+    client.close()
+
+
+def test_a_subscriber_that_missed_parts_reads_that_version_from_the_store(stack, monkeypatch):
+    """A subscriber that started mid-publish sees a manifest whose first part it never read:
+    with the model store it takes that version from there; without, it rejects it."""
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    client = stack.redis_client()
+    job = _job()
+    model, data = _wide(job, 1)
+    store = ModelStore(client)
+    store.put(job, data, {"version": 1})
+    pieces = split(data)
+    keys = [part_key(job, i) for i in range(len(pieces))]
+    manifest = Manifest.of(job, 1, data, pieces, [k.decode() for k in keys])
+    ensure_snapshot_topic(stack.kafka_client_conf())
+    producer, topic, headers = Producer(stack.kafka_client_conf()), snapshot_topic(), [("version", b"1")]
+    for key, piece in list(zip(keys, pieces))[1:]:  # part 0 went out before the subscriber started
+        producer.produce(topic, key=key, value=piece, headers=headers, partition=0)
+    producer.produce(topic, key=job.encode(), value=manifest.to_bytes(), headers=headers, partition=0)
+    assert producer.flush(30) == 0
+
+    X = Batch(np.random.default_rng(5).standard_normal((4, 300)).astype(np.float32))
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf, store=store) as sub:
+        np.testing.assert_array_equal(sub.wait_for(1, timeout=60).evaluate(X), model.evaluate(X))
+        assert sub.rejected == 0
+    with ModelSubscriber(job, stack.kafka, stack.kafka_conf) as sub:
+        _eventually(lambda: sub.rejected == 1, 60, "the partial snapshot to be rejected")
+        assert sub.version is None
     client.close()

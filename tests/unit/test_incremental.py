@@ -144,5 +144,18 @@ def test_a_state_that_does_not_fit_beside_the_model_is_left_out_of_the_snapshot(
     spec = JobSpec(name="j", algorithm="counter", topic="t")
     assert sorted(finalize._kept_state(spec, state, model)) == ["n", "sum", "xtx"]
     # counter: model arrays 160 bytes, state 168 bytes
-    monkeypatch.setattr(finalize, "MAX_MESSAGE_BYTES", finalize.METADATA_ROOM_BYTES + 300)
+    monkeypatch.setattr(finalize, "MAX_SNAPSHOT_BYTES", finalize.METADATA_ROOM_BYTES + 300)
     assert finalize._kept_state(spec, state, model) is None
+
+
+def test_a_state_over_one_message_is_kept_in_the_snapshot():
+    """Model and state over one snapshot message (64 MiB) keep the state: a snapshot that
+    large is stored and published in parts, so the job can still be continued from it."""
+    from streamlearn.runtime.jobs import JobSpec
+    from streamlearn.runtime import finalize
+
+    dim = 2100  # counter: X'X in the model and in the state, 35 MB each
+    model, state = _fit("counter", {"dim": dim}, [Batch(np.ones((2, dim), dtype=np.float32))])
+    kept = finalize._kept_state(JobSpec(name="j", algorithm="counter", topic="t"), state, model)
+    assert kept is not None and kept["xtx"].nbytes + model.to_arrays()[0]["xtx"].nbytes > 64 << 20
+    assert kept["n"] == 2

@@ -7,14 +7,15 @@ import pytest
 
 from streamlearn.algorithms.median import MedianModel
 from streamlearn.snapshots.format import SnapshotError, decode_snapshot, encode, load_model, snapshot_of
-from streamlearn.snapshots.parts import Manifest, PartialSnapshot, PartsBuffer, assemble, split
+from streamlearn.snapshots.parts import PART_BYTES, WHOLE_BYTES, WHOLE_BYTES_ENV, BadPartSize, Manifest, \
+    PartialSnapshot, PartsBuffer, assemble, part_bytes, split, whole_bytes
 from streamlearn.snapshots.signing import HMAC_KEY_ENV, SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, Signer, TrustedKeys, \
     generate_keys, load_public_key
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in (HMAC_KEY_ENV, SIGNING_KEY_ENV, TRUSTED_KEYS_ENV):
+    for var in (HMAC_KEY_ENV, SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, WHOLE_BYTES_ENV):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -106,3 +107,14 @@ def test_the_buffer_holds_the_newest_version_only_and_refuses_a_gap(tmp_path):
         buffer.add(7, key, piece)
     with pytest.raises(PartialSnapshot, match="part 1 of"):
         buffer.take(manifest)
+
+
+def test_the_message_size_setting_sets_the_whole_limit_and_the_part_size(monkeypatch):
+    assert (whole_bytes(), part_bytes()) == (WHOLE_BYTES, PART_BYTES)
+    monkeypatch.setenv(WHOLE_BYTES_ENV, "1000000")  # a topic with Kafka's default message size
+    assert (whole_bytes(), part_bytes()) == (1_000_000, 1_000_000)
+    assert [len(p) for p in split(bytes(2_500_000))] == [1_000_000, 1_000_000, 500_000]
+    for bad in ("1e6", "-1", str(1 << 10), str(WHOLE_BYTES + 1)):
+        monkeypatch.setenv(WHOLE_BYTES_ENV, bad)
+        with pytest.raises(BadPartSize, match=WHOLE_BYTES_ENV):
+            whole_bytes()
