@@ -186,7 +186,8 @@ def case_quality_sim(ctx: Context) -> list[Row]:
                        1.0 + q - base, "", "info", f"one worker, {rows * w}-row steps"))
         q = auc(_fm_sync_rounds(Xtr, ytr, n, rows, w, ctx.p["partitions"]))
         out.append(Row(f"scaling.quality_sim[fm, {w}, synchronous rounds]", f"AUC {q:.4f}", f"1 worker {base:.4f}",
-                       1.0 + q - base, "", "info", f"in-process, {w} workers x {rows // w} rows from the same parameters per {rows}-row step"))
+                       1.0 + q - base, "", "info",
+                       f"in-process, {w} workers x {rows // w} rows from the same parameters per {rows}-row step"))
     return out
 
 
