@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from benchmarks import _streams as st
 from benchmarks._core import Context, Row, fmt_rate, fmt_s
 from benchmarks.e2e import accuracy, ll_job, ll_params
@@ -85,6 +87,29 @@ def case_quality(ctx: Context) -> list[Row]:
     return rows
 
 
+def _messages(n: int, rows: int, workers: int, partitions: int) -> list[list[tuple[int, int]]]:
+    """The row ranges of the ``rows``-row messages each of ``workers`` owns: messages
+    round-robin over ``partitions``, worker w owning partitions p with p % workers == w."""
+    starts = list(range(0, n, rows))
+    return [[(a, min(a + rows, n)) for i, a in enumerate(starts) if (i % partitions) % workers == w]
+            for w in range(workers)]
+
+
+def _fm_start(Xtr, step_rows: int):
+    """A factorization-machines algorithm (k = 8, ``step_rows``-row steps) and a MemoryBackend
+    holding its initialized state."""
+    from streamlearn.algorithms import make_algorithm
+    from streamlearn.statestore.local import LocalState, MemoryBackend
+
+    algo = make_algorithm("factorization_machines", {"n_features": Xtr.n_features, "num_factors": 8,
+                                                     "mini_batch_size": step_rows})
+    backend = MemoryBackend()
+    first = LocalState(backend)
+    algo.initialize(first)
+    first.commit()
+    return algo, backend
+
+
 def _fm_concurrent(Xtr, ytr, n: int, rows: int, workers: int, window: int, partitions: int) -> object:
     """An in-process model of ``workers`` concurrent workers of a factorization-machines job:
     LocalStates over one MemoryBackend, ``rows``-row messages round-robin over ``partitions``
@@ -92,19 +117,13 @@ def _fm_concurrent(Xtr, ytr, n: int, rows: int, workers: int, window: int, parti
     its next ``window`` messages from what it holds (so it misses the others' commits of the
     round before), then all commit one after another. Returns the model."""
     from streamlearn import datasets
-    from streamlearn.algorithms import make_algorithm
     from streamlearn.batch import Batch
-    from streamlearn.statestore.local import LocalState, MemoryBackend
+    from streamlearn.statestore.local import LocalState
 
-    algo = make_algorithm("factorization_machines", {"n_features": Xtr.n_features, "num_factors": 8,
-                                                     "mini_batch_size": rows})
-    backend = MemoryBackend()
-    first = LocalState(backend)
-    algo.initialize(first)
-    first.commit()
+    algo, backend = _fm_start(Xtr, rows)
     states = [LocalState(backend) for _ in range(workers)]
-    shares = [[Batch(datasets._rows(Xtr, a, min(a + rows, n)), ytr[a:min(a + rows, n)])
-               for i, a in enumerate(range(0, n, rows)) if (i % partitions) % workers == w] for w in range(workers)]
+    shares = [[Batch(datasets._rows(Xtr, a, b), ytr[a:b]) for a, b in share]
+              for share in _messages(n, rows, workers, partitions)]
     for start in range(0, max(map(len, shares)), window):
         for state, share in zip(states, shares):
             for batch in share[start:start + window]:
@@ -114,31 +133,61 @@ def _fm_concurrent(Xtr, ytr, n: int, rows: int, workers: int, window: int, parti
     return algo.finalize(LocalState(backend))
 
 
+def _fm_sync_rounds(Xtr, ytr, n: int, rows: int, workers: int, partitions: int) -> object:
+    """Synchronous data-parallel rounds, in-process: in round r each of ``workers`` takes the
+    next ``rows / workers`` rows of its share (``_messages``) and computes its gradient from
+    the same parameters theta_r; theta_{r+1} is one Adagrad step on the rows-weighted mean of
+    the round's gradients. That mean is the gradient of the round's union of rows, so the
+    round is simulated as one ``rows``-row step on that union. Returns the model."""
+    from streamlearn import datasets
+    from streamlearn.batch import Batch
+    from streamlearn.statestore.local import LocalState
+
+    algo, backend = _fm_start(Xtr, rows)
+    state = LocalState(backend)
+    data = Batch(datasets._rows(Xtr, 0, n), ytr[:n])
+    shares = [np.concatenate([np.arange(a, b) for a, b in share]) for share in _messages(n, rows, workers, partitions)]
+    part = max(1, rows // workers)
+    for r in range(0, max(map(len, shares)), part):
+        algo.update(state, data.take(np.concatenate([share[r:r + part] for share in shares])))
+        state.commit()
+    return algo.finalize(state)
+
+
 def case_quality_sim(ctx: Context) -> list[Row]:
     """Why ``scaling.quality``'s factorization machines lose AUC with workers, in-process
     (no services): the same rows and step size as that case, N concurrent workers that
     commit once for their whole share (what the live run's workers do: every message is in
     the topic when the job resumes) or after every message, against the 1-worker model and
-    a 1-worker model with N-times-larger steps (what N averaged concurrent steps amount to)."""
+    a 1-worker model with N-times-larger steps (what N averaged concurrent steps amount to).
+    The last row per N is the design that would give the same model: synchronous rounds in
+    which each worker steps on 1/N of a step's rows from the same parameters (not built;
+    benchmarks/README.md says what a live version needs)."""
     from streamlearn.batch import Batch
 
     Xtr, ytr, Xte, yte = st.sparse(ctx)
     n, rows = min(ctx.p["river_rows"], len(Xtr)), ctx.p["message_rows"]
 
-    def auc(workers: int, window: int, step_rows: int = rows) -> float:
-        model = _fm_concurrent(Xtr, ytr, n, step_rows, workers, window, ctx.p["partitions"])
+    def auc(model) -> float:
         return float(model.score(Batch(Xte, yte), "auc"))
 
-    base = auc(1, 1)
+    def concurrent(workers: int, window: int, step_rows: int = rows) -> float:
+        return auc(_fm_concurrent(Xtr, ytr, n, step_rows, workers, window, ctx.p["partitions"]))
+
+    base = concurrent(1, 1)
     out = []
     for w in ctx.p["scaling_workers"][1:]:
         for label, window in (("whole share", n), ("every message", 1)):
-            q = auc(w, window)
+            q = concurrent(w, window)
             out.append(Row(f"scaling.quality_sim[fm, {w}, commit {label}]", f"AUC {q:.4f}", f"1 worker {base:.4f}",
                            1.0 + q - base, "", "info", f"in-process, {w} workers in lockstep"))
-        q = auc(1, 1, rows * w)
+        q = concurrent(1, 1, rows * w)
         out.append(Row(f"scaling.quality_sim[fm, 1, {w}x step rows]", f"AUC {q:.4f}", f"1 worker {base:.4f}",
                        1.0 + q - base, "", "info", f"one worker, {rows * w}-row steps"))
+        q = auc(_fm_sync_rounds(Xtr, ytr, n, rows, w, ctx.p["partitions"]))
+        out.append(Row(f"scaling.quality_sim[fm, {w}, synchronous rounds]", f"AUC {q:.4f}", f"1 worker {base:.4f}",
+                       1.0 + q - base, "", "info",
+                       f"in-process, {w} workers x {rows // w} rows from the same parameters per {rows}-row step"))
     return out
 
 

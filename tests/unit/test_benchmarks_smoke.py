@@ -40,3 +40,16 @@ def test_smoke_profile_runs_an_in_process_case_and_prints_the_table(capsys):
     assert cells[1].endswith("rows/s") and cells[2].endswith("rows/s")
     assert float(cells[3]) > 0 and cells[5] == "info"
     assert "acc 0." in cells[6]
+
+
+def test_sync_rounds_sim_of_one_worker_is_the_one_worker_job():
+    # scaling.quality_sim's synchronous-rounds rows are read against its 1-worker model: with
+    # one worker a round is one message's step, so both simulations must give the same model
+    from benchmarks import scaling
+    from streamlearn import datasets
+
+    X, y = datasets.sparse_classification(600, 2 ** 10)
+    sync = scaling._fm_sync_rounds(X, y, 600, 100, 1, 4)
+    lockstep = scaling._fm_concurrent(X, y, 600, 100, 1, 1, 4)
+    assert sync.w0 == lockstep.w0 and sync.w0 != 0.0
+    assert (sync.w == lockstep.w).all() and (sync.v == lockstep.v).all()
