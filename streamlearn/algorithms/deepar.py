@@ -240,10 +240,11 @@ class DeepAR(Algorithm):
         stripes = max(1, min(int(self.partitions), n))
         q = int(partition) % stripes
         lo, size = q * n // stripes, (q + 1) * n // stripes - q * n // stripes
-        # not crc32, which librdkafka's partitioner takes modulo the partitions: a stripe's
-        # series would share their residues and hash to a fraction of its rows
-        home = int.from_bytes(hashlib.blake2b(series.encode(), digest_size=8).digest(), "big") % size
-        own = lo + (home + np.arange(min(PROBES, size))) % size
+        # independent probes (runs of full rows in a stripe, a small table, made linear probing
+        # miss); not crc32, which librdkafka's partitioner takes modulo the partitions: a
+        # stripe's series would share their residues and hash to a fraction of its rows
+        digest = hashlib.blake2b(series.encode(), digest_size=4 * PROBES).digest()
+        own = lo + np.unique(np.frombuffer(digest, dtype=">u4") % size)[: min(PROBES, size)]
         anywhere = (_hash_row(series, n) + np.arange(min(PROBES, n))) % n
         return (own, anywhere) if stripes > 1 else (anywhere, anywhere[:0])
 
