@@ -108,8 +108,8 @@ def test_decoder_dead_letters_bad_points_and_keeps_missing_values():
     day = 86_400_000
     msgs = _points([("a", 0, 1.0), ("a", "2021-13-45", 2.0), ("b", day, math.inf), ("b", day, None),
                     ("c", "2021-01-02T00:00:00", 3.0), b"junk", ("", 0, 1.0)])
-    r = decode_points(msgs)
-    assert [x.index for x in r.rejected] == [1, 2, 5, 6]
+    r = decode_points(msgs, partitions=[7, 7, 7, 8, 9, 9, 9])
+    assert [x.index for x in r.rejected] == [1, 2, 5, 6] and list(r.points.partition) == [7, 8, 9]
     assert "unparsable time" in r.rejected[0].reason and "inf in target" in r.rejected[1].reason
     assert list(r.points.series) == ["a", "b", "c"] and np.isnan(r.points.target[1])
     assert r.points.time[2] == parse_time_ms("2021-01-02")
