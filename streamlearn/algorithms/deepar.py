@@ -113,6 +113,8 @@ class DeepAR(Algorithm):
         "max_series": Param("series the job keeps a context for (rows of its state)", Interval(int, 1, None)),
         "window_rate": Param("share of arriving points that end a training window",
                              Interval(float, 0, 1, closed="right")),
+        "replay_windows": Param("training windows kept in the state; each step also trains on as many of them as it "
+                                "has fresh ones (0: none)", Interval(int, 0, None)),
         "num_samples": Param("sample paths behind each forecast", Interval(int, 1, None)),
         "max_growth": Param("bound of a sampled value: this many times the context's largest |value| (0: none)",
                             Interval(float, 0, None)),
@@ -128,7 +130,7 @@ class DeepAR(Algorithm):
                  clip_gradient: float = 10.0,
                  lags_seq: str | list[int] = "auto", num_dynamic_feat: int = 0, num_static_cat: int = 0,
                  cardinality: str | list[int] = "auto", max_series: int = 4096, window_rate: float = 1.0,
-                 num_samples: int = 100, max_growth: float = 10.0, partitions: int = 1, seed: int = 0,
+                 replay_windows: int = 0, num_samples: int = 100, max_growth: float = 10.0, partitions: int = 1, seed: int = 0,
                  device: str = "cpu"):
         self.prediction_length = prediction_length
         self.context_length = context_length
@@ -147,6 +149,7 @@ class DeepAR(Algorithm):
         self.cardinality = cardinality
         self.max_series = max_series
         self.window_rate = window_rate
+        self.replay_windows = replay_windows
         self.num_samples = num_samples
         self.max_growth = max_growth
         self.partitions = partitions
@@ -232,6 +235,10 @@ class DeepAR(Algorithm):
                          chunk_rows=max(1, min(256, (1 << 16) // (8 * width))))
         if self.num_static_cat:
             state.initialize("card", np.zeros(int(self.num_static_cat)), aggregator="max")
+        if self.replay_windows:
+            width = _window_width(self.config())
+            state.initialize("replay", np.zeros((int(self.replay_windows), width)), aggregator="replace",
+                             chunk_rows=max(1, min(256, (1 << 16) // (8 * width))))
 
     def _probe_rows(self, series: str, partition: int) -> tuple[np.ndarray, np.ndarray]:
         """(the rows ``series`` may claim: probes in its partition's stripe; the rows it may
@@ -320,9 +327,10 @@ class DeepAR(Algorithm):
         torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=torch.float32, device=dev), net.parameters())
         net.train()
         net.zero_grad(set_to_none=False)
+        replayed = self._replay(state, c, windows, t) if self.replay_windows else []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed) * 1_000_003 + int(t))
-            loss = window_loss(net, c, freq, windows, dev)
+            loss = window_loss(net, c, freq, windows + replayed, dev)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.clip_gradient))
         g = torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
@@ -331,6 +339,19 @@ class DeepAR(Algorithm):
             self._adam = SharedAdam(self.learning_rate, self.average_decay)
         self._adam.step(state, theta, g)
         state.push("windows", float(len(windows)))
+
+    def _replay(self, state: State, c: dict, windows: list[tuple], t: float) -> list[tuple]:
+        """As many stored windows as ``windows`` (rows drawn by the step count; empty rows
+        skipped), and ``windows`` stored over rows drawn likewise. A stream's steps hold
+        windows of one moment, and its order may end on one regime (macrodata's passes end on
+        the calm quarters before its test window); GluonTS draws windows from any time."""
+        rng = np.random.default_rng([int(self.seed), int(t)])
+        R = int(self.replay_windows)
+        held = state.pull("replay", rows=np.unique(rng.integers(0, R, len(windows))))
+        old = [_window_of_row(row, c) for row in held if row[-1 - c["num_static_cat"]] > 0]  # age > 0: stored
+        rows, first = np.unique(rng.integers(0, R, len(windows)), return_index=True)
+        state.push("replay", np.stack([_row_of_window(windows[i]) for i in first]), rows=rows)
+        return old
 
     # -- the worker's reader ---------------------------------------------------------------
     def decode_window(self, state: State, values: list, shared=None, confluent=None,
@@ -404,6 +425,24 @@ class DeepAR(Algorithm):
         if self.num_static_cat:
             attrs["observed_cardinality"] = [int(v) for v in state.pull("card")]
         return DeepARModel(averaged_parameters(state, float(self.average_decay)), ctx_used[live].copy(), attrs)
+
+
+def _window_width(c: dict) -> int:
+    """Floats of a stored training window: values, mask and features of its ``history`` + 1
+    periods, its last ordinal and age, and its categories."""
+    return (c["history"] + 1) * (2 + c["num_dynamic_feat"]) + 2 + c["num_static_cat"]
+
+
+def _row_of_window(w: tuple) -> np.ndarray:
+    vals, mask, feat, ordinal, age, cats = w
+    return np.concatenate([vals, mask, np.asarray(feat).ravel(), [ordinal, age], np.asarray(cats, np.float64)])
+
+
+def _window_of_row(row: np.ndarray, c: dict) -> tuple:
+    W, F, C = c["history"] + 1, c["num_dynamic_feat"], c["num_static_cat"]
+    end = W * (2 + F)
+    return (row[:W], row[W:2 * W], row[2 * W:end].reshape(W, F), int(row[end]), int(row[end + 1]),
+            row[end + 2:end + 2 + C].astype(np.int64))
 
 
 def _rows_anywhere(slots: np.ndarray, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

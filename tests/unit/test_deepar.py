@@ -17,7 +17,8 @@ from streamlearn import datasets as D  # noqa: E402
 from streamlearn.algorithms import _forecast_metrics as fm  # noqa: E402
 from streamlearn.algorithms._deepar_net import distribution_args, log_prob  # noqa: E402
 from streamlearn.timefreq import Freq  # noqa: E402
-from streamlearn.algorithms.deepar import DeepAR, History, _mean_scale, _rnn_inputs, decode_id, encode_id  # noqa: E402
+from streamlearn.algorithms.deepar import (DeepAR, History, _mean_scale, _rnn_inputs, _row_of_window,  # noqa: E402
+                                         _window_of_row, decode_id, encode_id)
 from streamlearn.runtime.local import continue_local, fit_local  # noqa: E402
 from streamlearn.series_batch import SeriesBatch  # noqa: E402
 from streamlearn.algorithms.base import training_state  # noqa: E402
@@ -264,3 +265,26 @@ def test_continuing_a_striped_job_finds_every_series_whatever_the_new_partitions
         child = continue_local(DeepAR.from_params({**RACE, "partitions": partitions}), snapshot, [batch])
         assert sorted(child.series) == sorted(model.series) and len(child.series) == 60
         assert np.all(child.ctx[:, 1] == length + 2), partitions  # the parent's 10 points and these 2
+
+
+def test_replayed_windows_are_stored_windows_and_change_training():
+    """replay_windows: each step stores its windows in the state and trains on as many
+    stored ones as it has fresh ones; a stored row reads back as the window it was."""
+    pts = D.seasonal_series(8, 30, period=7, seed=4)
+    params = dict(prediction_length=3, context_length=4, lags_seq=[1, 7], num_cells=4, max_series=32)
+    algo = DeepAR.from_params({**params, "replay_windows": 16})
+    c = algo.config()
+    state = LocalState()
+    algo.initialize(state)
+    steps = [pts.take(np.arange(a, min(a + 32, len(pts)))) for a in range(0, len(pts), 32)]
+    replayed = fit_local(algo, steps, state=state)
+    stored = state.pull("replay")
+    ages = stored[:, -1]
+    assert np.count_nonzero(ages) >= 12 and np.all(ages[ages > 0] >= 3)  # windows end where a forecast fits
+    row = stored[np.flatnonzero(ages)[0]]
+    np.testing.assert_array_equal(_row_of_window(_window_of_row(row, c)), row)
+    vals, mask = _window_of_row(row, c)[:2]
+    assert len(vals) == c["history"] + 1 and mask[-1] == 1.0
+    plain = _fit(pts, 0, **params)
+    assert replayed.attrs["windows"] == plain.attrs["windows"]  # fresh windows counted once
+    assert not np.allclose(replayed.theta, plain.theta)
