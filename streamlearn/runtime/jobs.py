@@ -137,6 +137,8 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     params, epochs = _job_epochs(algorithm, {**parent_params, **(params or {})}, epochs, until)
     algo = make_algorithm(algorithm, with_topic_vocabulary(client, algorithm_class(algorithm), topic, params))
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
+    if "partitions" in algo.param_names():  # the algorithm stripes its state by partition (deepar)
+        algo = make_algorithm(algorithm, {**algo.get_params(), "partitions": len(marks)})
     algo, sample = with_data_contract(kafka_conf, topic, marks, algo, bounded=until == "end")
     n_records = sample.n_records
     if parent_model is not None:

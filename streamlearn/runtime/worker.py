@@ -404,7 +404,8 @@ class Worker:
         values = [m.value() or b"" for m in good]
         own_reader = getattr(self.algorithm, "decode_window", None)  # an algorithm with its own record type
         if own_reader is not None:
-            result = own_reader(self.state, values, shared=self.shared_schemas, confluent=self.confluent_schemas)
+            result = own_reader(self.state, values, shared=self.shared_schemas, confluent=self.confluent_schemas,
+                                partitions=[m.partition() for m in good])
         else:
             result = decode_messages(values, self.algorithm.n_features(), self.algorithm.accepts_sparse,
                                      self.algorithm.needs_label, shared=self.shared_schemas,

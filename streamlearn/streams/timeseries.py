@@ -223,9 +223,10 @@ class SeriesDecodeResult:
 
 def decode_points(values: list[bytes], registry: SchemaRegistry = REGISTRY, shared: SharedSchemas | None = None,
                   confluent: ConfluentSchemas | None = None, n_feat: int | None = None,
-                  n_cat: int | None = None) -> SeriesDecodeResult:
+                  n_cat: int | None = None, partitions: list[int] | None = None) -> SeriesDecodeResult:
     """Read ``timeseries_point`` messages; never raises for bad bytes (each is a rejection).
-    ``n_feat`` / ``n_cat``: the dynamic-feature and static-category counts every point must have."""
+    ``n_feat`` / ``n_cat``: the dynamic-feature and static-category counts every point must have;
+    ``partitions``: each message's Kafka partition (None: 0)."""
     rejected: list[Rejection] = []
     series, times, targets, feats, cats, index = [], [], [], [], [], []
     for i, v in enumerate(values):
@@ -274,9 +275,11 @@ def decode_points(values: list[bytes], registry: SchemaRegistry = REGISTRY, shar
     n = len(series)
     F = np.asarray(feats, dtype=np.float64).reshape(n, -1) if n and feats[0] else np.zeros((n, n_feat or 0))
     C = np.asarray(cats, dtype=np.int64).reshape(n, -1) if n and cats[0] else np.zeros((n, n_cat or 0), np.int64)
+    index = np.asarray(index, dtype=np.int64)
+    part = np.zeros(n, np.int64) if partitions is None else np.asarray(partitions, dtype=np.int64)[index]
     return SeriesDecodeResult(SeriesBatch(np.asarray(series, dtype=object), np.asarray(times, dtype=np.int64),
-                                          np.asarray(targets, dtype=np.float64), F, C),
-                              np.asarray(index, dtype=np.int64), rejected)
+                                          np.asarray(targets, dtype=np.float64), F, C, part),
+                              index, rejected)
 
 
 def _check_point(rec: dict, n_feat: int | None, n_cat: int | None) -> tuple[str | None, int]:

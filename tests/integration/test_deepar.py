@@ -46,7 +46,8 @@ def points_topic(stack, tmp_path_factory):
 
 def _run(stack, topic, job, tmp_path, interrupt: str | None):
     client = stack.redis_client()
-    create_job(client, stack.kafka_client_conf(), job, "deepar", topic, dict(PARAMS))
+    spec = create_job(client, stack.kafka_client_conf(), job, "deepar", topic, dict(PARAMS))
+    assert spec.params["partitions"] == 3  # the topic's: each claims context rows in its own third
     first = start_worker(job, tmp_path, SLOW if interrupt else None)
     procs = [first]
     if interrupt:
