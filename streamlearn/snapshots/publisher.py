@@ -10,7 +10,8 @@ when the topic is created (by the first publisher when missing) or by the admin 
 configuration.
 
 A snapshot larger than one message (64 MiB, or ``$STREAMLEARN_SNAPSHOT_MESSAGE_BYTES``), or
-one the model store keeps in parts (a large model on a Redis Cluster), is produced in parts (:mod:`streamlearn.snapshots.parts`), all to one
+one the model store keeps in parts (a large model on a Redis Cluster), is produced in parts
+(:mod:`streamlearn.snapshots.parts`), all to one
 partition: its :data:`~streamlearn.snapshots.parts.PART_BYTES` pieces under the keys
 ``<job>/part/<i>`` (one key per index, so compaction keeps the newest of each), acknowledged
 before the manifest is produced under the job's key. Subscribers assemble the parts the
@@ -28,7 +29,7 @@ from confluent_kafka import KafkaException, Producer
 
 from streamlearn.config import KafkaUnreachable
 from streamlearn.snapshots.format import SnapshotError, decode_snapshot
-from streamlearn.snapshots.parts import Manifest, split, whole_bytes
+from streamlearn.snapshots.parts import WHOLE_BYTES, Manifest, split, whole_bytes
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.streams.access import refusal
 from streamlearn.streams.topics import TopicError, ensure_topic, set_topic_config
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_TOPIC = "streamlearn.snapshots"
 TOPIC_ENV = "STREAMLEARN_SNAPSHOT_TOPIC"
-MAX_MESSAGE_BYTES = 64 << 20  # 67108864
+MAX_MESSAGE_BYTES = WHOLE_BYTES  # 64 MiB: one definition, in parts.py, which cannot import this module
 TOPIC_CONFIG = {
     "max.message.bytes": str(MAX_MESSAGE_BYTES),
     "compression.type": "zstd",
