@@ -1,5 +1,6 @@
-"""``python -m tests.chaos [--profile short|long] [--seed N] [--records N]``: chaos runs on a
-private local stack (its own home, Redis AOF with appendfsync always), one summary line each."""
+"""``python -m tests.chaos [--profile short|long|cluster] [--seed N] [--records N]``: chaos runs
+on a private local stack of the profile's kind (its own home; Redis AOF with appendfsync always,
+or a Redis Cluster with replicas), one summary line each."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="streamlearn-chaos-"))
     home = base / "stack"
     t0 = time.monotonic()
-    settings = stack.up(home, redis_aof=True, redis_appendfsync="always", timeout=180)
+    settings = stack.up(home, timeout=180, **dict(profile.stack))
     print(f"private stack up in {time.monotonic() - t0:.0f}s (home {home})", file=sys.stderr)
     ok = True
     try:

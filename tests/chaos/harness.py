@@ -65,6 +65,8 @@ class Profile:
     faults: tuple[str, ...] = FAULTS
     min_faults: int = 0  # keep injecting until at least this many (the job is paused-free; may finish first)
     timeout_s: float = 600.0
+    #: ``stack.up`` arguments of the private stack the profile's faults need (name, value pairs)
+    stack: tuple[tuple[str, object], ...] = (("redis_aof", True), ("redis_appendfsync", "always"))
 
 
 PROFILES = {
@@ -78,7 +80,8 @@ PROFILES = {
                     timeout_s=1800.0),
     # a Redis Cluster (sharded state): each cluster fault once or more, besides worker faults
     "cluster": Profile("cluster", records=60_000, seed=3, msg_rows=5, max_messages=2, fault_gap_s=(1.0, 2.5),
-                       faults=CLUSTER_FAULTS, timeout_s=900.0),
+                       faults=CLUSTER_FAULTS, timeout_s=900.0,
+                       stack=(("redis_cluster", 3), ("redis_replicas", 1))),
 }
 
 

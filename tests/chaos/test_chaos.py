@@ -22,7 +22,7 @@ def _private_stack(tmp_path_factory, name: str, purge: bool, **up):
 @pytest.fixture(scope="module")
 def chaos_stack(tmp_path_factory):
     """A private stack (own home, Redis AOF appendfsync always) that the faults may restart."""
-    yield from _private_stack(tmp_path_factory, "chaos-stack", False, redis_aof=True, redis_appendfsync="always")
+    yield from _private_stack(tmp_path_factory, "chaos-stack", False, **dict(PROFILES["short"].stack))
 
 
 def test_short_profile_loses_and_duplicates_nothing(chaos_stack, tmp_path):
@@ -40,7 +40,7 @@ def _assert_clean(result, kinds) -> None:
 @pytest.fixture(scope="module")
 def cluster_chaos_stack(tmp_path_factory):
     """A private stack whose Redis is a Redis Cluster of 3 masters with a replica each."""
-    yield from _private_stack(tmp_path_factory, "cluster-chaos-stack", True, redis_cluster=3, redis_replicas=1)
+    yield from _private_stack(tmp_path_factory, "cluster-chaos-stack", True, **dict(PROFILES["cluster"].stack))
 
 
 def test_cluster_profile_failover_and_reshard_lose_and_duplicate_nothing(cluster_chaos_stack, tmp_path):
