@@ -68,6 +68,10 @@ class CommitInfo:
     #: None: the profile is not written this time (written at most every few seconds)
     profile: tuple[str, bytes] | None = None
     event_times: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: a check-and-set: state key -> the version (commits that wrote it) this commit was
+    #: computed from; if any moved, the commit applies nothing and raises ``StaleCommit``
+    #: (what makes a synchronous round's step apply once, :mod:`streamlearn.runtime.rounds`)
+    expect: dict[str, int] = field(default_factory=dict)
 
 
 class StateBackend(Protocol):
@@ -84,6 +88,12 @@ class StateBackend(Protocol):
         written key's version + 1), ``info``; or nothing (conflict: compute again)."""
 
     def barrier(self) -> None: ...
+
+    def live_members(self) -> int:
+        """Members of the job now (heartbeats within the timeout; at least this one)."""
+
+    def lease(self, name: str) -> bool:
+        """Whether this member holds the job-wide lease ``name`` (taken now if free)."""
 
 
 class _KeyView:
@@ -340,6 +350,14 @@ class BufferedState:
 
     def barrier(self) -> None:
         self.backend.barrier()
+
+    def version(self, key: str) -> int:
+        """The version (commits that wrote it) of ``key`` as this worker holds it, read now
+        if it is not held: what a check-and-set commit (``CommitInfo.expect``) expects. Meant
+        for keys held whole at one version (scalars, keys pulled whole)."""
+        view = self._view(key)
+        view.load(self.backend, np.flatnonzero(~view.loaded))
+        return int(view.version.min())
 
     # -- the commit point -----------------------------------------------------------------
     def pending_chunks(self, key: str) -> list[int]:
