@@ -66,6 +66,9 @@ class Algorithm:
     #: a synchronous algorithm's state keys that identify the open round: the round counter
     #: (a scalar that only :meth:`close_round` writes, + 1), then a key every update writes
     round_keys: ClassVar[tuple[str, ...]] = ()
+    #: the keys only :meth:`close_round` writes (the parameters a round steps from): a member
+    #: keeps what it read of them through the round instead of reading them again
+    round_state: ClassVar[tuple[str, ...]] = ()
 
     def initialize(self, state: State) -> None:
         raise NotImplementedError

@@ -67,6 +67,7 @@ class FactorizationMachines(Algorithm):
     #: a synchronous round: its counter, then the key every contribution writes (a check-and-set
     #: on their versions closes the round once, over every contribution it saw)
     round_keys = ("round", "g_b")
+    round_state = ("wv", "b")
     param_spec = {
         "n_features": Param("features per record (the input width, e.g. 2**20 hashed); auto = inferred from "
                             "the topic at job create",

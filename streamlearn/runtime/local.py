@@ -44,7 +44,7 @@ def fit_local(algorithm: Algorithm, batches: Iterable[Batch], state: LocalState 
         if rounds is not None:
             expect = rounds.begin()
             algorithm.update(state, batch)
-            state.commit(CommitInfo(expect=expect))
+            state.commit(CommitInfo(expect=expect), keep_held=True)
             rounds.end()
             continue
         algorithm.update(state, batch)

@@ -59,13 +59,16 @@ class Rounds:
         self.state.barrier()
         lease = f"round:{self.round}"
         while True:
-            self.state.refresh()
+            held = self.state.held_version(self.written)
+            self.state.refresh([self.counter, self.written])
             if self.state.version(self.counter) != self.round:
                 return  # closed by another member
             if not self.state.backend.lease(lease):
                 time.sleep(POLL_S)
                 continue
             expect = {self.counter: self.round, self.written: self.state.version(self.written)}
+            if expect[self.written] != held:  # others contributed since this member read: read what they wrote
+                self.state.refresh(keep=self.algorithm.round_state)  # (the parameters move only at a close)
             self.algorithm.close_round(self.state)
             try:
                 self.state.commit(CommitInfo(expect=expect))

@@ -472,7 +472,7 @@ class Worker:
                           event_times=event_times(good, {r.index for r in result.rejected}), expect=expect or {})
         updated, conflicts = time.perf_counter(), self.state.backend.conflicts
         try:
-            self.state.commit(info)
+            self.state.commit(info, keep_held=self.rounds is not None)  # rounds: the parameters move only at a close
         except FencedError as exc:
             log.warning("%s: %s", self.member, exc)
             self.metrics.dropped("fenced")
