@@ -132,7 +132,10 @@ class FactorizationMachines(Algorithm):
 
     def _keyargs(self) -> dict:
         d = int(self.n_features)
-        return {"chunk_rows": SPARSE_CHUNK_ROWS, "dtype": "float32" if d >= BIG_FEATURES else "float64"}
+        # sync: a round's rows touch nearly every small chunk of a hashed key and every round is
+        # committed, so ~1 MiB chunks (automatic) cut the per-chunk work of each commit
+        return {"chunk_rows": 0 if self.synchronous else SPARSE_CHUNK_ROWS,
+                "dtype": "float32" if d >= BIG_FEATURES else "float64"}
 
     def _width(self) -> int:
         """Parameters per feature: w_j and v_j1 .. v_jk."""
