@@ -173,9 +173,9 @@ def case_quality_sim(ctx: Context) -> list[Row]:
     commit once for their whole share (what the live run's workers do: every message is in
     the topic when the job resumes) or after every message, against the 1-worker model and
     a 1-worker model with N-times-larger steps (what N averaged concurrent steps amount to).
-    The last row per N is the design that would give the same model: synchronous rounds in
-    which each worker steps on 1/N of a step's rows from the same parameters (not built;
-    benchmarks/README.md says what a live version needs)."""
+    The last row per N is the design that gives the same model: synchronous rounds in which
+    each worker steps on 1/N of a step's rows from the same parameters (live:
+    ``aggregation=sync``, scaling.quality's sync rows)."""
     from streamlearn.batch import Batch
 
     Xtr, ytr, Xte, yte = st.sparse(ctx)

@@ -117,3 +117,10 @@ def test_finalize_applies_the_round_not_closed_yet(data):
     state.commit()
     _same(pending, algo.finalize(state), tol=0.0)
     assert pending.w.any()
+
+
+def test_the_numpy_gradient_equals_the_compiled_one(data, monkeypatch):
+    batches = _batches(data, ROUND)[:4]
+    compiled = fit_local(_fm("sync"), batches)
+    monkeypatch.setenv("STREAMLEARN_KERNELS", "numpy")
+    _same(fit_local(_fm("sync"), batches), compiled, tol=1e-10)
