@@ -13,7 +13,7 @@ import pytest
 from streamlearn import datasets
 from streamlearn.algorithms import make_algorithm
 from streamlearn.batch import Batch
-from streamlearn.runtime.jobs import create_job, set_paused
+from streamlearn.runtime.jobs import create_job, job_status, set_paused
 from streamlearn.runtime.rounds import Rounds
 from streamlearn.snapshots.format import decode_snapshot, load_model
 from streamlearn.snapshots.store import ModelStore
@@ -116,18 +116,26 @@ def test_a_member_that_stops_heartbeating_does_not_hold_the_round(stack, data):
     assert member.closes == 1 and float(RedisState(client, job).pull("round")) == 1.0
 
 
-def _train(stack, topic: str, workers: int, tmp_path) -> tuple[dict, object, float]:
+def _start(stack, topic: str, workers: int, tmp_path, step: int = ROUND) -> tuple[str, list]:
+    """A bounded sync job whose ``workers`` all joined before its first record (created
+    paused, resumed once they are members): they share every round."""
     client = stack.redis_client()
     job = f"fm-sync-w{workers}-{uuid.uuid4().hex[:6]}"
     create_job(client, stack.kafka_client_conf(), job, "factorization_machines", topic,
-               {"n_features": D, "num_factors": 4, "mini_batch_size": ROUND, "aggregation": "sync"}, until="end",
+               {"n_features": D, "num_factors": 4, "mini_batch_size": step, "aggregation": "sync"}, until="end",
                epochs=1)
-    set_paused(client, job, True)  # every worker joins before the first record: they share every round
+    set_paused(client, job, True)
     procs = [start_worker(job, tmp_path / job) for _ in range(workers)]
+    wait_status(client, job, lambda s: len(s["members"]) == workers, 120, f"{workers} members")
+    wait_for(lambda: all(p.poll() is None for p in procs), 5, "workers running")
+    set_paused(client, job, False)
+    return job, procs
+
+
+def _train(stack, topic: str, workers: int, tmp_path) -> tuple[dict, object, float]:
+    client = stack.redis_client()
+    job, procs = _start(stack, topic, workers, tmp_path)
     try:
-        wait_status(client, job, lambda s: len(s["members"]) == workers, 120, f"{workers} members")
-        wait_for(lambda: all(p.poll() is None for p in procs), 5, "workers running")
-        set_paused(client, job, False)
         status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
     finally:
         codes = stop_all(procs, timeout=60)
@@ -152,3 +160,28 @@ def test_two_workers_count_every_record_once_and_learn_the_one_worker_model(stac
         aucs[workers] = float(model.score(test, "auc"))
     assert aucs[1] > 0.6
     assert abs(aucs[2] - aucs[1]) <= 0.01, aucs
+
+
+def test_a_worker_killed_mid_round_loses_and_duplicates_nothing(stack, data, tmp_path):
+    """SIGKILL one of two workers mid-job: the rounds go on without it (the barrier drops it
+    after its heartbeat timeout), its partitions' uncommitted records are read again by the
+    survivor, and every record is counted once."""
+    X, y = data
+    n = TRAIN
+    topic = labelled_topic(stack, datasets._rows(X, 0, n), y[:n], "fm-sync-kill", partitions=4, batch_size=50)
+    client = stack.redis_client()
+    job, procs = _start(stack, topic, 2, tmp_path, step=100)  # 240 rounds of 2 x 50 rows: long enough to kill
+    try:
+        wait_status(client, job, lambda s: s["records_applied"] > 2_000, 120, "records before the kill")
+        procs[1].kill()
+        procs[1].wait()
+        killed_at = job_status(client, job)["records_applied"]
+        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
+    finally:
+        stop_all(procs, timeout=60)
+    assert killed_at < n, "the job ended before the kill"
+    assert status["records_applied"] == n and status["records_dead_lettered"] == 0
+    assert status["partitions"] == status["end_offsets"] and status["finalize_calls"] == 1
+    model = load_model(decode_snapshot(ModelStore(client).get(job)))
+    assert model.attrs["examples_seen"] == n  # every record's gradient in exactly one round
+    assert float(model.score(Batch(datasets._rows(X, TRAIN, TRAIN + TEST), y[TRAIN:]), "auc")) > 0.6
