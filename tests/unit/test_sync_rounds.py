@@ -41,13 +41,14 @@ def _same(a, b, tol: float = 1e-9) -> None:
     assert abs(a.w0 - b.w0) <= tol
 
 
-@pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
-def test_one_worker_sync_is_one_step_per_round(data, optimizer):
+@pytest.mark.parametrize("optimizer, predictor_type", [("adagrad", "binary_classifier"), ("sgd", "binary_classifier"),
+                                                       ("adagrad", "regressor")])
+def test_one_worker_sync_is_one_step_per_round(data, optimizer, predictor_type):
     """What scaling.quality_sim simulates: each round one step on its rows."""
     batches = _batches(data, ROUND)
-    sync = fit_local(_fm("sync", optimizer=optimizer), batches)
+    sync = fit_local(_fm("sync", optimizer=optimizer, predictor_type=predictor_type), batches)
     reference = LocalState()
-    algo = _fm("async", optimizer=optimizer)
+    algo = _fm("async", optimizer=optimizer, predictor_type=predictor_type)
     algo.initialize(reference)
     reference.commit()
     for batch in batches:
