@@ -68,7 +68,8 @@ class Rounds:
                 continue
             expect = {self.counter: self.round, self.written: self.state.version(self.written)}
             if expect[self.written] != held:  # others contributed since this member read: read what they wrote
-                self.state.refresh(keep=self.algorithm.round_state)  # (the parameters move only at a close)
+                # (not the parameters: they move only at a close; not the keys just read at ``expect``)
+                self.state.refresh(keep=(*self.algorithm.round_state, self.counter, self.written))
             self.algorithm.close_round(self.state)
             try:
                 self.state.commit(CommitInfo(expect=expect))

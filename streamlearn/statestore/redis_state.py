@@ -163,7 +163,8 @@ class RedisBackend:
                                for p, o, e in zip(mine, stored, passes)):
                             pipe.unwatch()
                             return
-                    if info.expect:  # after the lost-reply check: a check-and-set whose EXEC went through moved them itself
+                    # a check-and-set, after the lost-reply check (an EXEC that went through moved them itself)
+                    if info.expect:
                         expected = list(info.expect)
                         held = pipe.hmget(k.versions, expected)
                         moved = [key for key, v in zip(expected, held) if int(v or 0) != info.expect[key]]
