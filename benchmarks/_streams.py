@@ -56,8 +56,11 @@ class Produced:
     n_features: int
 
 
-def produce(ctx: Context, key: str, X, y=None) -> Produced:
-    """Produce a data set once per run to a fresh topic (timed: the producer leg of e2e)."""
+def produce(ctx: Context, key: str, X, y=None, message_rows: int | None = None) -> Produced:
+    """Produce a data set once per run to a fresh topic (timed: the producer leg of e2e), in
+    messages of ``message_rows`` rows (default: the profile's)."""
+    rows = message_rows or ctx.p["message_rows"]
+
     def make():
         from streamlearn.streams.producer import Producer
         from streamlearn.streams.topics import ensure_topic
@@ -66,11 +69,10 @@ def produce(ctx: Context, key: str, X, y=None) -> Produced:
         topic = ctx.name(key)
         ensure_topic(s.kafka_client_conf(), topic, partitions=ctx.p["partitions"])
         n = X.shape[0]
-        ctx.log(f"producing {n} rows to {topic} ({ctx.p['partitions']} partitions, "
-                f"{ctx.p['message_rows']} rows/message)")
+        ctx.log(f"producing {n} rows to {topic} ({ctx.p['partitions']} partitions, {rows} rows/message)")
         t0 = time.perf_counter()
         with Producer(s.kafka, s.kafka_conf) as p:
-            p.send_batch(topic, X, y, batch_size=ctx.p["message_rows"])
+            p.send_batch(topic, X, y, batch_size=rows)
             msgs = p.messages_sent
         dt = time.perf_counter() - t0
         ctx.log(f"produced in {dt:.1f} s")

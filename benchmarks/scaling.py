@@ -51,7 +51,9 @@ def case_quality(ctx: Context) -> list[Row]:
     train concurrently from the first record): the N-worker model's test figure minus the
     1-worker one (ratio = 1 + that difference; target: at least 1 - tolerance). Linear
     learner: the dense topic (scaling.workers'); factorization machines: the first
-    ``river_rows`` rows of the sparse set (peers.fm's), k = 8, AUC on its test rows."""
+    ``river_rows`` rows of the sparse set (peers.fm's), k = 8, AUC on its test rows; and the
+    same with ``aggregation=sync`` (synchronous rounds of ``message_rows`` rows) on the same
+    rows in messages of ``message_rows / max workers`` rows (rows/s in the note: its cost)."""
     from streamlearn import datasets
     from streamlearn.batch import Batch
 
@@ -60,6 +62,12 @@ def case_quality(ctx: Context) -> list[Row]:
     n = min(ctx.p["river_rows"], len(Xtr))
     fm_prod = st.produce(ctx, "sparse-scaling", datasets._rows(Xtr, 0, n), ytr[:n])
     fm_params = {"n_features": Xtr.n_features, "num_factors": 8}
+    # synchronous rounds of the same step size: messages of 1/4 step (the most workers measured),
+    # so that every worker's share of a round is whole messages
+    step = ctx.p["message_rows"]
+    sync_prod = st.produce(ctx, "sparse-scaling-sync", datasets._rows(Xtr, 0, n), ytr[:n],
+                           message_rows=max(1, step // max(ctx.p["scaling_workers"])))
+    sync_params = {**fm_params, "aggregation": "sync", "mini_batch_size": step}
     Xd, yd, _, _ = st.dense(ctx)
     ll_prod = st.produce(ctx, "dense", Xd, yd)
     cases = [("linear_learner", "test accuracy",
@@ -70,6 +78,11 @@ def case_quality(ctx: Context) -> list[Row]:
              ("factorization_machines", "AUC",
               lambda w: ctx.memo(("job:fm", w), lambda: st.run_job(ctx, fm_prod, "factorization_machines", fm_params,
                                                                    w, tag="sparse", together=True)),
+              lambda m: float(m.score(Batch(Xte, yte), "auc"))),
+             ("factorization_machines, sync", "AUC",
+              lambda w: ctx.memo(("job:fm-sync", w), lambda: st.run_job(ctx, sync_prod, "factorization_machines",
+                                                                        sync_params, w, tag="sparse-sync",
+                                                                        together=True)),
               lambda m: float(m.score(Batch(Xte, yte), "auc")))]
     rows = []
     for algorithm, metric, run, measure in cases:
@@ -160,9 +173,9 @@ def case_quality_sim(ctx: Context) -> list[Row]:
     commit once for their whole share (what the live run's workers do: every message is in
     the topic when the job resumes) or after every message, against the 1-worker model and
     a 1-worker model with N-times-larger steps (what N averaged concurrent steps amount to).
-    The last row per N is the design that would give the same model: synchronous rounds in
-    which each worker steps on 1/N of a step's rows from the same parameters (not built;
-    benchmarks/README.md says what a live version needs)."""
+    The last row per N is the design that gives the same model: synchronous rounds in which
+    each worker steps on 1/N of a step's rows from the same parameters (live:
+    ``aggregation=sync``, scaling.quality's sync rows)."""
     from streamlearn.batch import Batch
 
     Xtr, ytr, Xte, yte = st.sparse(ctx)

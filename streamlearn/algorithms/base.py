@@ -60,8 +60,23 @@ class Algorithm:
     #: An algorithm whose concurrent updates must not drift apart between commits (the
     #: topic model's summed optimizer steps) keeps its windows small.
     window_messages: ClassVar[int] = 0
+    #: True when ``update`` only adds to a synchronous round that :meth:`close_round` steps:
+    #: the runtime then trains in rounds (:mod:`streamlearn.runtime.rounds`)
+    synchronous: bool = False
+    #: a synchronous algorithm's state keys that identify the open round: the round counter
+    #: (a scalar that only :meth:`close_round` writes, + 1), then a key every update writes
+    round_keys: ClassVar[tuple[str, ...]] = ()
+    #: the keys only :meth:`close_round` writes (the parameters a round steps from): a member
+    #: keeps what it read of them through the round instead of reading them again
+    round_state: ClassVar[tuple[str, ...]] = ()
 
     def initialize(self, state: State) -> None:
+        raise NotImplementedError
+
+    def close_round(self, state: State) -> bool:
+        """A synchronous algorithm: push the step of the round its updates added to, clear
+        the round and count it (``round_keys[0]`` + 1, also when it was empty); False when
+        there was nothing to step."""
         raise NotImplementedError
 
     def update(self, state: State, batch: Batch) -> None:

@@ -14,6 +14,15 @@ less than four of 1 to 8 (the random row accesses dominated a 2^20-feature step)
 regularization acts lazily on the touched rows. ``v`` starts as seeded N(0, init_sigma)
 noise written at ``initialize``.
 Dense input is accepted and treated as rows with every column present.
+
+``aggregation="sync"``: synchronous data-parallel rounds (1 or N workers learn the same
+model). An update step does not step: it adds its rows' loss gradient, taken at the round's
+parameters, into ``g_wv`` (d, 1 + k + 1): per feature the weighted gradient sum and a count of
+contributions, so the rows a round touched are known) and ``g_b`` ([gradient sum, weight
+sum]); :meth:`close_round` turns the round's sums into one step on their weighted mean (L2
+on the touched rows) and clears them, once per round (``round`` counts rounds; the runtime
+applies it as a check-and-set, :mod:`streamlearn.runtime.rounds`). ``finalize`` includes a
+round not yet closed.
 """
 from __future__ import annotations
 
@@ -55,6 +64,10 @@ class FactorizationMachines(Algorithm):
     multi_pass = True
     #: the step of ``mini_batch_size="auto"`` when the data size is not known
     default_step_rows = 500
+    #: a synchronous round: its counter, then the key every contribution writes (a check-and-set
+    #: on their versions closes the round once, over every contribution it saw)
+    round_keys = ("round", "g_b")
+    round_state = ("wv", "b")
     param_spec = {
         "n_features": Param("features per record (the input width, e.g. 2**20 hashed); auto = inferred from "
                             "the topic at job create",
@@ -73,6 +86,11 @@ class FactorizationMachines(Algorithm):
         "factors_l2": Param("L2 regularization of the factors (lazy, on touched rows)", Interval(float, 0, None)),
         "init_sigma": Param("standard deviation of the factors' random start", Interval(float, 0, None)),
         "seed": Param("seed of the factors' random start", Interval(int, 0, None)),
+        "aggregation": Param("how workers' steps combine: async = each worker steps and commits on its own "
+                             "(concurrent steps averaged); sync = synchronous rounds: the workers' gradients of "
+                             "one mini_batch_size-row round, taken from the same parameters, make one step (the "
+                             "same model from 1 or N workers when messages hold at most mini_batch_size / N "
+                             "rows; workers wait for each other every round)", Options("async", "sync")),
         **BACKEND_PARAMS,
     }
 
@@ -80,7 +98,7 @@ class FactorizationMachines(Algorithm):
                  classes: list[float] | str = AUTO, mini_batch_size: int | str = AUTO, num_factors: int = 8,
                  optimizer: str = "adagrad", learning_rate: float = 0.1, bias_l2: float = 0.0,
                  linear_l2: float = 1e-5, factors_l2: float = 1e-5, init_sigma: float = 0.05, seed: int = 0,
-                 backend: str = "numpy", device: str = "cpu"):
+                 aggregation: str = "async", backend: str = "numpy", device: str = "cpu"):
         self.n_features = feature_count(n_features)
         self.predictor_type = predictor_type
         self.classes = classes
@@ -93,6 +111,7 @@ class FactorizationMachines(Algorithm):
         self.factors_l2 = factors_l2
         self.init_sigma = init_sigma
         self.seed = seed
+        self.aggregation = aggregation
         self.backend = backend
         self.device = device
         self._columns = ColumnIndex()  # scratch for sparse batches, not a parameter
@@ -113,7 +132,10 @@ class FactorizationMachines(Algorithm):
 
     def _keyargs(self) -> dict:
         d = int(self.n_features)
-        return {"chunk_rows": SPARSE_CHUNK_ROWS, "dtype": "float32" if d >= BIG_FEATURES else "float64"}
+        # sync: a round's rows touch nearly every small chunk of a hashed key and every round is
+        # committed, so ~1 MiB chunks (automatic) cut the per-chunk work of each commit
+        return {"chunk_rows": 0 if self.synchronous else SPARSE_CHUNK_ROWS,
+                "dtype": "float32" if d >= BIG_FEATURES else "float64"}
 
     def _width(self) -> int:
         """Parameters per feature: w_j and v_j1 .. v_jk."""
@@ -121,6 +143,11 @@ class FactorizationMachines(Algorithm):
 
     def _adagrad(self) -> bool:
         return self.optimizer == "adagrad"
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether updates only accumulate a round's gradient, stepped by :meth:`close_round`."""
+        return self.aggregation == "sync"
 
     def initialize(self, state: State) -> None:
         d, m = int(self.n_features), self._width()
@@ -136,6 +163,10 @@ class FactorizationMachines(Algorithm):
         np.multiply(rng.standard_normal((d, m - 1), dtype=dt.type), dt.type(self.init_sigma), out=wv[:, 1:m])
         state.initialize("wv", wv, aggregator="step", **kw)
         state.initialize("n", 0.0)
+        if self.synchronous:  # the open round's gradient sums (sum keys: contributions add up)
+            state.initialize("g_wv", np.zeros((d, m + 1), dtype=dt), **kw)
+            state.initialize("g_b", np.zeros(2))
+            state.initialize("round", 0.0)
         if self.predictor_type == "regressor":
             for key in ("y_n", "y_sum", "y_sq"):
                 state.initialize(key, 0.0)
@@ -167,22 +198,84 @@ class FactorizationMachines(Algorithm):
         l2[0] = float(self.linear_l2)
         # arithmetic on the backend (numpy: the arrays themselves); state and pushes stay numpy
         bk = backend_of(self)
+        if self.synchronous:
+            self._contribute(state, bk, X, rows, local, held, float(b[0]), t, sw, wsum)
+            return
         if bk is NUMPY_BACKEND and kernels.compiled():
             lr = float(self.learning_rate)
             delta, g_b = kernels.fm_step(X.indptr, local, np.asarray(X.values, dtype=np.float64), held, m,
                                          float(b[0]), t, sw / wsum, self.predictor_type == "binary_classifier", l2,
                                          self._adagrad(), lr, lr / np.sqrt(1.0 + tau / 10_000.0))
         else:
-            delta, g_b = self._step_on(bk, X, local, held, float(b[0]), t, sw / wsum, l2, tau)
+            g, g_b = self._gradient_on(bk, X, local, held, float(b[0]), t, sw / wsum, l2)
+            delta = self._delta(bk, g, held[:, m:], tau)
         g_b += float(self.bias_l2) * float(b[0])
         state.push("b", self._delta(NUMPY_BACKEND, np.array([[g_b]]), b[None, 1:], tau)[0])
         state.push("wv", delta, rows=rows)
         state.push("n", wsum)
 
-    def _step_on(self, bk, X: SparseRows, local: np.ndarray, held: np.ndarray, w0: float, t: np.ndarray,
-                 weight: np.ndarray, l2: np.ndarray, tau: float) -> tuple[np.ndarray, float]:
-        """(delta of the touched rows, d mean-loss / d w0) on a backend: what
-        :func:`kernels.fm_step` computes in one compiled pass."""
+    def _contribute(self, state: State, bk, X: SparseRows, rows: np.ndarray, local: np.ndarray, held: np.ndarray,
+                    w0: float, t: np.ndarray, sw: np.ndarray, wsum: float) -> None:
+        """A synchronous round's share: the loss gradient of this step's rows at the round's
+        parameters, weighted by the rows' weight (L2 is the round's, added at its close),
+        into the round's sums, and a contribution counted on every touched row."""
+        m = self._width()
+        no_l2 = np.zeros(m)
+        if bk is NUMPY_BACKEND and kernels.compiled():  # SGD with a step of -1 returns the gradient itself
+            g, g_b = kernels.fm_step(X.indptr, local, np.asarray(X.values, dtype=np.float64), held, m, w0, t,
+                                     sw / wsum, self.predictor_type == "binary_classifier", no_l2, False, 0.0, -1.0)
+        else:
+            g, g_b = self._gradient_on(bk, X, local, held, w0, t, sw / wsum, no_l2)
+            g = bk.to_numpy(g)
+        out = np.empty((len(rows), m + 1))
+        np.multiply(g, wsum, out=out[:, :m])
+        out[:, m] = 1.0
+        state.push("g_wv", out, rows=rows)
+        state.push("g_b", np.array([g_b * wsum, wsum]))
+        state.push("n", wsum)
+
+    def close_round(self, state: State) -> bool:
+        """Step the parameters once on the open round's mean gradient, clear its sums and
+        count the round (``round`` + 1, also for an empty round); False when no rows were
+        contributed. Applied once per round by the runtime's check-and-set commit."""
+        state.push("round", 1.0)
+        step = self._round_step(state)
+        if step is None:
+            return False
+        rows, delta, sums, b_delta, b_sums = step
+        state.push("wv", delta, rows=rows)
+        state.push("b", b_delta)
+        state.push("g_wv", -sums, rows=rows)
+        state.push("g_b", -b_sums)
+        return True
+
+    def _round_step(self, state: State) -> tuple | None:
+        """The open round's step: (touched rows, their [parameters, accumulators] delta, the
+        round's sums on them, the bias delta, the bias sums), or None for an empty round. The
+        same Adagrad (or SGD) rule as an async step, on the weighted mean gradient of every
+        contribution plus L2 on the touched rows."""
+        b_sums = np.array(state.pull("g_b"), dtype=np.float64)
+        weight = float(b_sums[1])
+        if weight <= 0:
+            return None
+        m = self._width()
+        whole = state.pull("g_wv")
+        rows = np.flatnonzero(whole[:, m])
+        sums = whole[rows].astype(np.float64)
+        held = state.pull("wv", rows=rows).astype(np.float64)
+        b = state.pull("b").astype(np.float64)
+        tau = float(state.pull("n")) - weight  # examples seen before the round (SGD's decay)
+        l2 = np.full(m, float(self.factors_l2))
+        l2[0] = float(self.linear_l2)
+        delta = self._delta(NUMPY_BACKEND, sums[:, :m] / weight + l2 * held[:, :m], held[:, m:], tau)
+        g_b = b_sums[0] / weight + float(self.bias_l2) * float(b[0])
+        b_delta = self._delta(NUMPY_BACKEND, np.array([[g_b]]), b[None, 1:], tau)[0]
+        return rows, delta, sums, b_delta, b_sums
+
+    def _gradient_on(self, bk, X: SparseRows, local: np.ndarray, held: np.ndarray, w0: float, t: np.ndarray,
+                     weight: np.ndarray, l2: np.ndarray) -> tuple:
+        """(gradient of the mean loss + L2 on the touched rows, on the backend; d mean-loss /
+        d w0): what :func:`kernels.fm_step` computes in one compiled pass."""
         m = self._width()
         xp, dev = bk.xp, bk.asarray
         A = bk.csr(X.indptr, local, X.values, len(held))
@@ -202,7 +295,7 @@ class FactorizationMachines(Algorithm):
         g = bk.group_sum(A, T[A.rows] * vals[:, None])
         g[:, 1:] -= P[:, 1:] * bk.group_sum(A, r[A.rows] * vals2)[:, None]
         g += dev(l2) * P
-        return self._delta(bk, g, held[:, m:], tau), float(bk.to_numpy(r.sum()))
+        return g, float(bk.to_numpy(r.sum()))
 
     def _delta(self, bk, g, acc: np.ndarray, tau: float) -> np.ndarray:
         """The host delta of a [parameters, accumulators] block for gradient ``g``: Adagrad
@@ -224,8 +317,16 @@ class FactorizationMachines(Algorithm):
         attrs = {"predictor_type": self.predictor_type, "n_features": int(self.n_features),
                  "num_factors": int(self.num_factors), "classes": self.label_coding().to_json(), "label_mean": mu, "label_std": sd,
                  "examples_seen": float(state.pull("n"))}
+        m = self._width()
         wv = state.pull("wv")  # copies of the columns: the model need not keep the accumulators alive
-        return FMModel(float(state.pull("b")[0]), wv[:, 0].copy(), wv[:, 1:self._width()].copy(), attrs)
+        w0 = float(state.pull("b")[0])
+        step = self._round_step(state) if self.synchronous else None
+        if step is not None:  # a round not closed yet (the last, partial one): as its close would apply it
+            rows, delta, _, b_delta, _ = step
+            wv = wv[:, :m].copy()
+            wv[rows] = wv[rows] + delta[:, :m]  # added in float64, stored in the key's dtype, as a commit does
+            w0 += float(b_delta[0])
+        return FMModel(w0, wv[:, 0].copy(), wv[:, 1:m].copy(), attrs)
 
 
 def _forward_on(bk, A, w0: float, xv, xv2):

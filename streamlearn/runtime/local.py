@@ -12,7 +12,9 @@ from streamlearn.algorithms import make_algorithm
 from streamlearn.algorithms.base import Algorithm, Model, ParamError
 from streamlearn.algorithms.checks import synthetic_batches
 from streamlearn.batch import Batch
+from streamlearn.runtime.rounds import Rounds
 from streamlearn.snapshots.format import Snapshot, load_model
+from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.local import LocalState
 
 
@@ -23,7 +25,9 @@ def fit_local(algorithm: Algorithm, batches: Iterable[Batch], state: LocalState 
     Pushes are committed every ``commit_every`` batches and at the end, as a worker commits
     once per consumed window of messages rather than after every update step: a pull sees
     this worker's pending pushes, so the model does not depend on the cadence, while a
-    commit of a large row-sparse key costs one pass over every chunk it touched.
+    commit of a large row-sparse key costs one pass over every chunk it touched. A
+    synchronous algorithm (``aggregation=sync``) makes each batch one round, committed and
+    closed: what one worker of a job does.
     """
     if commit_every < 1:
         raise ValueError(f"commit_every must be >= 1, got {commit_every}")
@@ -35,7 +39,14 @@ def fit_local(algorithm: Algorithm, batches: Iterable[Batch], state: LocalState 
         state = LocalState()
         algorithm.initialize(state)
         state.commit()
+    rounds = Rounds(algorithm, state) if algorithm.synchronous else None
     for i, batch in enumerate(batches, 1):
+        if rounds is not None:
+            expect = rounds.begin()
+            algorithm.update(state, batch)
+            state.commit(CommitInfo(expect=expect), keep_held=True)
+            rounds.end()
+            continue
         algorithm.update(state, batch)
         if i % commit_every == 0:
             state.commit()

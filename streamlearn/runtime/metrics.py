@@ -72,8 +72,9 @@ class WorkerMetrics:
             self._conflicts.inc(conflicts)
 
     def dropped(self, reason: str) -> None:
-        """A window not committed: ``outage``, ``fenced`` (its partitions moved) or ``refused``
-        (the job was paused, failed or deleted before the commit)."""
+        """A window not committed: ``outage``, ``fenced`` (its partitions moved), ``refused``
+        (the job was paused, failed or deleted before the commit) or ``stale`` (a synchronous
+        round closed without it)."""
         self._dropped.labels(self.job, reason).inc()
 
     def lag(self, lags: dict[int, int]) -> None:

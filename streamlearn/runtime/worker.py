@@ -34,9 +34,10 @@ from streamlearn.runtime.history import JobHistory
 from streamlearn.runtime.jobs import JobSpec, fail_job, load_spec
 from streamlearn.runtime.metrics import WorkerMetrics, consumer_lag, high_watermarks, serve_metrics
 from streamlearn.runtime.record import JobRecord
+from streamlearn.runtime.rounds import Rounds
 from streamlearn.snapshots.publisher import SnapshotPublishError
 from streamlearn.snapshots.signing import require_signer
-from streamlearn.statestore.base import CommitRefused, FencedError
+from streamlearn.statestore.base import CommitRefused, FencedError, StaleCommit
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.sharded import ReplayCutter
 from streamlearn.streams.access import RefusalWatch, refusal
@@ -141,6 +142,8 @@ class Worker:
         self.passes: dict[int, int] = {}  # partition -> the data epoch (pass) being read
         self.positions: dict[int, int] = {}  # partition -> the next offset as last claimed or committed here
         self.replay = ReplayCutter()  # partial batches of a sharded store, re-applied alone
+        # synchronous rounds (aggregation=sync): every window goes through them, even an empty one
+        self.rounds = Rounds(self.algorithm, self.state) if self.algorithm.synchronous else None
         self._stop = threading.Event()
         self._paused = False
         self._unsettled: Exception | None = None  # set while a recovery's seek is still owed
@@ -226,11 +229,13 @@ class Worker:
             return
         if self._paused:
             self._consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)  # serves rebalances
+            self._idle_round()
             return
         msgs = self._next_messages()
         if msgs:
             self._process(msgs)
             return
+        self._idle_round()
         self._write_profile()  # idle: a due write costs no throughput
         if self.spec.until == "end":
             maybe_finalize(self.settings, self.client, self.spec, self.member)
@@ -368,16 +373,58 @@ class Worker:
     # -- the update step ------------------------------------------------------------------
     def _process(self, msgs) -> None:
         for batch in self.replay.cut(msgs, self._stored_position):
-            if not self._process_batch(batch):
-                return  # dropped (fenced, refused, failed): the rest goes back to the stored offsets too
+            if self.rounds is None:
+                if not self._process_batch(batch):
+                    return  # dropped (fenced, refused, failed): the rest goes back to the stored offsets too
+                continue
+            for share in self._round_shares(batch):
+                done = self._process_batch(share, self.rounds.begin())
+                self.rounds.end()  # dropped or not, the others wait for this member
+                if not done:
+                    return
+
+    def _idle_round(self) -> None:
+        """Nothing to contribute (no records, paused): take part in the round all the same,
+        so the members that have records are not held up."""
+        if self.rounds is not None:
+            self.rounds.begin()
+            self.rounds.end()
+
+    def _round_shares(self, msgs) -> list[list]:
+        """``msgs`` cut into this member's shares of successive rounds: whole messages, at
+        most ``mini_batch_size / live members`` rows each (at least one message: a larger
+        message makes its round larger)."""
+        share = -(-self.config.step_rows(self.algorithm) // self.state.backend.live_members())
+        values = [m.value() or b"" if m.error() is None else b"" for m in msgs]
+        counts = np.bincount(self._decode(values, msgs).row_messages(), minlength=len(msgs))
+        shares: list[list] = [[]]
+        rows = 0
+        for m, n in zip(msgs, counts.tolist()):
+            if shares[-1] and rows + n > share:
+                shares.append([])
+                rows = 0
+            shares[-1].append(m)
+            rows += n
+        return shares
 
     def _stored_position(self, partition: int, offset: int) -> tuple[int, int]:
         """(data epoch, offset) stored for ``partition`` after the message at ``offset``."""
         offsets, passes = self._positions_after({partition: offset + 1})
         return passes[partition], offsets[partition]
 
-    def _process_batch(self, msgs) -> bool:
-        """Apply and commit one batch; False when it was dropped."""
+    def _decode(self, values: list[bytes], msgs):
+        own_reader = getattr(self.algorithm, "decode_window", None)  # an algorithm with its own record type
+        if own_reader is not None:
+            return own_reader(self.state, values, shared=self.shared_schemas, confluent=self.confluent_schemas,
+                              partitions=[m.partition() for m in msgs])
+        return decode_messages(values, self.algorithm.n_features(), self.algorithm.accepts_sparse,
+                               self.algorithm.needs_label, shared=self.shared_schemas,
+                               confluent=self.confluent_schemas, labels=self.algorithm.label_coding(),
+                               row_rule=self.algorithm.row_rule())
+
+    def _process_batch(self, msgs, expect: dict[str, int] | None = None) -> bool:
+        """Apply and commit one batch (``expect``: a synchronous round's check-and-set, see
+        :mod:`streamlearn.runtime.rounds`); False when it was dropped."""
         good, next_offsets = [], {}
         for m in msgs:
             err = m.error()
@@ -401,16 +448,7 @@ class Worker:
             next_offsets[p] = off + 1
         if not good:
             return True
-        values = [m.value() or b"" for m in good]
-        own_reader = getattr(self.algorithm, "decode_window", None)  # an algorithm with its own record type
-        if own_reader is not None:
-            result = own_reader(self.state, values, shared=self.shared_schemas, confluent=self.confluent_schemas,
-                                partitions=[m.partition() for m in good])
-        else:
-            result = decode_messages(values, self.algorithm.n_features(), self.algorithm.accepts_sparse,
-                                     self.algorithm.needs_label, shared=self.shared_schemas,
-                                     confluent=self.confluent_schemas, labels=self.algorithm.label_coding(),
-                                     row_rule=self.algorithm.row_rule())
+        result = self._decode([m.value() or b"" for m in good], good)
         started = time.perf_counter()
         try:
             steps = result.steps(self.config.step_rows(self.algorithm))
@@ -431,10 +469,10 @@ class Worker:
                           dead_letter_reason=reasons[0] if reasons else None,
                           profile=None if self.profile is None else self.profile.stage(
                               steps, (f.row for f in failures), force=bool(ended)),  # ended: finalize may come next
-                          event_times=event_times(good, {r.index for r in result.rejected}))
+                          event_times=event_times(good, {r.index for r in result.rejected}), expect=expect or {})
         updated, conflicts = time.perf_counter(), self.state.backend.conflicts
         try:
-            self.state.commit(info)
+            self.state.commit(info, keep_held=self.rounds is not None)  # rounds: the parameters move only at a close
         except FencedError as exc:
             log.warning("%s: %s", self.member, exc)
             self.metrics.dropped("fenced")
@@ -444,6 +482,10 @@ class Worker:
             self.metrics.dropped("refused")
             self._recover(exc)
             self._next_control = 0.0
+            return False
+        except StaleCommit as exc:  # the round closed without this member's share: back to the stored offsets
+            self.metrics.dropped("stale")
+            self._recover(exc)
             return False
         self.records_applied += applied
         if self.profile is not None:

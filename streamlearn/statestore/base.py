@@ -48,6 +48,12 @@ class CommitRefused(StateError):
     """
 
 
+class StaleCommit(StateError):
+    """A check-and-set commit (``CommitInfo.expect``) found a key it was computed from
+    written since: nothing was applied. Compute again from a fresh read (or drop the
+    batch: its records are consumed again from the stored offsets)."""
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """How one state key is stored and aggregated; fixed at ``initialize``."""

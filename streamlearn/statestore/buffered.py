@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Iterable, Protocol, TypeVar
 
 import numpy as np
 
@@ -68,6 +68,10 @@ class CommitInfo:
     #: None: the profile is not written this time (written at most every few seconds)
     profile: tuple[str, bytes] | None = None
     event_times: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: a check-and-set: state key -> the version (commits that wrote it) this commit was
+    #: computed from; if any moved, the commit applies nothing and raises ``StaleCommit``
+    #: (what makes a synchronous round's step apply once, :mod:`streamlearn.runtime.rounds`)
+    expect: dict[str, int] = field(default_factory=dict)
 
 
 class StateBackend(Protocol):
@@ -84,6 +88,12 @@ class StateBackend(Protocol):
         written key's version + 1), ``info``; or nothing (conflict: compute again)."""
 
     def barrier(self) -> None: ...
+
+    def live_members(self) -> int:
+        """Members of the job now (heartbeats within the timeout; at least this one)."""
+
+    def lease(self, name: str) -> bool:
+        """Whether this member holds the job-wide lease ``name`` (taken now if free)."""
 
 
 class _KeyView:
@@ -341,14 +351,32 @@ class BufferedState:
     def barrier(self) -> None:
         self.backend.barrier()
 
+    def held_version(self, key: str) -> int | None:
+        """The version ``key`` is held at (its first chunk), or None when it is not held."""
+        view = self._views.get(key)
+        return None if view is None or not view.loaded[0] else int(view.version[0])
+
+    def version(self, key: str) -> int:
+        """The version (commits that wrote it) of ``key`` as this worker holds it, read now
+        if it is not held: what a check-and-set commit (``CommitInfo.expect``) expects. Meant
+        for keys held whole at one version (scalars, keys pulled whole)."""
+        view = self._view(key)
+        view.load(self.backend, np.flatnonzero(~view.loaded))
+        return int(view.version.min())
+
     # -- the commit point -----------------------------------------------------------------
     def pending_chunks(self, key: str) -> list[int]:
         """Chunk ids of ``key`` that the next commit will write (for tests and diagnostics)."""
         view = self._views.get(key)
         return [] if view is None else np.flatnonzero(view.dirty).tolist()
 
-    def commit(self, info: CommitInfo | None = None) -> None:
-        """Apply every pending push and ``info`` (offsets, counters) atomically."""
+    def commit(self, info: CommitInfo | None = None, keep_held: bool = False) -> None:
+        """Apply every pending push and ``info`` (offsets, counters) atomically.
+
+        Afterwards keys this commit did not write are read again on their next pull (to see
+        other workers' commits), unless ``keep_held``: the caller knows nobody else writes
+        them until it refreshes (a synchronous round's parameters, written only by the
+        round's close)."""
         info = info or CommitInfo()
         dirty = {k: v for k, v in self._views.items() if v.dirty.any()}
         touched = {k: np.flatnonzero(v.dirty).tolist() for k, v in dirty.items()}
@@ -390,7 +418,8 @@ class BufferedState:
             raise
         for key, view in self._views.items():
             if key not in written:  # no version seen under the lock: re-read, to see other workers' commits
-                view.loaded[:] = False
+                if not keep_held:
+                    view.loaded[:] = False
                 continue
             # current as of this commit: what we wrote, and what we hold at the version we
             # committed on (only our write came after it); everything else is re-read
@@ -425,10 +454,13 @@ class BufferedState:
             view.dirty[:] = dirty
             view.stale = stale if delta is not None else True  # no pending change: any content is "none"
 
-    def refresh(self) -> None:
-        """Forget what was read so the next pull sees other workers' commits."""
-        for view in self._views.values():
-            view.loaded[:] = False
+    def refresh(self, keys: "Iterable[str] | None" = None, keep: "Iterable[str]" = ()) -> None:
+        """Forget what was read (of ``keys``; all but ``keep``) so the next pull sees other
+        workers' commits."""
+        keys, keep = (None if keys is None else set(keys)), set(keep)
+        for key, view in self._views.items():
+            if (keys is None or key in keys) and key not in keep:
+                view.loaded[:] = False
 
     def load_all(self, read: Callable[[dict[str, dict[int, np.ndarray]]], T]) -> T:
         """Forget everything held and let ``read`` fill every chunk of every key (one

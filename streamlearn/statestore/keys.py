@@ -35,6 +35,7 @@ class StoreKeys:
         self.members = f"{base}:members"  # zset: member -> last heartbeat (ms), for barriers
         self.barrier_gen = f"{base}:barrier:gen"
         self.barrier_arrived = f"{base}:barrier:arrived:"  # + generation
+        self.lease = f"{base}:lease:"  # + name: which member does a job-wide task (expires by itself)
 
     def state(self, key: str) -> str:
         return f"{self.base}:k:{key}"  # hash: chunk id -> little-endian bytes

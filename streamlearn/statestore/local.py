@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from streamlearn.statestore.base import KeySpec
+from streamlearn.statestore.base import KeySpec, StaleCommit
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute
 
 
@@ -43,6 +43,9 @@ class MemoryBackend:
 
     def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
         with self._lock:
+            moved = [key for key, v in info.expect.items() if self._versions.get(key, 0) != v]
+            if moved:
+                raise StaleCommit(f"state keys {moved} were written since this commit read them; nothing applied")
             versions = {key: self._versions.get(key, 0) for key in touched}
             for key, chunks in compute(self._fill, versions).items():
                 # copies: the written arrays are the committing worker's own, and it goes on using them
@@ -54,6 +57,13 @@ class MemoryBackend:
 
     def barrier(self) -> None:
         """A single in-process member is always at the barrier."""
+
+    def live_members(self) -> int:
+        return 1
+
+    def lease(self, name: str) -> bool:
+        """One in-process member holds every lease."""
+        return True
 
 
 class LocalState(BufferedState):

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import redis
 
-from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StateError
+from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StaleCommit, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import StoreKeys
 from streamlearn.statestore.resp_into import exec_multi, exec_watched, hmget_into, multi_into, versioned_hmget_into
@@ -132,6 +132,8 @@ class RedisBackend:
         # (or a failure, a delete) that lands before EXEC refuses it, so `job pause` is a barrier
         gated = bool(info.offsets) and self.gate is not None
         watched = [k.epochs] + ([self.gate] if gated else []) + [k.state(key) for key in touched]
+        # a key's version moves only with its chunks: watching them keeps the check true until EXEC
+        watched += [k.state(key) for key in info.expect if key not in touched]
         parts = sorted(info.fence)
         mine = sorted(p for p in info.offsets if p in info.fence)
         retry = False
@@ -161,6 +163,14 @@ class RedisBackend:
                                for p, o, e in zip(mine, stored, passes)):
                             pipe.unwatch()
                             return
+                    # a check-and-set, after the lost-reply check (an EXEC that went through moved them itself)
+                    if info.expect:
+                        expected = list(info.expect)
+                        held = pipe.hmget(k.versions, expected)
+                        moved = [key for key, v in zip(expected, held) if int(v or 0) != info.expect[key]]
+                        if moved:
+                            raise StaleCommit(f"state keys {moved} were written since this commit read them; "
+                                              f"nothing applied")
                     # a key's version moves only together with its chunks (same MULTI), and the
                     # chunks are watched: versions read here stay true until EXEC
                     names = list(touched)
@@ -245,6 +255,21 @@ class RedisBackend:
     def leave(self) -> None:
         if self.member:
             self.client.zrem(self.keys.members, self.member)
+
+    def live_members(self) -> int:
+        """Members whose last heartbeat is within ``MEMBER_TIMEOUT_MS`` (at least 1: this one)."""
+        return max(1, int(self.client.zcount(self.keys.members, now_ms() - MEMBER_TIMEOUT_MS, "+inf")))
+
+    def lease(self, name: str) -> bool:
+        """Whether this member holds (or has just taken) the lease ``name``: one member does
+        a job-wide task while the others wait; the lease lapses after ``MEMBER_TIMEOUT_MS``,
+        so a holder that dies hands the task on. Saves duplicate work only: what the task
+        writes must be safe without it (a check-and-set)."""
+        key = self.keys.lease + name
+        member = self.member or ""
+        if self.client.set(key, member, nx=True, px=MEMBER_TIMEOUT_MS):
+            return True
+        return self.client.get(key) == member.encode()
 
     def barrier(self, poll_s: float = 0.01, timeout_s: float = 600.0) -> None:
         """Wait until every live member of the job has arrived (members that stop sending

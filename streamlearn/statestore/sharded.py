@@ -290,6 +290,8 @@ class ShardedBackend:
     # -- the commit ------------------------------------------------------------------------------
     @_rerouted
     def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
+        if info.expect:  # the shards' versions are not one atomic cut
+            raise StateError("check-and-set commits (synchronous rounds) need a single-node Redis")
         shards = self.shards()
         on: dict[int, dict[str, list[int]]] = {}
         for key, ids in touched.items():
