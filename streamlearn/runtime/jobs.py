@@ -32,6 +32,7 @@ from streamlearn.snapshots.format import load_model
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import now_ms
+from streamlearn.statestore.sharded import is_cluster
 from streamlearn.streams.text import with_topic_vocabulary
 from streamlearn.streams.topics import delete_group, dlq_topic, ensure_topic, watermarks
 
@@ -136,6 +137,8 @@ def create_job(client: redis.Redis, kafka_conf: dict, name: str, algorithm: str,
     # a continued job keeps its parent's parameters unless told otherwise (they size the state)
     params, epochs = _job_epochs(algorithm, {**parent_params, **(params or {})}, epochs, until)
     algo = make_algorithm(algorithm, with_topic_vocabulary(client, algorithm_class(algorithm), topic, params))
+    if algo.synchronous and is_cluster(client):  # its rounds' check-and-set needs one atomic cut
+        raise JobError(f"{algorithm} with aggregation=sync needs a single-node Redis, not a Redis Cluster")
     marks = watermarks(kafka_conf, topic)  # raises for a missing topic
     if "partitions" in algo.param_names():  # the algorithm stripes its state by partition (deepar)
         algo = make_algorithm(algorithm, {**algo.get_params(), "partitions": len(marks)})

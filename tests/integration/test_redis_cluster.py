@@ -11,7 +11,7 @@ import redis
 
 from streamlearn.batch import Batch
 from streamlearn.config import Settings, mask_url
-from streamlearn.runtime.jobs import create_job
+from streamlearn.runtime.jobs import JobError, create_job
 from streamlearn.runtime.predict import load_job_model
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
@@ -81,6 +81,18 @@ def test_job_on_three_masters_counts_every_record_once(cluster_stack, tmp_path, 
     assert len(holding) >= 2, "the job's state sits on one node"
     model = load_job_model(client, job)
     assert float(np.mean(model.evaluate(Batch(X[5000:])) == y[5000:])) > 0.8
+
+
+def test_synchronous_rounds_are_refused_on_a_cluster_before_anything_is_written(cluster_stack):
+    _, settings = cluster_stack
+    topic = _name("cl-sync")
+    ensure_topic(settings.kafka_client_conf(), topic, partitions=2)
+    client = settings.redis_client()
+    job = _name("fm-sync")
+    with pytest.raises(JobError, match="single-node Redis"):
+        create_job(client, settings.kafka_client_conf(), job, "factorization_machines", topic,
+                   {"predictor_type": "binary_classifier", "aggregation": "sync", "n_features": 20}, epochs=1)
+    assert not client.keys(f"*{job}*")
 
 
 def test_sigkilled_workers_lose_and_duplicate_nothing(cluster_stack, tmp_path):
