@@ -71,7 +71,7 @@ ACTIVATIONS = ("softplus", "relu", "tanh", "sigmoid")
 SCORE_METRICS = ("perplexity", "completion_perplexity")
 _HOLDOUT_SALT = 0x7E57_D0C5
 #: ``s`` of the top words' evidence gain (:func:`word_gain`)
-TOP_WORD_SHRINKAGE = 0.1
+TOP_WORD_SHRINKAGE = 0.2
 #: batch normalization's epsilon (the update step's and the folding's at finalize)
 BN_EPS = 1e-5
 
