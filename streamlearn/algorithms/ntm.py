@@ -44,7 +44,8 @@ worker and run) are never trained on; their ELBO and word count accumulate in th
 and finalize reports held-out perplexity ``exp(-ELBO / words)``.
 
 The model computes in numpy (no torch needed to load or use it): ``evaluate`` gives topic
-mixtures, ``topics(top)`` the top words of every topic, ``score`` the ELBO perplexity or the
+mixtures, ``topics(top)`` the top words of every topic (by p(word | topic), each word's topic
+weight scaled by its evidence gain, :func:`word_gain`), ``score`` the ELBO perplexity or the
 document-completion perplexity; with the vocabulary (stored in the snapshot) it reads raw text.
 """
 from __future__ import annotations
