@@ -7,7 +7,8 @@ tokenizer and English stop words, words in >= 2 and <= 50 % of the training docu
 - document-completion perplexity on the held-out 20 %: each document's words split at random
   in two halves, the mixture inferred from one, the other scored (``ntm.completion_perplexity``),
   with the unigram model of the training counts as the floor to beat;
-- NPMI of every topic's top 10 words on document co-occurrence over all documents;
+- NPMI of every topic's top 10 words on document co-occurrence over all documents (the
+  NTM's as its model ranks them, ``NTMModel.top_word_ids``; LDA's by p(word | topic));
 - topic uniqueness (TU) of the top 10 words.
 
 Targets (issue 13): completion perplexity <= 1.05 x LDA's seed mean, NPMI >= LDA's seed

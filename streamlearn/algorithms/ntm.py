@@ -44,7 +44,8 @@ worker and run) are never trained on; their ELBO and word count accumulate in th
 and finalize reports held-out perplexity ``exp(-ELBO / words)``.
 
 The model computes in numpy (no torch needed to load or use it): ``evaluate`` gives topic
-mixtures, ``topics(top)`` the top words of every topic, ``score`` the ELBO perplexity or the
+mixtures, ``topics(top)`` the top words of every topic (by p(word | topic), each word's topic
+weight scaled by its evidence gain, :func:`word_gain`), ``score`` the ELBO perplexity or the
 document-completion perplexity; with the vocabulary (stored in the snapshot) it reads raw text.
 """
 from __future__ import annotations
@@ -70,6 +71,8 @@ OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd")
 ACTIVATIONS = ("softplus", "relu", "tanh", "sigmoid")
 SCORE_METRICS = ("perplexity", "completion_perplexity")
 _HOLDOUT_SALT = 0x7E57_D0C5
+#: ``s`` of the top words' evidence gain (:func:`word_gain`)
+TOP_WORD_SHRINKAGE = 0.2
 #: batch normalization's epsilon (the update step's and the folding's at finalize)
 BN_EPS = 1e-5
 
@@ -100,13 +103,30 @@ def bn_split(bn, num_topics: int):
     return bn[:e], bn[e + v:2 * e + v], bn[e:e + v], bn[2 * e + v:]
 
 
+def word_frequencies(words: np.ndarray) -> np.ndarray:
+    """The training words' frequencies, add-1/2 smoothed (the counts of the state key ``words``)."""
+    w = np.asarray(words, dtype=np.float64) + 0.5
+    return w / w.sum()
+
+
 def log_unigram(words: np.ndarray) -> np.ndarray:
     """The decoder's background: log frequencies of the training words counted so far (the
     state key ``words``, exactly additive over workers), add-1/2 smoothed. The decoder learns
     only a correction ``bg`` to it: learned from zero, the frequencies took thousands of
     steps while the topics soaked up the frequent words."""
-    w = np.asarray(words, dtype=np.float64) + 0.5
-    return np.log(w / w.sum())
+    return np.log(word_frequencies(words))
+
+
+def word_gain(frequencies: np.ndarray, shrinkage: float) -> np.ndarray:
+    """Each word's evidence gain ``f / (f + shrinkage / V)`` for frequency ``f`` in a
+    ``V``-word vocabulary: 1/2 for a word of frequency ``shrinkage / V``, near 1 for much more
+    frequent words, near 0 for much rarer ones. The decoder's normalization gives
+    every word's topic logit unit variance over documents, a word of two documents as much
+    as a frequent one, so a topic's weights rank rare words as high as the words the topic
+    is about; scaled by the gain, a word's topic weight counts in proportion to the
+    evidence for it, as LDA's smoothed topic-word counts do."""
+    f = np.asarray(frequencies, dtype=np.float64)
+    return f / (f + float(shrinkage) / len(f))
 
 
 def fold_batch_norm(arrays: dict[str, np.ndarray], bn: np.ndarray, num_topics: int) -> dict[str, np.ndarray]:
@@ -321,6 +341,7 @@ class NTM(Algorithm):
         arrays = unflatten(np.asarray(state.pull("theta"), dtype=np.float64), self._shapes())
         arrays["bg"] = arrays["bg"] + log_unigram(state.pull("words"))
         arrays = fold_batch_norm(arrays, state.pull("bn"), int(self.num_topics))
+        arrays["word_frequency"] = word_frequencies(state.pull("words")).astype(np.float32)
         words = float(state.pull("ho_words"))
         attrs = {"num_topics": int(self.num_topics), "encoder_layers": [int(h) for h in self.encoder_layers],
                  "activation": self.activation, "prior": list(prior(int(self.num_topics), float(self.prior_alpha))),
@@ -438,14 +459,20 @@ class NTMModel(Model):
         name = (lambda i: self.vocabulary[i]) if self.vocabulary else (lambda i: f"#{i}")
         return [[name(int(i)) for i in row] for row in ids]
 
-    def top_word_ids(self, top: int = 10) -> np.ndarray:
+    def top_word_ids(self, top: int = 10, shrinkage: float = TOP_WORD_SHRINKAGE) -> np.ndarray:
+        """Each topic's ``top`` word ids by the decoder's logits of a mixture all on the topic
+        (p(word | topic), as LDA's top words are ranked), each word's topic weight scaled by
+        its evidence gain (:func:`word_gain`; ``shrinkage`` = 0, or a model saved without
+        word frequencies: unscaled)."""
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise ParamError(f"ntm: top must be a positive integer, got {top!r}")
-        # by p(word | topic), the decoder's logits of a mixture all on one topic (as LDA's top
-        # words are ranked): the topic's weights alone (the lift over the background) rank
-        # words of two or three documents first, and a relevance blend of the two (Sievert &
-        # Shirley's lambda = 0.6) measured a lower NPMI at 10, 20 and 50 topics
-        logits = self.arrays["beta"] + self.arrays["bg"]
+        # the topic's weights alone (the lift over the background) rank words of two or three
+        # documents first, and a relevance blend of the two (Sievert & Shirley's lambda = 0.6)
+        # measured a lower NPMI at 10, 20 and 50 topics; unscaled, at 50 topics many topics'
+        # top words were rare words of unrelated stories (benchmarks/README.md, quality.ntm)
+        freq = self.arrays.get("word_frequency")
+        gain = 1.0 if freq is None or not shrinkage else word_gain(freq, shrinkage)
+        logits = self.arrays["beta"] * gain + self.arrays["bg"]
         top = min(int(top), logits.shape[1])
         part = np.argpartition(-logits, top - 1, axis=1)[:, :top]
         order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")

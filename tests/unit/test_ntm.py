@@ -114,8 +114,9 @@ def test_training_learns_topics_and_reports_heldout_perplexity():
     # top words by p(word | topic); their uniqueness is capped by the corpus' Zipf background
     # (its two most frequent words are in every true topic's top 10), so distinctness is
     # checked on the topics' weights over the background
-    ids = model.top_word_ids(10)
+    ids = model.top_word_ids(10, shrinkage=0)
     np.testing.assert_array_equal(ids, np.argsort(-model.word_log_probs(np.eye(4)), axis=1)[:, :10])
+    assert model.arrays["word_frequency"].sum() == pytest.approx(1.0, rel=1e-5)
     assert topic_uniqueness(np.argsort(-model.arrays["beta"], axis=1)[:, :10]) >= 0.8
 
 
@@ -131,6 +132,29 @@ def test_snapshot_round_trip_keeps_vocabulary_and_reads_raw_text():
     np.testing.assert_array_equal(loaded.evaluate(texts), model.evaluate(texts))
     recs = loaded.predict_records(texts)
     assert [len(r["topic_mixture"]) for r in recs] == [3, 3] and all(0 <= r["prediction"] < 3 for r in recs)
+
+
+def test_top_words_scale_topic_weights_by_word_evidence():
+    """A word of a few occurrences with a topic's largest weight tops its p(word | topic)
+    ranking; scaled by the words' evidence gain, the topic's frequent word does; a model
+    saved without word frequencies (older snapshots) ranks unscaled."""
+    from streamlearn.algorithms.ntm import NTMModel, word_gain
+
+    V = 1000
+    freq = np.full(V, 1.0 / V)
+    rare, frequent = 3, 7
+    freq[rare], freq[frequent] = 0.01 / V, 10.0 / V
+    freq /= freq.sum()
+    beta = np.zeros((2, V))
+    beta[0, rare], beta[0, frequent] = 12.0, 4.0
+    arrays = {"beta": beta, "bg": np.log(freq), "word_frequency": freq}
+    model = NTMModel(arrays, {"num_topics": 2})
+    assert model.top_word_ids(1, shrinkage=0)[0, 0] == rare
+    assert model.top_word_ids(1)[0, 0] == frequent
+    del arrays["word_frequency"]
+    assert NTMModel(arrays, {"num_topics": 2}).top_word_ids(1)[0, 0] == rare
+    g = word_gain(freq, 0.1)
+    assert g[rare] < 0.1 < 0.9 < g[frequent] < 1 and word_gain(np.full(4, 0.25), 1.0) == pytest.approx(0.5)
 
 
 def test_coherence_and_uniqueness_definitions():
