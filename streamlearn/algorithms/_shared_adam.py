@@ -20,6 +20,16 @@ gradient keeps the weight it has there; only the order within a commit window is
   others' fresh parts of the window are not known before the commit; the worker's own stand
   in for them (N times its own), so a window's steps keep the speed of sequential Adam.
 
+* A step's gradient is taken at the parameters the commit will leave if the others step as
+  this worker does: the shared parameters at its last rebase plus N times its own steps
+  since (``parameters``). Taken at the pulled parameters (the shared ones plus only its own
+  steps), the N workers each followed their gradient for a whole commit window without
+  seeing the others' steps, and the sum overshot N-fold wherever one window reaches the
+  optimum (a stream in time order keeps moving it: ItalyPowerDemand's last window, 4
+  workers, median weighted quantile loss over ten seeds +14.5 % on one worker, two of ten
+  runs collapsed; with the extrapolated parameters +1.3 %, none). The mean of the workers'
+  extrapolations is what the commit leaves.
+
 The same key keeps the parameters' running average (``average``: an exponential moving
 average whose decay ramps up to ``average_decay`` as ``(1 + t) / (10 + t)``, so that a
 short job's average does not reach back to its first, untrained parameters), averaged
@@ -62,9 +72,10 @@ class SharedAdam:
         self.workers = 1.0
         self._base_t: float | None = None  # t at this worker's last sight of others' commits
         self._base: np.ndarray | None = None  # the moments then
+        self._base_theta: np.ndarray | None = None  # and the parameters
         self._expect = 0.0  # t this worker's next pull shows if nobody else committed
 
-    def _sync(self, t: float, pulled: np.ndarray) -> None:
+    def _sync(self, state: State, t: float, pulled: np.ndarray) -> None:
         """Rebase when the pulled step count is not what this worker's own steps explain
         (a refresh brought others' steps, a restart or a rollback); measure N from it."""
         if self._base is not None and t == self._expect:
@@ -75,13 +86,23 @@ class SharedAdam:
                 seen = min(MAX_WORKERS, max(1.0, total / own))
                 self.workers = 0.5 * (self.workers + seen)
         self._base_t, self._base, self._expect = t, np.array(pulled, dtype=np.float64), t
+        self._base_theta = np.array(state.pull("theta"), dtype=np.float64)
+
+    def parameters(self, state: State) -> np.ndarray:
+        """The parameters to take this worker's next gradient at: the pulled ones for one
+        worker; for N, the shared ones at the rebase plus N times its own steps since."""
+        self._sync(state, float(state.pull("t")), state.pull("adam"))
+        theta = np.array(state.pull("theta"), dtype=np.float64)
+        if self.workers == 1:
+            return theta
+        return self._base_theta + self.workers * (theta - self._base_theta)
 
     def step(self, state: State, theta: np.ndarray, grad: np.ndarray) -> None:
-        """One Adam step from parameters ``theta`` (as pulled) with gradient ``grad``
-        (weight decay included by the caller)."""
+        """One Adam step from parameters ``theta`` (``parameters``) with gradient ``grad``
+        taken there (weight decay included by the caller)."""
         t = float(state.pull("t"))
         pulled = state.pull("adam")
-        self._sync(t, pulled)
+        self._sync(state, t, pulled)
         n, base = self.workers, self._base
         if n == 1:  # sequential Adam, exactly
             own = pulled

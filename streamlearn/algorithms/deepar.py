@@ -32,9 +32,11 @@ are ``sum`` keys: a step pulls them (read-your-writes), computes the gradient of
 windows and pushes Adam's step, its share of both moments and one step count. One worker
 is plain sequential Adam. N workers (each sees 1/N of the points, each step computed
 against parameters at most one commit window old) stand for one worker taking all their
-steps interleaved (``_shared_adam.SharedAdam``): parameter steps are summed, and the
+steps interleaved (``_shared_adam.SharedAdam``): parameter steps are summed, the
 moments keep every gradient once with one decay per global step, so N workers make the
-progress of one. Averaging the moments instead left each gradient ``0.1 + 0.9 / N`` of its
+progress of one, and a gradient is taken where the commit will leave the parameters if the
+others step alike (the shared ones plus N times the worker's own steps since), so the sum
+of N windows does not overshoot N-fold. Averaging the moments instead left each gradient ``0.1 + 0.9 / N`` of its
 weight, and summing them counted the shared momentum's decay N times (it diverged).
 
 Randomness (dropout, sampled windows) is seeded by the step count and the point, never by
@@ -322,7 +324,9 @@ class DeepAR(Algorithm):
         import torch
 
         net = self._net()
-        theta = state.pull("theta")
+        if self._adam is None:
+            self._adam = SharedAdam(self.learning_rate, self.average_decay)
+        theta = self._adam.parameters(state)
         dev = next(net.parameters()).device
         torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=torch.float32, device=dev), net.parameters())
         net.train()
@@ -335,8 +339,6 @@ class DeepAR(Algorithm):
         torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.clip_gradient))
         g = torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
         g = g + float(self.weight_decay) * theta
-        if self._adam is None:
-            self._adam = SharedAdam(self.learning_rate, self.average_decay)
         self._adam.step(state, theta, g)
         state.push("windows", float(len(windows)))
 
