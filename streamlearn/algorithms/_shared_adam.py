@@ -20,15 +20,15 @@ gradient keeps the weight it has there; only the order within a commit window is
   others' fresh parts of the window are not known before the commit; the worker's own stand
   in for them (N times its own), so a window's steps keep the speed of sequential Adam.
 
-* A step's gradient is taken at the parameters the commit will leave if the others step as
-  this worker does: the shared parameters at its last rebase plus N times its own steps
-  since (``parameters``). Taken at the pulled parameters (the shared ones plus only its own
-  steps), the N workers each followed their gradient for a whole commit window without
-  seeing the others' steps, and the sum overshot N-fold wherever one window reaches the
-  optimum (a stream in time order keeps moving it: ItalyPowerDemand's last window, 4
-  workers, median weighted quantile loss over ten seeds +14.5 % on one worker, two of ten
-  runs collapsed; with the extrapolated parameters +1.3 %, none). The mean of the workers'
-  extrapolations is what the commit leaves.
+* ``lookahead`` (opt-in): a step's gradient is taken at the parameters the commit will
+  leave if the others step as this worker does: the shared parameters at its last rebase
+  plus N times its own steps since (``parameters``; the workers' extrapolations average to
+  what the commit leaves). Taken at the pulled parameters (the shared ones plus only its
+  own steps), N workers each follow their gradient for a whole commit window unseen by the
+  others, and the sum overshoots up to N-fold wherever they pull alike (a stream in time
+  order moves the optimum: ItalyPowerDemand, 4 workers, median weighted quantile loss over
+  ten seeds +14.5 % on one worker with two collapsed runs; +1.3 % and none with it). Off by
+  default: Covid3Month's 4 workers were worse with it (benchmarks/README.md).
 
 The same key keeps the parameters' running average (``average``: an exponential moving
 average whose decay ramps up to ``average_decay`` as ``(1 + t) / (10 + t)``, so that a
@@ -66,9 +66,10 @@ class SharedAdam:
     """One worker's view of the shared optimizer (scratch: rebuilt from the state after a
     restart). ``theta``, ``adam`` (ROWS x P: m, v, average) and ``t`` are the keys it steps."""
 
-    def __init__(self, learning_rate: float, average_decay: float = 0.0):
+    def __init__(self, learning_rate: float, average_decay: float = 0.0, lookahead: bool = False):
         self.learning_rate = float(learning_rate)
         self.average_decay = float(average_decay)
+        self.lookahead = bool(lookahead)
         self.workers = 1.0
         self._base_t: float | None = None  # t at this worker's last sight of others' commits
         self._base: np.ndarray | None = None  # the moments then
@@ -90,10 +91,11 @@ class SharedAdam:
 
     def parameters(self, state: State) -> np.ndarray:
         """The parameters to take this worker's next gradient at: the pulled ones for one
-        worker; for N, the shared ones at the rebase plus N times its own steps since."""
+        worker (or without ``lookahead``); for N, the shared ones at the rebase plus N times
+        its own steps since."""
         self._sync(state, float(state.pull("t")), state.pull("adam"))
         theta = np.array(state.pull("theta"), dtype=np.float64)
-        if self.workers == 1:
+        if self.workers == 1 or not self.lookahead:
             return theta
         return self._base_theta + self.workers * (theta - self._base_theta)
 

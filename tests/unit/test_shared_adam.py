@@ -23,12 +23,14 @@ def _states(n: int) -> tuple[MemoryBackend, list[LocalState]]:
     return backend, [LocalState(backend) for _ in range(n)]
 
 
-def _run(workers: int, windows: int, steps: int, noise: float = 0.5) -> tuple[np.ndarray, float]:
+def _run(workers: int, windows: int, steps: int, noise: float = 0.5,
+         lookahead: bool = True) -> tuple[np.ndarray, float]:
     """``workers`` each take ``steps`` steps between commits on gradients of
     0.5 |theta - TARGET|^2 plus noise (each its own, as each its own data), taken where
-    ``parameters`` says; returns the final (averaged) parameters and the largest |m| committed."""
+    ``parameters`` says (``lookahead``); returns the final (averaged) parameters and the
+    largest |m| committed."""
     backend, states = _states(workers)
-    opts = [SharedAdam(LR, 0.9) for _ in range(workers)]
+    opts = [SharedAdam(LR, 0.9, lookahead) for _ in range(workers)]
     rngs = [np.random.default_rng(w) for w in range(workers)]
     largest = 0.0
     for _ in range(windows):
@@ -76,14 +78,16 @@ def test_four_workers_with_long_windows_converge_like_one():
     assert largest < 10.0, largest  # summed plain deltas: ~1e14
 
 
-def test_four_workers_with_long_windows_settle_at_the_optimum_like_one():
+def test_four_workers_with_long_windows_settle_at_the_optimum_like_one_with_lookahead():
     """Without noise one worker reaches TARGET. Gradients taken at the pulled parameters
-    (the shared ones plus only the worker's own steps) let four workers each follow theirs
-    for 16 steps and the sum overshoot fourfold: still 0.1 away after 40 commits."""
+    (the shared ones plus only the worker's own steps: ``lookahead`` off) let four workers
+    each follow theirs for 16 steps and the sum overshoot fourfold: still ~0.1 away."""
     one, _ = _run(1, 160, 16, noise=0.0)
     four, _ = _run(4, 40, 16, noise=0.0)
+    pulled, _ = _run(4, 40, 16, noise=0.0, lookahead=False)
     assert np.abs(one - TARGET).max() < 0.01, one
     assert np.abs(four - TARGET).max() < 0.01, four
+    assert np.abs(pulled - TARGET).max() > 0.05, pulled
 
 
 def _progress(workers: int, windows: int, steps: int) -> tuple[float, float]:
