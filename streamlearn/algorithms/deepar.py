@@ -37,8 +37,9 @@ moments keep every gradient once with one decay per global step, so N workers ma
 progress of one. With ``lookahead`` a gradient is taken where the commit will leave the
 parameters if the others step alike (the shared ones plus N times the worker's own steps
 since), so the sum of N windows does not overshoot N-fold where the workers pull alike
-(ItalyPowerDemand); off by default, as Covid3Month's workers did worse with it. Averaging the moments instead left each gradient ``0.1 + 0.9 / N`` of its
-weight, and summing them counted the shared momentum's decay N times (it diverged).
+(ItalyPowerDemand); off by default, as Covid3Month's workers did worse with it. Averaging
+the moments instead left each gradient ``0.1 + 0.9 / N`` of its weight, and summing them
+counted the shared momentum's decay N times (it diverged).
 
 Randomness (dropout, sampled windows) is seeded by the step count and the point, never by
 the worker, so a resumed job equals an uninterrupted one.
