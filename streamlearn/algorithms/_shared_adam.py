@@ -26,8 +26,8 @@ gradient keeps the weight it has there; only the order within a commit window is
   what the commit leaves). Taken at the pulled parameters (the shared ones plus only its
   own steps), N workers each follow their gradient for a whole commit window unseen by the
   others, and the sum overshoots up to N-fold wherever they pull alike (a stream in time
-  order moves the optimum: ItalyPowerDemand, 4 workers, median weighted quantile loss over
-  ten seeds +14.5 % on one worker with two collapsed runs; +1.3 % and none with it). Off by
+  order moves the optimum: ItalyPowerDemand, 4 workers, median weighted quantile loss
+  +13-14.5 % on one worker with collapsed runs; +5 % over 16 seeds and none with it). Off by
   default: Covid3Month's 4 workers were worse with it (benchmarks/README.md).
 
 The same key keeps the parameters' running average (``average``: an exponential moving
