@@ -11,7 +11,8 @@ context/prediction lengths, the same network (2 x 40 LSTM, dropout 0.1), batches
 batches x 32). Ours trains in-process (``fit_local`` semantics, a commit every 500 points,
 as a worker's window) over repeated passes; ``quality.deepar_workers`` trains with 1, 2 and 4
 simulated workers (LocalStates over one backend, series partitioned by key hash, windows
-interleaved) and compares backtest scores. Needs ``pip install .[torch,bench]``.
+interleaved) and compares the backtest scores' medians over 10 seeds. Needs
+``pip install .[torch,bench]``.
 """
 from __future__ import annotations
 
@@ -32,9 +33,12 @@ START = {"covid": "2020-01-22", "italy": "2000-01-01", "macro": "1959-01-01"}
 # a pass over macrodata walks 50 years and ends on the calm quarters before its test window:
 # replayed windows from any time (4.8 MB of state; the daily and hourly sets' long lag
 # histories would make 8,192 windows 98-149 MB)
-OURS = {"macro": {"replay_windows": 8192}}
+# several workers on ItalyPowerDemand (a time-ordered stream that moves the optimum every hour)
+# overshoot without the lookahead; Covid3Month's are worse with it (benchmarks/README.md)
+OURS = {"macro": {"replay_windows": 8192}, "italy": {"lookahead": True}}
 QS = (0.025, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.975)
 COMMIT_POINTS = 500
+WORKER_SEEDS = 10  # quality.deepar_workers: the medians' seeds (3 x 10 fits, ~6 min)
 
 
 def load(name: str) -> list[np.ndarray]:
@@ -261,21 +265,30 @@ def case_deepar(ctx: Context) -> list[Row]:
 
 
 def case_deepar_workers(ctx: Context) -> list[Row]:
-    """1, 2, 4 simulated workers on ItalyPowerDemand's last window (seed 0)."""
+    """1, 2, 4 simulated workers on ItalyPowerDemand's last window, judged on the median wQL
+    over the same seeds for every worker count (one worker's own seed spread is ~1.4x, so
+    one seed cannot resolve 3 %); the quick profile runs one seed and says so."""
     full = ctx.profile_name == "full"
     name = "italy"
     series = load(name) if full else load(name)[:60]
     H = SETS[name][0]
-    got = {}
+    seeds = list(range(WORKER_SEEDS)) if full else [0]
+    got: dict[int, list[float]] = {}
     for w in (1, 2, 4):
-        model, secs, _ = fit_ours(name, [s[:-H] for s in series], 0, 24_000 if full else 1_500, workers=w)
-        got[w] = scores(name, series, H, _qf(paths_ours(model, name, series, H, 0)))["mean_wQuantileLoss"]
-        ctx.log(f"{w} worker(s): wQL {got[w]:.4f} ({secs:.0f} s)")
-    spread = max(got.values()) / min(got.values()) - 1
-    return [Row("quality.deepar_workers", ", ".join(f"{w}w wQL {v:.4f}" for w, v in got.items()), "1 worker",
-                1 - spread, "within 3%", "pass" if spread <= 0.03 else "FAIL",
-                f"{len(series)} series; SharedAdam (the moments of one worker taking all steps), a commit every "
-                f"{COMMIT_POINTS} points a worker")]
+        for seed in seeds:
+            model, secs, _ = fit_ours(name, [s[:-H] for s in series], seed, 24_000 if full else 1_500, workers=w)
+            got.setdefault(w, []).append(
+                scores(name, series, H, _qf(paths_ours(model, name, series, H, seed)))["mean_wQuantileLoss"])
+            ctx.log(f"{w} worker(s), seed {seed}: wQL {got[w][-1]:.4f} ({secs:.0f} s)")
+    med = {w: float(np.median(v)) for w, v in got.items()}
+    gap = max(abs(med[w] / med[1] - 1) for w in med)
+    return [Row("quality.deepar_workers", ", ".join(f"{w}w median wQL {v:.4f}" for w, v in med.items()), "1 worker",
+                1 - gap, "medians within 3%", "pass" if gap <= 0.03 else "FAIL",
+                f"{len(series)} series; median over {len(seeds)} seed(s)"
+                + (" (ONE seed: not evidence)" if len(seeds) == 1 else "")
+                + f"; per seed {', '.join(f'{w}w ' + '/'.join(f'{x:.3f}' for x in v) for w, v in got.items())}; "
+                f"a commit every {COMMIT_POINTS} points a worker; lookahead on (opt-in: Covid3Month's workers are "
+                f"worse with it)")]
 
 
 CASES = {"quality.deepar": case_deepar, "quality.deepar_workers": case_deepar_workers}

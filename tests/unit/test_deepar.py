@@ -209,11 +209,11 @@ RACE = {"prediction_length": 2, "context_length": 2, "lags_seq": [1], "num_cells
         "max_series": 512}
 
 
-def _workers_fit(pts: SeriesBatch, workers: int, window: int = 40):
+def _workers_fit(pts: SeriesBatch, workers: int, window: int = 40, **params):
     """``workers`` LocalStates over one backend, each reading the series of its partitions
     (by key hash, as Kafka keys them), a window of points each, then all commit: every
     worker claims rows for its new series before any sees the others' claims."""
-    algo = DeepAR.from_params({**RACE, "partitions": workers})
+    algo = DeepAR.from_params({**RACE, "partitions": workers, **params})
     backend = MemoryBackend()
     first = LocalState(backend)
     algo.initialize(first)
@@ -246,6 +246,17 @@ def test_workers_claiming_rows_at_once_keep_every_series_context():
         assert sorted(model.series) == sorted(f"s{i}" for i in range(200)), workers
         assert np.all(model.ctx[:, 1] == length), workers  # age: every point of every series, in one context
         assert model.attrs["windows"] == 200 * (length - RACE["prediction_length"] + 1), workers
+
+
+def test_lookahead_leaves_one_worker_alone_and_moves_where_several_workers_take_gradients():
+    pts = D.seasonal_series(40, 10, period=7, seed=3)
+
+    def theta(workers: int, lookahead: bool) -> np.ndarray:
+        algo, backend = _workers_fit(pts, workers, lookahead=lookahead)
+        return algo.finalize(LocalState(backend)).theta
+
+    assert np.array_equal(theta(1, True), theta(1, False))
+    assert not np.allclose(theta(2, True), theta(2, False), rtol=0, atol=1e-6)
 
 
 def test_continuing_a_striped_job_finds_every_series_whatever_the_new_partitions():
