@@ -579,4 +579,6 @@ def _arrays_of(records: list[dict]) -> dict[str, np.ndarray]:
 def load_model(snapshot: Snapshot) -> Any:
     """The :class:`~streamlearn.algorithms.base.Model` a snapshot holds, rebuilt by its
     algorithm's ``from_arrays`` (no code comes from the snapshot itself)."""
+    if STATE_OF in snapshot.metadata:
+        raise SnapshotError(f"{snapshot.job}@{snapshot.version} is a training state, not a model")
     return model_class(snapshot.metadata["algorithm"]).from_arrays(dict(snapshot.arrays), snapshot.metadata["model_attrs"])
