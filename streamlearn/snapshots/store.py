@@ -156,10 +156,10 @@ class ModelStore:
         (:func:`~streamlearn.snapshots.parts.whole_bytes`)."""
         return size > (part_bytes() if is_cluster(self.redis) else whole_bytes())
 
-    def _part_keys(self, job: str, version: int, count: int, kind: str = "") -> list[str]:
+    def _part_keys(self, job: str, version: int, count: int, kind: str = "", first: int = 0) -> list[str]:
         """Keys of ``count`` parts, round-robin over the masters (each tag chosen on one of
-        them); on one node, under the job's own tag. ``kind``: "" the model's, "state" the
-        training state's."""
+        them) from the ``first``-th; on one node, under the job's own tag. ``kind``: "" the
+        model's, "state" the training state's."""
         if job not in self._part_tags and not is_cluster(self.redis):
             self._part_tags[job] = [job]
         elif job not in self._part_tags:
@@ -167,7 +167,7 @@ class ModelStore:
             self._part_tags[job] = [tag_on(self.redis, f"{job}/p{m}", node.name) for m, node in enumerate(masters)]
         tags = self._part_tags[job]
         infix = f"{kind}:" if kind else ""
-        return [f"{PREFIX}:{{{tags[i % len(tags)]}}}:snapshot:{int(version)}:{infix}{i}" for i in range(count)]
+        return [f"{PREFIX}:{{{tags[(first + i) % len(tags)]}}}:snapshot:{int(version)}:{infix}{i}" for i in range(count)]
 
     # -- store -----------------------------------------------------------------------------
     def next_version(self, job: str) -> int:
@@ -228,8 +228,9 @@ class ModelStore:
         put: rewriting it is idempotent) and return their manifests by kind. The parts are
         named in the pending hash first, so that those of a put whose commit never comes are
         found (:meth:`collect_orphans`, :meth:`discard`)."""
-        pieces = {kind: split(blob) for kind, blob in blobs.items()}
-        keys = {kind: self._part_keys(job, version, len(cut), kind) for kind, cut in pieces.items()}
+        pieces, keys = {kind: split(blob) for kind, blob in blobs.items()}, {}
+        for kind, cut in pieces.items():  # the state's parts go on round the masters after the model's
+            keys[kind] = self._part_keys(job, version, len(cut), kind, first=sum(map(len, keys.values())))
         self.redis.hset(self._pending_key(job), str(int(version)),
                         json.dumps({"at": _now_ms(), "keys": [k for kind in keys for k in keys[kind]]}))
         for kind in blobs:
