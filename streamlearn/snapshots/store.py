@@ -167,7 +167,8 @@ class ModelStore:
             self._part_tags[job] = [tag_on(self.redis, f"{job}/p{m}", node.name) for m, node in enumerate(masters)]
         tags = self._part_tags[job]
         infix = f"{kind}:" if kind else ""
-        return [f"{PREFIX}:{{{tags[(first + i) % len(tags)]}}}:snapshot:{int(version)}:{infix}{i}" for i in range(count)]
+        return [f"{PREFIX}:{{{tags[(first + i) % len(tags)]}}}:snapshot:{int(version)}:{infix}{i}"
+                for i in range(count)]
 
     # -- store -----------------------------------------------------------------------------
     def next_version(self, job: str) -> int:
