@@ -13,7 +13,11 @@ The numpy path stays the fallback: when numba does not import, or with
 Compilation: every kernel is ``cache=True``, so a process loads the machine code compiled
 by an earlier one (``__pycache__`` beside this file, or ``NUMBA_CACHE_DIR``) in milliseconds;
 the first process on a machine compiles each kernel once (about a second each) on its first
-call, never per batch.
+call, never per batch. Where no cache directory is writable (a read-only install and no
+writable home or ``NUMBA_CACHE_DIR``), numba refuses ``cache=True`` when the kernel is
+defined: the kernels are then compiled in every process instead. Either way a process pays
+numba's own start (~0.4-0.6 s, most of it on the first kernel called) once:
+:func:`warm_up` takes it before any update step.
 """
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ def compiled() -> bool:
 def _jit(fn):
     if numba is None:
         return fn
-    return numba.njit(cache=True, nogil=True, fastmath=False)(fn)
+    try:
+        return numba.njit(cache=True, nogil=True, fastmath=False)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available": nowhere to write
+        return numba.njit(cache=False, nogil=True, fastmath=False)(fn)
 
 
 # -- the buffered state's rows ------------------------------------------------------------------

@@ -39,7 +39,7 @@ from streamlearn.registry.provenance import provenance
 from streamlearn.registry.records import Registry, lineage_data, model_name
 from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete, load_spec
 from streamlearn.runtime.record import ENDED, JobRecord
-from streamlearn.snapshots.format import MAX_SNAPSHOT_BYTES, decode_snapshot, encode, load_model, snapshot_of
+from streamlearn.snapshots.format import MAX_SNAPSHOT_BYTES, encode_detached, load_model, snapshot_of
 from streamlearn.snapshots.publisher import produce_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.verified import stored_snapshot
@@ -146,15 +146,18 @@ def _publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool
 
 def _store(settings: Settings, client: redis.Redis, spec: JobSpec, snapshot, final: bool) -> int | None:
     """Store ``snapshot`` (its metadata exactly as a loader will see it) in the finalize
-    transaction and produce it unless its gate rejected it."""
-    data = encode(snapshot)
+    transaction and produce it unless its gate rejected it. The topic gets the model alone;
+    its training state (a factorization machine's is twice its model) is stored beside it,
+    for ``--from-snapshot`` only."""
+    encoded = encode_detached(snapshot)
+    data = encoded.model
     metadata = snapshot.metadata
     version = metadata["version"]
     status = gate.status_of(metadata)
-    entry = _registry_entry(metadata)
+    entry = {**_registry_entry(metadata), "snapshot_sha256": encoded.sha256}
     store = ModelStore(client)
     if not JobRecord(client, spec.name).record_snapshot(
-            version, final, lambda pipe: store.put(spec.name, data, entry, pipe=pipe),
+            version, final, lambda pipe: store.put(spec.name, data, entry, pipe=pipe, state=encoded.state),
             publishable=status != gate.REJECTED):
         store.discard(spec.name, version)  # the parts this finalizer wrote, if any
         return None  # another finalizer finished the job
@@ -228,7 +231,7 @@ def _force_publish(settings: Settings, client: redis.Redis, spec: JobSpec, reaso
     store = ModelStore(client)
     if newest is not None and (published is None or published < newest) and \
             gate.status_of(store.metadata(spec.name, newest)) == gate.REJECTED:
-        source = decode_snapshot(store.get(spec.name, newest))
+        source = stored_snapshot(store, spec.name, newest, with_state=True)
         version = store.next_version(spec.name)
         decision = {**source.metadata["gate"], "status": gate.FORCED, "reason": reason}
         metadata = {**source.metadata, "version": version, "gate": decision, "forced_from": newest,
@@ -267,7 +270,7 @@ def promote(settings: Settings, client: redis.Redis, source: str, job: str) -> i
         raise PromoteError(f"{model_name(**src)} is {job}'s own snapshot already")
     if entry.get("algorithm") != spec.algorithm:
         raise PromoteError(f"{model_name(**src)} is a {entry.get('algorithm')} model; {job} publishes {spec.algorithm}")
-    snapshot = stored_snapshot(registry.store, src["job"], src["version"])  # verified as the source's own
+    snapshot = stored_snapshot(registry.store, src["job"], src["version"], with_state=True)  # as the source's own
     model = load_model(snapshot)
     _, published = JobRecord(client, job).snapshot_versions()
     version = ModelStore(client).next_version(job)
@@ -297,10 +300,10 @@ def _training_data(client: redis.Redis, spec: JobSpec, offsets: dict[int, int], 
 
 
 def _kept_state(spec: JobSpec, state: RedisState, model) -> dict | None:
-    """The state the snapshot carries so that a job can continue from it (a snapshot over one
-    message is stored and published in parts: a 2**20-feature factorization machine's 38 MB
-    of model and 75 MB of parameters and accumulators); None when model and state together
-    would exceed a snapshot's 1 GiB, so the model is still published."""
+    """The state the snapshot carries so that a job can continue from it (stored beside the
+    model, not published: a 2**20-feature factorization machine's 75 MB of parameters and
+    accumulators beside its 38 MB model); None when model and state together would exceed a
+    snapshot's 1 GiB, so the model is still published."""
     size = sum(int(np.prod(k.shape, dtype=np.int64)) * np.dtype(k.dtype).itemsize for k in state.keys().values())
     model_size = sum(np.asarray(a).nbytes for a in model.to_arrays()[0].values())
     if model_size + size > MAX_SNAPSHOT_BYTES - METADATA_ROOM_BYTES:

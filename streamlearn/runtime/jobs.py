@@ -266,7 +266,7 @@ def _parent_model(client: redis.Redis, ref: str, algorithm: str):
         raise JobError(f"--from-snapshot takes JOB or JOB@VERSION, got {ref!r}") from None
     if version is None:
         raise JobError(f"--from-snapshot: job {job!r} has no snapshot")
-    snapshot = stored_snapshot(store, job, version)
+    snapshot = stored_snapshot(store, job, version, with_state=True)
     if snapshot.metadata.get("algorithm") != algorithm:
         raise JobError(f"--from-snapshot: {ref} is a {snapshot.metadata.get('algorithm')} model, not {algorithm}")
     parent_params = snapshot.metadata.get("params") or {}

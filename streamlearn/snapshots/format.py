@@ -14,6 +14,13 @@ cover the same canonical byte string (see :func:`_canonical_chunks`): a domain t
 metadata JSON, and every array's (then every state array's) name, dtype, shape and data,
 each length-prefixed so that no two different snapshots share it.
 
+A finalized job's snapshot is encoded in two such records (:func:`encode_detached`): the
+model (state section empty), which is what the snapshot topic carries and servers load, and
+the training state (no model arrays) signed the same way and bound to the model's bytes by
+their sha256 (metadata :data:`STATE_OF`); the model store keeps both, and only
+``--from-snapshot`` reads the second (:func:`attach_state`). Subscribers do not receive the
+state, which is twice a factorization machine's model.
+
 Loading never uses pickle, ``eval`` or ``np.load``: arrays are ``np.frombuffer`` views over
 validated byte strings, with ``shape x itemsize == len(data)`` checked before any array is
 built, and the model is rebuilt by the algorithm's own ``Model.from_arrays``.
@@ -57,6 +64,10 @@ __all__ = [
     "snapshot_of",
     "encode",
     "encode_snapshot",
+    "encode_detached",
+    "Encoded",
+    "STATE_OF",
+    "attach_state",
     "decode_snapshot",
     "load_model",
 ]
@@ -82,6 +93,9 @@ MAX_NAME_LEN = 1024
 _SCHEMA_FILES = {1: "snapshot_v1.avsc", 2: "snapshot.avsc"}
 
 _FROM_ENV: Any = object()  # sentinel: "read the keys from the environment"
+#: metadata key of a training state encoded apart from its model: the sha256 (hex) of the
+#: model snapshot's bytes it belongs to
+STATE_OF = "state_of"
 
 
 class SnapshotError(UserError, ValueError):
@@ -372,6 +386,41 @@ def encode(snapshot: Snapshot, *, key: bytes | str | list | None = _FROM_ENV,
     return data
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A snapshot encoded as the model and, apart, its training state (see :func:`encode_detached`)."""
+
+    model: bytes  # a snapshot whose state section is empty: what the topic carries
+    sha256: str  # of ``model``
+    state: bytes | None  # a snapshot of the training state alone, bound to ``model``; None: none
+
+
+def encode_detached(snapshot: Snapshot, *, key: bytes | str | list | None = _FROM_ENV,
+                    signer: Signer | None = _FROM_ENV) -> Encoded:
+    """``snapshot`` as two snapshots, each array encoded once and both signed as :func:`encode`
+    signs: the model with ``snapshot``'s metadata and no state, and (when ``snapshot`` carries
+    one) the training state with no model arrays, whose metadata names the job, version and
+    algorithm and, under :data:`STATE_OF`, the sha256 of the model's bytes."""
+    model = encode(Snapshot(snapshot.metadata, snapshot.arrays), key=key, signer=signer)
+    sha = hashlib.sha256(model).hexdigest()
+    if not snapshot.state:
+        return Encoded(model, sha, None)
+    metadata = {k: snapshot.metadata.get(k) for k in ("job", "version", "algorithm", "format_version")}
+    metadata.update(model_attrs={}, **{STATE_OF: sha})
+    return Encoded(model, sha, encode(Snapshot(metadata, {}, snapshot.state), key=key, signer=signer))
+
+
+def attach_state(model: Snapshot, model_sha256: str, state: Snapshot) -> Snapshot:
+    """``model`` (verified, its bytes hashing to ``model_sha256``) with the training state of
+    ``state`` (verified), which must have been encoded beside exactly those model bytes."""
+    md = state.metadata
+    bound = md.get(STATE_OF) == model_sha256 and (md.get("job"), md.get("version")) == (model.job, model.version)
+    if not bound or state.arrays:
+        raise SnapshotError(f"the training state stored beside {model.job}@{model.version} belongs to another "
+                            "snapshot (replaced or forged)")
+    return Snapshot(model.metadata, model.arrays, state.state)
+
+
 def _array_records(arrays: dict[str, np.ndarray], what: str) -> list[dict]:
     if len(arrays) > MAX_ARRAYS:
         raise SnapshotError(f"snapshot has {len(arrays)} {what} (max {MAX_ARRAYS})")
@@ -530,4 +579,6 @@ def _arrays_of(records: list[dict]) -> dict[str, np.ndarray]:
 def load_model(snapshot: Snapshot) -> Any:
     """The :class:`~streamlearn.algorithms.base.Model` a snapshot holds, rebuilt by its
     algorithm's ``from_arrays`` (no code comes from the snapshot itself)."""
+    if STATE_OF in snapshot.metadata:
+        raise SnapshotError(f"{snapshot.job}@{snapshot.version} is a training state, not a model")
     return model_class(snapshot.metadata["algorithm"]).from_arrays(dict(snapshot.arrays), snapshot.metadata["model_attrs"])

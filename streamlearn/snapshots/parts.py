@@ -87,8 +87,11 @@ class Manifest:
     parts: tuple[tuple[str, int, str], ...]  # (key, bytes, sha256)
 
     @classmethod
-    def of(cls, job: str, version: int, data: bytes, pieces: list[bytes], keys: list[str]) -> "Manifest":
-        return cls(job, version, len(data), hashlib.sha256(data).hexdigest(),
+    def of(cls, job: str, version: int, data: bytes, pieces: list[bytes], keys: list[str],
+           sha256: str | None = None) -> "Manifest":
+        """The manifest of ``data`` cut into ``pieces`` stored under ``keys``; ``sha256``:
+        ``data``'s, when the caller has it already."""
+        return cls(job, version, len(data), sha256 or hashlib.sha256(data).hexdigest(),
                    tuple((k, len(p), hashlib.sha256(p).hexdigest()) for k, p in zip(keys, pieces, strict=True)))
 
     @property

@@ -12,6 +12,12 @@ the Lua script that writes them atomically requires::
                                     holds a whole large model; on one node
                                     ``sl:{job}:snapshot:<version>:<i>`` (no command carries more
                                     than a part: Redis refuses a value over 512 MB)
+    sl:{job}:snapshot:<version>:state   the training state encoded apart from the model
+                                    (:func:`~streamlearn.snapshots.format.encode_detached`), put in
+                                    the same atomic step; in parts like the model (``…:state:parts``,
+                                    parts ``…:snapshot:<version>:state:<i>``); absent when the
+                                    snapshot has no training state or carries it inside (before
+                                    the state was kept apart)
     sl:{job}:snapshot:pending       hash version -> {"at": ms, "keys": [part keys]} of parts written
                                     for a version not committed yet: the commit removes its entry;
                                     one left behind (a lost finalize race, a crash between the
@@ -50,7 +56,8 @@ JOBS_KEY = f"{PREFIX}:models:jobs"
 #: writing a 1 GiB snapshot takes, so a slow writer's parts are not taken from under it
 ORPHANED_AFTER_S = 3600.0
 
-# KEYS: data, index, seq, meta, sha, pending ; ARGV: version, data, metadata json, sha256, '1' for a manifest
+# KEYS: data, index, seq, meta, sha, pending, state ; ARGV: version, data, metadata json, sha256,
+# '1' when parts were written, the training state ('' for none)
 _PUT = """
 if ARGV[5] == '1' and redis.call('HDEL', KEYS[6], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then
   return redis.error_reply('ABANDONED snapshot version ' .. ARGV[1] .. ': its parts were collected as orphans')
@@ -61,6 +68,7 @@ if existing then
   return redis.error_reply('CONFLICT snapshot version ' .. ARGV[1] .. ' already stored with different bytes')
 end
 redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[7], ARGV[6]) end
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
@@ -139,32 +147,41 @@ class ModelStore:
     def _manifest_key(self, job: str, version: int) -> str:
         return f"{self.key(job, version)}:parts"
 
+    def _state_key(self, job: str, version: int) -> str:
+        return f"{self.key(job, version)}:state"
+
     def spreads(self, size: int) -> bool:
         """Whether a snapshot of ``size`` bytes is stored in parts: on a Redis Cluster, spread over
         its masters when over one part; on one node, when over one message
         (:func:`~streamlearn.snapshots.parts.whole_bytes`)."""
         return size > (part_bytes() if is_cluster(self.redis) else whole_bytes())
 
-    def _part_keys(self, job: str, version: int, count: int) -> list[str]:
+    def _part_keys(self, job: str, version: int, count: int, kind: str = "", first: int = 0) -> list[str]:
         """Keys of ``count`` parts, round-robin over the masters (each tag chosen on one of
-        them); on one node, under the job's own tag."""
+        them) from the ``first``-th; on one node, under the job's own tag. ``kind``: "" the
+        model's, "state" the training state's."""
         if job not in self._part_tags and not is_cluster(self.redis):
             self._part_tags[job] = [job]
         elif job not in self._part_tags:
             masters = sorted(self.redis.get_primaries(), key=lambda n: n.name)
             self._part_tags[job] = [tag_on(self.redis, f"{job}/p{m}", node.name) for m, node in enumerate(masters)]
         tags = self._part_tags[job]
-        return [f"{PREFIX}:{{{tags[i % len(tags)]}}}:snapshot:{int(version)}:{i}" for i in range(count)]
+        infix = f"{kind}:" if kind else ""
+        return [f"{PREFIX}:{{{tags[(first + i) % len(tags)]}}}:snapshot:{int(version)}:{infix}{i}"
+                for i in range(count)]
 
     # -- store -----------------------------------------------------------------------------
     def next_version(self, job: str) -> int:
         """A fresh version number for ``job`` (atomic INCR; never handed out twice)."""
         return int(self.redis.incr(f"{self._base(job)}:seq"))
 
-    def put(self, job: str, data: bytes, metadata: dict[str, Any], *, pipe: Any = None) -> None:
-        """Store snapshot ``data`` as ``metadata["version"]`` with its registry entry, in one
-        atomic step. Re-putting identical bytes is a no-op; different bytes under an
-        existing version raise :class:`SnapshotConflict`.
+    def put(self, job: str, data: bytes, metadata: dict[str, Any], *, pipe: Any = None,
+            state: bytes | None = None) -> None:
+        """Store snapshot ``data`` as ``metadata["version"]`` with its registry entry and, when
+        given, the training ``state`` encoded apart from it (:func:`~streamlearn.snapshots.
+        format.encode_detached`), in one atomic step. Re-putting identical bytes is a no-op;
+        different bytes under an existing version raise :class:`SnapshotConflict`.
+        ``metadata["snapshot_sha256"]``, when given, is taken as the sha256 of ``data``.
 
         With ``pipe`` (a redis-py pipeline, possibly inside MULTI), the write is queued on it
         so the caller can commit it together with its own updates; a conflict then surfaces
@@ -176,12 +193,22 @@ class ModelStore:
             raise ValueError(f"metadata names job {metadata.get('job')!r}, not {job!r}")
         entry = dict(metadata, job=job, snapshot_bytes=len(data))
         entry.setdefault("snapshot_sha256", hashlib.sha256(data).hexdigest())
+        if state is not None:
+            entry["state_bytes"] = len(state)
         base = self._base(job)
         keys = [self.key(job, version), f"{base}:index", f"{base}:seq", f"{base}:meta", f"{base}:sha256",
-                self._pending_key(job)]
-        args = [version, bytes(data), json.dumps(entry, sort_keys=True, default=str), entry["snapshot_sha256"], 0]
-        if self.spreads(len(data)):  # the parts first; the manifest in the atomic step
-            keys[0], args[1], args[4] = self._manifest_key(job, version), self._put_parts(job, version, data), 1
+                self._pending_key(job), self._state_key(job, version)]
+        args = [version, bytes(data), json.dumps(entry, sort_keys=True, default=str), entry["snapshot_sha256"], 0,
+                b"" if state is None else bytes(state)]
+        blobs = {kind: blob for kind, blob in (("", data), ("state", state))
+                 if blob is not None and self.spreads(len(blob))}
+        if blobs:  # the parts first; the manifests in the atomic step
+            manifests = self._put_parts(job, version, blobs, entry["snapshot_sha256"])
+            args[4] = 1
+            if "" in manifests:
+                keys[0], args[1] = self._manifest_key(job, version), manifests[""]
+            if "state" in manifests:
+                keys[6], args[5] = f"{keys[6]}:parts", manifests["state"]
         if pipe is not None:
             self._put(keys=keys, args=args, client=pipe)
             return
@@ -196,17 +223,23 @@ class ModelStore:
     def _pending_key(self, job: str) -> str:
         return f"{self._base(job)}:pending"
 
-    def _put_parts(self, job: str, version: int, data: bytes) -> bytes:
-        """Write ``data``'s parts (a part's key holds it once a version is put: rewriting it
-        is idempotent) and return the manifest naming them. The parts are named in the
-        pending hash first, so that those of a put whose commit never comes are found
-        (:meth:`collect_orphans`, :meth:`discard`)."""
-        pieces = split(data)
-        keys = self._part_keys(job, version, len(pieces))
-        self.redis.hset(self._pending_key(job), str(int(version)), json.dumps({"at": _now_ms(), "keys": keys}))
-        for key, piece in zip(keys, pieces):
-            self.redis.set(key, piece)
-        return Manifest.of(job, int(version), data, pieces, keys).to_bytes()
+    def _put_parts(self, job: str, version: int, blobs: dict[str, bytes], model_sha256: str) -> dict[str, bytes]:
+        """Write the parts of each of ``blobs`` (kind -> bytes: "" the model, whose sha256 is
+        ``model_sha256``, "state" its training state; a part's key holds it once a version is
+        put: rewriting it is idempotent) and return their manifests by kind. The parts are
+        named in the pending hash first, so that those of a put whose commit never comes are
+        found (:meth:`collect_orphans`, :meth:`discard`)."""
+        pieces, keys = {kind: split(blob) for kind, blob in blobs.items()}, {}
+        for kind, cut in pieces.items():  # the state's parts go on round the masters after the model's
+            keys[kind] = self._part_keys(job, version, len(cut), kind, first=sum(map(len, keys.values())))
+        self.redis.hset(self._pending_key(job), str(int(version)),
+                        json.dumps({"at": _now_ms(), "keys": [k for kind in keys for k in keys[kind]]}))
+        for kind in blobs:
+            for key, piece in zip(keys[kind], pieces[kind]):
+                self.redis.set(key, piece)
+        return {kind: Manifest.of(job, int(version), blob, pieces[kind], keys[kind],
+                                  sha256=model_sha256 if kind == "" else None).to_bytes()
+                for kind, blob in blobs.items()}
 
     def collect_orphans(self, job: str, older_than_s: float = ORPHANED_AFTER_S) -> int:
         """Delete the parts written at least ``older_than_s`` ago for versions of ``job`` that
@@ -235,12 +268,23 @@ class ModelStore:
             version = self.latest_version(job)
             if version is None:
                 raise SnapshotNotFound(f"job {job!r} has no snapshots")
-        data = self.redis.get(self.key(job, version))
+        data = self._blob(job, version, self.key(job, version))
+        if data is None:
+            raise SnapshotNotFound(f"job {job!r} has no snapshot version {version}")
+        return data
+
+    def get_state(self, job: str, version: int) -> bytes | None:
+        """The training state stored beside ``version``'s model (checked as :meth:`get` checks),
+        None when it has none apart (no state, or one carried inside the snapshot)."""
+        return self._blob(job, version, self._state_key(job, version))
+
+    def _blob(self, job: str, version: int, key: str) -> bytes | None:
+        data = self.redis.get(key)
         if data is not None:
             return data
-        manifest = self.redis.get(self._manifest_key(job, version))
+        manifest = self.redis.get(f"{key}:parts")
         if manifest is None:
-            raise SnapshotNotFound(f"job {job!r} has no snapshot version {version}")
+            return None
         parts = Manifest.from_bytes(manifest)
         if (parts.job, parts.version) != (job, int(version)):
             raise PartialSnapshot(f"the manifest stored as {job}@{version} names {parts.name}")

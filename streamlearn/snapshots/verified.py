@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 
-from streamlearn.snapshots.format import Snapshot, SnapshotError, decode_snapshot
+from streamlearn.snapshots.format import Snapshot, SnapshotError, attach_state, decode_snapshot
 from streamlearn.snapshots.store import ModelStore, SnapshotNotFound
 
 __all__ = ["MAX_VERSION_STEP", "stored_snapshot", "check_streamed_version"]
@@ -23,17 +23,24 @@ __all__ = ["MAX_VERSION_STEP", "stored_snapshot", "check_streamed_version"]
 MAX_VERSION_STEP = 10_000
 
 
-def stored_snapshot(store: ModelStore, job: str, version: int | None = None) -> Snapshot:
+def stored_snapshot(store: ModelStore, job: str, version: int | None = None, *, with_state: bool = False) -> Snapshot:
     """The snapshot ``version`` (the newest when None) of ``job`` from the model store,
-    verified: authentic, of this job, and carrying the version it is stored under."""
+    verified: authentic, of this job, and carrying the version it is stored under.
+    ``with_state``: with the training state stored apart from the model (verified, and bound
+    to the model's bytes), for continuing the job; without it, a snapshot written since the
+    state is kept apart holds none."""
     if version is None:
         version = store.latest_version(job)
         if version is None:
             raise SnapshotNotFound(f"job {job!r} has no snapshots")
-    snapshot = decode_snapshot(store.get(job, version), job=job)
+    data = store.get(job, version)
+    snapshot = decode_snapshot(data, job=job)
     if snapshot.version != version:
         raise SnapshotError(f"snapshot stored as version {version} of job {job!r} says version "
                             f"{str(snapshot.version)[:40]} (replayed or forged)")
+    state = store.get_state(job, version) if with_state else None
+    if state is not None:
+        snapshot = attach_state(snapshot, hashlib.sha256(data).hexdigest(), decode_snapshot(state, job=job))
     return snapshot
 
 

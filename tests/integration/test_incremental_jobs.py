@@ -5,10 +5,12 @@ every packed model with its accumulators and normalization statistics carried ov
 least as good as the A-only model and within 0.003 accuracy of one pass over A∪B."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from streamlearn import datasets as D
 from streamlearn.algorithms.base import training_state
@@ -16,10 +18,12 @@ from streamlearn.batch import Batch
 from streamlearn.runtime.jobs import load_spec
 from streamlearn.snapshots.format import decode_snapshot, load_model
 from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest
+from streamlearn.snapshots.publisher import snapshot_topic
 from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import RedisState
 from streamlearn.streams.producer import Producer
-from streamlearn.streams.topics import ensure_topic
+from streamlearn.streams.topics import end_offsets, ensure_topic
 from tests.integration.procs import cli, start_worker, stop_all
 
 pytestmark = pytest.mark.integration
@@ -68,6 +72,43 @@ def test_counter_continued_on_b_has_the_state_of_one_job_over_a_and_b(stack, tmp
     assert meta["trained_from"] == {"job": job_a, "version": 1} and meta["training_state"] is True
 
 
+def _published(stack, job: str) -> list[bytes]:
+    """What the snapshot topic holds under ``job``'s key."""
+    topic = snapshot_topic()
+    ends = {p: end for p, end in end_offsets(stack.kafka_client_conf(), topic).items() if end > 0}
+    consumer = Consumer(stack.kafka_client_conf(**{"group.id": f"read-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                                                   "fetch.max.bytes": 80 << 20}))
+    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+    found, deadline = [], time.monotonic() + 60
+    while ends and time.monotonic() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is None or msg.error():
+            continue
+        if msg.key() == job.encode():
+            found.append(msg.value())
+        if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+            ends.pop(msg.partition(), None)
+    consumer.close()
+    assert not ends, f"the snapshot topic was not read to its end: {ends}"
+    return found
+
+
+def test_the_topic_carries_the_model_alone_and_the_store_keeps_its_training_state(stack, tmp_path):
+    """Only ``--from-snapshot`` reads the training state (a factorization machine's is twice its
+    model): the snapshot topic gets the model without it, the very bytes the store holds as
+    the version; the store keeps the state beside them, and a job continued from it ends with
+    the state of one job over A and B."""
+    client, job_a, _ = _counter_continued(stack, tmp_path, 5, (700, 500), 3)
+    store = ModelStore(client)
+    published = _published(stack, job_a)
+    assert published and all(message == store.get(job_a, 1) for message in published)
+    topic_snapshot = decode_snapshot(published[0], job=job_a)
+    assert topic_snapshot.state == {} and topic_snapshot.metadata["training_state"] is True
+    kept = stored_snapshot(store, job_a, 1, with_state=True)
+    assert sorted(kept.state) == ["n", "sum", "xtx"] and float(kept.state["n"]) == 700
+    assert store.metadata(job_a, 1)["state_bytes"] == len(store.get_state(job_a, 1))
+
+
 def test_linear_learner_continued_on_b_is_near_one_pass_over_a_and_b(stack, tmp_path):
     X, y = D.dense_classification(34000, d=20, seed=21)
     # a small A (its model is not saturated yet), a larger B, 20,000 held-out rows
@@ -81,7 +122,7 @@ def test_linear_learner_continued_on_b_is_near_one_pass_over_a_and_b(stack, tmp_
          "--from-snapshot", f"ll-a-{tag}", "--epochs", "1")
     _run(f"ll-ab-{tag}", tmp_path, "--topic", topics["ab"], *params)
     store = ModelStore(stack.redis_client())
-    snapshots = {k: decode_snapshot(store.get(f"ll-{k}-{tag}", 1)) for k in ("a", "b", "ab")}
+    snapshots = {k: stored_snapshot(store, f"ll-{k}-{tag}", 1, with_state=True) for k in ("a", "b", "ab")}
     assert snapshots["b"].metadata["params"]["num_models"] == 8  # the parent's parameters carried over
     assert float(snapshots["b"].state["n"]) > float(snapshots["a"].state["n"])
     acc = {k: load_model(s).score(Batch(Xt, yt), "accuracy") for k, s in snapshots.items()}

@@ -12,9 +12,9 @@ import pytest
 import streamlearn as sl
 from streamlearn import datasets as D
 from streamlearn.runtime.record import JobRecord
-from streamlearn.snapshots.format import decode_snapshot
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.subscriber import ModelSubscriber
+from streamlearn.snapshots.verified import stored_snapshot
 from tests.integration.procs import cli, labelled_topic, train_job
 
 pytestmark = pytest.mark.integration
@@ -59,10 +59,10 @@ def test_promote_publishes_another_jobs_model_on_the_jobs_line_through_its_gate(
     assert meta["gate"]["data"]["compared_with"] == f"{prod}@1"  # the job's published version, same records
     assert meta["gate"]["data"]["scores"]["auc"] > meta["gate"]["data"]["compared_scores"]["auc"]
     assert meta["gate"]["data"]["leakage"] is None  # the source's lineage never trained on the gate topic
-    promoted, source = decode_snapshot(store.get(prod, 2)), decode_snapshot(store.get(cand, 1))
+    promoted, source = (stored_snapshot(store, j, v, with_state=True) for j, v in ((prod, 2), (cand, 1)))
     assert promoted.metadata["job"] == prod and promoted.metadata["version"] == 2  # re-encoded as the job's own
     np.testing.assert_array_equal(promoted.arrays["weights"], source.arrays["weights"])
-    assert set(promoted.state) == set(source.state)  # continuable, like its source
+    assert source.state and set(promoted.state) == set(source.state)  # continuable, like its source
     parents = [(p["model"], p["link"]) for p in sl.connect().lineage(f"{prod}@2")["parents"]]
     assert parents == [(f"{cand}@1", "promoted from"), (f"{prod}@1", "trained from")], parents
 

@@ -113,9 +113,10 @@ def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_p
     on 4 masters whose maxmemory is 64 MiB each (no eviction: a node over it refuses writes).
     The state cannot fit on one node, fits the cluster, and every record is trained into it.
 
-    The final snapshot (a 36 MiB model and the 72 MiB training state, Ed25519-signed) would
-    not fit on any node: it is stored in parts spread over the masters and published to the
-    topic in parts; a loader and a subscriber assemble it, verify the whole and predict. A
+    The final snapshot (a 36 MiB model and the 72 MiB training state kept beside it, both
+    Ed25519-signed) would not fit on any node: both are stored in parts spread over the
+    masters, the model is published to the topic in parts; a loader and a subscriber assemble
+    it, verify the whole and predict, and the state is read back for ``--from-snapshot``. A
     missing part is refused."""
     from tests.conftest import _start, _stop
 
@@ -124,6 +125,7 @@ def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_p
     from streamlearn.snapshots.signing import SIGNING_KEY_ENV, TRUSTED_KEYS_ENV, generate_keys
     from streamlearn.snapshots.store import ModelStore
     from streamlearn.snapshots.subscriber import ModelSubscriber
+    from streamlearn.snapshots.verified import stored_snapshot
 
     home = tmp_path_factory.mktemp("cluster-maxmemory")
     settings, dog = _start(home, timeout=180, redis_cluster=4, redis_maxmemory="64mb")
@@ -164,10 +166,13 @@ def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_p
         assert store.redis.get(store.key(job, version)) is None  # not one value on the home node
         manifest = Manifest.from_bytes(store.redis.get(f"{store.key(job, version)}:parts"))
         entry = store.metadata(job, version)
-        assert entry["training_state"] is True  # model and state: continuable with --from-snapshot
-        assert manifest.size == entry["snapshot_bytes"] > state_bytes + (32 << 20) and len(manifest.parts) > 3
-        nodes = {client.nodes_manager.get_node_from_slot(client.keyslot(key)).name for key, _, _ in manifest.parts}
-        assert len(nodes) == 4, nodes
+        assert entry["training_state"] is True  # continuable with --from-snapshot
+        assert manifest.size == entry["snapshot_bytes"] > (32 << 20) and len(manifest.parts) > 3
+        kept = Manifest.from_bytes(store.redis.get(f"{store.key(job, version)}:state:parts"))
+        assert kept.size == entry["state_bytes"] > state_bytes
+        for parts in (manifest.parts, kept.parts):
+            nodes = {client.nodes_manager.get_node_from_slot(client.keyslot(key)).name for key, _, _ in parts}
+            assert len(nodes) == 4, nodes
 
         monkeypatch.setenv(TRUSTED_KEYS_ENV, f"{job}={public}")
         model = load_job_model(client, job)  # assembled, checksum and Ed25519 signature verified
@@ -177,6 +182,7 @@ def test_state_larger_than_any_node_trains_finalizes_and_serves_end_to_end(tmp_p
             streamed = subscriber.wait_for(version, timeout=120)
             assert subscriber.rejected == 0
         np.testing.assert_array_equal(streamed.evaluate(Batch(X)), predicted)
+        assert stored_snapshot(store, job, version, with_state=True).state["wv"].nbytes == state_bytes
 
         client.delete(manifest.parts[1][0])
         with pytest.raises(PartialSnapshot, match=rf"part 2 of {len(manifest.parts)} .* is missing"):

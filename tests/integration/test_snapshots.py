@@ -26,9 +26,10 @@ from streamlearn.snapshots import (
     produce_snapshot,
     publish_snapshot,
 )
-from streamlearn.snapshots.format import KEY_ENV
+from streamlearn.snapshots.format import KEY_ENV, SnapshotError, encode_detached, snapshot_of
 from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest, split
 from streamlearn.snapshots.publisher import ensure_snapshot_topic, part_key, snapshot_topic
+from streamlearn.snapshots.verified import stored_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -285,6 +286,41 @@ def test_a_snapshot_over_one_message_on_one_redis_is_stored_and_published_in_par
     with ModelSubscriber(job, stack.kafka, stack.kafka_conf, store=store) as sub:  # from the topic, in parts
         np.testing.assert_array_equal(sub.wait_for(1, timeout=60).evaluate(X), model.evaluate(X))
         assert sub.rejected == 0
+    client.close()
+
+
+def test_a_training_state_kept_apart_is_stored_with_its_model_and_bound_to_it(stack, monkeypatch):
+    """The store keeps a snapshot's training state beside its model, in the same put and in
+    parts like it (one message lowered to 64 KiB); it is read with the model only when asked
+    for, and only as the state encoded with those model bytes: another version's state in its
+    place is refused. The parts of a put whose commit never came, the state's too, are collected."""
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    client = stack.redis_client()
+    store, job = ModelStore(client), _job()
+    acc = {v: np.random.default_rng(10 + v).standard_normal((300, 128)) for v in (1, 2, 3)}
+    encoded = {v: encode_detached(snapshot_of(_wide(job, v)[0], {"job": job, "version": v}, {"acc": acc[v]}))
+               for v in (1, 2, 3)}
+    for v in (1, 2):
+        store.put(job, encoded[v].model, {"version": v}, state=encoded[v].state)
+    assert store.get(job, 1) == encoded[1].model and store.get_state(job, 1) == encoded[1].state
+    assert store.redis.get(f"{store.key(job, 1)}:state") is None  # in parts, not one value
+    assert store.metadata(job, 1)["state_bytes"] == len(encoded[1].state) > 4 * (64 << 10)
+    np.testing.assert_array_equal(stored_snapshot(store, job, 1, with_state=True).state["acc"], acc[1])
+    assert stored_snapshot(store, job, 1).state == {}  # a server loads the model alone
+
+    store.redis.delete(f"{store.key(job, 2)}:state:parts")
+    store.redis.set(f"{store.key(job, 2)}:state", encoded[1].state)  # version 1's state, validly signed
+    with pytest.raises(SnapshotError, match="belongs to another snapshot"):
+        stored_snapshot(store, job, 2, with_state=True)
+
+    with client.pipeline(transaction=True) as pipe:  # crash: parts written, the commit never sent
+        pipe.multi()
+        store.put(job, encoded[3].model, {"version": 3}, pipe=pipe, state=encoded[3].state)
+        pipe.reset()
+    written = list(client.scan_iter(match=f"sl:{{{job}}}:snapshot:3:*", count=1000))
+    assert any(b":state:" in key for key in written) and any(b":state:" not in key for key in written)
+    assert store.collect_orphans(job, older_than_s=0) == len(written)
+    assert list(client.scan_iter(match=f"sl:{{{job}}}:snapshot:3:*", count=1000)) == []
     client.close()
 
 

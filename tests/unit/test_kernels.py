@@ -6,8 +6,10 @@ only the order of some sums differs) and the whole training state (relative 1e-1
 row gather/scatter is compared exactly."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +118,20 @@ def test_kernels_switch_off_by_environment_and_warm_up_in_a_fresh_process():
             "os.environ['STREAMLEARN_KERNELS'] = 'numpy'; assert not kernels.compiled(); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_kernels_compile_without_a_writable_cache_directory(tmp_path):
+    """A read-only install with no writable home: numba refuses ``cache=True`` (no directory to
+    cache in) when a kernel is defined; the kernels still load, compiled in the process. (A
+    file where each cache directory would go stands for a read-only file system, for root too.)"""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "kernels_copy.py").write_text(Path(kernels.__file__).read_text())
+    (tmp_path / "pkg" / "__pycache__").write_text("")  # the in-tree cache cannot be made
+    (tmp_path / "home").write_text("")  # nor ~/.cache/numba under it
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(tmp_path / "pkg"), PYTHONDONTWRITEBYTECODE="1")
+    code = ("import numpy as np, kernels_copy as k; assert k.compiled(); held = np.arange(6.0).reshape(3, 2); "
+            "print(k.gather(held, np.array([2, 0], dtype=np.int64)).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "[[4.0, 5.0], [0.0, 1.0]]", out.stderr[-2000:]

@@ -20,8 +20,11 @@ from streamlearn.snapshots import format as fmt
 from streamlearn.snapshots.format import (
     KEY_ENV,
     Snapshot,
+    STATE_OF,
     SnapshotError,
+    attach_state,
     decode_snapshot,
+    encode_detached,
     encode_snapshot,
     load_model,
     snapshot_of,
@@ -161,6 +164,33 @@ def test_training_state_round_trips_and_is_covered_by_the_checksum():
     forged[at + 3] ^= 0x01
     with pytest.raises(SnapshotError, match="checksum mismatch"):
         decode_snapshot(bytes(forged))
+
+
+def test_the_model_and_its_training_state_encode_apart_and_join_only_as_they_were_encoded(monkeypatch):
+    """The topic's snapshot is the model alone; the training state is a snapshot of its own,
+    signed the same way and bound to the model's bytes: attached to them it gives back the
+    state, attached to another version's model it is refused, and it never loads as a model."""
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    state = {"w": np.arange(6.0).reshape(2, 3), "n": np.array(5.0)}
+    snapshots = {v: snapshot_of(MedianModel(float(v), v), meta(job="job-a", version=v), state) for v in (3, 4)}
+    encoded = {v: encode_detached(s) for v, s in snapshots.items()}
+    model = decode_snapshot(encoded[3].model, job="job-a")
+    assert model.state == {} and model.metadata == snapshots[3].metadata and load_model(model).median == 3.0
+    assert encoded[3].state is not None and state["w"].tobytes() not in encoded[3].model
+    kept = decode_snapshot(encoded[3].state, job="job-a")
+    assert kept.arrays == {} and kept.metadata[STATE_OF] == encoded[3].sha256
+    joined = attach_state(model, encoded[3].sha256, kept)
+    assert joined.metadata == model.metadata and sorted(joined.state) == ["n", "w"]
+    np.testing.assert_array_equal(joined.state["w"], state["w"])
+    with pytest.raises(SnapshotError, match="belongs to another snapshot"):
+        attach_state(model, encoded[3].sha256, decode_snapshot(encoded[4].state))
+    with pytest.raises(SnapshotError, match="belongs to another snapshot"):
+        attach_state(decode_snapshot(encoded[4].model), encoded[4].sha256, kept)
+    with pytest.raises(SnapshotError, match="is a training state, not a model"):
+        load_model(kept)
+    with pytest.raises(SnapshotError, match="unsigned"):  # signed like the model: an unsigned one is refused
+        decode_snapshot(encode_detached(snapshots[3], key=None).state)
+    assert encode_detached(snapshot_of(MedianModel(1.0, 1), meta())).state is None  # no state, nothing apart
 
 
 def test_golden_v1_snapshot_still_loads():
