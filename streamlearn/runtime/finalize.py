@@ -156,9 +156,8 @@ def _store(settings: Settings, client: redis.Redis, spec: JobSpec, snapshot, fin
     status = gate.status_of(metadata)
     entry = {**_registry_entry(metadata), "snapshot_sha256": encoded.sha256}
     store = ModelStore(client)
-    if not JobRecord(client, spec.name).record_snapshot(
-            version, final, lambda pipe: store.put(spec.name, data, entry, pipe=pipe, state=encoded.state),
-            publishable=status != gate.REJECTED):
+    put = store.prepare(spec.name, data, entry, state=encoded.state)
+    if not JobRecord(client, spec.name).record_snapshot(version, final, put, publishable=status != gate.REJECTED):
         store.discard(spec.name, version)  # the parts this finalizer wrote, if any
         return None  # another finalizer finished the job
     log.info("job %s: stored snapshot version %d%s (gate: %s)", spec.name, version, " (final)" if final else "", status)

@@ -24,12 +24,12 @@ import uuid
 from contextlib import contextmanager
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import redis
 
 from streamlearn.registry.records import Registry
-from streamlearn.snapshots.store import ModelStore
+from streamlearn.snapshots.store import ModelStore, PreparedPut
 from streamlearn.statestore.keys import PREFIX, StoreKeys
 from streamlearn.statestore.redis_state import MEMBER_TIMEOUT_MS, RedisState, now_ms
 from streamlearn.statestore.sharded import SlotClient, is_cluster, shard_pattern
@@ -214,34 +214,41 @@ class JobRecord:
             if held:
                 self.client.eval(_RELEASE, 1, self._snapshot_mutex, token)
 
-    def record_snapshot(self, version: int, final: bool, store_put: Callable[[redis.client.Pipeline], None],
-                        publishable: bool = True) -> bool:
-        """In one transaction: ``store_put(pipe)`` (the model store's writes), the job's
+    def record_snapshot(self, version: int, final: bool, put: PreparedPut, publishable: bool = True) -> bool:
+        """In one transaction: ``put`` (the model store's writes), the job's
         ``snapshot_version`` (and ``publishable_version`` unless the gate rejected it) and,
         when ``final``, ``finalize_calls`` + 1 and status ``finished`` — unless the job is
-        finished already (another finalizer won; then nothing is written and False returned)."""
+        finished already (another finalizer won; then nothing is written and False returned).
+        A put whose parts were collected raises ``SnapshotAbandoned`` before anything is
+        written (an error reply inside MULTI would not undo the job's writes)."""
         # on a Redis Cluster, the plain client of the job's node: a cluster pipeline refuses scripts
         home = SlotClient(self.client, self.store.base) if is_cluster(self.client) else self.client
-        with home.pipeline(transaction=True) as pipe:
-            try:
-                if final:
-                    pipe.watch(self._status)
-                    if pipe.get(self._status) == b"finished":
-                        return False
-                pipe.multi()
-                store_put(pipe)
-                pipe.hset(self.store.counters, "snapshot_version", version)
-                if publishable:
-                    pipe.hset(self.store.counters, "publishable_version", version)
-                else:  # 0: none yet (a job recorded before the gate has no such field)
-                    pipe.hsetnx(self.store.counters, "publishable_version", 0)
-                if final:
-                    pipe.hincrby(self.store.counters, "finalize_calls", 1)
-                    pipe.set(self._status, "finished")
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False  # the status changed under us: another finalizer won
+        while True:
+            with home.pipeline(transaction=True) as pipe:
+                status = None
+                try:
+                    if final:
+                        pipe.watch(self._status)
+                        status = pipe.get(self._status)
+                        if status == b"finished":
+                            return False
+                    put.check(pipe)
+                    pipe.multi()
+                    put.queue(pipe)
+                    pipe.hset(self.store.counters, "snapshot_version", version)
+                    if publishable:
+                        pipe.hset(self.store.counters, "publishable_version", version)
+                    else:  # 0: none yet (a job recorded before the gate has no such field)
+                        pipe.hsetnx(self.store.counters, "publishable_version", 0)
+                    if final:
+                        pipe.hincrby(self.store.counters, "finalize_calls", 1)
+                        pipe.set(self._status, "finished")
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    if final and self.client.get(self._status) != status:
+                        return False  # the status changed under us: another finalizer won
+                    # the snapshot's pending parts moved (another version's put): look again
 
     def snapshot_versions(self, stored: bool = False) -> tuple[int | None, int | None]:
         """(the newest snapshot version the gate let through — with ``stored``, the newest

@@ -20,7 +20,7 @@ from streamlearn.snapshots.format import (
     snapshot_of,
 )
 from streamlearn.snapshots.publisher import SNAPSHOT_TOPIC, SnapshotPublishError, produce_snapshot, publish_snapshot
-from streamlearn.snapshots.store import ModelStore, SnapshotConflict, SnapshotNotFound
+from streamlearn.snapshots.store import ModelStore, SnapshotAbandoned, SnapshotConflict, SnapshotNotFound
 from streamlearn.snapshots.subscriber import LoadedModel, ModelSubscriber
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "load_model",
     "ModelStore",
     "SnapshotNotFound",
+    "SnapshotAbandoned",
     "SnapshotConflict",
     "SNAPSHOT_TOPIC",
     "SnapshotPublishError",

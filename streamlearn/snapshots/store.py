@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -100,6 +101,45 @@ class SnapshotNotFound(UserError, KeyError):
 
 class SnapshotConflict(RuntimeError):
     """A different snapshot is already stored under that job/version (versions are immutable)."""
+
+
+class SnapshotAbandoned(RuntimeError):
+    """The parts written for a snapshot version were collected as orphans before its commit
+    (a writer over ``ORPHANED_AFTER_S`` slow): nothing was stored; a new version must be put."""
+
+
+@dataclass(frozen=True)
+class PreparedPut:
+    """A snapshot put whose parts (if any) are written, to be committed in a caller's
+    transaction: :meth:`check` under the caller's WATCH, before MULTI, then :meth:`queue`."""
+
+    job: str
+    version: int
+    keys: list[str]
+    args: list[Any]
+    script: Any
+    sha_key: str
+
+    @property
+    def in_parts(self) -> bool:
+        return self.args[4] == 1
+
+    def check(self, pipe: Any) -> None:
+        """Raise :class:`SnapshotAbandoned` (before the caller's transaction writes anything)
+        when this put's parts were collected; WATCH their pending entry, so that a collection
+        between this check and EXEC aborts the transaction (``redis.WatchError``)."""
+        if not self.in_parts:
+            return
+        pending = self.keys[5]
+        pipe.watch(pending)
+        version = str(self.version)
+        if not pipe.hexists(pending, version) and not pipe.hexists(self.sha_key, version):
+            raise SnapshotAbandoned(f"snapshot {self.job}@{self.version}: its parts were collected as orphans "
+                                    "before the commit; nothing was stored")
+
+    def queue(self, pipe: Any) -> None:
+        """Queue the atomic put on ``pipe`` (inside MULTI); a conflict surfaces from ``execute``."""
+        self.script(keys=self.keys, args=self.args, client=pipe)
 
 
 def _binary_client(client: Any) -> Any:
@@ -177,15 +217,32 @@ class ModelStore:
 
     def put(self, job: str, data: bytes, metadata: dict[str, Any], *, pipe: Any = None,
             state: bytes | None = None) -> None:
-        """Store snapshot ``data`` as ``metadata["version"]`` with its registry entry and, when
-        given, the training ``state`` encoded apart from it (:func:`~streamlearn.snapshots.
-        format.encode_detached`), in one atomic step. Re-putting identical bytes is a no-op;
-        different bytes under an existing version raise :class:`SnapshotConflict`.
-        ``metadata["snapshot_sha256"]``, when given, is taken as the sha256 of ``data``.
+        """Store snapshot ``data`` (see :meth:`prepare`) in one atomic step. With ``pipe`` (a
+        redis-py pipeline, possibly inside MULTI), the write is queued on it so the caller can
+        commit it together with its own updates; a conflict then surfaces as a
+        ``redis.ResponseError`` from ``pipe.execute()`` (a caller that must not write its own
+        updates without the snapshot uses :meth:`prepare` and :meth:`PreparedPut.check`)."""
+        put = self.prepare(job, data, metadata, state=state)
+        if pipe is not None:
+            put.queue(pipe)
+            return
+        try:
+            self._put(keys=put.keys, args=put.args)
+        except redis.ResponseError as exc:
+            if "CONFLICT" in str(exc):
+                raise SnapshotConflict(f"job {job!r} already has a different snapshot version {put.version}") from None
+            if "ABANDONED" in str(exc):
+                raise SnapshotAbandoned(str(exc)) from None
+            raise
+        self.collect_orphans(job)
 
-        With ``pipe`` (a redis-py pipeline, possibly inside MULTI), the write is queued on it
-        so the caller can commit it together with its own updates; a conflict then surfaces
-        as a ``redis.ResponseError`` from ``pipe.execute()``."""
+    def prepare(self, job: str, data: bytes, metadata: dict[str, Any], *, state: bytes | None = None) -> PreparedPut:
+        """Snapshot ``data`` as ``metadata["version"]`` with its registry entry and, when given,
+        the training ``state`` encoded apart from it (:func:`~streamlearn.snapshots.format.
+        encode_detached`), ready to be put in one atomic step: the parts of a blob over one
+        message are written now, the manifests go in the atomic step. Re-putting identical
+        bytes is a no-op; different bytes under an existing version are refused (CONFLICT).
+        ``metadata["snapshot_sha256"]``, when given, is taken as the sha256 of ``data``."""
         version = metadata.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"metadata['version'] must be a positive int, got {version!r}")
@@ -209,16 +266,7 @@ class ModelStore:
                 keys[0], args[1] = self._manifest_key(job, version), manifests[""]
             if "state" in manifests:
                 keys[6], args[5] = f"{keys[6]}:parts", manifests["state"]
-        if pipe is not None:
-            self._put(keys=keys, args=args, client=pipe)
-            return
-        try:
-            self._put(keys=keys, args=args)
-        except redis.ResponseError as exc:
-            if "CONFLICT" in str(exc):
-                raise SnapshotConflict(f"job {job!r} already has a different snapshot version {version}") from None
-            raise
-        self.collect_orphans(job)
+        return PreparedPut(job, version, keys, args, self._put, keys[4])
 
     def _pending_key(self, job: str) -> str:
         return f"{self._base(job)}:pending"

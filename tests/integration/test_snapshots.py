@@ -29,6 +29,8 @@ from streamlearn.snapshots import (
 from streamlearn.snapshots.format import KEY_ENV, SnapshotError, encode_detached, snapshot_of
 from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest, split
 from streamlearn.snapshots.publisher import ensure_snapshot_topic, part_key, snapshot_topic
+from streamlearn.runtime.record import JobRecord
+from streamlearn.snapshots.store import SnapshotAbandoned
 from streamlearn.snapshots.verified import stored_snapshot
 
 pytestmark = pytest.mark.integration
@@ -365,6 +367,30 @@ def test_orphaned_parts_are_collected_and_a_collected_version_is_never_committed
         with pytest.raises(redis.ResponseError, match="ABANDONED"):
             pipe.execute()
     assert store.versions(job) == [3] and _parts_of(client, job, 4) == []
+    client.close()
+
+
+def test_a_finalize_whose_parts_were_collected_writes_nothing_of_the_job(stack, monkeypatch):
+    """A finalizer slower than the orphan collection: its snapshot is refused before the
+    transaction, so the job is neither marked finished nor pointed at a version never stored
+    (an error reply inside MULTI would not have undone those writes); a fresh put then goes
+    through."""
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    client = stack.redis_client()
+    store = ModelStore(client)
+    job = _job()
+    record = JobRecord(client, job)
+    put = store.prepare(job, _wide(job, 1)[1], {"version": 1})
+    assert put.in_parts and store.collect_orphans(job, older_than_s=0) > 0
+    with pytest.raises(SnapshotAbandoned):
+        record.record_snapshot(1, True, put)
+    assert client.hget(record.store.counters, "snapshot_version") is None
+    assert client.hget(record.store.counters, "finalize_calls") is None
+    assert record.status() is None and store.versions(job) == []
+
+    assert record.record_snapshot(2, True, store.prepare(job, _wide(job, 2)[1], {"version": 2}))
+    assert record.snapshot_versions(stored=True)[0] == 2 and store.versions(job) == [2]
+    assert record.status() == "finished"
     client.close()
 
 
