@@ -118,7 +118,6 @@ class PreparedPut:
     keys: list[str]
     args: list[Any]
     script: Any
-    sha_key: str
 
     @property
     def in_parts(self) -> bool:
@@ -130,10 +129,10 @@ class PreparedPut:
         between this check and EXEC aborts the transaction (``redis.WatchError``)."""
         if not self.in_parts:
             return
-        pending = self.keys[5]
+        sha, pending = self.keys[4], self.keys[5]  # the script's KEYS (``_PUT``)
         pipe.watch(pending)
         version = str(self.version)
-        if not pipe.hexists(pending, version) and not pipe.hexists(self.sha_key, version):
+        if not pipe.hexists(pending, version) and not pipe.hexists(sha, version):
             raise SnapshotAbandoned(f"snapshot {self.job}@{self.version}: its parts were collected as orphans "
                                     "before the commit; nothing was stored")
 
@@ -266,7 +265,7 @@ class ModelStore:
                 keys[0], args[1] = self._manifest_key(job, version), manifests[""]
             if "state" in manifests:
                 keys[6], args[5] = f"{keys[6]}:parts", manifests["state"]
-        return PreparedPut(job, version, keys, args, self._put, keys[4])
+        return PreparedPut(job, version, keys, args, self._put)
 
     def _pending_key(self, job: str) -> str:
         return f"{self._base(job)}:pending"
