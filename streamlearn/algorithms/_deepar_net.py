@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 LIKELIHOODS = ("student-t", "gaussian", "negative-binomial")
 _N_ARGS = {"student-t": 3, "gaussian": 2, "negative-binomial": 2}
@@ -26,15 +27,37 @@ class DeepARNet(nn.Module):
         self.rnn = nn.LSTM(input_size, num_cells, num_layers, dropout=dropout_rate if num_layers > 1 else 0.0,
                            batch_first=True)
         self.proj = nn.Linear(num_cells, _N_ARGS[likelihood])
+        # one-layer templates that run the LSTM's layers one by one with given dropout masks
+        # (on the meta device: no weights of their own, no draws from the RNG that seeds the
+        # network's initial weights); a plain tuple, so they are not parameters
+        self._layers = tuple(nn.LSTM(input_size if i == 0 else num_cells, num_cells, 1, batch_first=True,
+                                     device="meta") for i in range(num_layers))
 
     def static(self, cats: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """(B, E + 1): the category embeddings and log(scale)."""
         parts = [emb(cats[:, i]) for i, emb in enumerate(self.embed)]
         return torch.cat(parts + [scale.log()[:, None]], dim=1)
 
-    def forward(self, x: torch.Tensor, state=None):
-        out, state = self.rnn(x, state)
+    def forward(self, x: torch.Tensor, state=None, dropout_masks: torch.Tensor | None = None):
+        """``dropout_masks`` (layers - 1, B, T, cells), already divided by the keep rate: the
+        dropout between layers that the LSTM would otherwise draw from the global RNG (a
+        window's mask then depends on the window, not on the batch it is computed in)."""
+        if dropout_masks is None:
+            out, state = self.rnn(x, state)
+        else:
+            out = self._masked(x, dropout_masks)
+            state = None
         return distribution_args(self.likelihood, self.proj(out)), state
+
+    def _masked(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        params = dict(self.rnn.named_parameters())
+        out = x
+        for i, layer in enumerate(self._layers):
+            if i:
+                out = out * masks[i - 1]
+            own = {name[: -len(f"_l{i}")] + "_l0": p for name, p in params.items() if name.endswith(f"_l{i}")}
+            out, _ = functional_call(layer, own, (out,))
+        return out
 
 
 def distribution_args(likelihood: str, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -107,10 +107,7 @@ class SharedAdam:
         self._sync(state, t, pulled)
         n, base = self.workers, self._base
         if n == 1:  # sequential Adam, exactly
-            own = pulled
-            m = B1 * own[0] + (1 - B1) * grad
-            v = np.maximum(B2 * own[1] + (1 - B2) * grad * grad, 0.0)
-            dm, dv, step = m - own[0], v - own[1], t + 1.0
+            delta, moves = adam_step(theta, grad, pulled, t, self.learning_rate, self.average_decay)
         else:
             k = t - self._base_t  # own steps since the rebase
             m, dm = _moment(B1, n, k, base[0], pulled[0], grad)
@@ -118,13 +115,30 @@ class SharedAdam:
             v = np.maximum(v, 0.0)
             own = base + n * (pulled - base)  # the running average is averaged over the workers
             step = self._base_t + n * (k + 1)  # this step's place among the interleaved ones
-        delta = -self.learning_rate * (m / (1 - B1 ** step)) / (np.sqrt(v / (1 - B2 ** step)) + EPS)
-        d = average_decay(self.average_decay, step)
-        avg = d * own[2] + (1 - d) * (theta + delta) if self.average_decay > 0 else own[2]
+            delta = _adam_delta(self.learning_rate, m, v, step)
+            d = average_decay(self.average_decay, step)
+            avg = d * own[2] + (1 - d) * (theta + delta) if self.average_decay > 0 else own[2]
+            moves = np.stack([dm, dv, (avg - own[2]) / n])
         state.push("theta", delta)
-        state.push("adam", np.stack([dm, dv, (avg - own[2]) / n]))
+        state.push("adam", moves)
         state.push("t", 1.0)
         self._expect = t + 1.0
+
+
+def adam_step(theta: np.ndarray, grad: np.ndarray, adam: np.ndarray, t: float, learning_rate: float,
+              decay: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Sequential Adam's step ``t + 1`` from parameters ``theta`` and the ``adam`` key's rows
+    (m, v, running average): (the parameters' change, the rows' change)."""
+    m = B1 * adam[0] + (1 - B1) * grad
+    v = np.maximum(B2 * adam[1] + (1 - B2) * grad * grad, 0.0)
+    delta = _adam_delta(learning_rate, m, v, t + 1.0)
+    d = average_decay(decay, t + 1.0)
+    avg = d * adam[2] + (1 - d) * (theta + delta) if decay > 0 else adam[2]
+    return delta, np.stack([m - adam[0], v - adam[1], avg - adam[2]])
+
+
+def _adam_delta(learning_rate: float, m: np.ndarray, v: np.ndarray, step: float) -> np.ndarray:
+    return -learning_rate * (m / (1 - B1 ** step)) / (np.sqrt(v / (1 - B2 ** step)) + EPS)
 
 
 def _moment(beta: float, n: float, k: float, m0: np.ndarray, pulled: np.ndarray, x: np.ndarray):

@@ -50,13 +50,13 @@ import hashlib
 import importlib
 import math
 import zlib
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from streamlearn.algorithms import _forecast_metrics as fm
 from streamlearn.algorithms import register
-from streamlearn.algorithms._shared_adam import ROWS, SharedAdam, averaged_parameters
+from streamlearn.algorithms._shared_adam import ROWS, SharedAdam, adam_step, averaged_parameters
 from streamlearn.algorithms.base import Algorithm, Model, ParamError, require
 from streamlearn.algorithms.params import Interval, ListOf, Options, Param
 from streamlearn.series_batch import SeriesBatch
@@ -68,6 +68,7 @@ ID_FLOATS = 10  # a series id of <= 60 UTF-8 bytes, 6 bytes per float64 (exact a
 PROBES = 16  # rows a series may occupy from its hash row on (a stripe is a small table: runs of full rows)
 AUTO_CARDINALITY = 1024  # table rows of a static category when cardinality=auto
 AUTO_EMBEDDING = 10
+ROUND_SUMS = 3  # g_theta's tail: windows, sum of |observed context value|, observed context values
 HEAD = 3  # ctx row: last ordinal, age (periods since the series' first point), last time (ms)
 TORCH_THREADS = 1
 LIKELIHOODS = ("student-t", "gaussian", "negative-binomial")
@@ -93,6 +94,9 @@ class DeepAR(Algorithm):
     step_rows = 32
     #: a second pass over the same points would look like time going backwards in every series
     single_pass = True
+    #: aggregation=sync: the round counter, then the key every contribution writes
+    round_keys: ClassVar[tuple[str, ...]] = ("round", "g_theta")
+    round_state: ClassVar[tuple[str, ...]] = ("theta", "adam", "t", "level")
     param_spec = {
         "prediction_length": Param("periods each forecast covers", Interval(int, 1, None)),
         "context_length": Param("periods the network is unrolled over before a forecast (0: prediction_length)",
@@ -109,6 +113,10 @@ class DeepAR(Algorithm):
                                Interval(float, 0, 1, closed="left")),
         "lookahead": Param("with several workers, take each gradient where the commit will leave the parameters if "
                            "the others step alike (the shared ones plus N times the worker's own steps since)", bool),
+        "aggregation": Param("how workers' steps combine: async = each worker steps and commits on its own (steps "
+                             "summed, SharedAdam); sync = synchronous rounds: the workers' gradients of a round's "
+                             "windows, taken at the same parameters, are summed and one Adam step is taken on "
+                             "them (1 or N workers learn the same model)", Options("async", "sync")),
         "clip_gradient": Param("largest absolute gradient component", Interval(float, 0, None, closed="neither")),
         "lags_seq": Param("lagged values the network sees, e.g. [1,2,7] ('auto': GluonTS's lags of time_freq)",
                           Options("auto"), ListOf(int)),
@@ -133,7 +141,7 @@ class DeepAR(Algorithm):
     def __init__(self, prediction_length: int = 14, context_length: int = 0, time_freq: str = "D",
                  likelihood: str = "student-t", num_layers: int = 2, num_cells: int = 40, dropout_rate: float = 0.1,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-8, average_decay: float = 0.0,
-                 lookahead: bool = False, clip_gradient: float = 10.0,
+                 lookahead: bool = False, aggregation: str = "async", clip_gradient: float = 10.0,
                  lags_seq: str | list[int] = "auto", num_dynamic_feat: int = 0, num_static_cat: int = 0,
                  cardinality: str | list[int] = "auto", max_series: int = 4096, window_rate: float = 1.0,
                  replay_windows: int = 0, num_samples: int = 100, max_growth: float = 10.0, partitions: int = 1, seed: int = 0,
@@ -149,6 +157,7 @@ class DeepAR(Algorithm):
         self.weight_decay = weight_decay
         self.average_decay = average_decay
         self.lookahead = lookahead
+        self.aggregation = aggregation
         self.clip_gradient = clip_gradient
         self.lags_seq = lags_seq
         self.num_dynamic_feat = num_dynamic_feat
@@ -177,6 +186,8 @@ class DeepAR(Algorithm):
         card = self.cardinalities()
         require(len(card) == self.num_static_cat and all(c >= 1 for c in card), n,
                 "cardinality must be 'auto' or a list of num_static_cat integers >= 1")
+        require(not (self.synchronous and self.replay_windows), n,
+                "replay_windows needs aggregation=async (a round's members would draw the same reservoir rows)")
         require(self.device in ("cpu", "cuda") or str(self.device).startswith("cuda:"), n,
                 "device must be 'cpu', 'cuda' or 'cuda:N'")
         try:
@@ -184,6 +195,11 @@ class DeepAR(Algorithm):
         except ImportError:
             raise ParamError(f"{n}: needs PyTorch (pip install 'streamlearn[torch]')") from None
         require(self.device == "cpu" or torch.cuda.is_available(), n, f"device={self.device} but CUDA is not available")
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether updates only add a round's gradient, stepped by :meth:`close_round`."""
+        return self.aggregation == "sync"
 
     def lags(self) -> list[int]:
         if self.lags_seq == "auto":
@@ -232,6 +248,10 @@ class DeepAR(Algorithm):
         state.initialize("theta", theta)
         state.initialize("adam", np.concatenate([np.zeros((ROWS - 1, len(theta))), theta[None, :]]))
         state.initialize("t", 0.0)
+        if self.synchronous:  # the open round's sums (sum keys: contributions add up), see _contribute
+            state.initialize("g_theta", np.zeros(len(theta) + ROUND_SUMS))
+            state.initialize("level", np.zeros(2))
+            state.initialize("round", 0.0)
         state.initialize("points", 0.0)
         state.initialize("windows", 0.0)
         state.initialize("unplaced", 0.0)  # points of series that found no free slot
@@ -299,6 +319,7 @@ class DeepAR(Algorithm):
         held = state.pull("ctx", rows=rows) if len(rows) else np.zeros((0, self._row_width()))
         t = float(state.pull("t"))
         windows: list[tuple] = []
+        keys: list[tuple[int, int]] = []  # each window's series hash and last ordinal (its dropout)
         new_rows = np.empty_like(held)
         unplaced = sum(len(g) for s, g in groups.items() if s not in slots)
         applied = 0
@@ -314,6 +335,7 @@ class DeepAR(Algorithm):
                 applied += 1
                 if hist.age >= c["prediction_length"] and _sampled(self.seed, s, o, self.window_rate):
                     windows.append(w)
+                    keys.append((zlib.crc32(s.encode()), o))
             new_rows[i] = hist.to_row(c)
         if len(rows):
             state.push("ctx", new_rows, rows=rows)
@@ -322,7 +344,9 @@ class DeepAR(Algorithm):
         state.push("points", float(applied))
         if unplaced:
             state.push("unplaced", float(unplaced))
-        if windows:
+        if windows and self.synchronous:
+            self._contribute(state, c, freq, windows, keys)
+        elif windows:
             self._train(state, c, freq, windows, t)
 
     def _train(self, state: State, c: dict, freq: Freq, windows: list[tuple], t: float) -> None:
@@ -346,6 +370,66 @@ class DeepAR(Algorithm):
         g = g + float(self.weight_decay) * theta
         self._adam.step(state, theta, g)
         state.push("windows", float(len(windows)))
+
+    def _contribute(self, state: State, c: dict, freq: Freq, windows: list[tuple],
+                    keys: list[tuple[int, int]]) -> None:
+        """A synchronous round's share: the gradient of the mean loss of this step's windows at
+        the round's parameters, times their number, into the round's sum (``g_theta``: the sum,
+        then the windows and their observed contexts' |value| sum and count). Nothing in it
+        depends on how the round's windows were split among members: dropout is drawn per
+        window (from the seed, the round, the series and the window's last period), and a
+        window without an observed context is scaled by the mean |value| of every context
+        of the rounds closed before (``level``), not by its batch's."""
+        import torch
+
+        net = self._net()
+        theta = np.asarray(state.pull("theta"), dtype=np.float64)
+        dev = next(net.parameters()).device
+        torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=torch.float32, device=dev), net.parameters())
+        net.train()
+        net.zero_grad(set_to_none=False)
+        masks = _dropout_masks(c, int(self.seed), int(state.pull("round")), keys, dev)
+        level = state.pull("level")
+        window_loss(net, c, freq, windows, dev, masks, level[0] / level[1] if level[0] > 0 else 1.0).backward()
+        g = torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
+        vals, mask = _contexts(c, np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows]))
+        tail = [float(len(windows)), float(np.abs(vals * mask).sum()), float(mask.sum())]
+        state.push("g_theta", np.concatenate([g * len(windows), tail]))
+        state.push("windows", float(len(windows)))
+
+    def close_round(self, state: State) -> bool:
+        """One Adam step on the open round's mean gradient (clipped, weight decay added), the
+        round's sum cleared and the round counted (``round`` + 1, also when it was empty);
+        False when no window was contributed. Applied once per round by the runtime's
+        check-and-set commit (:mod:`streamlearn.runtime.rounds`)."""
+        state.push("round", 1.0)
+        step = self._round_step(state)
+        if step is None:
+            return False
+        delta, moves, sums = step
+        state.push("theta", delta)
+        state.push("adam", moves)
+        state.push("t", 1.0)
+        state.push("level", sums[-2:])
+        state.push("g_theta", -sums)
+        return True
+
+    def _round_step(self, state: State) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The open round's step: (the parameters' change, the ``adam`` rows' change, the
+        round's sum), or None for a round without windows. The gradient is clipped as one
+        worker's step clips its batch's (torch's ``clip_grad_norm_``)."""
+        sums = np.array(state.pull("g_theta"), dtype=np.float64)
+        windows = sums[-ROUND_SUMS]
+        if windows <= 0:
+            return None
+        g = sums[:-ROUND_SUMS] / windows
+        norm = float(np.linalg.norm(g))
+        g = g * min(1.0, float(self.clip_gradient) / (norm + 1e-6))
+        theta = np.asarray(state.pull("theta"), dtype=np.float64)
+        g = g + float(self.weight_decay) * theta
+        delta, moves = adam_step(theta, g, state.pull("adam"), float(state.pull("t")), float(self.learning_rate),
+                                 float(self.average_decay))
+        return delta, moves, sums
 
     def _replay(self, state: State, c: dict, windows: list[tuple], t: float) -> list[tuple]:
         """As many stored windows as ``windows`` (rows drawn by the step count; empty rows
@@ -431,7 +515,12 @@ class DeepAR(Algorithm):
                  "steps": float(state.pull("t")), "unplaced": float(state.pull("unplaced"))}
         if self.num_static_cat:
             attrs["observed_cardinality"] = [int(v) for v in state.pull("card")]
-        return DeepARModel(averaged_parameters(state, float(self.average_decay)), ctx_used[live].copy(), attrs)
+        params = averaged_parameters(state, float(self.average_decay))
+        step = self._round_step(state) if self.synchronous else None
+        if step is not None:  # a round not closed yet (the last, partial one): as its close would apply it
+            delta, moves, _ = step
+            params = params + (moves[2] if self.average_decay > 0 else delta)
+        return DeepARModel(params, ctx_used[live].copy(), attrs)
 
 
 def _window_width(c: dict) -> int:
@@ -556,16 +645,17 @@ def _features(c: dict, freq: Freq, end_ordinal: np.ndarray, end_age: np.ndarray,
     return out
 
 
-def _mean_scale(vals: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """GluonTS's MeanScaler: mean |value| over the observed context, the batch's where a
-    context has none, at least 1e-10. (B,) from (B, ctx). One change: where the whole step
+def _mean_scale(vals: np.ndarray, mask: np.ndarray, default: float | None = None) -> np.ndarray:
+    """GluonTS's MeanScaler: mean |value| over the observed context, the batch's (or
+    ``default``) where a context has none, at least 1e-10. (B,) from (B, ctx). One change: where the whole step
     has no non-zero observed value, a window without observations gets scale 1, not 1e-10.
     A stream's step holds windows of one moment (GluonTS's batches mix times), so steps of
     windows padded before their series' start and of zeros are common early in count data
     (Covid3Month: 81 % zeros), and log(1e-10) = -23 as an input set the network back (mean
     weighted quantile loss 0.731 -> 0.709 on Covid3Month's last window, seed 0)."""
     s, n = np.abs(vals * mask).sum(1), mask.sum(1)
-    default = s.sum() / n.sum() if s.sum() > 0 else 1.0
+    if default is None:
+        default = s.sum() / n.sum() if s.sum() > 0 else 1.0
     return np.maximum(np.where(n > 0, s / np.maximum(n, 1.0), default), 1e-10)
 
 
@@ -593,8 +683,33 @@ def _rnn_inputs(net, c, zs, positions, feats, dyn, static):
     return torch.cat([lagged, st, feats, dyn], dim=-1)
 
 
-def window_loss(net, c: dict, freq: Freq, windows: list[tuple], dev):
-    """Mean negative log-likelihood over the windows' context and prediction ranges."""
+def _dropout_masks(c: dict, seed: int, round_: int, keys: list[tuple[int, int]], dev):
+    """(layers - 1, B, T, cells) dropout masks between the LSTM's layers, divided by the keep
+    rate, each window's drawn from (seed, round, series hash, last period); None without
+    dropout."""
+    import torch
+
+    p, layers = c["dropout_rate"], c["num_layers"]
+    if p <= 0 or layers < 2:
+        return None
+    T = c["history"] + 1 - max(c["lags"])
+    shape = (layers - 1, T, c["num_cells"])
+    masks = np.stack([np.random.default_rng([seed, round_, h, o % 2 ** 63]).random(shape) >= p for h, o in keys], axis=1)
+    return torch.as_tensor(masks, dtype=torch.float32, device=dev) / (1.0 - p)
+
+
+def _contexts(c: dict, vals: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The context ranges (the ``context_length`` periods before the prediction range) of
+    training windows' values and mask, what their mean scale is taken over."""
+    lo = max(c["lags"]) - 1
+    return vals[:, lo: lo + c["context_length"]], mask[:, lo: lo + c["context_length"]]
+
+
+def window_loss(net, c: dict, freq: Freq, windows: list[tuple], dev, dropout_masks=None,
+                default_scale: float | None = None):
+    """Mean negative log-likelihood over the windows' context and prediction ranges
+    (``dropout_masks``: per window, see ``_dropout_masks``; None: the LSTM draws them;
+    ``default_scale``: of a window without an observed context, None: the batch's)."""
     import torch
 
     log_prob = _torch_net().log_prob
@@ -603,15 +718,15 @@ def window_loss(net, c: dict, freq: Freq, windows: list[tuple], dev):
     mask = np.stack([w[1] for w in windows])
     dyn = np.stack([w[2] for w in windows])
     W = vals.shape[1]
-    maxlag, ctx = max(c["lags"]), c["context_length"]
-    scale = _mean_scale(vals[:, maxlag - 1: maxlag - 1 + ctx], mask[:, maxlag - 1: maxlag - 1 + ctx])
+    maxlag = max(c["lags"])
+    scale = _mean_scale(*_contexts(c, vals, mask), default_scale)
     positions = np.arange(maxlag, W)
     feats = _features(c, freq, np.array([w[3] for w in windows]), np.array([w[4] for w in windows]), positions, W)
     T = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)  # noqa: E731
     sc = T(scale)
     cats = torch.as_tensor(np.stack([w[5] for w in windows]).reshape(len(windows), -1), device=dev)
     x = _rnn_inputs(net, c, T(vals) / sc[:, None], positions, T(feats), T(dyn[:, positions]), net.static(cats, sc))
-    args, _ = net(x)
+    args, _ = net(x, dropout_masks=dropout_masks)
     lp = log_prob(c["likelihood"], args, T(vals[:, positions]), sc[:, None])
     return -(lp * T(mask[:, positions])).mean()
 
