@@ -109,6 +109,12 @@ def fit_ours(name, train: list[np.ndarray], seed: int, windows: int, workers: in
     in_tail = np.flatnonzero(k >= np.array([seen[x] for x in pts.series.tolist()]) - tail)
     t0 = time.perf_counter()
     for p in range(passes + bool(tail)):
+        if algo.synchronous:
+            _rounds(algo, states, pts.take(in_tail) if tail and p == 0 else pts)
+            if p + 1 < passes + bool(tail):
+                algo.restart_series(states[0])
+                states[0].commit()
+            continue
         pick = [np.flatnonzero(part == w) for w in range(workers)]
         if tail and p == 0:
             pick = [np.intersect1d(i, in_tail) for i in pick]
@@ -130,6 +136,21 @@ def fit_ours(name, train: list[np.ndarray], seed: int, windows: int, workers: in
     seconds = time.perf_counter() - t0
     model = algo.finalize(LocalState(backend))
     return model, seconds, model.attrs["windows"]
+
+
+def _rounds(algo, states: list, stream) -> None:
+    """``aggregation=sync``: every ``step_rows`` points of the stream are a round (workers that
+    keep up with a live stream); each worker contributes the points of its partition, then
+    one closes the round (what :mod:`streamlearn.runtime.rounds` does, without its barrier)."""
+    for a in range(0, len(stream), algo.step_rows):
+        chunk = stream.take(np.arange(a, min(a + algo.step_rows, len(stream))))
+        for w, st in enumerate(states):
+            st.refresh()
+            algo.update(st, chunk.take(np.flatnonzero(chunk.partition == w)))
+            st.commit()
+        states[0].refresh()
+        algo.close_round(states[0])
+        states[0].commit()
 
 
 def paths_ours(model, name, series: list[np.ndarray], origin: int, seed: int) -> np.ndarray:

@@ -19,7 +19,10 @@ from streamlearn.algorithms._deepar_net import distribution_args, log_prob  # no
 from streamlearn.timefreq import Freq  # noqa: E402
 from streamlearn.algorithms.deepar import (DeepAR, History, _mean_scale, _rnn_inputs, _row_of_window,  # noqa: E402
                                          _window_of_row, decode_id, encode_id)
+from streamlearn.algorithms.base import ParamError  # noqa: E402
 from streamlearn.runtime.local import continue_local, fit_local  # noqa: E402
+from streamlearn.runtime.rounds import Rounds  # noqa: E402
+from streamlearn.statestore.buffered import CommitInfo  # noqa: E402
 from streamlearn.series_batch import SeriesBatch  # noqa: E402
 from streamlearn.algorithms.base import training_state  # noqa: E402
 from streamlearn.snapshots.format import snapshot_of  # noqa: E402
@@ -257,6 +260,78 @@ def test_lookahead_leaves_one_worker_alone_and_moves_where_several_workers_take_
 
     assert np.array_equal(theta(1, True), theta(1, False))
     assert not np.allclose(theta(2, True), theta(2, False), rtol=0, atol=1e-6)
+
+
+SYNC = {"prediction_length": 2, "context_length": 4, "lags_seq": [1, 2], "num_cells": 8, "num_layers": 2,
+        "dropout_rate": 0.2, "max_series": 512, "learning_rate": 0.01}
+
+
+def _rounds_fit(pts: SeriesBatch, workers: int, aggregation: str, rows: int = 32) -> tuple[DeepAR, MemoryBackend]:
+    """``workers`` members over one backend, series split by key hash; every ``rows`` points
+    of the stream are one round: each member contributes (sync) or steps on (async) those of
+    its partition and commits, then (sync) the round is closed by the runtime's rounds."""
+    algo = DeepAR.from_params({**SYNC, "partitions": workers, "aggregation": aggregation})
+    backend = MemoryBackend()
+    first = LocalState(backend)
+    algo.initialize(first)
+    first.commit()
+    part = np.array([zlib.crc32(s.encode()) % workers for s in pts.series])
+    pts = SeriesBatch.of(pts.series, pts.time, pts.target, partition=part)
+    states = [LocalState(backend) for _ in range(workers)]
+    members = [Rounds(algo, st) for st in states] if algo.synchronous else []
+    for a in range(0, len(pts), rows):
+        chunk = pts.take(np.arange(a, min(a + rows, len(pts))))
+        for w, st in enumerate(states):
+            expect = members[w].begin() if members else {}
+            if not members:
+                st.refresh()
+            algo.update(st, chunk.take(np.flatnonzero(chunk.partition == w)))
+            st.commit(CommitInfo(expect=expect), keep_held=bool(members))
+        for member in members:
+            member.end()
+    return algo, backend
+
+
+def test_sync_rounds_of_several_workers_learn_the_one_worker_model():
+    """aggregation=sync: 2 and 4 workers sharing every round end with one worker's parameters
+    up to float32 rounding (dropout on, windows without an observed context among them),
+    where async workers, each stepping on its share, do not."""
+    pts = D.seasonal_series(40, 12, period=7, seed=3)
+    one_algo, one_backend = _rounds_fit(pts, 1, "sync")
+    one = one_algo.finalize(LocalState(one_backend))
+    assert one.attrs["steps"] >= len(pts) // 32 - 1 and one.attrs["windows"] == 40 * (12 - 2 + 1)
+    for workers in (2, 4):
+        algo, backend = _rounds_fit(pts, workers, "sync")
+        got = algo.finalize(LocalState(backend))
+        assert got.attrs["steps"] == one.attrs["steps"] and got.attrs["windows"] == one.attrs["windows"]
+        np.testing.assert_allclose(got.theta, one.theta, rtol=0, atol=1e-5, err_msg=f"{workers} workers")
+        assert float(LocalState(backend).pull("round")) == len(range(0, len(pts), 32))  # each round closed once
+    async_one = _rounds_fit(pts, 1, "async")
+    async_four = _rounds_fit(pts, 4, "async")
+    gap = np.abs(async_four[0].finalize(LocalState(async_four[1])).theta
+                 - async_one[0].finalize(LocalState(async_one[1])).theta).max()
+    assert gap > 1e-3
+
+
+def test_sync_finalize_applies_the_round_not_closed_yet():
+    pts = D.seasonal_series(10, 6, period=7, seed=4)
+    algo = DeepAR.from_params({**SYNC, "aggregation": "sync"})
+    state = LocalState()
+    algo.initialize(state)
+    state.commit()
+    algo.update(state, pts)
+    state.commit()
+    pending = algo.finalize(state)
+    assert not np.array_equal(pending.theta, state.pull("theta"))
+    assert algo.close_round(state)
+    state.commit()
+    np.testing.assert_array_equal(pending.theta, algo.finalize(state).theta)
+    assert not state.pull("g_theta").any() and float(state.pull("t")) == 1.0
+
+
+def test_sync_refuses_replayed_windows():
+    with pytest.raises(ParamError, match="replay_windows needs aggregation=async"):
+        DeepAR.from_params({**SYNC, "aggregation": "sync", "replay_windows": 64}).check_params()
 
 
 def test_continuing_a_striped_job_finds_every_series_whatever_the_new_partitions():
