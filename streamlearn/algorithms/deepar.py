@@ -41,8 +41,20 @@ since), so the sum of N windows does not overshoot N-fold where the workers pull
 the moments instead left each gradient ``0.1 + 0.9 / N`` of its weight, and summing them
 counted the shared momentum's decay N times (it diverged).
 
-Randomness (dropout, sampled windows) is seeded by the step count and the point, never by
-the worker, so a resumed job equals an uninterrupted one.
+``aggregation="sync"``: synchronous rounds (:mod:`streamlearn.runtime.rounds`), so that 1
+or N workers learn the same model by construction rather than on average. An update step
+appends its points to their contexts as above but does not step: it adds its windows'
+gradient, taken at the round's parameters, to the round's sum (``g_theta``); the round's
+close takes one Adam step on the mean gradient (clipped, weight decay added) and clears
+the sum. Nothing a member adds depends on which member holds which windows: dropout masks
+are drawn per window (seed, round, series, period) instead of by the LSTM for its batch,
+and a window without an observed context is scaled by the mean |value| of the contexts of
+every closed round (``level``) instead of its batch's. N workers sharing a round then
+compute one worker's step on the round's points up to float32 rounding of the sums. Not
+with ``replay_windows`` (the members of a round would draw the same reservoir rows).
+
+Randomness (dropout, sampled windows) is seeded by the step count (sync: the round) and the
+point, never by the worker, so a resumed job equals an uninterrupted one.
 """
 from __future__ import annotations
 

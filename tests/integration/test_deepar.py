@@ -2,7 +2,8 @@
 dead-lettered with reasons), a worker stopped mid-job (another takes over its partitions)
 and a worker SIGKILLed mid-job both end with exactly the stored contexts of an
 uninterrupted job (every point once) and a model as good within tolerance; ``streamlearn
-forecast`` writes one JSON line per series from the snapshot."""
+forecast`` writes one JSON line per series from the snapshot; two workers in synchronous
+rounds (``aggregation=sync``) count every point once and forecast as one worker does."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ pytest.importorskip("torch")
 
 from streamlearn import datasets as D  # noqa: E402
 from streamlearn.algorithms.deepar import decode_id  # noqa: E402
-from streamlearn.runtime.jobs import create_job  # noqa: E402
+from streamlearn.runtime.jobs import create_job, set_paused  # noqa: E402
 from streamlearn.runtime.predict import load_job_model  # noqa: E402
 from streamlearn.statestore.redis_state import RedisState  # noqa: E402
 from streamlearn.streams.timeseries import ms_to_iso  # noqa: E402
-from tests.integration.procs import cli, start_worker, stop_all, wait_status  # noqa: E402
+from tests.integration.procs import cli, start_worker, stop_all, wait_for, wait_status  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +96,43 @@ def test_partition_move_and_sigkill_keep_context_and_count_every_point_once(stac
     for mode in ("stop", "kill"):
         assert abs(scores[mode] - scores[None]) <= 0.25 * scores[None] + 0.01, scores
     assert models[None].attrs["points"] == N_SERIES * LENGTH
+
+
+def test_two_sync_workers_count_every_point_once_and_forecast_as_one_worker(stack, points_topic, tmp_path,
+                                                                          unique_name):
+    """aggregation=sync, 1 then 2 workers that joined before the first point (created paused):
+    the same contexts (every point once), the same training windows, every round's step in
+    the model, and forecasts as good within tolerance (the rounds' shares follow Kafka's
+    delivery, so the parameters are not bit-equal here; tests/unit/test_deepar.py checks
+    that)."""
+    topic, _ = points_topic
+    client = stack.redis_client()
+    contexts, models = {}, {}
+    for workers in (1, 2):
+        job = f"{unique_name}-sync{workers}"
+        create_job(client, stack.kafka_client_conf(), job, "deepar", topic, {**PARAMS, "aggregation": "sync"})
+        set_paused(client, job, True)
+        procs = [start_worker(job, tmp_path / f"w{workers}-{i}") for i in range(workers)]
+        try:
+            wait_status(client, job, lambda s: len(s["members"]) == workers, 120, f"{workers} members")
+            wait_for(lambda: all(p.poll() is None for p in procs), 5, "workers running")
+            set_paused(client, job, False)
+            status = wait_status(client, job, lambda s: s["state"] == "finished", 600, "the job to finish")
+        finally:
+            codes = stop_all(procs, timeout=60)
+        assert codes == [0] * workers
+        assert status["records_applied"] == N_SERIES * LENGTH and status["records_dead_lettered"] == BAD
+        assert status["partitions"] == status["end_offsets"] and status["finalize_calls"] == 1
+        contexts[workers], models[workers] = _contexts(client, job), load_job_model(client, job)
+        state = RedisState(client, job)
+        assert float(state.pull("round")) >= float(state.pull("t")) > 0  # a step per round that had windows
+    assert sorted(contexts[2]) == sorted(contexts[1])
+    for s in contexts[1]:
+        np.testing.assert_array_equal(contexts[2][s], contexts[1][s], err_msg=f"context of {s}")
+    assert models[2].attrs["windows"] == models[1].attrs["windows"] == N_SERIES * (LENGTH - H + 1)
+    tail = D.seasonal_series(N_SERIES, LENGTH + H, period=7, seed=11)
+    scores = {w: m.score(tail) for w, m in models.items()}
+    assert abs(scores[2] - scores[1]) <= 0.25 * scores[1] + 0.01, scores
 
 
 def test_forecast_command_writes_one_json_line_per_series(stack, points_topic, tmp_path, unique_name):
