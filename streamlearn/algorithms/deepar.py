@@ -123,7 +123,7 @@ class DeepAR(Algorithm):
         "weight_decay": Param("L2 decay of the parameters", Interval(float, 0, None)),
         "average_decay": Param("decay of the parameters' running average that the model uses (0: the last ones)",
                                Interval(float, 0, 1, closed="left")),
-        "lookahead": Param("with several workers, take each gradient where the commit will leave the parameters if "
+        "lookahead": Param("with several async workers, take each gradient where the commit will leave the parameters if "
                            "the others step alike (the shared ones plus N times the worker's own steps since)", bool),
         "aggregation": Param("how workers' steps combine: async = each worker steps and commits on its own (steps "
                              "summed, SharedAdam); sync = synchronous rounds: the workers' gradients of a round's "

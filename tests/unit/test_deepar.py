@@ -212,19 +212,25 @@ RACE = {"prediction_length": 2, "context_length": 2, "lags_seq": [1], "num_cells
         "max_series": 512}
 
 
-def _workers_fit(pts: SeriesBatch, workers: int, window: int = 40, **params):
-    """``workers`` LocalStates over one backend, each reading the series of its partitions
-    (by key hash, as Kafka keys them), a window of points each, then all commit: every
-    worker claims rows for its new series before any sees the others' claims."""
-    algo = DeepAR.from_params({**RACE, "partitions": workers, **params})
+def _members(params: dict, pts: SeriesBatch, workers: int):
+    """(a DeepAR of ``params`` initialized on a fresh backend, the backend, ``pts`` with each
+    series' partition by key hash as Kafka keys them, ``workers`` LocalStates over it)."""
+    algo = DeepAR.from_params({**params, "partitions": workers})
     backend = MemoryBackend()
     first = LocalState(backend)
     algo.initialize(first)
     first.commit()
     part = np.array([zlib.crc32(s.encode()) % workers for s in pts.series])
     pts = SeriesBatch.of(pts.series, pts.time, pts.target, partition=part)
-    streams = [pts.take(np.flatnonzero(part == w)) for w in range(workers)]
-    states = [LocalState(backend) for _ in range(workers)]
+    return algo, backend, pts, [LocalState(backend) for _ in range(workers)]
+
+
+def _workers_fit(pts: SeriesBatch, workers: int, window: int = 40, **params):
+    """``workers`` LocalStates over one backend, each reading the series of its partitions
+    (by key hash, as Kafka keys them), a window of points each, then all commit: every
+    worker claims rows for its new series before any sees the others' claims."""
+    algo, backend, pts, states = _members({**RACE, **params}, pts, workers)
+    streams = [pts.take(np.flatnonzero(pts.partition == w)) for w in range(workers)]
     for a in range(0, max(len(s) for s in streams), window):
         for st, stream in zip(states, streams):
             st.refresh()
@@ -270,14 +276,7 @@ def _rounds_fit(pts: SeriesBatch, workers: int, aggregation: str, rows: int = 32
     """``workers`` members over one backend, series split by key hash; every ``rows`` points
     of the stream are one round: each member contributes (sync) or steps on (async) those of
     its partition and commits, then (sync) the round is closed by the runtime's rounds."""
-    algo = DeepAR.from_params({**SYNC, "partitions": workers, "aggregation": aggregation})
-    backend = MemoryBackend()
-    first = LocalState(backend)
-    algo.initialize(first)
-    first.commit()
-    part = np.array([zlib.crc32(s.encode()) % workers for s in pts.series])
-    pts = SeriesBatch.of(pts.series, pts.time, pts.target, partition=part)
-    states = [LocalState(backend) for _ in range(workers)]
+    algo, backend, pts, states = _members({**SYNC, "aggregation": aggregation}, pts, workers)
     members = [Rounds(algo, st) for st in states] if algo.synchronous else []
     for a in range(0, len(pts), rows):
         chunk = pts.take(np.arange(a, min(a + rows, len(pts))))
