@@ -10,6 +10,7 @@ array logic lives here once.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Callable, Iterable, Protocol, TypeVar
@@ -217,9 +218,12 @@ class _KeyView:
         return _read_only(self.values)
 
     def _own(self) -> None:
-        if self.shared:
+        # a journaled key is written in place every round: what was handed out is copied only
+        # while a caller still holds it (a view keeps ``values`` alive: more than the slot's
+        # and the call's references), not for every round's whole-key pull (42 MB)
+        if self.shared and (self.journal is None or sys.getrefcount(self.values) > 2):
             self.values = self.values.copy()
-            self.shared = False
+        self.shared = False
 
     def replayed(self, version: int, base: int | None, patches: list[bytes]) -> None:
         """Add the patches that bring this journaled key (held whole) to ``version``; ``base``:

@@ -91,3 +91,17 @@ def test_a_holder_behind_a_dropped_patch_reads_the_key_again():
     reads = backend.full_reads
     np.testing.assert_array_equal(laggard.pull("w"), LocalState(backend).pull("w"))
     assert backend.full_reads == reads + 2  # the laggard's reload and the fresh state's read
+
+
+def test_a_whole_key_pull_still_held_does_not_change_under_its_holder():
+    backend = MemoryBackend()
+    _declare(backend, journal=True)
+    reader, writer = LocalState(backend), LocalState(backend)
+    held = reader.pull("w")
+    before = held.copy()
+    rows, delta = next(_pushes(5))
+    writer.push("w", delta, rows=rows)
+    writer.commit()
+    reader.refresh()
+    assert not np.array_equal(reader.pull("w"), before)
+    np.testing.assert_array_equal(held, before)  # the caller's array: copied before the patch went in
