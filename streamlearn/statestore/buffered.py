@@ -408,7 +408,10 @@ class BufferedState:
         if it is not held: what a check-and-set commit (``CommitInfo.expect``) expects. Meant
         for keys held whole at one version (scalars, keys pulled whole)."""
         view = self._view(key)
-        view.load(self.backend, np.flatnonzero(~view.loaded))
+        if view.journal is not None:  # its chunks alone are its base, not its current value
+            self._journal_current(view)
+        else:
+            view.load(self.backend, np.flatnonzero(~view.loaded))
         return int(view.version.min())
 
     # -- the commit point -----------------------------------------------------------------

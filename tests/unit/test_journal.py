@@ -105,3 +105,15 @@ def test_a_whole_key_pull_still_held_does_not_change_under_its_holder():
     reader.refresh()
     assert not np.array_equal(reader.pull("w"), before)
     np.testing.assert_array_equal(held, before)  # the caller's array: copied before the patch went in
+
+
+def test_the_version_of_a_journaled_key_is_that_of_its_patches():
+    backend = MemoryBackend()
+    _declare(backend, journal=True)
+    writer = LocalState(backend)
+    for rows, delta in _pushes(6, n=3):
+        writer.push("w", delta, rows=rows)
+        writer.commit()
+    reader = LocalState(backend)
+    assert reader.version("w") == 3
+    np.testing.assert_array_equal(reader.pull("w"), LocalState(backend).pull("w"))
