@@ -269,3 +269,44 @@ def test_a_sync_job_continued_from_a_snapshot_goes_on_from_its_rounds(stack, dat
     auc = {k: float(m.score(test, "auc")) for k, m in models.items()}
     assert auc["b"] > auc["a"], auc
     assert abs(auc["b"] - auc["ab"]) <= 0.01, auc
+
+
+def test_row_journals_on_redis_patch_catch_up_fold_and_cut(stack):
+    """A journaled key on a real Redis: a commit adds a patch and leaves the chunks alone, a
+    holder catches up from the patches, a fold rewrites the chunks and drops the patches the
+    fold before had folded, and the consistent cut a finalize reads includes the patches."""
+    client = stack.redis_client()
+    job = f"journal-{uuid.uuid4().hex[:8]}"
+    keys = StoreKeys(job)
+    rows_n = 2_000
+    start = np.random.default_rng(7).standard_normal((rows_n, 5)).astype(np.float32)
+    init = RedisState(client, job)
+    init.initialize("w", start, dtype="float32", journal=True)
+    init.commit()
+    chunks = client.hgetall(keys.state("w"))
+    writer, reader, plain = RedisState(client, job, "a"), RedisState(client, job, "b"), start.astype(np.float64)
+    reader.pull("w")
+    rng = np.random.default_rng(8)
+    for i in range(60):  # ~60 x 95 rows: two folds of a 2,000-row key
+        rows = np.unique(rng.integers(0, rows_n, 100))
+        delta = rng.standard_normal((len(rows), 5)) * 1e-2
+        writer.pull("w", rows=rows)
+        writer.push("w", delta, rows=rows)
+        writer.commit()
+        plain[rows] = (plain[rows].astype(np.float32) + delta.astype(np.float32).astype(np.float64)).astype(np.float32)
+        if i == 0:
+            assert client.hgetall(keys.state("w")) == chunks  # a patch, not the chunks
+            assert client.hexists(keys.journal("w"), "1")
+        if i == 5:  # a holder a few commits behind reads only the patches since
+            reader.refresh()
+            np.testing.assert_array_equal(reader.pull("w"), plain.astype(np.float32))
+    journal = {k.decode(): v for k, v in client.hgetall(keys.journal("w")).items()}
+    base, previous = int(journal["base"]), int(journal["previous"])
+    assert base > previous > 0  # folded twice at least
+    assert min(int(f) for f in journal if f.isdigit()) > previous  # what the fold before had folded is gone
+    assert client.hgetall(keys.state("w")) != chunks
+    cut = RedisState(client, job)
+    cut.load_consistent()
+    np.testing.assert_array_equal(cut.pull("w"), plain.astype(np.float32))
+    reader.refresh()  # behind the dropped patches: read again whole
+    np.testing.assert_array_equal(reader.pull("w"), plain.astype(np.float32))
