@@ -76,6 +76,8 @@ class KeySpec:
             raise StateError(f"key {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
         if any(int(s) < 0 for s in self.shape):
             raise StateError(f"key {self.name!r}: negative dimension in shape {self.shape}")
+        if self.journal and (not self.shape or self.aggregator not in ("sum", "step")):
+            raise StateError(f"key {self.name!r}: a row journal needs rows and deltas that add up (sum or step)")
 
     def to_json(self) -> dict:
         out = {"name": self.name, "shape": list(self.shape), "aggregator": self.aggregator,

@@ -368,7 +368,7 @@ class BufferedState:
                 view.delta[...] = combine(agg, view.delta, delta)
             view.dirty[:] = True
             if view.journal is not None:
-                view.journal.pushed.append(np.arange(spec.shape[0]) if spec.shape else np.zeros(0, np.int64))
+                view.journal.pushed.append(np.arange(spec.shape[0]))
             return
         rows = _check_rows(spec, rows)
         want = (len(rows),) + spec.shape[1:]

@@ -15,7 +15,8 @@ every chunk and moves ``base`` (the version the chunks hold) to its own version,
 the patches the fold before it had already folded, so a holder behind by less than one fold
 still catches up from patches; one further behind reads the chunks and the patches since
 ``base`` (one instant). Folding at that size keeps the amortized cost of a fold at most the
-cost of the patches themselves.
+cost of the patches themselves. What it costs in Redis' memory: the patches since the fold before the
+last, at most about twice the key's size beside its chunks.
 
 Journaled keys are added to (``sum``/``step``, one writer at a time where a model must not
 average: synchronous rounds close under a check-and-set) and live on a single-node Redis.

@@ -4,7 +4,9 @@ values are those of the same pushes on a key without a journal, bit for bit."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from streamlearn.statestore.base import StateError
 from streamlearn.statestore.local import LocalState, MemoryBackend
 
 ROWS, WIDTH = 1_000, 3
@@ -117,3 +119,10 @@ def test_the_version_of_a_journaled_key_is_that_of_its_patches():
     reader = LocalState(backend)
     assert reader.version("w") == 3
     np.testing.assert_array_equal(reader.pull("w"), LocalState(backend).pull("w"))
+
+
+def test_a_journal_needs_rows_that_add_up():
+    state = LocalState()
+    for value, aggregator in ((0.0, "sum"), (np.zeros((4, 2)), "max")):
+        with pytest.raises(StateError, match="row journal"):
+            state.initialize("x", value, aggregator=aggregator, journal=True)
