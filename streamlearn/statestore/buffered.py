@@ -393,7 +393,7 @@ class BufferedState:
             view.delta[rows] = combine(agg, view.delta[rows], delta)
         view.dirty[rows // spec.chunk_rows_] = True
         if view.journal is not None:
-            view.journal.pushed.append(rows)
+            view.journal.pushed.append(rows.copy())  # the caller may reuse its array before the commit
 
     def barrier(self) -> None:
         self.backend.barrier()
@@ -591,7 +591,7 @@ class _Patch:
     @classmethod
     def of(cls, view: _KeyView) -> "_Patch":
         state = view.journal
-        rows = np.unique(np.concatenate(state.pushed)) if state.pushed else np.zeros(0, np.int64)
+        rows = _distinct(state.pushed)
         delta = np.take(view.delta, rows, axis=0)
         folded = None
         if view.loaded.all() and not state.behind and state.rows + len(rows) >= view.spec.shape[0]:
@@ -616,6 +616,14 @@ def _applier(view: _KeyView, out: dict[int, np.ndarray], bases: dict[int, tuple[
         base = bases.get(cid)
         out[cid] = view.apply(cid) if base is None else view.merge(cid, base[0], version - base[1])
     return filled
+
+
+def _distinct(pushed: list[np.ndarray]) -> np.ndarray:
+    """The rows of ``pushed`` once each, ascending; one push of ascending rows (a sparse
+    update's) as it is, without a sort."""
+    if len(pushed) == 1 and (len(pushed[0]) < 2 or bool((pushed[0][1:] > pushed[0][:-1]).all())):
+        return pushed[0]
+    return np.unique(np.concatenate(pushed)) if pushed else np.zeros(0, np.int64)
 
 
 def _read_only(arr: np.ndarray) -> np.ndarray:
