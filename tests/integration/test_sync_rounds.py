@@ -216,8 +216,8 @@ def test_a_bounded_job_of_two_epochs_counts_every_pass_once(stack, data, tmp_pat
 def test_a_worker_joining_mid_job_takes_part_in_the_rounds(stack, data, tmp_path):
     """A second worker joins a sync job that has trained part of its topic: it reads the
     parameters the rounds reached, takes its share of the next rounds, and every record still
-    counts once. (The job is paused while the joiner starts, so that the join lands mid-job
-    however fast the first worker is.)"""
+    counts once. (The job is paused while the joiner starts and the group rebalances, so that
+    the join lands mid-job however fast the first worker is.)"""
     X, y = data
     n = TRAIN
     topic = labelled_topic(stack, datasets._rows(X, 0, n), y[:n], "fm-sync-join", partitions=4, batch_size=50)
@@ -228,6 +228,9 @@ def test_a_worker_joining_mid_job_takes_part_in_the_rounds(stack, data, tmp_path
         set_paused(client, job, True)
         procs.append(start_worker(job, tmp_path / job))
         joined = wait_status(client, job, lambda s: len(s["members"]) == 2, 120, "the second member")
+        epochs = StoreKeys(job).epochs  # every partition claimed again: the group has rebalanced
+        wait_for(lambda: len(client.hvals(epochs)) == 4 and all(int(e) >= 2 for e in client.hvals(epochs)), 120,
+                 "the rebalance that hands the joiner its partitions")
         set_paused(client, job, False)
         status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
     finally:
