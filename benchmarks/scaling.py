@@ -54,6 +54,16 @@ def case_quality(ctx: Context) -> list[Row]:
     ``river_rows`` rows of the sparse set (peers.fm's), k = 8, AUC on its test rows; and the
     same with ``aggregation=sync`` (synchronous rounds of ``message_rows`` rows) on the same
     rows in messages of ``message_rows / max workers`` rows (rows/s in the note: its cost)."""
+    return _quality(ctx, ("linear_learner", "factorization_machines", "factorization_machines, sync"))
+
+
+def case_quality_fm(ctx: Context) -> list[Row]:
+    """scaling.quality's factorization-machines rows alone (default and ``aggregation=sync``):
+    what the sync rounds cost against the default, without the dense linear-learner jobs."""
+    return _quality(ctx, ("factorization_machines", "factorization_machines, sync"))
+
+
+def _quality(ctx: Context, algorithms: tuple[str, ...]) -> list[Row]:
     from streamlearn import datasets
     from streamlearn.batch import Batch
 
@@ -68,10 +78,12 @@ def case_quality(ctx: Context) -> list[Row]:
     sync_prod = st.produce(ctx, "sparse-scaling-sync", datasets._rows(Xtr, 0, n), ytr[:n],
                            message_rows=max(1, step // max(ctx.p["scaling_workers"])))
     sync_params = {**fm_params, "aggregation": "sync", "mini_batch_size": step}
-    Xd, yd, _, _ = st.dense(ctx)
-    ll_prod = st.produce(ctx, "dense", Xd, yd)
+    def ll_prod():
+        Xd, yd, _, _ = st.dense(ctx)
+        return st.produce(ctx, "dense", Xd, yd)
+
     cases = [("linear_learner", "test accuracy",
-              lambda w: ctx.memo(("job:ll-together", w), lambda: st.run_job(ctx, ll_prod, "linear_learner",
+              lambda w: ctx.memo(("job:ll-together", w), lambda: st.run_job(ctx, ll_prod(), "linear_learner",
                                                                             ll_params(ctx), w, tag="dense-together",
                                                                             together=True)),
               lambda m: accuracy(ctx, m)),
@@ -86,6 +98,8 @@ def case_quality(ctx: Context) -> list[Row]:
               lambda m: float(m.score(Batch(Xte, yte), "auc")))]
     rows = []
     for algorithm, metric, run, measure in cases:
+        if algorithm not in algorithms:
+            continue
         base = None
         for w in ctx.p["scaling_workers"]:
             job = run(w)
@@ -204,4 +218,5 @@ def case_quality_sim(ctx: Context) -> list[Row]:
     return out
 
 
-CASES = {"scaling.workers": case_workers, "scaling.quality": case_quality, "scaling.quality_sim": case_quality_sim}
+CASES = {"scaling.workers": case_workers, "scaling.quality": case_quality, "scaling.quality_fm": case_quality_fm,
+         "scaling.quality_sim": case_quality_sim}

@@ -190,8 +190,9 @@ class _Declarations:
         self.keys: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
 
     def initialize(self, key: str, value: "np.ndarray | float", aggregator: str = "sum", dtype: str = "float64",
-                   chunk_rows: int = 0) -> None:
-        self.keys[key] = (np.asarray(value), {"aggregator": aggregator, "dtype": dtype, "chunk_rows": chunk_rows})
+                   chunk_rows: int = 0, journal: bool = False) -> None:
+        self.keys[key] = (np.asarray(value), {"aggregator": aggregator, "dtype": dtype, "chunk_rows": chunk_rows,
+                                              **({"journal": True} if journal else {})})
 
 
 def _declarations(algo: Algorithm) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:

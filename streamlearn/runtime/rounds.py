@@ -21,6 +21,12 @@ only by the round's close):
 
 A round not closed when the job finalizes (the last, partial one) is applied by the
 algorithm's ``finalize`` itself, so the model never misses committed records.
+
+What moves per round is proportional to the rows the round touches when the algorithm's
+large keys are row journals (:mod:`streamlearn.statestore.journal`; factorization machines'
+are): a contribution commits its rows' gradient sums as one patch, the close one patch of
+the stepped rows, and a member's ``refresh`` at ``begin`` only marks what it holds as behind,
+so its next pull adds the patches of the rounds since instead of reading the key again.
 """
 from __future__ import annotations
 

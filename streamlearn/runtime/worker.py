@@ -42,7 +42,7 @@ from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.sharded import ReplayCutter
 from streamlearn.streams.access import RefusalWatch, refusal
 from streamlearn.wire.confluent import ConfluentSchemas, SchemaRegistryUnavailable
-from streamlearn.wire.decode import decode_messages, rejection_headers
+from streamlearn.wire.decode import DecodeResult, decode_messages, rejection_headers
 from streamlearn.wire.schema_store import SharedSchemas
 
 log = logging.getLogger("streamlearn.worker")
@@ -377,8 +377,8 @@ class Worker:
                 if not self._process_batch(batch):
                     return  # dropped (fenced, refused, failed): the rest goes back to the stored offsets too
                 continue
-            for share in self._round_shares(batch):
-                done = self._process_batch(share, self.rounds.begin())
+            for share, decoded in self._round_shares(batch):
+                done = self._process_batch(share, self.rounds.begin(), decoded)
                 self.rounds.end()  # dropped or not, the others wait for this member
                 if not done:
                     return
@@ -390,22 +390,22 @@ class Worker:
             self.rounds.begin()
             self.rounds.end()
 
-    def _round_shares(self, msgs) -> list[list]:
+    def _round_shares(self, msgs) -> list[tuple[list, DecodeResult]]:
         """``msgs`` cut into this member's shares of successive rounds: whole messages, at
         most ``mini_batch_size / live members`` rows each (at least one message: a larger
-        message makes its round larger)."""
+        message makes its round larger), each with its messages decoded (the window once)."""
         share = -(-self.config.step_rows(self.algorithm) // self.state.backend.live_members())
         values = [m.value() or b"" if m.error() is None else b"" for m in msgs]
-        counts = np.bincount(self._decode(values, msgs).row_messages(), minlength=len(msgs))
-        shares: list[list] = [[]]
-        rows = 0
-        for m, n in zip(msgs, counts.tolist()):
-            if shares[-1] and rows + n > share:
-                shares.append([])
+        decoded = self._decode(values, msgs)
+        counts = np.bincount(decoded.row_messages(), minlength=len(msgs))
+        starts, rows = [0], 0
+        for i, n in enumerate(counts.tolist()):
+            if i > starts[-1] and rows + n > share:
+                starts.append(i)
                 rows = 0
-            shares[-1].append(m)
             rows += n
-        return shares
+        bounds = list(zip(starts, starts[1:] + [len(msgs)]))
+        return [(msgs[a:b], decoded.messages(a, b)) for a, b in bounds]
 
     def _stored_position(self, partition: int, offset: int) -> tuple[int, int]:
         """(data epoch, offset) stored for ``partition`` after the message at ``offset``."""
@@ -422,9 +422,10 @@ class Worker:
                                confluent=self.confluent_schemas, labels=self.algorithm.label_coding(),
                                row_rule=self.algorithm.row_rule())
 
-    def _process_batch(self, msgs, expect: dict[str, int] | None = None) -> bool:
+    def _process_batch(self, msgs, expect: dict[str, int] | None = None, decoded: DecodeResult | None = None) -> bool:
         """Apply and commit one batch (``expect``: a synchronous round's check-and-set, see
-        :mod:`streamlearn.runtime.rounds`); False when it was dropped."""
+        :mod:`streamlearn.runtime.rounds`; ``decoded``: ``msgs`` decoded already); False when
+        it was dropped."""
         good, next_offsets = [], {}
         for m in msgs:
             err = m.error()
@@ -448,7 +449,8 @@ class Worker:
             next_offsets[p] = off + 1
         if not good:
             return True
-        result = self._decode([m.value() or b"" for m in good], good)
+        result = (decoded if decoded is not None and len(good) == len(msgs)  # every message kept
+                  else self._decode([m.value() or b"" for m in good], good))
         started = time.perf_counter()
         try:
             steps = result.steps(self.config.step_rows(self.algorithm))

@@ -65,6 +65,9 @@ class KeySpec:
     #: rows of the first axis stored together; 0 = automatic (about CHUNK_BYTES a chunk).
     #: Sparse models pass a small value so a push writes only the rows a batch touched.
     chunk_rows: int = 0
+    #: a row journal (:mod:`streamlearn.statestore.journal`): a commit writes the rows it
+    #: changed as one patch instead of rewriting their chunks; readers apply the patches
+    journal: bool = False
 
     def validate(self) -> None:
         if self.aggregator not in AGGREGATORS:
@@ -73,14 +76,18 @@ class KeySpec:
             raise StateError(f"key {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
         if any(int(s) < 0 for s in self.shape):
             raise StateError(f"key {self.name!r}: negative dimension in shape {self.shape}")
+        if self.journal and (not self.shape or self.aggregator not in ("sum", "step")):
+            raise StateError(f"key {self.name!r}: a row journal needs rows and deltas that add up (sum or step)")
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "aggregator": self.aggregator,
-                "dtype": self.dtype, "chunk_rows": self.chunk_rows_}
+        out = {"name": self.name, "shape": list(self.shape), "aggregator": self.aggregator,
+               "dtype": self.dtype, "chunk_rows": self.chunk_rows_}
+        return {**out, "journal": True} if self.journal else out
 
     @classmethod
     def from_json(cls, d: dict) -> "KeySpec":
-        return cls(d["name"], tuple(int(s) for s in d["shape"]), d["aggregator"], d["dtype"], int(d.get("chunk_rows", 0)))
+        return cls(d["name"], tuple(int(s) for s in d["shape"]), d["aggregator"], d["dtype"], int(d.get("chunk_rows", 0)),
+                   bool(d.get("journal", False)))
 
     @property
     def chunk_rows_(self) -> int:
@@ -120,7 +127,7 @@ class State(Protocol):
     """
 
     def initialize(self, key: str, value: "np.ndarray | float", aggregator: str = "sum", dtype: str = "float64",
-                   chunk_rows: int = 0) -> None:
+                   chunk_rows: int = 0, journal: bool = False) -> None:
         ...
 
     def pull(self, key: str, rows: "np.ndarray | None" = None) -> np.ndarray:

@@ -10,6 +10,7 @@ array logic lives here once.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Callable, Iterable, Protocol, TypeVar
@@ -17,6 +18,7 @@ from typing import Callable, Iterable, Protocol, TypeVar
 import numpy as np
 
 from streamlearn.backends import kernels
+from streamlearn.statestore import journal
 from streamlearn.statestore.base import KeySpec, StateError
 
 #: fills each destination array (chunk id -> a writable C-contiguous array of the chunk's
@@ -107,7 +109,7 @@ class _KeyView:
     ``np.zeros``, whose pages the OS maps lazily, so an untouched part costs no memory.
     """
 
-    __slots__ = ("spec", "values", "loaded", "version", "delta", "dirty", "shared", "stale")
+    __slots__ = ("spec", "values", "loaded", "version", "delta", "dirty", "shared", "stale", "journal")
 
     def __init__(self, spec: KeySpec):
         self.spec = spec
@@ -130,6 +132,7 @@ class _KeyView:
         # is one copy over it instead of a fill and an add (20 ms of an 80 MB commit)
         self.stale = False
         self.shared = False  # ``values`` was handed out by a pull: copy before writing into it
+        self.journal = _Journaled() if spec.journal else None
 
     def chunk(self, cid: int) -> slice | EllipsisType:
         """Index of chunk ``cid`` in the whole arrays (a scalar key's one chunk: ``...``,
@@ -215,9 +218,46 @@ class _KeyView:
         return _read_only(self.values)
 
     def _own(self) -> None:
-        if self.shared:
+        # a journaled key is written in place every round: what was handed out is copied only
+        # while a caller still holds it (a view keeps ``values`` alive: more than the slot's
+        # and the call's references), not for every round's whole-key pull (42 MB)
+        if self.shared and (self.journal is None or sys.getrefcount(self.values) > 2):
             self.values = self.values.copy()
-            self.shared = False
+        self.shared = False
+
+    def replayed(self, version: int, base: int | None, patches: list[bytes]) -> None:
+        """Add the patches that bring this journaled key (held whole) to ``version``; ``base``:
+        the journal's base then (None: not read)."""
+        state = self.journal
+        if patches:
+            self._own()
+        n = journal.replay(self.spec, self.values, patches)
+        if base is not None and base != state.base:
+            state.base, state.rows = base, n
+        else:
+            state.rows += n
+        state.version, state.behind = version, False
+        self.version[:] = version
+
+    def committed(self, patch: "_Patch", version: int, folded: bool) -> None:
+        """This journaled key's patch went through as ``version`` + 1 (and its chunks with it
+        when ``folded``): what is held takes it in if it was current, else it is read later."""
+        state = self.journal
+        if folded:
+            self.values, self.shared = patch.folded, False
+            state.base, state.rows = version + 1, 0
+        elif state.version == version and self.loaded.all():
+            self._own()
+            journal.add_rows(self.values, patch.rows, patch.delta)
+            state.rows += len(patch.rows)
+        else:
+            state.behind = True
+        if not state.behind:
+            state.version = version + 1
+            self.version[:] = version + 1
+        self.delta[patch.rows] = _IDENTITY[self.spec.aggregator]
+        self.dirty[:] = False
+        state.pushed = []
 
     def clear_delta(self) -> None:
         ids = np.flatnonzero(self.dirty)
@@ -251,9 +291,10 @@ class BufferedState:
             self._specs = self.backend.specs()
         return self._specs
 
-    def initialize(self, key: str, value, aggregator: str = "sum", dtype: str = "float64", chunk_rows: int = 0) -> None:
+    def initialize(self, key: str, value, aggregator: str = "sum", dtype: str = "float64", chunk_rows: int = 0,
+                   journal: bool = False) -> None:
         arr = np.asarray(value, dtype=dtype)
-        spec = KeySpec(key, tuple(arr.shape), aggregator, dtype, chunk_rows)
+        spec = KeySpec(key, tuple(arr.shape), aggregator, dtype, chunk_rows, journal)
         spec.validate()
         if key in self.keys():
             raise StateError(f"state key {key!r} is already initialized")
@@ -276,6 +317,8 @@ class BufferedState:
     def pull(self, key: str, rows: np.ndarray | None = None) -> np.ndarray:
         view = self._view(key)
         spec = view.spec
+        if view.journal is not None:
+            self._journal_current(view)
         if rows is None:
             if not view.loaded.all():
                 view.load(self.backend, np.flatnonzero(~view.loaded))
@@ -324,6 +367,8 @@ class BufferedState:
             else:
                 view.delta[...] = combine(agg, view.delta, delta)
             view.dirty[:] = True
+            if view.journal is not None:
+                view.journal.pushed.append(np.arange(spec.shape[0]))
             return
         rows = _check_rows(spec, rows)
         want = (len(rows),) + spec.shape[1:]
@@ -347,6 +392,8 @@ class BufferedState:
         else:  # replace: the last value pushed for a row wins
             view.delta[rows] = combine(agg, view.delta[rows], delta)
         view.dirty[rows // spec.chunk_rows_] = True
+        if view.journal is not None:
+            view.journal.pushed.append(rows.copy())  # the caller may reuse its array before the commit
 
     def barrier(self) -> None:
         self.backend.barrier()
@@ -361,7 +408,10 @@ class BufferedState:
         if it is not held: what a check-and-set commit (``CommitInfo.expect``) expects. Meant
         for keys held whole at one version (scalars, keys pulled whole)."""
         view = self._view(key)
-        view.load(self.backend, np.flatnonzero(~view.loaded))
+        if view.journal is not None:  # its chunks alone are its base, not its current value
+            self._journal_current(view)
+        else:
+            view.load(self.backend, np.flatnonzero(~view.loaded))
         return int(view.version.min())
 
     # -- the commit point -----------------------------------------------------------------
@@ -379,7 +429,9 @@ class BufferedState:
         round's close)."""
         info = info or CommitInfo()
         dirty = {k: v for k, v in self._views.items() if v.dirty.any()}
-        touched = {k: np.flatnonzero(v.dirty).tolist() for k, v in dirty.items()}
+        # journaled keys: one patch of their changed rows (chunks only when it folds)
+        patches = {k: _Patch.of(v) for k, v in dirty.items() if v.journal is not None}
+        touched = {k: [] if k in patches else np.flatnonzero(v.dirty).tolist() for k, v in dirty.items()}
         written: Writes = {}
         committed_versions: dict[str, int] = {}
         # step keys: chunk -> (its value as this worker read it, the key's version then), kept
@@ -398,6 +450,11 @@ class BufferedState:
             committed_versions.update(versions)
             for key, ids in touched.items():
                 view = dirty[key]
+                if key in patches:  # folds only from what it holds current at the version under the lock
+                    folded = patches[key].folded
+                    if folded is not None and versions[key] == view.journal.version:
+                        written[key] = {cid: folded[view.chunk(cid)] for cid in range(view.spec.n_chunks)}
+                    continue
                 view._own()
                 ids_a = np.asarray(ids, dtype=np.int64)
                 held = view.loaded[ids_a] & (view.version[ids_a] == versions[key])
@@ -411,12 +468,21 @@ class BufferedState:
             return written
 
         try:
-            self.backend.transact(touched, compute, info)
+            if patches:
+                self.backend.transact(touched, compute, info, {k: p.blob for k, p in patches.items()})
+            else:
+                self.backend.transact(touched, compute, info)
         except BaseException:
             for key, ids in touched.items():  # hold computed, not committed, values: re-read them
                 dirty[key].loaded[ids] = False
             raise
         for key, view in self._views.items():
+            if view.journal is not None:
+                if key in patches:
+                    view.committed(patches[key], committed_versions[key], key in written)
+                elif not keep_held:
+                    view.journal.behind = True
+                continue
             if key not in written:  # no version seen under the lock: re-read, to see other workers' commits
                 if not keep_held:
                     view.loaded[:] = False
@@ -460,7 +526,10 @@ class BufferedState:
         keys, keep = (None if keys is None else set(keys)), set(keep)
         for key, view in self._views.items():
             if (keys is None or key in keys) and key not in keep:
-                view.loaded[:] = False
+                if view.journal is not None:
+                    view.journal.behind = True  # brought up to date from its patches
+                else:
+                    view.loaded[:] = False
 
     def load_all(self, read: Callable[[dict[str, dict[int, np.ndarray]]], T]) -> T:
         """Forget everything held and let ``read`` fill every chunk of every key (one
@@ -473,8 +542,62 @@ class BufferedState:
             dests[key] = view.dests(list(range(view.spec.n_chunks)))
         out = read(dests)
         for key in dests:
-            self._views[key].loaded[:] = True
+            view = self._views[key]
+            view.loaded[:] = True
+            if view.journal is not None:  # the chunks hold its base: add the patches of the same instant
+                view.replayed(*self.backend.journals[key])
         return out
+
+    def _journal_current(self, view: _KeyView) -> None:
+        """Bring a journaled key up to date: from the patches since the version held, else
+        (nothing held, or a fold dropped patches it needs) the chunks and the patches since
+        their base, read at one instant."""
+        state = view.journal
+        if view.loaded.all():
+            if not state.behind:
+                return
+            got = self.backend.journal_since(view.spec.name, state.version)
+            if got is not None:
+                view.replayed(*got)
+                return
+        view._own()
+        view.replayed(*self.backend.read_journaled(view.spec.name, view.dests(list(range(view.spec.n_chunks)))))
+        view.loaded[:] = True
+
+
+class _Journaled:
+    """What a worker knows of a journaled key it holds (``_KeyView.journal``)."""
+
+    __slots__ = ("version", "base", "rows", "behind", "pushed")
+
+    def __init__(self) -> None:
+        self.version = -1  # the version the whole key is held at (-1: not held)
+        self.base = 0  # the version its chunks held when last seen
+        self.rows = 0  # rows in the patches since ``base`` (when to fold)
+        self.behind = False  # others may have committed since: read their patches before the next pull
+        self.pushed: list[np.ndarray] = []  # the rows pushed since the last commit
+
+
+@dataclass
+class _Patch:
+    """A journaled key's commit: its changed rows, their deltas (as one blob) and, when the
+    patches since the last fold reach the key's size, the whole key after the commit."""
+
+    rows: np.ndarray
+    delta: np.ndarray
+    blob: bytes
+    folded: np.ndarray | None
+
+    @classmethod
+    def of(cls, view: _KeyView) -> "_Patch":
+        state = view.journal
+        rows = _distinct(state.pushed)
+        delta = np.take(view.delta, rows, axis=0)
+        folded = None
+        if view.loaded.all() and not state.behind and state.rows + len(rows) >= view.spec.shape[0]:
+            folded = np.empty_like(view.values)
+            np.add(view.values, view.delta, out=folded, dtype=np.float64, casting="same_kind")
+        return cls(rows, delta, journal.encode_patch(rows, delta), folded)
 
 
 @dataclass(frozen=True)
@@ -493,6 +616,14 @@ def _applier(view: _KeyView, out: dict[int, np.ndarray], bases: dict[int, tuple[
         base = bases.get(cid)
         out[cid] = view.apply(cid) if base is None else view.merge(cid, base[0], version - base[1])
     return filled
+
+
+def _distinct(pushed: list[np.ndarray]) -> np.ndarray:
+    """The rows of ``pushed`` once each, ascending; one push of ascending rows (a sparse
+    update's) as it is, without a sort."""
+    if len(pushed) == 1 and (len(pushed[0]) < 2 or bool((pushed[0][1:] > pushed[0][:-1]).all())):
+        return pushed[0]
+    return np.unique(np.concatenate(pushed)) if pushed else np.zeros(0, np.int64)
 
 
 def _read_only(arr: np.ndarray) -> np.ndarray:

@@ -40,7 +40,11 @@ class StoreKeys:
     def state(self, key: str) -> str:
         return f"{self.base}:k:{key}"  # hash: chunk id -> little-endian bytes
 
+    def journal(self, key: str) -> str:
+        """A journaled key's patches (hash: version -> patch; ``base``: the version its chunks hold)."""
+        return f"{self.base}:j:{key}"
+
     def all_keys(self, state_keys: list[str] = ()) -> list[str]:
         fixed = [self.keyspecs, self.versions, self.offsets, self.epochs, self.data_epochs, self.counters,
                  self.rate, self.info, self.members, self.barrier_gen, self.profile]
-        return fixed + [self.state(k) for k in state_keys]
+        return fixed + [self.state(k) for k in state_keys] + [self.journal(k) for k in state_keys]

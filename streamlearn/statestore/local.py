@@ -9,7 +9,8 @@ import threading
 
 import numpy as np
 
-from streamlearn.statestore.base import KeySpec, StaleCommit
+from streamlearn.statestore import journal
+from streamlearn.statestore.base import KeySpec, StaleCommit, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute
 
 
@@ -18,6 +19,7 @@ class MemoryBackend:
         self._specs: dict[str, KeySpec] = {}
         self._chunks: dict[str, dict[int, np.ndarray]] = {}
         self._versions: dict[str, int] = {}
+        self._journals: dict[str, dict] = {}  # journaled key -> {version: patch, "base": v, "previous": v}
         self.offsets: dict[int, int] = {}
         self.records_applied = 0
         self.records_dead_lettered = 0
@@ -41,16 +43,47 @@ class MemoryBackend:
             if filled is not None:
                 filled(i)
 
-    def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
+    def journal_since(self, key: str, version: int) -> tuple[int, int, list[bytes]] | None:
+        """(current version, base, the patches after ``version``) of a journaled key; None
+        when one of them is gone (folded and dropped)."""
+        with self._lock:
+            current, kept = self._versions.get(key, 0), self._journals.get(key, {})
+            patches = journal.since(kept, version, current)
+            return None if patches is None else (current, journal.meta(kept, journal.BASE), patches)
+
+    def read_journaled(self, key: str, dests: dict[int, np.ndarray]) -> tuple[int, int, list[bytes]]:
+        """Fill ``dests`` with the chunks; (version, base, the patches since base), one instant."""
+        with self._lock:
+            self._fill(key, dests)
+            current, kept = self._versions.get(key, 0), self._journals.get(key, {})
+            base = journal.meta(kept, journal.BASE)
+            patches = journal.since(kept, base, current)
+            if patches is None:
+                raise StateError(f"state key {key!r}: patches after version {base} are missing from its journal")
+            return current, base, patches
+
+    def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo,
+                 patches: dict[str, bytes] | None = None) -> None:
         with self._lock:
             moved = [key for key, v in info.expect.items() if self._versions.get(key, 0) != v]
             if moved:
                 raise StaleCommit(f"state keys {moved} were written since this commit read them; nothing applied")
             versions = {key: self._versions.get(key, 0) for key in touched}
-            for key, chunks in compute(self._fill, versions).items():
+            writes = compute(self._fill, versions)
+            for key, chunks in writes.items():
                 # copies: the written arrays are the committing worker's own, and it goes on using them
                 self._chunks[key].update({i: np.array(c) for i, c in chunks.items()})
                 self._versions[key] = self._versions.get(key, 0) + 1
+            for key, blob in (patches or {}).items():
+                kept = self._journals.setdefault(key, {})
+                kept[versions[key] + 1] = blob
+                if key not in writes:
+                    self._versions[key] = versions[key] + 1
+                    continue
+                base, previous = journal.meta(kept, journal.BASE), journal.meta(kept, journal.PREVIOUS)
+                for v in range(previous + 1, base + 1):  # the patches the last fold had folded
+                    kept.pop(v, None)
+                kept[journal.BASE], kept[journal.PREVIOUS] = versions[key] + 1, base
             self.offsets.update(info.offsets)
             self.records_applied += info.records_applied
             self.records_dead_lettered += info.records_dead_lettered

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import redis
 
+from streamlearn.statestore import journal
 from streamlearn.statestore.base import CommitRefused, FencedError, KeySpec, StaleCommit, StateError
 from streamlearn.statestore.buffered import BufferedState, CommitInfo, Compute, encode_chunk
 from streamlearn.statestore.keys import StoreKeys
@@ -81,6 +82,8 @@ class RedisBackend:
         self._barrier = client.register_script(_BARRIER)
         self.conflicts = 0  # optimistic retries, for benchmarks
         self.profiles: list[bytes] = []  # set by read_consistent_into
+        #: journaled key -> (version, base, patches since base), set by read_consistent_into
+        self.journals: dict[str, tuple[int, int, list[bytes]]] = {}
         #: partition -> positions of batches applied in part (a sharded store's; one node applies a batch whole)
         self.replay: dict[int, list[tuple[int, int]]] = {}
 
@@ -115,6 +118,35 @@ class RedisBackend:
         self._check_read(key, ids, bad)
         return int(version or 0)
 
+    def journal_since(self, key: str, version: int) -> tuple[int, int | None, list[bytes]] | None:
+        """(current version, base, the patches after ``version``) of a journaled key; None
+        when one of them is gone (folded and dropped). Patches never change once written, so
+        the version and the patches need not be read at one instant."""
+        current = int(self.client.hget(self.keys.versions, key) or 0)
+        if current <= version:
+            return current, None, []
+        raw = self.client.hmget(self.keys.journal(key), [journal.BASE, *range(version + 1, current + 1)])
+        if any(blob is None for blob in raw[1:]):
+            return None
+        return current, int(raw[0] or 0), raw[1:]
+
+    def read_journaled(self, key: str, dests: dict[int, np.ndarray]) -> tuple[int, int, list[bytes]]:
+        """Fill ``dests`` with the chunks; (version, base, the patches since base), one instant."""
+        ids = list(dests)
+        (version, raw), (bad,) = multi_into(self.client, [("HGET", self.keys.versions, key),
+                                                          ("HGETALL", self.keys.journal(key))],
+                                            [(self.keys.state(key), ids, [dests[i] for i in ids])])
+        self._check_read(key, ids, bad)
+        return self._journal_of(key, int(version or 0), raw)
+
+    def _journal_of(self, key: str, version: int, raw: list) -> tuple[int, int, list[bytes]]:
+        kept = dict(zip(raw[::2], raw[1::2]))
+        base = journal.meta(kept, journal.BASE)
+        patches = journal.since(kept, base, version)
+        if patches is None:
+            raise StateError(f"state key {key!r}: patches after version {base} are missing from its journal")
+        return version, base, patches
+
     def _read_into(self, conn, key: str, dests: dict[int, np.ndarray], filled) -> None:
         if dests:
             ids = list(dests)
@@ -126,14 +158,17 @@ class RedisBackend:
             raise StateError(f"state key {key!r} chunk {ids[bad[0]]} is missing from the store or has the "
                              f"wrong size ({len(bad)} chunk(s) unreadable)")
 
-    def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo) -> None:
+    def transact(self, touched: dict[str, list[int]], compute: Compute, info: CommitInfo,
+                 patches: dict[str, bytes] | None = None) -> None:
         k = self.keys
+        patches = patches or {}
         # a batch commit (one with offsets) also watches the gate (the job's status): a pause
         # (or a failure, a delete) that lands before EXEC refuses it, so `job pause` is a barrier
         gated = bool(info.offsets) and self.gate is not None
         watched = [k.epochs] + ([self.gate] if gated else []) + [k.state(key) for key in touched]
         # a key's version moves only with its chunks: watching them keeps the check true until EXEC
         watched += [k.state(key) for key in info.expect if key not in touched]
+        watched += [k.journal(key) for key in patches]  # each patch takes the next version: one writer at a time
         parts = sorted(info.fence)
         mine = sorted(p for p in info.offsets if p in info.fence)
         retry = False
@@ -180,6 +215,8 @@ class RedisBackend:
                     for key, chunks in writes.items():
                         commands.append(self._hset_chunks(key, chunks))
                         commands.append(("HINCRBY", k.versions, key, 1))
+                    for key, blob in patches.items():
+                        commands += self._patch_commands(pipe, key, blob, versions[key] + 1, key in writes)
                     if info.offsets:
                         commands.append(("HSET", k.offsets, *_pairs({str(p): o for p, o in info.offsets.items()})))
                     if info.data_epochs:
@@ -206,14 +243,31 @@ class RedisBackend:
                     retry = True
                     continue
 
+    def _patch_commands(self, pipe, key: str, blob: bytes, version: int, folded: bool) -> list[tuple]:
+        """Write a journaled key's patch as ``version``; a fold (its chunks written) moves the
+        base there and drops the patches the previous fold had folded."""
+        name = self.keys.journal(key)
+        commands: list[tuple] = [("HSET", name, version, blob)]
+        if not folded:
+            return commands + [("HINCRBY", self.keys.versions, key, 1)]
+        base, previous = (int(v or 0) for v in pipe.hmget(name, [journal.BASE, journal.PREVIOUS]))
+        if base > previous:
+            commands.append(("HDEL", name, *range(previous + 1, base + 1)))
+        return commands + [("HSET", name, journal.BASE, version, journal.PREVIOUS, base)]
+
     def read_consistent_into(self, dests: dict[str, dict[int, np.ndarray]]) -> tuple[dict[int, int], dict[str, int]]:
         """Fill ``dests`` (key -> chunk id -> array) and return the offsets and counters, all
         as of one instant (MULTI); the chunks are read straight into the arrays."""
         names = sorted(dests)
         reads = [(self.keys.state(n), list(dests[n]), list(dests[n].values())) for n in names]
-        (raw_offsets, raw_counters, raw_profiles), bad = multi_into(
+        journaled = [n for n in names if self.specs()[n].journal]
+        (raw_offsets, raw_counters, raw_profiles, *raw_journals), bad = multi_into(
             self.client, [("HGETALL", self.keys.offsets), ("HGETALL", self.keys.counters),
-                          ("HGETALL", self.keys.profile)], reads)
+                          ("HGETALL", self.keys.profile),
+                          *[c for n in journaled for c in (("HGET", self.keys.versions, n),
+                                                           ("HGETALL", self.keys.journal(n)))]], reads)
+        self.journals = {n: self._journal_of(n, int(v or 0), raw)
+                         for n, v, raw in zip(journaled, raw_journals[::2], raw_journals[1::2])}
         self.profiles = list(raw_profiles[1::2])  # the members' data profiles of the same instant
         for name, (_, ids, _), missing in zip(names, reads, bad):
             self._check_read(name, ids, missing)

@@ -106,6 +106,22 @@ class DecodeResult:
                 out.append(_assemble(parts, self.n_features, sparse))
         return out
 
+    def messages(self, a: int, b: int) -> "DecodeResult":
+        """What decoding messages ``a:b`` of the list alone gives (their rows as views, their
+        rejections, indices counted from ``a``): a window decoded once, cut into shares."""
+        pieces = []
+        for p in self.pieces:
+            src = np.full(p.n, p.src) if np.isscalar(p.src) else np.asarray(p.src)
+            mine = np.flatnonzero((src >= a) & (src < b))  # a message's rows are consecutive
+            if len(mine):
+                lo, hi = int(mine[0]), int(mine[-1]) + 1
+                piece = _rows_of(p, lo, hi)
+                piece.src = p.src - a if np.isscalar(p.src) else (src[lo:hi] - a).tolist()
+                pieces.append(piece)
+        return DecodeResult(pieces, self.n_features,
+                            [Rejection(r.index - a, r.reason, r.n_records) for r in self.rejected if a <= r.index < b],
+                            [i - a for i in self.accepted if a <= i < b])
+
 
 class _Piece:
     """The rows of one or more accepted messages: dense (X) or CSR (indptr/indices/values)."""

@@ -341,3 +341,21 @@ def test_mutated_valid_messages_only_reject(n, pos_seed, data):
     cut = data.draw(st.integers(0, len(value)))
     res = decode_messages([bytes(value[:cut]) if pos_seed % 3 == 0 else bytes(value)], D, True, False)
     assert len(res.accepted) + len(res.rejected) == 1
+
+
+def test_messages_of_a_decoded_window_equal_decoding_them_alone():
+    """A sync worker decodes its window once and cuts it into shares (``messages(a, b)``)."""
+    X = rng_X(12, seed=4)
+    msgs = [encode_training_batch(X[:3], np.arange(3.0)),
+            *[encode_training_record(X[i], label=float(i)) for i in range(3, 7)],
+            encode_training_record(np.full(D, np.nan, np.float32), label=1.0),  # rejected: not finite
+            encode_training_record(X[7], label=7.0),
+            encode_training_batch(X[8:12], np.arange(8.0, 12.0))]
+    window = one(msgs, needs_label=True)
+    for a, b in [(0, 1), (0, 3), (1, 5), (3, 7), (5, 8), (6, 8), (2, 8)]:
+        part, alone = window.messages(a, b), one(msgs[a:b], needs_label=True)
+        assert part.n_records == alone.n_records and part.accepted == alone.accepted
+        assert [(r.index, r.reason) for r in part.rejected] == [(r.index, r.reason) for r in alone.rejected]
+        assert np.array_equal(part.row_messages(), alone.row_messages())
+        if alone.n_records:
+            assert np.array_equal(part.batch.X, alone.batch.X) and np.array_equal(part.batch.y, alone.batch.y)
