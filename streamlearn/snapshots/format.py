@@ -365,25 +365,47 @@ def encode(snapshot: Snapshot, *, key: bytes | str | list | None = _FROM_ENV,
     records, state = _array_records(snapshot.arrays, "arrays"), _array_records(snapshot.state, "state arrays")
     checksum, macs = _digests(metadata_json, records, state, () if signer is not None else keys)
     signature = signer.sign(checksum) if signer is not None else hmac_sign(keys[0], macs[0]) if macs else None
-    out = io.BytesIO()
-    out.write(MAGIC)
-    out.write(_WRITER.fingerprint)
-    fastavro.schemaless_writer(
-        out,
-        _WRITER.schema,
-        {
-            "format_version": FORMAT_VERSION,
-            "metadata_json": metadata_json,
-            "arrays": records,
-            "state": state,
-            "checksum": checksum,
-            "signature": signature,
-        },
-    )
-    data = out.getvalue()
+    data = b"".join([MAGIC, _WRITER.fingerprint, *_avro_body(metadata_json, records, state, checksum, signature)])
     if len(data) > MAX_SNAPSHOT_BYTES:
         raise SnapshotError(f"snapshot is {len(data)} bytes (max {MAX_SNAPSHOT_BYTES})")
     return data
+
+
+def _avro_long(n: int) -> bytes:
+    """Avro's encoding of an int or long: zigzag, then 7 bits a byte, low bits first."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _avro_string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _avro_long(len(raw)) + raw
+
+
+def _avro_body(metadata_json: str, records: list[dict], state: list[dict], checksum: str,
+               signature: str | None) -> Iterator[bytes]:
+    """The Avro body of a snapshot record (the writer schema's fields in order), in pieces
+    that hold the arrays' own buffers: joined once, where fastavro copied a 113 MB
+    factorization machine's arrays three times (bytes, its buffer, the output stream)."""
+    yield _avro_long(FORMAT_VERSION)
+    yield _avro_string(metadata_json)
+    for section in (records, state):
+        if section:  # one block of every item, then the empty block that ends the array
+            yield _avro_long(len(section))
+            for a in section:
+                dims = a["shape"]
+                yield b"".join([_avro_string(a["name"]), _avro_long(DTYPES.index(a["dtype"])),
+                                *([_avro_long(len(dims)), *map(_avro_long, dims)] if dims else []), b"\x00",
+                                _avro_long(len(a["data"]))])
+                yield a["data"]
+        yield b"\x00"
+    yield _avro_string(checksum)
+    yield b"\x00" if signature is None else b"\x02" + _avro_string(signature)  # union branch null / string
 
 
 @dataclass(frozen=True)
@@ -427,7 +449,9 @@ def _array_records(arrays: dict[str, np.ndarray], what: str) -> list[dict]:
     records = []
     for name in sorted(arrays):
         arr = _checked_array(name, arrays[name])
-        records.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tobytes()})
+        # the array's own buffer (read-only in a snapshot), not a copy: digests and the body read it
+        data = memoryview(arr.reshape(-1)).cast("B")
+        records.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "data": data})
     return records
 
 

@@ -351,6 +351,17 @@ class BufferedState:
     def barrier(self) -> None:
         self.backend.barrier()
 
+    def prefetch(self) -> None:
+        """Read every key of which nothing is held (a worker's idle time: before its first
+        window, after a dropped batch), so that the next update step finds its rows here
+        instead of reading them while records wait: a 2^20-feature factorization machine's
+        first window read its 75 MB of rows in the step. Keys partly held are left as they
+        are (another worker's commits would otherwise make every idle moment read them all)."""
+        for key in self.keys():
+            view = self._view(key)
+            if not view.loaded.any():
+                view.load(self.backend, np.arange(view.spec.n_chunks))
+
     def held_version(self, key: str) -> int | None:
         """The version ``key`` is held at (its first chunk), or None when it is not held."""
         view = self._views.get(key)
