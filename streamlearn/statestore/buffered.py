@@ -157,7 +157,9 @@ class _KeyView:
         """``values[idx]`` (the current global value, just read or held) combined in place
         with the pending delta (in float64, stored as the key's dtype); returns that view."""
         out = self.values[idx]
-        if self.spec.aggregator in ADDITIVE:
+        if self.spec.aggregator in ADDITIVE and out.ndim == 2 and kernels.compiled():
+            kernels.add_into(out, self.delta[idx])
+        elif self.spec.aggregator in ADDITIVE:
             np.add(out, self.delta[idx], out=out, dtype=np.float64, casting="same_kind")
         else:
             out[...] = combine(self.spec.aggregator, out.astype(np.float64), self.delta[idx])
