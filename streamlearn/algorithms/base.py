@@ -203,8 +203,9 @@ def _declarations(algo: Algorithm) -> dict[str, tuple[np.ndarray, dict[str, Any]
 
 def training_state(state: State) -> dict[str, np.ndarray]:
     """Every key of ``state`` as an array (a snapshot's resumable state; for a job's state,
-    read it from one consistent cut first: ``RedisState.load_consistent``)."""
-    return {key: np.array(state.pull(key)) for key in sorted(state.keys())}
+    read it from one consistent cut first: ``RedisState.load_consistent``). No copies: a
+    whole-key pull is a read-only array that later pulls and commits never write into."""
+    return {key: np.asarray(state.pull(key)) for key in sorted(state.keys())}
 
 
 def _from_text(algo: str, info: ParamInfo, text: str) -> Any:

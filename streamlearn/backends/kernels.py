@@ -85,6 +85,16 @@ def scatter_add(delta, rows, d):
             delta[r, j] = delta[r, j] + d[i, j]
 
 
+@_jit
+def add_into(values, delta):
+    """``values += delta`` for two C-ordered 2-D arrays of one shape, each sum formed in float64
+    and stored in ``values``' dtype, as ``np.add(values, delta, out=values, dtype=np.float64)``
+    does (a commit's combine of a whole 2^20-row float32 key: 3x faster than numpy's cast loop)."""
+    v, d = values.reshape(-1), delta.reshape(-1)
+    for i in range(v.size):
+        v[i] = np.float64(v[i]) + np.float64(d[i])
+
+
 # -- factorization machines ---------------------------------------------------------------------
 @_jit
 def fm_step(indptr, cols, vals, held, m, w0, target, weight, classifier, l2, adagrad, lr, sgd_scale):
@@ -201,6 +211,7 @@ def warm_up() -> None:
         gather_sum(held, held, cols)
         gather(held, cols)
         scatter_add(held, cols, np.zeros((1, 2)))
+        add_into(held, held)
         adagrad_step(np.zeros((1, 2)), np.zeros((1, 2)), held, np.ones(2), np.zeros(2))
     for adagrad in (True, False):
         fm_step(indptr, cols, vals, np.zeros((1, 4)), 2, 0.0, one, one, True, np.zeros(2), adagrad, 0.1, 0.1)
@@ -208,5 +219,5 @@ def warm_up() -> None:
         csr_matmul(indptr, cols, vals, np.zeros((1, 2)), cols, 1, transpose)
 
 
-__all__ = ["ENV_KERNELS", "KERNEL_CHOICES", "adagrad_step", "compiled", "csr_matmul", "fm_step",
+__all__ = ["ENV_KERNELS", "KERNEL_CHOICES", "adagrad_step", "add_into", "compiled", "csr_matmul", "fm_step",
            "gather", "gather_sum", "scatter_add", "warm_up"]

@@ -237,6 +237,8 @@ class Worker:
             return
         self._idle_round()
         self._write_profile()  # idle: a due write costs no throughput
+        if self.rounds is None:
+            self.state.prefetch()  # idle: the first window's rows are read now, not in its step
         if self.spec.until == "end":
             maybe_finalize(self.settings, self.client, self.spec, self.member)
 

@@ -139,11 +139,12 @@ def is_manifest(raw: bytes | None) -> bool:
     return raw is not None and bytes(raw[:len(MAGIC)]) == MAGIC
 
 
-def split(data: bytes, size: int | None = None) -> list[bytes]:
-    """``data`` in pieces of ``size`` (default :func:`part_bytes`; the last one shorter)."""
+def split(data: bytes, size: int | None = None) -> list[memoryview]:
+    """``data`` in pieces of ``size`` (default :func:`part_bytes`; the last one shorter): views
+    of ``data``, not copies (a Kafka producer takes ``bytes(piece)``)."""
     size = part_bytes() if size is None else size
     view = memoryview(data)
-    return [bytes(view[i:i + size]) for i in range(0, len(data), size)]
+    return [view[i:i + size] for i in range(0, len(data), size)]
 
 
 def assemble(manifest: Manifest, fetch: Callable[[str], bytes | None]) -> bytes:

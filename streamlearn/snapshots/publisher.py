@@ -174,7 +174,8 @@ def produce_snapshot(
             pieces = split(data)
             keys = [part_key(job, i) for i in range(len(pieces))]
             _deliver(producer, conf, topic, job, version, timeout, partition,
-                     [(k, p, [*headers, ("part", str(i).encode())]) for i, (k, p) in enumerate(zip(keys, pieces))])
+                     [(k, bytes(p), [*headers, ("part", str(i).encode())])
+                      for i, (k, p) in enumerate(zip(keys, pieces))])
             data = Manifest.of(job, int(version), data, pieces, [k.decode() for k in keys]).to_bytes()
             headers.append(("parts", str(len(pieces)).encode()))
             parts = len(pieces)

@@ -235,13 +235,15 @@ class ModelStore:
             raise
         self.collect_orphans(job)
 
-    def prepare(self, job: str, data: bytes, metadata: dict[str, Any], *, state: bytes | None = None) -> PreparedPut:
+    def prepare(self, job: str, data: bytes, metadata: dict[str, Any], *, state: bytes | None = None,
+                state_sha256: str | None = None) -> PreparedPut:
         """Snapshot ``data`` as ``metadata["version"]`` with its registry entry and, when given,
         the training ``state`` encoded apart from it (:func:`~streamlearn.snapshots.format.
         encode_detached`), ready to be put in one atomic step: the parts of a blob over one
         message are written now, the manifests go in the atomic step. Re-putting identical
         bytes is a no-op; different bytes under an existing version are refused (CONFLICT).
-        ``metadata["snapshot_sha256"]``, when given, is taken as the sha256 of ``data``."""
+        ``metadata["snapshot_sha256"]``, when given, is taken as the sha256 of ``data``, and
+        ``state_sha256`` as that of ``state``."""
         version = metadata.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"metadata['version'] must be a positive int, got {version!r}")
@@ -259,7 +261,7 @@ class ModelStore:
         blobs = {kind: blob for kind, blob in (("", data), ("state", state))
                  if blob is not None and self.spreads(len(blob))}
         if blobs:  # the parts first; the manifests in the atomic step
-            manifests = self._put_parts(job, version, blobs, entry["snapshot_sha256"])
+            manifests = self._put_parts(job, version, blobs, {"": entry["snapshot_sha256"], "state": state_sha256})
             args[4] = 1
             if "" in manifests:
                 keys[0], args[1] = self._manifest_key(job, version), manifests[""]
@@ -270,10 +272,11 @@ class ModelStore:
     def _pending_key(self, job: str) -> str:
         return f"{self._base(job)}:pending"
 
-    def _put_parts(self, job: str, version: int, blobs: dict[str, bytes], model_sha256: str) -> dict[str, bytes]:
-        """Write the parts of each of ``blobs`` (kind -> bytes: "" the model, whose sha256 is
-        ``model_sha256``, "state" its training state; a part's key holds it once a version is
-        put: rewriting it is idempotent) and return their manifests by kind. The parts are
+    def _put_parts(self, job: str, version: int, blobs: dict[str, bytes],
+                   sha256: dict[str, str | None]) -> dict[str, bytes]:
+        """Write the parts of each of ``blobs`` (kind -> bytes: "" the model, "state" its
+        training state; ``sha256``: kind -> the blob's sha256 when known; a part's key holds it
+        once a version is put: rewriting it is idempotent) and return their manifests by kind. The parts are
         named in the pending hash first, so that those of a put whose commit never comes are
         found (:meth:`collect_orphans`, :meth:`discard`)."""
         pieces, keys = {kind: split(blob) for kind, blob in blobs.items()}, {}
@@ -284,8 +287,7 @@ class ModelStore:
         for kind in blobs:
             for key, piece in zip(keys[kind], pieces[kind]):
                 self.redis.set(key, piece)
-        return {kind: Manifest.of(job, int(version), blob, pieces[kind], keys[kind],
-                                  sha256=model_sha256 if kind == "" else None).to_bytes()
+        return {kind: Manifest.of(job, int(version), blob, pieces[kind], keys[kind], sha256=sha256.get(kind)).to_bytes()
                 for kind, blob in blobs.items()}
 
     def collect_orphans(self, job: str, older_than_s: float = ORPHANED_AFTER_S) -> int:

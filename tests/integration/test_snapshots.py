@@ -409,7 +409,7 @@ def test_a_subscriber_that_missed_parts_reads_that_version_from_the_store(stack,
     ensure_snapshot_topic(stack.kafka_client_conf())
     producer, topic, headers = Producer(stack.kafka_client_conf()), snapshot_topic(), [("version", b"1")]
     for key, piece in list(zip(keys, pieces))[1:]:  # part 0 went out before the subscriber started
-        producer.produce(topic, key=key, value=piece, headers=headers, partition=0)
+        producer.produce(topic, key=key, value=bytes(piece), headers=headers, partition=0)
     producer.produce(topic, key=job.encode(), value=manifest.to_bytes(), headers=headers, partition=0)
     assert producer.flush(30) == 0
 

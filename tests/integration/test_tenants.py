@@ -242,12 +242,12 @@ def test_a_job_publishes_to_its_own_compacted_snapshot_topic(stack, tmp_path):
     _produce(stack, topic, n=100)
     cli("job", "create", job, "--algorithm", "median", "--topic", topic, "--snapshot-topic", snapshots,
         env=_base_env(stack))
-    assert stop_all([start_worker(job, tmp_path, _base_env(stack))]) == [0]
-    assert sum(end_offsets(stack.kafka_client_conf(), snapshots).values()) == 1
-    resource = ConfigResource(ConfigResource.Type.TOPIC, snapshots)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, snapshots)  # made at job create, before any snapshot
     admin = AdminClient({"bootstrap.servers": stack.kafka})
     config = admin.describe_configs([resource])[resource].result(30)
     assert config["cleanup.policy"].value == "compact" and int(config["max.message.bytes"].value) == 64 << 20
+    assert stop_all([start_worker(job, tmp_path, _base_env(stack))]) == [0]
+    assert sum(end_offsets(stack.kafka_client_conf(), snapshots).values()) == 1
     with connect(stack.kafka, stack.redis) as conn:
         assert conn.subscribe(job).wait_for(timeout=60).median == _stored_median(ModelStore(conn.redis), job)
     out = cli("snapshot-topic", "setup", "--topic", snapshots, env=_base_env(stack)).stdout

@@ -271,3 +271,37 @@ def test_a_worker_that_read_after_anothers_commit_adds_its_whole_step():
     got = LocalState(a.backend).pull("p")
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, np.full((2, 2), 3.0, np.float32))
+
+
+class _ReadCountingBackend(MemoryBackend):
+    """The memory backend, counting the chunks read outside a commit (pulls, prefetch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read(self, key, dests):
+        self.reads += len(dests)
+        return super().read(key, dests)
+
+
+def test_prefetch_reads_the_keys_nothing_of_is_held_and_then_steps_read_nothing():
+    backend = _ReadCountingBackend()
+    a, b = LocalState(backend), LocalState(backend)
+    a.initialize("w", np.arange(16.0).reshape(8, 2), chunk_rows=2)
+    a.initialize("n", 0.0)
+    a.commit()
+    a.prefetch()
+    assert backend.reads == 4 + 1  # every chunk of w and the scalar
+    np.testing.assert_array_equal(a.pull("w", rows=np.array([7, 0])), [[14.0, 15.0], [0.0, 1.0]])
+    assert float(a.pull("n")) == 0.0 and backend.reads == 5  # the step found everything held
+    a.prefetch()
+    assert backend.reads == 5  # all held: nothing read again
+    b.push("w", np.ones((1, 2)), rows=np.array([7]))
+    b.commit()
+    a.push("w", np.ones((1, 2)), rows=np.array([0]))
+    a.commit()  # b moved w: a holds only the chunk it wrote; n, not written, is to be read again
+    reads = backend.reads
+    a.prefetch()
+    assert backend.reads == reads + 1  # n; w, partly held, is left to the steps that need it
+    np.testing.assert_array_equal(a.pull("w")[:, 0], [1, 2, 4, 6, 8, 10, 12, 15])

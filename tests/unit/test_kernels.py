@@ -87,12 +87,14 @@ def test_dense_linear_learner_compiled_adagrad_matches_numpy(monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_row_gather_and_scatter_match_numpy_exactly(dtype, monkeypatch):
-    """Row pulls and pushes (duplicates included, which add up) through the compiled and the
-    numpy path leave bit-identical deltas and return bit-identical rows."""
+    """Row pulls and pushes (duplicates included, which add up) and the commits that combine
+    them into the key, through the compiled and the numpy path, leave bit-identical deltas and
+    values and return bit-identical rows."""
     rng = np.random.default_rng(0)
     init = rng.normal(size=(1000, 5))
     pushes = [(np.sort(rng.choice(1000, 300, replace=False)), rng.normal(size=(300, 5))) for _ in range(3)]
     pushes.append((rng.integers(0, 1000, 400), rng.normal(size=(400, 5))))  # unsorted, with duplicates
+    late = rng.normal(size=(2, 5))
     results = {}
     for mode in ("numpy", "numba"):
         monkeypatch.setenv(kernels.ENV_KERNELS, mode)
@@ -104,8 +106,11 @@ def test_row_gather_and_scatter_match_numpy_exactly(dtype, monkeypatch):
             pulled.append(state.pull("k", rows=rows))
             state.push("k", delta, rows=rows)
         pulled.append(state.pull("k", rows=np.arange(1000)))
-        state.commit()
+        state.commit()  # every chunk dirty: the whole key combined at once
         pulled.append(state.pull("k", rows=np.arange(0, 1000, 7)))
+        state.push("k", late, rows=np.array([3, 900]))
+        state.commit()  # two chunks: combined one by one
+        pulled.append(state.pull("k", rows=np.arange(1000)))
         results[mode] = pulled
     for a, b in zip(results["numpy"], results["numba"]):
         assert a.dtype == b.dtype == np.dtype(dtype)

@@ -2,6 +2,7 @@
 that could run code or allocate from a lie."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tracemalloc
@@ -135,6 +136,24 @@ def test_encoding_is_deterministic_and_framed():
     assert a[2:10] == bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_written_body_is_fastavros_encoding_of_the_same_record(monkeypatch, signed):
+    """The writer joins the arrays' own buffers instead of calling fastavro (copies): its
+    bytes must be exactly what fastavro writes for the record (every dtype, 0-d, empty,
+    non-native and Fortran-order arrays, a training state, a signature or none)."""
+    if signed:
+        monkeypatch.setenv(KEY_ENV, "k" * 32)
+    model = matrix_model()
+    state = {"acc": np.arange(6.0).reshape(3, 2), "n": np.array(7.0)}
+    data = encode_snapshot(model, meta(created_at="2024-01-01T00:00:00Z"), state=state)
+    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), fmt._WRITER.schema)
+    assert (record["signature"] is not None) == signed and record["state"]
+    out = io.BytesIO()
+    out.write(data[:10])
+    fastavro.schemaless_writer(out, fmt._WRITER.schema, record)
+    assert out.getvalue() == data
+
+
 # Written by format version 1 (MedianModel(2.5, 7), unsigned). Every future version of this
 # code must still load it: old snapshots stay loadable (GluonTS-style version stamp).
 GOLDEN_V1 = bytes.fromhex(
@@ -177,6 +196,9 @@ def test_the_model_and_its_training_state_encode_apart_and_join_only_as_they_wer
     model = decode_snapshot(encoded[3].model, job="job-a")
     assert model.state == {} and model.metadata == snapshots[3].metadata and load_model(model).median == 3.0
     assert encoded[3].state is not None and state["w"].tobytes() not in encoded[3].model
+    for enc in encoded.values():  # taken beside the checksums, in a thread
+        assert enc.sha256 == hashlib.sha256(enc.model).hexdigest()
+        assert enc.state_sha256 == hashlib.sha256(enc.state).hexdigest()
     kept = decode_snapshot(encoded[3].state, job="job-a")
     assert kept.arrays == {} and kept.metadata[STATE_OF] == encoded[3].sha256
     joined = attach_state(model, encoded[3].sha256, kept)

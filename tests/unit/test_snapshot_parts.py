@@ -29,7 +29,7 @@ def _signed(tmp_path, version: int, values: np.ndarray) -> tuple[bytes, TrustedK
 def _in_parts(data: bytes, version: int, part_bytes: int = 1000) -> tuple[Manifest, dict[str, bytes]]:
     pieces = split(data, part_bytes)
     keys = [f"big/part/{i}" for i in range(len(pieces))]
-    return Manifest.of("big", version, data, pieces, keys), dict(zip(keys, pieces))
+    return Manifest.of("big", version, data, pieces, keys), dict(zip(keys, map(bytes, pieces)))  # as fetched
 
 
 def test_parts_reassemble_into_the_signed_snapshot_they_were_cut_from(tmp_path):
