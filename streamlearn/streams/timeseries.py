@@ -216,6 +216,14 @@ class SeriesDecodeResult:
         """The message index of every accepted point, in ``steps`` order (a point is a message)."""
         return self.index
 
+    def messages(self, a: int, b: int) -> "SeriesDecodeResult":
+        """What decoding messages ``a:b`` of the list alone gives (indices counted from ``a``):
+        a window decoded once, cut into shares."""
+        mine = np.flatnonzero((self.index >= a) & (self.index < b))
+        return SeriesDecodeResult(self.points.take(mine), self.index[mine] - a,
+                                  [Rejection(r.index - a, r.reason, r.n_records) for r in self.rejected
+                                   if a <= r.index < b])
+
     def steps(self, rows: int) -> list[SeriesBatch]:
         n = len(self.points)
         return [self.points.take(np.arange(a, min(a + rows, n))) for a in range(0, n, rows)]

@@ -119,6 +119,23 @@ def test_decoder_dead_letters_bad_points_and_keeps_missing_values():
     assert r.points.time[2] == parse_time_ms("2021-01-02")
 
 
+def test_messages_of_a_decoded_window_equal_decoding_them_alone():
+    """A sync worker decodes its window once and cuts it into shares (``messages(a, b)``)."""
+    day = 86_400_000
+    msgs = _points([("a", 0, 1.0), ("b", "bad time", 2.0), ("a", day, None), b"junk", ("c", 2 * day, 3.0),
+                    ("b", day, math.inf), ("c", 3 * day, 4.0)])
+    parts = [0, 1, 0, 2, 1, 1, 1]
+    window = decode_points(msgs, partitions=parts)
+    for a, b in [(0, 1), (0, 3), (1, 5), (3, 7), (2, 4), (6, 7), (0, 7)]:
+        part, alone = window.messages(a, b), decode_points(msgs[a:b], partitions=parts[a:b])
+        assert list(part.index) == list(alone.index) and part.n_records == alone.n_records
+        assert [(r.index, r.reason) for r in part.rejected] == [(r.index, r.reason) for r in alone.rejected]
+        assert list(part.points.series) == list(alone.points.series)
+        np.testing.assert_array_equal(part.points.time, alone.points.time)
+        np.testing.assert_array_equal(part.points.target, alone.points.target)
+        np.testing.assert_array_equal(part.points.partition, alone.points.partition)
+
+
 def test_screen_rejects_time_going_backwards_against_the_stored_context():
     algo = DeepAR.from_params({"prediction_length": 2, "lags_seq": [1, 2], "max_series": 16, "num_cells": 4,
                                "likelihood": "negative-binomial"})
