@@ -32,6 +32,8 @@ Compute = Callable[[Reader, dict[str, int]], Writes]
 _IDENTITY = {"sum": 0.0, "step": 0.0, "min": np.inf, "max": -np.inf, "replace": np.nan}
 #: aggregators whose deltas add up (``step``: merged at commit instead when others wrote first, :meth:`_KeyView.merge`)
 ADDITIVE = ("sum", "step")
+#: the largest key a worker reads whole while idle (:meth:`BufferedState.prefetch`)
+PREFETCH_MAX_BYTES = 256 << 20
 T = TypeVar("T")
 
 
@@ -405,11 +407,15 @@ class BufferedState:
         window, after a dropped batch), so that the next update step finds its rows here
         instead of reading them while records wait: a 2^20-feature factorization machine's
         first window read its 75 MB of rows in the step. Keys partly held are left as they
-        are (another worker's commits would otherwise make every idle moment read them all)."""
+        are (another worker's commits would otherwise make every idle moment read them all),
+        and so are keys over :data:`PREFETCH_MAX_BYTES`: a sparse model's steps read only the
+        rows they touch, and a key larger than a worker's memory must stay that way."""
         for key in self.keys():
             view = self._view(key)
-            if not view.loaded.any():
-                view.load(self.backend, np.arange(view.spec.n_chunks))
+            spec = view.spec
+            size = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            if not view.loaded.any() and size <= PREFETCH_MAX_BYTES:
+                view.load(self.backend, np.arange(spec.n_chunks))
 
     def held_version(self, key: str) -> int | None:
         """The version ``key`` is held at (its first chunk), or None when it is not held."""

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from streamlearn.statestore.base import StateError
+from streamlearn.statestore import buffered
 from streamlearn.statestore.buffered import CommitInfo
 from streamlearn.statestore.local import LocalState, MemoryBackend
 
@@ -305,3 +306,18 @@ def test_prefetch_reads_the_keys_nothing_of_is_held_and_then_steps_read_nothing(
     a.prefetch()
     assert backend.reads == reads + 1  # n; w, partly held, is left to the steps that need it
     np.testing.assert_array_equal(a.pull("w")[:, 0], [1, 2, 4, 6, 8, 10, 12, 15])
+
+
+def test_prefetch_leaves_keys_over_its_limit_to_the_steps(monkeypatch):
+    """A key larger than PREFETCH_MAX_BYTES (a sharded model larger than a worker's memory)
+    is never read whole while idle: the steps read the rows they touch."""
+    monkeypatch.setattr(buffered, "PREFETCH_MAX_BYTES", 8 * 8)
+    backend = _ReadCountingBackend()
+    a = LocalState(backend)
+    a.initialize("big", np.zeros((9, 1)), chunk_rows=3)  # 72 bytes
+    a.initialize("small", np.zeros((8, 1)), chunk_rows=4)  # 64 bytes
+    a.commit()
+    a.prefetch()
+    assert backend.reads == 2  # the two chunks of small
+    a.pull("big", rows=np.array([4]))
+    assert backend.reads == 3  # one chunk of big, by the step
