@@ -35,8 +35,16 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def wait_status(client, job: str, predicate: Callable[[dict], bool], timeout: float, what: str) -> dict:
-    return wait_for(lambda: (lambda s: s if predicate(s) else None)(job_status(client, job)), timeout, what)
+def wait_status(client, job: str, predicate: Callable[[dict], bool], timeout: float, what: str,
+                workers: list[subprocess.Popen] = ()) -> dict:
+    """Wait for ``job``'s status to satisfy ``predicate``; fails at once when one of ``workers``
+    exits with an error (a crashed worker would otherwise leave the wait to its timeout)."""
+    def check():
+        failed = [p.returncode for p in workers if p.poll() not in (None, 0)]
+        assert not failed, f"a worker exited with {failed[0]} while waiting for {what}"
+        status = job_status(client, job)
+        return status if predicate(status) else None
+    return wait_for(check, timeout, what)
 
 
 def train_to_end(settings, job: str, log_dir: Path, workers: int = 2) -> dict:
@@ -44,7 +52,7 @@ def train_to_end(settings, job: str, log_dir: Path, workers: int = 2) -> dict:
     client = settings.redis_client()
     procs = [start_worker(job, log_dir) for _ in range(workers)]
     try:
-        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
+        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish", procs)
     finally:
         codes = stop_all(procs)
     assert codes == [0] * workers

@@ -117,7 +117,7 @@ def test_two_sync_workers_count_every_point_once_and_forecast_as_one_worker(stac
             wait_status(client, job, lambda s: len(s["members"]) == workers, 120, f"{workers} members")
             wait_for(lambda: all(p.poll() is None for p in procs), 5, "workers running")
             set_paused(client, job, False)
-            status = wait_status(client, job, lambda s: s["state"] == "finished", 600, "the job to finish")
+            status = wait_status(client, job, lambda s: s["state"] == "finished", 600, "the job to finish", procs)
         finally:
             codes = stop_all(procs, timeout=60)
         assert codes == [0] * workers

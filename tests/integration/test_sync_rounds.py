@@ -136,7 +136,7 @@ def _train(stack, topic: str, workers: int, tmp_path) -> tuple[dict, object, flo
     client = stack.redis_client()
     job, procs = _start(stack, topic, workers, tmp_path)
     try:
-        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
+        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish", procs)
     finally:
         codes = stop_all(procs, timeout=60)
     assert codes == [0] * workers
@@ -200,7 +200,7 @@ def test_a_bounded_job_of_two_epochs_counts_every_pass_once(stack, data, tmp_pat
                epochs=2)
     procs = [start_worker(job, tmp_path / job) for _ in range(2)]
     try:
-        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
+        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish", procs)
     finally:
         codes = stop_all(procs, timeout=60)
     assert codes == [0, 0]
@@ -232,7 +232,7 @@ def test_a_worker_joining_mid_job_takes_part_in_the_rounds(stack, data, tmp_path
         wait_for(lambda: len(client.hvals(epochs)) == 4 and all(int(e) >= 2 for e in client.hvals(epochs)), 120,
                  "the rebalance that hands the joiner its partitions")
         set_paused(client, job, False)
-        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish")
+        status = wait_status(client, job, lambda s: s["state"] == "finished", 300, "job to finish", procs)
     finally:
         codes = stop_all(procs, timeout=60)
     assert joined["records_applied"] < n, "the job ended before the join"
