@@ -368,18 +368,14 @@ class DeepAR(Algorithm):
         if self._adam is None:
             self._adam = SharedAdam(self.learning_rate, self.average_decay, bool(self.lookahead))
         theta = self._adam.parameters(state)
-        dev = next(net.parameters()).device
-        torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=torch.float32, device=dev), net.parameters())
-        net.train()
-        net.zero_grad(set_to_none=False)
+        dev = _train_at(net, theta)
         replayed = self._replay(state, c, windows, t) if self.replay_windows else []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed) * 1_000_003 + int(t))
             loss = window_loss(net, c, freq, windows + replayed, dev)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), float(self.clip_gradient))
-        g = torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
-        g = g + float(self.weight_decay) * theta
+        g = _gradient(net) + float(self.weight_decay) * theta
         self._adam.step(state, theta, g)
         state.push("windows", float(len(windows)))
 
@@ -392,18 +388,12 @@ class DeepAR(Algorithm):
         window (from the seed, the round, the series and the window's last period), and a
         window without an observed context is scaled by the mean |value| of every context
         of the rounds closed before (``level``), not by its batch's."""
-        import torch
-
         net = self._net()
-        theta = np.asarray(state.pull("theta"), dtype=np.float64)
-        dev = next(net.parameters()).device
-        torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=torch.float32, device=dev), net.parameters())
-        net.train()
-        net.zero_grad(set_to_none=False)
+        dev = _train_at(net, np.asarray(state.pull("theta"), dtype=np.float64))
         masks = _dropout_masks(c, int(self.seed), int(state.pull("round")), keys, dev)
         level = state.pull("level")
         window_loss(net, c, freq, windows, dev, masks, level[0] / level[1] if level[0] > 0 else 1.0).backward()
-        g = torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
+        g = _gradient(net)
         vals, mask = _contexts(c, np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows]))
         tail = [float(len(windows)), float(np.abs(vals * mask).sum()), float(mask.sum())]
         state.push("g_theta", np.concatenate([g * len(windows), tail]))
@@ -533,6 +523,25 @@ class DeepAR(Algorithm):
             delta, moves, _ = step
             params = params + (moves[2] if self.average_decay > 0 else delta)
         return DeepARModel(params, ctx_used[live].copy(), attrs)
+
+
+def _train_at(net, theta: np.ndarray):
+    """``net`` set to the parameters ``theta``, in training mode, its gradients zeroed; returns
+    its device."""
+    import torch
+
+    dev = next(net.parameters()).device
+    torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=torch.float32, device=dev), net.parameters())
+    net.train()
+    net.zero_grad(set_to_none=False)
+    return dev
+
+
+def _gradient(net) -> np.ndarray:
+    """``net``'s gradients as one float64 vector (the parameters' order)."""
+    import torch
+
+    return torch.nn.utils.parameters_to_vector(p.grad for p in net.parameters()).double().cpu().numpy()
 
 
 def _window_width(c: dict) -> int:

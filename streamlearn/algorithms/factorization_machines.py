@@ -43,6 +43,7 @@ from streamlearn.backends import kernels
 from streamlearn.batch import Batch, SparseRows
 from streamlearn.labels import LabelCoding
 from streamlearn.statestore.base import State
+from streamlearn.statestore.buffered import read_only
 
 SPARSE_CHUNK_ROWS = 256
 BIG_FEATURES = 1 << 16
@@ -356,12 +357,6 @@ def _params(a) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
-def _read_only(a: np.ndarray) -> np.ndarray:
-    out = a.view()
-    out.flags.writeable = False
-    return out
-
-
 class FMModel(Model):
     algorithm = "factorization_machines"
 
@@ -413,7 +408,7 @@ class FMModel(Model):
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         # read-only views: a finalize asks for them up to three times (gate, size, snapshot), and
         # copies of a 2^20-feature model's 38 MB were 0.1 s of it
-        return {"w0": np.array([self.w0]), "w": _read_only(self.w), "v": _read_only(self.v)}, dict(self.attrs)
+        return {"w0": np.array([self.w0]), "w": read_only(self.w), "v": read_only(self.v)}, dict(self.attrs)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> "FMModel":

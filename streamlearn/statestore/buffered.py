@@ -219,7 +219,7 @@ class _KeyView:
         """``values`` as a read-only array for a caller to keep: later loads and commits
         write into a copy, so what the caller holds never changes under it."""
         self.shared = True
-        return _read_only(self.values)
+        return read_only(self.values)
 
     def _own(self) -> None:
         # a journaled key is written in place every round: what was handed out is copied only
@@ -331,7 +331,7 @@ class BufferedState:
                                 dtype=spec.dtype)
             if not view.dirty.any():
                 return view.hand_out()
-            return _read_only(combine(spec.aggregator, view.values, view.delta).astype(spec.dtype))
+            return read_only(combine(spec.aggregator, view.values, view.delta).astype(spec.dtype))
         rows = _check_rows(spec, rows)
         if not view.loaded.all():
             touched = np.zeros(spec.n_chunks, dtype=bool)
@@ -645,7 +645,7 @@ def _distinct(pushed: list[np.ndarray]) -> np.ndarray:
     return np.unique(np.concatenate(pushed)) if pushed else np.zeros(0, np.int64)
 
 
-def _read_only(arr: np.ndarray) -> np.ndarray:
+def read_only(arr: np.ndarray) -> np.ndarray:
     """What a whole-key ``pull`` returns: a read-only view, so handing out the worker's copy
     of a large key costs no copy (80 MB for 1e7 floats); writing into it raises instead of
     silently changing what later pulls see."""
