@@ -945,7 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
     ky.set_defaults(func=cmd_keys)
 
     stp = sub.add_parser("snapshot-topic", help="admin: create the snapshot topic or set its configuration "
-                                                "(compacted by job, 64 MiB messages, zstd)")
+                                                "(compacted by job, 64 MiB messages, compressed by the producer)")
     stp.add_argument("action", choices=["setup"])
     stp.add_argument("--topic", help="default $STREAMLEARN_SNAPSHOT_TOPIC or streamlearn.snapshots")
     stp.add_argument("--partitions", type=int, default=1)

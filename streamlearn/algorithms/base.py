@@ -91,6 +91,12 @@ class Algorithm:
         index}``; None for an algorithm that keeps no holdout in its state (the default)."""
         return None
 
+    def kept_state(self, state: State, model: "Model") -> dict[str, np.ndarray]:
+        """What a snapshot of ``model`` keeps of the job's ``state`` (read in one consistent
+        cut) so that :meth:`initialize_from` can continue it: every key
+        (:func:`training_state`), unless an algorithm rebuilds a part from the model."""
+        return training_state(state)
+
     def initialize_from(self, state: State, model: "Model",
                         training_state: dict[str, np.ndarray] | None = None) -> None:
         """Incremental training (``job create --from-snapshot``): declare the state as

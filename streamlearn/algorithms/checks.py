@@ -15,8 +15,8 @@ first check that fails. What an algorithm must do to run as a streamlearn job:
   (no pickle) from which ``from_arrays`` rebuilds a model that answers the same;
 - ``pause_resume``: fitting half the batches, dropping the instance and continuing with a
   new one on the committed state (no ``initialize``) gives the model of one run;
-- ``initialize_from``: fitting half the batches, publishing the model with its training
-  state as a snapshot (encoded and decoded), and continuing a new job from it on the other
+- ``initialize_from``: fitting half the batches, publishing the model with the training
+  state it keeps (``kept_state``) as a snapshot (encoded and decoded), and continuing a new job from it on the other
   half (``initialize_from``, what ``job create --from-snapshot`` runs) gives the model of one
   run over all of them;
 - ``deterministic``: two runs with the same parameters give the same model, bit for bit.
@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamlearn.algorithms import model_class
-from streamlearn.algorithms.base import Algorithm, Model, training_state
+from streamlearn.algorithms.base import Algorithm, Model
 from streamlearn.algorithms.params import param_infos
 from streamlearn.batch import Batch
 from streamlearn.snapshots.format import decode_snapshot, encode_snapshot, load_model
@@ -184,8 +184,8 @@ def check_initialize_from(case: Case) -> None:
     half = len(case.train) // 2
     straight, _ = fit(case.make(), case.train)
     parent, parent_state = fit(case.make(), case.train[:half])
-    snapshot = decode_snapshot(encode_snapshot(parent, {"job": "parent"}, state=training_state(parent_state),
-                                               key=None))
+    kept = case.make().kept_state(parent_state, parent)
+    snapshot = decode_snapshot(encode_snapshot(parent, {"job": "parent"}, state=kept, key=None))
     algo, state = case.make(), LocalState()
     algo.initialize_from(state, load_model(snapshot), snapshot.state)
     state.commit()

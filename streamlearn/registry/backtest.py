@@ -25,7 +25,6 @@ import numpy as np
 import redis
 
 from streamlearn.algorithms import make_algorithm
-from streamlearn.algorithms.base import training_state
 from streamlearn.errors import UserError
 from streamlearn.registry.data import Records, TrainingData, leakage, ranges_to_json
 from streamlearn.registry.evaluation import decode_for, evaluation_entry
@@ -156,7 +155,7 @@ def run_backtest(client: redis.Redis, kafka_conf: dict, name: str, algorithm: st
                     "parent": {"job": name, "version": k - 1} if k > 1 else None, "trained_from": None,
                     "data": data, "provenance": provenance(), "training_state": True,
                     "backtest": {"name": name, "window": k, "windows": windows, "horizon": str(horizon)}}
-        snapshot = snapshot_of(model, metadata, training_state(state))
+        snapshot = snapshot_of(model, metadata, algo.kept_state(state, model))
         stored.append((encode(snapshot), snapshot.metadata))
         test = _span(messages, counts, topic, origin, end)
         test_rows = np.flatnonzero((row_msg >= origin) & (row_msg < end))

@@ -28,7 +28,6 @@ import logging
 import numpy as np
 import redis
 
-from streamlearn.algorithms.base import training_state
 from streamlearn.config import Settings
 from streamlearn.errors import UserError
 from streamlearn.monitoring import gate
@@ -300,16 +299,17 @@ def _training_data(client: redis.Redis, spec: JobSpec, offsets: dict[int, int], 
 
 def _kept_state(spec: JobSpec, state: RedisState, model) -> dict | None:
     """The state the snapshot carries so that a job can continue from it (stored beside the
-    model, not published: a 2**20-feature factorization machine's 75 MB of parameters and
-    accumulators beside its 38 MB model); None when model and state together would exceed a
+    model, not published: a 2**20-feature factorization machine's 38 MB of accumulators beside
+    its 38 MB model; ``Algorithm.kept_state``); None when model and state together would exceed a
     snapshot's 1 GiB, so the model is still published."""
-    size = sum(int(np.prod(k.shape, dtype=np.int64)) * np.dtype(k.dtype).itemsize for k in state.keys().values())
+    kept = spec.algorithm_instance().kept_state(state, model)
+    size = sum(np.asarray(a).nbytes for a in kept.values())
     model_size = sum(np.asarray(a).nbytes for a in model.to_arrays()[0].values())
     if model_size + size > MAX_SNAPSHOT_BYTES - METADATA_ROOM_BYTES:
         log.warning("job %s: the training state (%d bytes) does not fit the snapshot beside the model (%d bytes); "
                     "this snapshot cannot be continued with --from-snapshot", spec.name, size, model_size)
         return None
-    return training_state(state)
+    return kept
 
 
 def _no_records_reason(client: redis.Redis, spec: JobSpec, dead: int) -> str:

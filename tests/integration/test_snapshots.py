@@ -30,6 +30,7 @@ from streamlearn.snapshots.format import KEY_ENV, SnapshotError, encode_detached
 from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest, split
 from streamlearn.snapshots.publisher import ensure_snapshot_topic, part_key, snapshot_topic
 from streamlearn.runtime.record import JobRecord
+import streamlearn.snapshots.store as store_module
 from streamlearn.snapshots.store import SnapshotAbandoned
 from streamlearn.snapshots.verified import stored_snapshot
 
@@ -293,12 +294,18 @@ def test_a_snapshot_over_one_message_on_one_redis_is_stored_and_published_in_par
 
 def test_a_training_state_kept_apart_is_stored_with_its_model_and_bound_to_it(stack, monkeypatch):
     """The store keeps a snapshot's training state beside its model, in the same put and in
-    parts like it (one message lowered to 64 KiB); it is read with the model only when asked
-    for, and only as the state encoded with those model bytes: another version's state in its
-    place is refused. The parts of a put whose commit never came, the state's too, are collected."""
-    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    parts like it (one message and the state's parts lowered to 64 KiB); it is read with
+    the model only when asked for, and only as the state encoded with those model bytes:
+    another version's state in its place is refused. The parts of a put whose commit never
+    came, the state's too, are collected. By default a state over one message is one part."""
     client = stack.redis_client()
     store, job = ModelStore(client), _job()
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    whole = encode_detached(snapshot_of(_wide(job, 9)[0], {"job": job, "version": 9}, {"acc": np.ones((300, 128))}))
+    store.put(job, whole.model, {"version": 9}, state=whole.state)
+    assert len(Manifest.from_bytes(store.redis.get(f"{store.key(job, 9)}:state:parts")).parts) == 1
+    assert store.get_state(job, 9) == whole.state
+    monkeypatch.setattr(store_module, "STATE_WHOLE_BYTES", 64 << 10)
     acc = {v: np.random.default_rng(10 + v).standard_normal((300, 128)) for v in (1, 2, 3)}
     encoded = {v: encode_detached(snapshot_of(_wide(job, v)[0], {"job": job, "version": v}, {"acc": acc[v]}))
                for v in (1, 2, 3)}

@@ -13,7 +13,7 @@ from sklearn.metrics import log_loss as sk_log_loss, roc_auc_score  # noqa: E402
 from streamlearn import datasets as D  # noqa: E402
 from streamlearn.algorithms import _metrics  # noqa: E402
 from streamlearn.algorithms._common import holdout_mask  # noqa: E402
-from streamlearn.algorithms.factorization_machines import FactorizationMachines  # noqa: E402
+from streamlearn.algorithms.factorization_machines import SPARSE_CHUNK_ROWS, FactorizationMachines  # noqa: E402
 from streamlearn.algorithms.kmeans import KMeans  # noqa: E402
 from streamlearn.algorithms.linear_learner import LinearLearner  # noqa: E402
 from streamlearn.algorithms.pca import PCA  # noqa: E402
@@ -119,14 +119,28 @@ def test_factorization_machines_learn_interactions():
 
 
 def test_factorization_machines_sparse_push_is_row_sparse():
+    """A step marks only the chunks of the rows its batch touched: here the first 3,000
+    features of 2^17 (~1 MiB chunks of 26,214 rows: chunk 0 of 6)."""
     nf = 2 ** 17
-    X, y = D.sparse_classification(400, n_features=nf, seed=1)
+    X, y = D.sparse_classification(400, n_features=3_000, seed=1)
+    X = SparseRows(X.indptr, X.indices, X.values, nf)
     algo = FactorizationMachines(n_features=nf, num_factors=4)
     state = LocalState()
     algo.initialize(state)
     state.commit()
     algo.update(state, D.to_batch(X, y))
-    assert set(state.pending_chunks("wv")) == set((np.unique(X.indices) // 256).tolist())
+    assert state.spec("wv").n_chunks == 6
+    assert state.pending_chunks("wv") == [0]
+
+
+def test_factorization_machines_keys_over_what_a_worker_holds_keep_small_chunks():
+    """``wv`` over PREFETCH_MAX_BYTES (read row by row, never whole) is stored in
+    SPARSE_CHUNK_ROWS-row chunks, so that a commit rewrites the rows its window touched
+    rather than ~1 MiB around each; one a worker holds whole is in ~1 MiB chunks."""
+    big = FactorizationMachines(n_features=2 ** 22, num_factors=8)  # 2^22 x 18 x 4 B = 302 MB
+    small = FactorizationMachines(n_features=2 ** 20, num_factors=8)  # 75 MB
+    assert big._keyargs()["chunk_rows"] == SPARSE_CHUNK_ROWS
+    assert small._keyargs()["chunk_rows"] == 0
 
 
 @pytest.mark.parametrize("dense", [False, True])

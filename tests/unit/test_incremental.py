@@ -159,3 +159,28 @@ def test_a_state_over_one_message_is_kept_in_the_snapshot():
     kept = finalize._kept_state(JobSpec(name="j", algorithm="counter", topic="t"), state, model)
     assert kept is not None and kept["xtx"].nbytes + model.to_arrays()[0]["xtx"].nbytes > 64 << 20
     assert kept["n"] == 2
+
+
+def test_factorization_machines_keep_their_accumulators_not_a_second_copy_of_the_model():
+    """An async FM snapshot keeps ``wv``'s accumulator columns, not its parameter columns (the
+    model's ``w`` and ``v``): half the bytes beside the model, and continuing from it gives
+    the model continuing from the whole state gives, bit for bit. Sync keeps ``wv`` whole."""
+    from streamlearn.algorithms.factorization_machines import ACCUMULATORS
+
+    nf = 2 ** 12
+    X, y = D.sparse_classification(3000, n_features=nf, seed=13)
+    batches = list(D.batches(X, y, 250))
+    params = {"n_features": nf, "num_factors": 4}
+    model, state = _fit("factorization_machines", params, batches[:6])
+    whole = training_state(state)
+    kept = make_algorithm("factorization_machines", params).kept_state(state, model)
+    assert "wv" not in kept and kept[ACCUMULATORS].shape == (nf, 5)
+    assert sum(a.nbytes for a in kept.values()) < 0.6 * sum(a.nbytes for a in whole.values())
+    snapshots = [decode_snapshot(encode_snapshot(model, {"job": "parent"}, state=s, key=None)) for s in (kept, whole)]
+    (from_kept, kept_state), (from_whole, whole_state) = (
+        _continued("factorization_machines", params, s, batches[6:]) for s in snapshots)
+    np.testing.assert_array_equal(kept_state.pull("wv"), whole_state.pull("wv"))
+    np.testing.assert_array_equal(from_kept.v, from_whole.v)
+    sync = {**params, "aggregation": "sync"}
+    model, state = _fit("factorization_machines", sync, batches[:2])
+    assert "wv" in make_algorithm("factorization_machines", sync).kept_state(state, model)
