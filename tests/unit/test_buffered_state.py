@@ -321,3 +321,23 @@ def test_prefetch_leaves_keys_over_its_limit_to_the_steps(monkeypatch):
     assert backend.reads == 2  # the two chunks of small
     a.pull("big", rows=np.array([4]))
     assert backend.reads == 3  # one chunk of big, by the step
+
+
+def test_prefetch_clears_the_delta_a_commit_left_and_pushes_after_it_add_up():
+    """Idle time takes what the next step would otherwise pay: a commit that wrote most of a
+    key leaves its values in the delta (``stale``), and prefetch clears it (and touches every
+    page of a delta never used); the pushes after it commit the right values."""
+    a = LocalState()
+    a.initialize("w", np.zeros((8, 2)), chunk_rows=2)
+    a.commit()
+    a.prefetch()
+    view = a._views["w"]
+    assert not view.stale and not view.delta.any()
+    a.push("w", np.ones((8, 2)))
+    a.commit()
+    assert view.stale  # every chunk written: clearing the delta was left for later
+    a.prefetch()
+    assert not view.stale and not view.delta.any()
+    a.push("w", np.full((1, 2), 2.0), rows=np.array([3]))
+    a.commit()
+    np.testing.assert_array_equal(LocalState(a.backend).pull("w")[:, 0], [1, 1, 1, 3, 1, 1, 1, 1])
