@@ -90,11 +90,9 @@ class Manifest:
     def of(cls, job: str, version: int, data: bytes, pieces: list[bytes], keys: list[str],
            sha256: str | None = None) -> "Manifest":
         """The manifest of ``data`` cut into ``pieces`` stored under ``keys``; ``sha256``:
-        ``data``'s, when the caller has it already (then also one piece's, the whole)."""
-        sha256 = sha256 or hashlib.sha256(data).hexdigest()
-        return cls(job, version, len(data), sha256,
-                   tuple((k, len(p), sha256 if len(pieces) == 1 else hashlib.sha256(p).hexdigest())
-                         for k, p in zip(keys, pieces, strict=True)))
+        ``data``'s, when the caller has it already."""
+        return cls(job, version, len(data), sha256 or hashlib.sha256(data).hexdigest(),
+                   tuple((k, len(p), hashlib.sha256(p).hexdigest()) for k, p in zip(keys, pieces, strict=True)))
 
     @property
     def name(self) -> str:

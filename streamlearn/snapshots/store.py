@@ -15,10 +15,12 @@ the Lua script that writes them atomically requires::
     sl:{job}:snapshot:<version>:state   the training state encoded apart from the model
                                     (:func:`~streamlearn.snapshots.format.encode_detached`), put in
                                     the same atomic step; in parts like the model (``…:state:parts``,
-                                    parts ``…:snapshot:<version>:state:<i>``, on one node of
-                                    STATE_WHOLE_BYTES, not PART_BYTES); absent when the
+                                    parts ``…:snapshot:<version>:state:<i>``; on one node only
+                                    over STATE_WHOLE_BYTES); absent when the
                                     snapshot has no training state or carries it inside (before
                                     the state was kept apart)
+    sl:{job}:snapshot:staged:<version>:<kind>:<id>   a value over STAGED_BYTES written ahead of the
+                                    atomic step, which renames it into place
     sl:{job}:snapshot:pending       hash version -> {"at": ms, "keys": [part keys]} of parts written
                                     for a version not committed yet: the commit removes its entry;
                                     one left behind (a lost finalize race, a crash between the
@@ -41,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,28 +57,38 @@ from streamlearn.statestore.sharded import is_cluster, tag_on
 __all__ = ["ModelStore", "SnapshotNotFound", "SnapshotConflict", "ORPHANED_AFTER_S"]
 
 JOBS_KEY = f"{PREFIX}:models:jobs"
-#: the parts of a training state on one node: Redis refuses a value over 512 MB
-#: (``proto-max-bulk-len``) and needs about twice a value's size while it is written. A 2^20-
-#: feature factorization machine's 75 MB state in 4 MiB parts cost a sha256 of every part
-#: and a round trip each, for a blob no message carries.
+#: the largest training state kept as one value on one node (a model: one message, 64 MiB):
+#: Redis refuses a value over 512 MB (``proto-max-bulk-len``) and needs about twice a value's
+#: size while it is written. A state never goes on the topic: 4 MiB parts cost a sha256 of
+#: every part and a round trip each (a 2^20-feature factorization machine's 38 MB: 10 parts).
 STATE_WHOLE_BYTES = 256 << 20
+#: a value over this is written ahead of the atomic step under a staged key that the step
+#: renames into place: passed to the step's script, a 38 MB model was copied twice more in
+#: Redis (0.12 s against 0.04 s for a SET of it)
+STAGED_BYTES = 1 << 20
 #: parts written this long ago for a version still not committed are orphans: far longer than
 #: writing a 1 GiB snapshot takes, so a slow writer's parts are not taken from under it
 ORPHANED_AFTER_S = 3600.0
 
-# KEYS: data, index, seq, meta, sha, pending, state ; ARGV: version, data, metadata json, sha256,
-# '1' when parts were written, the training state ('' for none)
+# KEYS: data, index, seq, meta, sha, pending, state, staged data, staged state ; ARGV: version, data, metadata
+# json, sha256, '1' when parts or staged values were written, the training state ('' for none), '1' when the
+# data / the state was staged (written ahead under its staged key, renamed into place here; ARGV[2] / ARGV[6] empty)
 _PUT = """
+local function drop_staged()
+  if ARGV[7] == '1' then redis.call('DEL', KEYS[8]) end
+  if ARGV[8] == '1' then redis.call('DEL', KEYS[9]) end
+end
 if ARGV[5] == '1' and redis.call('HDEL', KEYS[6], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then
   return redis.error_reply('ABANDONED snapshot version ' .. ARGV[1] .. ': its parts were collected as orphans')
 end
 local existing = redis.call('HGET', KEYS[5], ARGV[1])
 if existing then
+  drop_staged()
   if existing == ARGV[4] then return 0 end
   return redis.error_reply('CONFLICT snapshot version ' .. ARGV[1] .. ' already stored with different bytes')
 end
-redis.call('SET', KEYS[1], ARGV[2])
-if ARGV[6] ~= '' then redis.call('SET', KEYS[7], ARGV[6]) end
+if ARGV[7] == '1' then redis.call('RENAME', KEYS[8], KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+if ARGV[8] == '1' then redis.call('RENAME', KEYS[9], KEYS[7]) elseif ARGV[6] ~= '' then redis.call('SET', KEYS[7], ARGV[6]) end
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
@@ -126,14 +139,15 @@ class PreparedPut:
     script: Any
 
     @property
-    def in_parts(self) -> bool:
+    def written_ahead(self) -> bool:
+        """Whether parts or staged values were written before the atomic step."""
         return self.args[4] == 1
 
     def check(self, pipe: Any) -> None:
         """Raise :class:`SnapshotAbandoned` (before the caller's transaction writes anything)
         when this put's parts were collected; WATCH their pending entry, so that a collection
         between this check and EXEC aborts the transaction (``redis.WatchError``)."""
-        if not self.in_parts:
+        if not self.written_ahead:
             return
         sha, pending = self.keys[4], self.keys[5]  # the script's KEYS (``_PUT``)
         pipe.watch(pending)
@@ -195,18 +209,14 @@ class ModelStore:
     def _state_key(self, job: str, version: int) -> str:
         return f"{self.key(job, version)}:state"
 
-    def spreads(self, size: int) -> bool:
-        """Whether a snapshot of ``size`` bytes is stored in parts: on a Redis Cluster, spread over
-        its masters when over one part; on one node, when over one message
-        (:func:`~streamlearn.snapshots.parts.whole_bytes`)."""
-        return size > (part_bytes() if is_cluster(self.redis) else whole_bytes())
-
-    def _piece_bytes(self, kind: str) -> int:
-        """The size of the parts of a blob of ``kind``: one part of a Redis Cluster's, and on
-        one node a training state's (never on the topic) :data:`STATE_WHOLE_BYTES`: written
-        ahead of the commit (a 75 MB value in the commit's script was slower than the parts),
-        but as one value, its sha256 the whole's."""
-        return STATE_WHOLE_BYTES if kind == "state" and not is_cluster(self.redis) else part_bytes()
+    def spreads(self, size: int, kind: str = "") -> bool:
+        """Whether a blob of ``size`` bytes is stored in parts: on a Redis Cluster, spread over
+        its masters when over one part; on one node, a snapshot (``kind`` "") when over one
+        message (:func:`~streamlearn.snapshots.parts.whole_bytes`), a training state
+        ("state") when over :data:`STATE_WHOLE_BYTES`."""
+        if is_cluster(self.redis):
+            return size > part_bytes()
+        return size > (STATE_WHOLE_BYTES if kind == "state" else whole_bytes())
 
     def _part_keys(self, job: str, version: int, count: int, kind: str = "", first: int = 0) -> list[str]:
         """Keys of ``count`` parts, round-robin over the masters (each tag chosen on one of
@@ -270,38 +280,53 @@ class ModelStore:
         keys = [self.key(job, version), f"{base}:index", f"{base}:seq", f"{base}:meta", f"{base}:sha256",
                 self._pending_key(job), self._state_key(job, version)]
         args = [version, bytes(data), json.dumps(entry, sort_keys=True, default=str), entry["snapshot_sha256"], 0,
-                b"" if state is None else bytes(state)]
-        blobs = {kind: blob for kind, blob in (("", data), ("state", state))
-                 if blob is not None and self.spreads(len(blob))}
-        if blobs:  # the parts first; the manifests in the atomic step
-            manifests = self._put_parts(job, version, blobs, {"": entry["snapshot_sha256"], "state": state_sha256})
-            args[4] = 1
-            if "" in manifests:
-                keys[0], args[1] = self._manifest_key(job, version), manifests[""]
-            if "state" in manifests:
-                keys[6], args[5] = f"{keys[6]}:parts", manifests["state"]
+                b"" if state is None else bytes(state), "", ""]
+        present = {kind: blob for kind, blob in (("", data), ("state", state)) if blob is not None}
+        parted = {kind: blob for kind, blob in present.items() if self.spreads(len(blob), kind)}
+        staged = {kind: blob for kind, blob in present.items() if kind not in parted and len(blob) > STAGED_BYTES}
+        # the parts and staged values first; the manifests and renames in the atomic step
+        manifests, staged_keys = self._write_ahead(job, version, parted, staged,
+                                                   {"": entry["snapshot_sha256"], "state": state_sha256})
+        args[4] = 1 if parted or staged else 0
+        if "" in manifests:
+            keys[0], args[1] = self._manifest_key(job, version), manifests[""]
+        if "state" in manifests:
+            keys[6], args[5] = f"{keys[6]}:parts", manifests["state"]
+        for kind, (data_at, flag_at) in {"": (1, 6), "state": (5, 7)}.items():
+            if kind in staged_keys:
+                args[data_at], args[flag_at] = b"", "1"
+        # a staged value's key (in the job's slot); otherwise any key of the slot, untouched
+        keys += [staged_keys.get("", keys[0]), staged_keys.get("state", keys[6])]
         return PreparedPut(job, version, keys, args, self._put)
 
     def _pending_key(self, job: str) -> str:
         return f"{self._base(job)}:pending"
 
-    def _put_parts(self, job: str, version: int, blobs: dict[str, bytes],
-                   sha256: dict[str, str | None]) -> dict[str, bytes]:
-        """Write the parts of each of ``blobs`` (kind -> bytes: "" the model, "state" its
-        training state; ``sha256``: kind -> the blob's sha256 when known; a part's key holds it
-        once a version is put: rewriting it is idempotent) and return their manifests by kind. The parts are
-        named in the pending hash first, so that those of a put whose commit never comes are
-        found (:meth:`collect_orphans`, :meth:`discard`)."""
-        pieces, keys = {kind: split(blob, self._piece_bytes(kind)) for kind, blob in blobs.items()}, {}
+    def _write_ahead(self, job: str, version: int, parted: dict[str, bytes], staged: dict[str, bytes],
+                     sha256: dict[str, str | None]) -> tuple[dict[str, bytes], dict[str, str]]:
+        """Write the parts of each of ``parted`` and each of ``staged`` as one value under a
+        staged key of its own (kind -> bytes: "" the model, "state" its training state;
+        ``sha256``: kind -> the blob's sha256 when known; a part's key holds it once a version
+        is put: rewriting it is idempotent). Returns (the parts' manifests by kind, the staged
+        keys by kind). Everything is named in the pending hash first, so that what a put whose
+        commit never comes wrote is found (:meth:`collect_orphans`, :meth:`discard`)."""
+        if not parted and not staged:
+            return {}, {}
+        pieces, keys = {kind: split(blob) for kind, blob in parted.items()}, {}
         for kind, cut in pieces.items():  # the state's parts go on round the masters after the model's
             keys[kind] = self._part_keys(job, version, len(cut), kind, first=sum(map(len, keys.values())))
-        self.redis.hset(self._pending_key(job), str(int(version)),
-                        json.dumps({"at": _now_ms(), "keys": [k for kind in keys for k in keys[kind]]}))
-        for kind in blobs:
+        staged_keys = {kind: f"{self._base(job)}:staged:{int(version)}:{kind or 'model'}:{uuid.uuid4().hex}"
+                       for kind in staged}
+        written = [k for kind in keys for k in keys[kind]] + list(staged_keys.values())
+        self.redis.hset(self._pending_key(job), str(int(version)), json.dumps({"at": _now_ms(), "keys": written}))
+        for kind in parted:
             for key, piece in zip(keys[kind], pieces[kind]):
                 self.redis.set(key, piece)
-        return {kind: Manifest.of(job, int(version), blob, pieces[kind], keys[kind], sha256=sha256.get(kind)).to_bytes()
-                for kind, blob in blobs.items()}
+        for kind, blob in staged.items():
+            self.redis.set(staged_keys[kind], blob)
+        manifests = {kind: Manifest.of(job, int(version), blob, pieces[kind], keys[kind], sha256=sha256.get(kind))
+                     .to_bytes() for kind, blob in parted.items()}
+        return manifests, staged_keys
 
     def collect_orphans(self, job: str, older_than_s: float = ORPHANED_AFTER_S) -> int:
         """Delete the parts written at least ``older_than_s`` ago for versions of ``job`` that

@@ -297,14 +297,24 @@ def test_a_training_state_kept_apart_is_stored_with_its_model_and_bound_to_it(st
     parts like it (one message and the state's parts lowered to 64 KiB); it is read with
     the model only when asked for, and only as the state encoded with those model bytes:
     another version's state in its place is refused. The parts of a put whose commit never
-    came, the state's too, are collected. By default a state over one message is one part."""
+    came, the state's too, are collected. By default a state over one message is one value,
+    staged ahead of the put (as a model over STAGED_BYTES is) and renamed into place."""
     client = stack.redis_client()
     store, job = ModelStore(client), _job()
-    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
+    monkeypatch.setattr(store_module, "STAGED_BYTES", 32 << 10)
     whole = encode_detached(snapshot_of(_wide(job, 9)[0], {"job": job, "version": 9}, {"acc": np.ones((300, 128))}))
+    assert min(len(whole.model), len(whole.state)) > 32 << 10
+    put = store.prepare(job, whole.model, {"version": 9}, state=whole.state)
+    assert put.written_ahead and put.args[1] == put.args[5] == b""  # neither passes through the script
     store.put(job, whole.model, {"version": 9}, state=whole.state)
-    assert len(Manifest.from_bytes(store.redis.get(f"{store.key(job, 9)}:state:parts")).parts) == 1
-    assert store.get_state(job, 9) == whole.state
+    with client.pipeline(transaction=True) as pipe:  # the prepared put comes second: a no-op that drops its staging
+        pipe.multi()
+        put.queue(pipe)
+        pipe.execute()
+    assert store.redis.get(f"{store.key(job, 9)}:state") == whole.state == store.get_state(job, 9)
+    assert store.get(job, 9) == whole.model
+    assert list(client.scan_iter(match=f"sl:{{{job}}}:snapshot:staged:*", count=1000)) == []
+    monkeypatch.setenv(WHOLE_BYTES_ENV, str(64 << 10))
     monkeypatch.setattr(store_module, "STATE_WHOLE_BYTES", 64 << 10)
     acc = {v: np.random.default_rng(10 + v).standard_normal((300, 128)) for v in (1, 2, 3)}
     encoded = {v: encode_detached(snapshot_of(_wide(job, v)[0], {"job": job, "version": v}, {"acc": acc[v]}))
@@ -388,7 +398,7 @@ def test_a_finalize_whose_parts_were_collected_writes_nothing_of_the_job(stack, 
     job = _job()
     record = JobRecord(client, job)
     put = store.prepare(job, _wide(job, 1)[1], {"version": 1})
-    assert put.in_parts and store.collect_orphans(job, older_than_s=0) > 0
+    assert put.written_ahead and store.collect_orphans(job, older_than_s=0) > 0
     with pytest.raises(SnapshotAbandoned):
         record.record_snapshot(1, True, put)
     assert client.hget(record.store.counters, "snapshot_version") is None
