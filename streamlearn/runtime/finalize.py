@@ -39,7 +39,7 @@ from streamlearn.registry.records import Registry, lineage_data, model_name
 from streamlearn.runtime.jobs import JobError, JobSpec, fail_job, is_complete, load_spec
 from streamlearn.runtime.record import ENDED, JobRecord
 from streamlearn.snapshots.format import MAX_SNAPSHOT_BYTES, encode_detached, load_model, snapshot_of
-from streamlearn.snapshots.publisher import produce_snapshot
+from streamlearn.snapshots.publisher import produce_snapshot, warm_producer
 from streamlearn.snapshots.store import ModelStore
 from streamlearn.snapshots.verified import stored_snapshot
 from streamlearn.statestore.redis_state import RedisState
@@ -98,6 +98,7 @@ def publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
 def _publish(settings: Settings, client: redis.Redis, spec: JobSpec, final: bool,
              force_reason: str | None = None) -> int | None:
     record = JobRecord(client, spec.name)
+    warm_producer(settings.kafka_client_conf(), spec.snapshot_topic)  # connected while the state is read
     state = record.state()
     offsets, counters = state.load_consistent()
     if final and not is_complete(spec, offsets):

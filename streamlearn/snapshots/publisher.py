@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 import zlib
 from typing import Any
 
@@ -38,7 +40,8 @@ from streamlearn.streams.access import refusal
 from streamlearn.streams.topics import TopicError, ensure_topic, set_topic_config
 
 __all__ = ["SNAPSHOT_TOPIC", "TOPIC_ENV", "MAX_MESSAGE_BYTES", "TOPIC_CONFIG", "SnapshotPublishError", "snapshot_topic",
-           "ensure_snapshot_topic", "setup_snapshot_topic", "publish_snapshot", "produce_snapshot", "part_key"]
+           "ensure_snapshot_topic", "setup_snapshot_topic", "publish_snapshot", "produce_snapshot", "part_key",
+           "warm_producer"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,46 @@ def publish_snapshot(
     produce_snapshot(producer_conf, job, data, entry, timeout=timeout, topic=topic, in_parts=store.spreads(len(data)))
 
 
+#: the snapshot producer of each configuration, kept for the process: a new producer's first
+#: message waited ~0.1 s for its connection and the topic's metadata, on every snapshot
+_PRODUCERS: dict[tuple, Producer] = {}
+_PRODUCERS_LOCK = threading.Lock()
+
+
+def _producer_conf(producer_conf: dict[str, Any]) -> dict[str, Any]:
+    conf = {**PRODUCER_DEFAULTS, **producer_conf}
+    conf["message.max.bytes"] = max(int(conf.get("message.max.bytes", 0)), MAX_MESSAGE_BYTES + (1 << 20))
+    return conf
+
+
+def _producer(conf: dict[str, Any]) -> Producer:
+    key = tuple(sorted((k, repr(v)) for k, v in conf.items()))
+    with _PRODUCERS_LOCK:
+        producer = _PRODUCERS.get(key)
+        if producer is None:
+            producer = _PRODUCERS[key] = Producer(conf)
+        return producer
+
+
+def _forget_producer(conf: dict[str, Any]) -> None:
+    with _PRODUCERS_LOCK:
+        _PRODUCERS.pop(tuple(sorted((k, repr(v)) for k, v in conf.items())), None)
+
+
+def warm_producer(producer_conf: dict[str, Any], topic: str | None = None) -> None:
+    """Have the snapshot producer connect and fetch ``topic``'s metadata in the background (a
+    finalize calls this before it reads the state), so that the snapshot is sent at once."""
+    producer = _producer(_producer_conf(producer_conf))
+
+    def fetch() -> None:
+        try:
+            producer.list_topics(snapshot_topic(topic), timeout=10)
+        except KafkaException:
+            pass  # the produce itself reports what is wrong
+
+    threading.Thread(target=fetch, name="snapshot-producer-warm-up", daemon=True).start()
+
+
 def part_key(job: str, index: int) -> bytes:
     """The message key of part ``index`` of ``job``'s snapshots (job names hold no ``/``)."""
     return f"{job}/part/{index}".encode("utf-8")
@@ -163,10 +206,9 @@ def produce_snapshot(
     snapshot exceeds one message."""
     topic = snapshot_topic(topic)
     version = metadata.get("version")
-    conf = {**PRODUCER_DEFAULTS, **producer_conf}
-    conf["message.max.bytes"] = max(int(conf.get("message.max.bytes", 0)), MAX_MESSAGE_BYTES + (1 << 20))
+    conf = _producer_conf(producer_conf)
     ensure_snapshot_topic(conf, topic)
-    producer = Producer(conf)
+    producer = _producer(conf)
     headers = [("version", str(version).encode())]
     if metadata.get("algorithm") is not None:
         headers.append(("algorithm", str(metadata["algorithm"]).encode()))
@@ -188,6 +230,7 @@ def produce_snapshot(
                        [(job.encode("utf-8"), data, headers)])
     except SnapshotPublishError:
         _CHECKED.discard((str(conf.get("bootstrap.servers")), topic))
+        _forget_producer(conf)
         raise
     log.info("published snapshot %s@%s (%d bytes in %d part(s)) to %s[%d]@%d", job, version, size, parts, topic,
              msg.partition(), msg.offset())
@@ -207,14 +250,19 @@ def _deliver(producer: Producer, conf: dict[str, Any], topic: str, job: str, ver
     """Produce ``messages`` (key, value, headers) and wait until the broker acknowledged each;
     returns the last one's delivery report."""
     outcomes: list[tuple[Any, Any]] = []
+    deadline = time.monotonic() + timeout
     try:
         for key, value, headers in messages:
             producer.produce(topic, key=key, value=value, headers=headers, partition=partition,
                              on_delivery=lambda err, msg: outcomes.append((err, msg)))
-        remaining = producer.flush(timeout)
+        # the producer is shared (one per configuration): what is still queued may be another
+        # thread's, and another thread's flush may serve these reports, so count the reports
+        producer.flush(timeout)
+        while len(outcomes) < len(messages) and time.monotonic() < deadline:
+            producer.poll(0.05)
     except (KafkaException, BufferError) as exc:
         raise SnapshotPublishError(f"cannot produce snapshot {job}@{version}: {exc}") from exc
-    if remaining or len(outcomes) < len(messages):
+    if len(outcomes) < len(messages):
         raise SnapshotPublishError(f"snapshot {job}@{version} not delivered within {timeout}s")
     for err, _ in outcomes:
         refused = refusal(err, str(conf.get("bootstrap.servers")), f"topic {topic}")
