@@ -156,7 +156,7 @@ def _store(settings: Settings, client: redis.Redis, spec: JobSpec, snapshot, fin
     status = gate.status_of(metadata)
     entry = {**_registry_entry(metadata), "snapshot_sha256": encoded.sha256}
     store = ModelStore(client)
-    put = store.prepare(spec.name, data, entry, state=encoded.state, state_sha256=encoded.state_sha256)
+    put = store.prepare(spec.name, data, entry, state=encoded.state)
     if not JobRecord(client, spec.name).record_snapshot(version, final, put, publishable=status != gate.REJECTED):
         store.discard(spec.name, version)  # the parts this finalizer wrote, if any
         return None  # another finalizer finished the job

@@ -360,10 +360,12 @@ def encode(snapshot: Snapshot, *, key: bytes | str | list | None = _FROM_ENV,
     return _encode(snapshot, key, signer)[0]
 
 
-def _encode(snapshot: Snapshot, key: bytes | str | list | None, signer: Signer | None) -> tuple[bytes, str]:
-    """(:func:`encode`'s bytes, their sha256). The sha256 of the bytes is taken in a thread
-    while the checksum of the canonical string is (hashlib lets go of the GIL): both read
-    every array, and one after the other they were a third of a large model's finalize."""
+def _encode(snapshot: Snapshot, key: bytes | str | list | None, signer: Signer | None,
+            hash_bytes: bool = True) -> tuple[bytes, str | None]:
+    """(:func:`encode`'s bytes, their sha256, None without ``hash_bytes``). The sha256 of the
+    bytes is taken in a thread while the checksum of the canonical string is (hashlib lets go
+    of the GIL): both read every array, and one after the other they were a third of a large
+    model's finalize."""
     if signer is _FROM_ENV:
         signer = Signer.from_env() if key is _FROM_ENV else None
     keys = hmac_keys(os.environ.get(KEY_ENV) if key is _FROM_ENV else key)[:1]
@@ -372,19 +374,23 @@ def _encode(snapshot: Snapshot, key: bytes | str | list | None, signer: Signer |
         raise SnapshotError(f"snapshot metadata is {len(metadata_json)} bytes (max {MAX_METADATA_BYTES})")
     records, state = _array_records(snapshot.arrays, "arrays"), _array_records(snapshot.state, "state arrays")
     head = [MAGIC, _WRITER.fingerprint, *_avro_body(metadata_json, records, state)]
-    sha = hashlib.sha256()
+    sha = hashlib.sha256() if hash_bytes else None
     hasher = threading.Thread(target=lambda: [sha.update(piece) for piece in head], name="snapshot-sha256")
-    hasher.start()
+    if sha is not None:
+        hasher.start()
     try:
         checksum, macs = _digests(metadata_json, records, state, () if signer is not None else keys)
     finally:
-        hasher.join()
+        if sha is not None:
+            hasher.join()
     signature = signer.sign(checksum) if signer is not None else hmac_sign(keys[0], macs[0]) if macs else None
     tail = _avro_string(checksum) + (b"\x00" if signature is None else b"\x02" + _avro_string(signature))
-    sha.update(tail)  # the union's branch: null, or string
     data = b"".join([*head, tail])
     if len(data) > MAX_SNAPSHOT_BYTES:
         raise SnapshotError(f"snapshot is {len(data)} bytes (max {MAX_SNAPSHOT_BYTES})")
+    if sha is None:
+        return data, None
+    sha.update(tail)  # the union's branch: null, or string
     return data, sha.hexdigest()
 
 
@@ -395,7 +401,6 @@ class Encoded:
     model: bytes  # a snapshot whose state section is empty: what the topic carries
     sha256: str  # of ``model``
     state: bytes | None  # a snapshot of the training state alone, bound to ``model``; None: none
-    state_sha256: str | None = None  # of ``state``
 
 
 def encode_detached(snapshot: Snapshot, *, key: bytes | str | list | None = _FROM_ENV,
@@ -405,11 +410,13 @@ def encode_detached(snapshot: Snapshot, *, key: bytes | str | list | None = _FRO
     one) the training state with no model arrays, whose metadata names the job, version and
     algorithm and, under :data:`STATE_OF`, the sha256 of the model's bytes."""
     model, sha = _encode(Snapshot(snapshot.metadata, snapshot.arrays), key, signer)
+    assert sha is not None
     if not snapshot.state:
         return Encoded(model, sha, None)
     metadata = {k: snapshot.metadata.get(k) for k in ("job", "version", "algorithm", "format_version")}
     metadata.update(model_attrs={}, **{STATE_OF: sha})
-    return Encoded(model, sha, *_encode(Snapshot(metadata, {}, snapshot.state), key, signer))
+    # the state's own sha256 is wanted only by a store that cuts it into parts (it hashes them)
+    return Encoded(model, sha, _encode(Snapshot(metadata, {}, snapshot.state), key, signer, hash_bytes=False)[0])
 
 
 def _avro_long(n: int) -> bytes:

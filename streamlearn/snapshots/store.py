@@ -258,15 +258,13 @@ class ModelStore:
             raise
         self.collect_orphans(job)
 
-    def prepare(self, job: str, data: bytes, metadata: dict[str, Any], *, state: bytes | None = None,
-                state_sha256: str | None = None) -> PreparedPut:
+    def prepare(self, job: str, data: bytes, metadata: dict[str, Any], *, state: bytes | None = None) -> PreparedPut:
         """Snapshot ``data`` as ``metadata["version"]`` with its registry entry and, when given,
         the training ``state`` encoded apart from it (:func:`~streamlearn.snapshots.format.
         encode_detached`), ready to be put in one atomic step: the parts of a blob over one
         message are written now, the manifests go in the atomic step. Re-putting identical
         bytes is a no-op; different bytes under an existing version are refused (CONFLICT).
-        ``metadata["snapshot_sha256"]``, when given, is taken as the sha256 of ``data``, and
-        ``state_sha256`` as that of ``state``."""
+        ``metadata["snapshot_sha256"]``, when given, is taken as the sha256 of ``data``."""
         version = metadata.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"metadata['version'] must be a positive int, got {version!r}")
@@ -286,7 +284,7 @@ class ModelStore:
         staged = {kind: blob for kind, blob in present.items() if kind not in parted and len(blob) > STAGED_BYTES}
         # the parts and staged values first; the manifests and renames in the atomic step
         manifests, staged_keys = self._write_ahead(job, version, parted, staged,
-                                                   {"": entry["snapshot_sha256"], "state": state_sha256})
+                                                   {"": entry["snapshot_sha256"]})
         args[4] = 1 if parted or staged else 0
         if "" in manifests:
             keys[0], args[1] = self._manifest_key(job, version), manifests[""]

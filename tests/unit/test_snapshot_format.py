@@ -198,7 +198,6 @@ def test_the_model_and_its_training_state_encode_apart_and_join_only_as_they_wer
     assert encoded[3].state is not None and state["w"].tobytes() not in encoded[3].model
     for enc in encoded.values():  # taken beside the checksums, in a thread
         assert enc.sha256 == hashlib.sha256(enc.model).hexdigest()
-        assert enc.state_sha256 == hashlib.sha256(enc.state).hexdigest()
     kept = decode_snapshot(encoded[3].state, job="job-a")
     assert kept.arrays == {} and kept.metadata[STATE_OF] == encoded[3].sha256
     joined = attach_state(model, encoded[3].sha256, kept)
