@@ -138,8 +138,8 @@ class DeepAR(Algorithm):
                              "them (1 or N workers learn the same model)", Options("async", "sync")),
         "exact_rounds": Param("with aggregation=sync: a round's gradients computed in float64 and the parameters "
                               "kept float32 values (rounded after each step), so that 1 or N workers train the same "
-                              "parameters bit for bit whatever order their sums add up in (about 1.9x the compute "
-                              "of float32); false: float32 gradients, the same up to float32 rounding, which "
+                              "parameters bit for bit whatever order their sums add up in (a step computes 2-2.5x "
+                              "as long as in float32); false: float32 gradients, the same up to float32 rounding, which "
                               "chaotic training grows (no effect with async)", bool),
         "clip_gradient": Param("largest absolute gradient component", Interval(float, 0, None, closed="neither")),
         "lags_seq": Param("lagged values the network sees, e.g. [1,2,7] ('auto': GluonTS's lags of time_freq)",
