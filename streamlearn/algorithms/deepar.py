@@ -57,7 +57,7 @@ one worker's parameters moves its backtest by a seed's spread), so with ``exact_
 (the default) a member computes in float64 and the close stores the parameters as float32
 values: the float64 sums differ by ~1e-16, which almost never moves a rounded parameter, and
 1, 2 and 4 workers train the same parameters bit for bit (Covid3Month: 751 rounds, seeds
-0-2). The model forecasts in float32 with exactly those parameters. Not with
+0-5). The model forecasts in float32 with exactly those parameters. Not with
 ``replay_windows`` (the members of a round would draw the same reservoir rows).
 
 Randomness (dropout, sampled windows) is seeded by the step count (sync: the round) and the
