@@ -50,8 +50,15 @@ the sum. Nothing a member adds depends on which member holds which windows: drop
 are drawn per window (seed, round, series, period) instead of by the LSTM for its batch,
 and a window without an observed context is scaled by the mean |value| of the contexts of
 every closed round (``level``) instead of its batch's. N workers sharing a round then
-compute one worker's step on the round's points up to float32 rounding of the sums. Not
-with ``replay_windows`` (the members of a round would draw the same reservoir rows).
+compute one worker's step on the round's points up to the rounding of the sums: a member's
+partial sum against one worker's whole batch, and the order the members' sums add up in.
+Float32 rounding of that size grows where training is chaotic (Covid3Month: a 1e-7 nudge of
+one worker's parameters moves its backtest by a seed's spread), so with ``exact_rounds``
+(the default) a member computes in float64 and the close stores the parameters as float32
+values: the float64 sums differ by ~1e-16, which almost never moves a rounded parameter, and
+1, 2 and 4 workers train the same parameters bit for bit (Covid3Month: 751 rounds, seeds
+0-5). The model forecasts in float32 with exactly those parameters. Not with
+``replay_windows`` (the members of a round would draw the same reservoir rows).
 
 Randomness (dropout, sampled windows) is seeded by the step count (sync: the round) and the
 point, never by the worker, so a resumed job equals an uninterrupted one.
@@ -129,6 +136,11 @@ class DeepAR(Algorithm):
                              "summed, SharedAdam); sync = synchronous rounds: the workers' gradients of a round's "
                              "windows, taken at the same parameters, are summed and one Adam step is taken on "
                              "them (1 or N workers learn the same model)", Options("async", "sync")),
+        "exact_rounds": Param("with aggregation=sync: a round's gradients computed in float64 and the parameters "
+                              "kept float32 values (rounded after each step), so that 1 or N workers train the same "
+                              "parameters bit for bit whatever order their sums add up in (a step computes 2-2.5x "
+                              "as long as in float32); false: float32 gradients, the same up to float32 rounding, which "
+                              "chaotic training grows (no effect with async)", bool),
         "clip_gradient": Param("largest absolute gradient component", Interval(float, 0, None, closed="neither")),
         "lags_seq": Param("lagged values the network sees, e.g. [1,2,7] ('auto': GluonTS's lags of time_freq)",
                           Options("auto"), ListOf(int)),
@@ -153,7 +165,8 @@ class DeepAR(Algorithm):
     def __init__(self, prediction_length: int = 14, context_length: int = 0, time_freq: str = "D",
                  likelihood: str = "student-t", num_layers: int = 2, num_cells: int = 40, dropout_rate: float = 0.1,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-8, average_decay: float = 0.0,
-                 lookahead: bool = False, aggregation: str = "async", clip_gradient: float = 10.0,
+                 lookahead: bool = False, aggregation: str = "async", exact_rounds: bool = True,
+                 clip_gradient: float = 10.0,
                  lags_seq: str | list[int] = "auto", num_dynamic_feat: int = 0, num_static_cat: int = 0,
                  cardinality: str | list[int] = "auto", max_series: int = 4096, window_rate: float = 1.0,
                  replay_windows: int = 0, num_samples: int = 100, max_growth: float = 10.0, partitions: int = 1, seed: int = 0,
@@ -170,6 +183,7 @@ class DeepAR(Algorithm):
         self.average_decay = average_decay
         self.lookahead = lookahead
         self.aggregation = aggregation
+        self.exact_rounds = exact_rounds
         self.clip_gradient = clip_gradient
         self.lags_seq = lags_seq
         self.num_dynamic_feat = num_dynamic_feat
@@ -248,6 +262,8 @@ class DeepAR(Algorithm):
     def _net(self):
         if self._net_cache is None:
             self._net_cache = build_net(self.config(), self.device)
+            if self.synchronous and self.exact_rounds:
+                self._net_cache.double()
         return self._net_cache
 
     def initialize(self, state: State) -> None:
@@ -387,10 +403,11 @@ class DeepAR(Algorithm):
         depends on how the round's windows were split among members: dropout is drawn per
         window (from the seed, the round, the series and the window's last period), and a
         window without an observed context is scaled by the mean |value| of every context
-        of the rounds closed before (``level``), not by its batch's."""
+        of the rounds closed before (``level``), not by its batch's. The network computes in
+        float64 with ``exact_rounds`` (:meth:`_net`)."""
         net = self._net()
         dev = _train_at(net, np.asarray(state.pull("theta"), dtype=np.float64))
-        masks = _dropout_masks(c, int(self.seed), int(state.pull("round")), keys, dev)
+        masks = _dropout_masks(c, int(self.seed), int(state.pull("round")), keys, dev, next(net.parameters()).dtype)
         level = state.pull("level")
         window_loss(net, c, freq, windows, dev, masks, level[0] / level[1] if level[0] > 0 else 1.0).backward()
         g = _gradient(net)
@@ -431,6 +448,8 @@ class DeepAR(Algorithm):
         g = g + float(self.weight_decay) * theta
         delta, moves = adam_step(theta, g, state.pull("adam"), float(state.pull("t")), float(self.learning_rate),
                                  float(self.average_decay))
+        if self.exact_rounds:  # parameters that differ by less than half a float32 step are stored alike
+            delta = (theta + delta).astype(np.float32).astype(np.float64) - theta
         return delta, moves, sums
 
     def _replay(self, state: State, c: dict, windows: list[tuple], t: float) -> list[tuple]:
@@ -526,15 +545,15 @@ class DeepAR(Algorithm):
 
 
 def _train_at(net, theta: np.ndarray):
-    """``net`` set to the parameters ``theta``, in training mode, its gradients zeroed; returns
-    its device."""
+    """``net`` set to the parameters ``theta`` (at its own precision), in training mode, its
+    gradients zeroed; returns its device."""
     import torch
 
-    dev = next(net.parameters()).device
-    torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=torch.float32, device=dev), net.parameters())
+    p = next(net.parameters())
+    torch.nn.utils.vector_to_parameters(torch.tensor(theta, dtype=p.dtype, device=p.device), net.parameters())
     net.train()
     net.zero_grad(set_to_none=False)
-    return dev
+    return p.device
 
 
 def _gradient(net) -> np.ndarray:
@@ -704,7 +723,7 @@ def _rnn_inputs(net, c, zs, positions, feats, dyn, static):
     return torch.cat([lagged, st, feats, dyn], dim=-1)
 
 
-def _dropout_masks(c: dict, seed: int, round_: int, keys: list[tuple[int, int]], dev):
+def _dropout_masks(c: dict, seed: int, round_: int, keys: list[tuple[int, int]], dev, dtype):
     """(layers - 1, B, T, cells) dropout masks between the LSTM's layers, divided by the keep
     rate, each window's drawn from (seed, round, series hash, last period); None without
     dropout."""
@@ -716,7 +735,7 @@ def _dropout_masks(c: dict, seed: int, round_: int, keys: list[tuple[int, int]],
     T = c["history"] + 1 - max(c["lags"])
     shape = (layers - 1, T, c["num_cells"])
     masks = np.stack([np.random.default_rng([seed, round_, h, o % 2 ** 63]).random(shape) >= p for h, o in keys], axis=1)
-    return torch.as_tensor(masks, dtype=torch.float32, device=dev) / (1.0 - p)
+    return torch.as_tensor(masks, dtype=dtype, device=dev) / (1.0 - p)
 
 
 def _contexts(c: dict, vals: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -743,7 +762,8 @@ def window_loss(net, c: dict, freq: Freq, windows: list[tuple], dev, dropout_mas
     scale = _mean_scale(*_contexts(c, vals, mask), default_scale)
     positions = np.arange(maxlag, W)
     feats = _features(c, freq, np.array([w[3] for w in windows]), np.array([w[4] for w in windows]), positions, W)
-    T = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev)  # noqa: E731
+    dtype = next(net.parameters()).dtype  # the inputs' precision is the network's
+    T = lambda a: torch.as_tensor(a, dtype=dtype, device=dev)  # noqa: E731
     sc = T(scale)
     cats = torch.as_tensor(np.stack([w[5] for w in windows]).reshape(len(windows), -1), device=dev)
     x = _rnn_inputs(net, c, T(vals) / sc[:, None], positions, T(feats), T(dyn[:, positions]), net.static(cats, sc))

@@ -3,7 +3,8 @@ dead-lettered with reasons), a worker stopped mid-job (another takes over its pa
 and a worker SIGKILLed mid-job both end with exactly the stored contexts of an
 uninterrupted job (every point once) and a model as good within tolerance; ``streamlearn
 forecast`` writes one JSON line per series from the snapshot; two workers in synchronous
-rounds (``aggregation=sync``) count every point once and forecast as one worker does."""
+rounds (``aggregation=sync``) count every point once and forecast as one worker does, also
+with ``streamlearn forecast``."""
 from __future__ import annotations
 
 import json
@@ -133,6 +134,10 @@ def test_two_sync_workers_count_every_point_once_and_forecast_as_one_worker(stac
     tail = D.seasonal_series(N_SERIES, LENGTH + H, period=7, seed=11)
     scores = {w: m.score(tail) for w, m in models.items()}
     assert abs(scores[2] - scores[1]) <= 0.25 * scores[1] + 0.01, scores
+    # exact_rounds (the default): float64 steps, parameters kept float32 values, which the float32 model forecasts with
+    np.testing.assert_array_equal(models[2].theta, models[2].theta.astype(np.float32))
+    lines = cli("forecast", f"{unique_name}-sync2", "--all", "--samples", "20").stdout.splitlines()
+    assert sorted(json.loads(x)["series"] for x in lines) == sorted(f"s{i}" for i in range(N_SERIES))
 
 
 def test_forecast_command_writes_one_json_line_per_series(stack, points_topic, tmp_path, unique_name):
