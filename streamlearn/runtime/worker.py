@@ -382,7 +382,7 @@ class Worker:
 
     # -- the update step ------------------------------------------------------------------
     def _process(self, msgs) -> None:
-        if self.rounds is None and self._may_group(msgs):
+        if self.rounds is None and self._may_group():
             self._process_group(msgs)
             return
         for batch in self.replay.cut(msgs, self._stored_position):
@@ -396,7 +396,7 @@ class Worker:
                 if not done:
                     return
 
-    def _may_group(self, msgs) -> bool:
+    def _may_group(self) -> bool:
         """Whether windows may share one commit: not while a sharded store has batches to
         re-apply alone, nor with passes (a pass's end moves the partition back to its start at
         the commit that reaches it)."""

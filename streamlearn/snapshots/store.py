@@ -21,8 +21,8 @@ the Lua script that writes them atomically requires::
                                     the state was kept apart)
     sl:{job}:snapshot:staged:<version>:<kind>:<id>   a value over STAGED_BYTES written ahead of the
                                     atomic step, which renames it into place
-    sl:{job}:snapshot:pending       hash version -> {"at": ms, "keys": [part keys]} of parts written
-                                    for a version not committed yet: the commit removes its entry;
+    sl:{job}:snapshot:pending       hash version -> {"at": ms, "keys": [part and staged keys]} of what
+                                    was written for a version not committed yet: the commit removes its entry;
                                     one left behind (a lost finalize race, a crash between the
                                     parts and the commit) names orphaned parts, deleted by
                                     :meth:`ModelStore.collect_orphans`
