@@ -180,12 +180,16 @@ def _forget_producer(conf: dict[str, Any]) -> None:
 def warm_producer(producer_conf: dict[str, Any], topic: str | None = None) -> None:
     """Have the snapshot producer connect and fetch ``topic``'s metadata in the background (a
     finalize calls this before it reads the state), so that the snapshot is sent at once."""
-    producer = _producer(_producer_conf(producer_conf))
+    conf = _producer_conf(producer_conf)
+    producer = _producer(conf)
 
     def fetch() -> None:
         try:
+            # made with its configuration first: a producer's metadata request for a missing
+            # topic lets a broker with auto.create.topics.enable create it with the defaults
+            ensure_snapshot_topic(conf, topic)
             producer.list_topics(snapshot_topic(topic), timeout=10)
-        except KafkaException:
+        except (KafkaException, SnapshotPublishError):
             pass  # the produce itself reports what is wrong
 
     threading.Thread(target=fetch, name="snapshot-producer-warm-up", daemon=True).start()

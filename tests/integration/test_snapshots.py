@@ -28,7 +28,7 @@ from streamlearn.snapshots import (
 )
 from streamlearn.snapshots.format import KEY_ENV, SnapshotError, encode_detached, snapshot_of
 from streamlearn.snapshots.parts import WHOLE_BYTES_ENV, Manifest, split
-from streamlearn.snapshots.publisher import ensure_snapshot_topic, part_key, snapshot_topic
+from streamlearn.snapshots.publisher import ensure_snapshot_topic, part_key, snapshot_topic, warm_producer
 from streamlearn.runtime.record import JobRecord
 import streamlearn.snapshots.store as store_module
 from streamlearn.snapshots.store import SnapshotAbandoned
@@ -438,3 +438,19 @@ def test_a_subscriber_that_missed_parts_reads_that_version_from_the_store(stack,
         _eventually(lambda: sub.rejected == 1, 60, "the partial snapshot to be rejected")
         assert sub.version is None
     client.close()
+
+
+def test_warming_the_producer_makes_a_missing_snapshot_topic_with_its_configuration(stack):
+    """A finalize warms the snapshot producer (connection, the topic's metadata) while it reads
+    the state; for a topic that does not exist yet that makes it compacted with 64 MiB
+    messages first: the stack's broker auto-creates topics, and a producer's bare metadata
+    request for a missing one would have created it with the broker's defaults."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    topic = f"warm.snapshots.{uuid.uuid4().hex[:6]}"
+    warm_producer(stack.kafka_client_conf(), topic)
+    admin = AdminClient({"bootstrap.servers": stack.kafka})
+    _eventually(lambda: topic in admin.list_topics(timeout=10).topics, 30, f"topic {topic}")
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    config = admin.describe_configs([resource])[resource].result(30)
+    assert config["cleanup.policy"].value == "compact" and int(config["max.message.bytes"].value) == 64 << 20
