@@ -151,8 +151,10 @@ def publish_snapshot(
     produce_snapshot(producer_conf, job, data, entry, timeout=timeout, topic=topic, in_parts=store.spreads(len(data)))
 
 
-#: the snapshot producer of each configuration, kept for the process: a new producer's first
-#: message waited ~0.1 s for its connection and the topic's metadata, on every snapshot
+#: the snapshot producer of the configuration used last, kept for the process: a new producer's
+#: first message waited ~0.1 s for its connection and the topic's metadata, on every snapshot.
+#: One only: a process that talks to several clusters (tests, tools) must not keep a producer
+#: reconnecting to each cluster it stopped using
 _PRODUCERS: dict[tuple, Producer] = {}
 _PRODUCERS_LOCK = threading.Lock()
 
@@ -168,6 +170,7 @@ def _producer(conf: dict[str, Any]) -> Producer:
     with _PRODUCERS_LOCK:
         producer = _PRODUCERS.get(key)
         if producer is None:
+            _PRODUCERS.clear()
             producer = _PRODUCERS[key] = Producer(conf)
         return producer
 
