@@ -16,9 +16,9 @@ first check that fails. What an algorithm must do to run as a streamlearn job:
 - ``pause_resume``: fitting half the batches, dropping the instance and continuing with a
   new one on the committed state (no ``initialize``) gives the model of one run;
 - ``initialize_from``: fitting half the batches, publishing the model with the training
-  state it keeps (``kept_state``) as a snapshot (encoded and decoded), and continuing a new job from it on the other
-  half (``initialize_from``, what ``job create --from-snapshot`` runs) gives the model of one
-  run over all of them;
+  state it keeps (``kept_state``) as a snapshot (encoded and decoded), and continuing a new
+  job from it on the other half (``initialize_from``, what ``job create --from-snapshot``
+  runs) gives the model of one run over all of them;
 - ``deterministic``: two runs with the same parameters give the same model, bit for bit.
 
 Batches default to seeded synthetic data of the algorithm's width (labels 0/1 when it

@@ -151,12 +151,12 @@ def publish_snapshot(
     produce_snapshot(producer_conf, job, data, entry, timeout=timeout, topic=topic, in_parts=store.spreads(len(data)))
 
 
-#: the snapshot producer of the configuration used last, kept for the process: a new producer's
-#: first message waited ~0.1 s for its connection and the topic's metadata, on every snapshot.
-#: One only: a process that talks to several clusters (tests, tools) must not keep a producer
-#: reconnecting to each cluster it stopped using
-_PRODUCERS: dict[tuple, Producer] = {}
-_PRODUCERS_LOCK = threading.Lock()
+#: the snapshot producer of the configuration used last (its key, the producer), kept for the
+#: process: a new producer's first message waited ~0.1 s for its connection and the topic's
+#: metadata, on every snapshot. One only: a process that talks to several clusters (tests,
+#: tools) must not keep a producer reconnecting to each cluster it stopped using
+_PRODUCER: tuple[tuple, Producer] | None = None
+_PRODUCER_LOCK = threading.Lock()
 
 
 def _producer_conf(producer_conf: dict[str, Any]) -> dict[str, Any]:
@@ -165,19 +165,24 @@ def _producer_conf(producer_conf: dict[str, Any]) -> dict[str, Any]:
     return conf
 
 
+def _conf_key(conf: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in conf.items()))
+
+
 def _producer(conf: dict[str, Any]) -> Producer:
-    key = tuple(sorted((k, repr(v)) for k, v in conf.items()))
-    with _PRODUCERS_LOCK:
-        producer = _PRODUCERS.get(key)
-        if producer is None:
-            _PRODUCERS.clear()
-            producer = _PRODUCERS[key] = Producer(conf)
-        return producer
+    global _PRODUCER
+    key = _conf_key(conf)
+    with _PRODUCER_LOCK:
+        if _PRODUCER is None or _PRODUCER[0] != key:
+            _PRODUCER = (key, Producer(conf))
+        return _PRODUCER[1]
 
 
 def _forget_producer(conf: dict[str, Any]) -> None:
-    with _PRODUCERS_LOCK:
-        _PRODUCERS.pop(tuple(sorted((k, repr(v)) for k, v in conf.items())), None)
+    global _PRODUCER
+    with _PRODUCER_LOCK:
+        if _PRODUCER is not None and _PRODUCER[0] == _conf_key(conf):
+            _PRODUCER = None
 
 
 def warm_producer(producer_conf: dict[str, Any], topic: str | None = None) -> None:
@@ -262,7 +267,7 @@ def _deliver(producer: Producer, conf: dict[str, Any], topic: str, job: str, ver
         for key, value, headers in messages:
             producer.produce(topic, key=key, value=value, headers=headers, partition=partition,
                              on_delivery=lambda err, msg: outcomes.append((err, msg)))
-        # the producer is shared (one per configuration): what is still queued may be another
+        # the producer is the process's (see _PRODUCER): what is still queued may be another
         # thread's, and another thread's flush may serve these reports, so count the reports
         producer.flush(timeout)
         while len(outcomes) < len(messages) and time.monotonic() < deadline:
