@@ -230,6 +230,7 @@ def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers
     from streamlearn.runtime.jobs import create_job, load_spec
     from streamlearn.runtime.finalize import publish
     from streamlearn.snapshots.format import decode_snapshot, load_model
+    from streamlearn.snapshots.publisher import ensure_snapshot_topic
     from streamlearn.snapshots.store import ModelStore
     from streamlearn.statestore.keys import StoreKeys
     from streamlearn.streams.producer import Producer
@@ -242,6 +243,9 @@ def run_live(ctx: Context, key: str, X, y, algorithm: str, params: dict, workers
     ensure_topic(s.kafka_client_conf(), topic, partitions=parts)
     job = ctx.name(f"{algorithm}-{key}-live-w{workers}")
     create_job(client, s.kafka_client_conf(), job, algorithm, topic, params, until="never")
+    # a deployment's snapshot topic exists (its first publish, or `streamlearn snapshot-topic
+    # setup`, made it); created by the publish, a new topic's leader election would be timed
+    ensure_snapshot_topic(s.kafka_client_conf())
     procs = _start_workers(ctx, job, workers, None)
     try:
         epochs = StoreKeys(job).epochs
