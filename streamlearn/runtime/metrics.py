@@ -73,8 +73,9 @@ class WorkerMetrics:
 
     def dropped(self, reason: str) -> None:
         """A window not committed: ``outage``, ``fenced`` (its partitions moved), ``refused``
-        (the job was paused, failed or deleted before the commit) or ``stale`` (a synchronous
-        round closed without it)."""
+        (the job was paused, failed or deleted before the commit), ``stale`` (a synchronous
+        round closed without it) or ``rebalanced`` (a group commit's windows, when a rebalance
+        came before their commit)."""
         self._dropped.labels(self.job, reason).inc()
 
     def lag(self, lags: dict[int, int]) -> None:
