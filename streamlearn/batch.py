@@ -53,8 +53,10 @@ class SparseRows:
         rows = np.asarray(rows, dtype=np.int64)
         starts, ends = self.indptr[rows], self.indptr[rows + 1]
         lengths = ends - starts
-        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        pick = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(rows) else np.zeros(0, np.int64)
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        # each kept value's position: its row's start, moved from where the row starts in the result
+        pick = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1], dtype=np.int64)
         return SparseRows(indptr, self.indices[pick], self.values[pick], self.n_features)
 
 
