@@ -121,14 +121,16 @@ PROFILES: dict[str, dict[str, Any]] = {
                   river_rows=1_000, kmeans_rows=5_000, kmeans_d=10, kmeans_k=5, pca_rows=5_000, pca_d=20,
                   redis_value_mb=1, redis_total_mb=8, state_floats=100_000, push_sizes=[1_000, 10_000],
                   scaling_workers=[1, 2], partitions=4, message_rows=500, group_settle_s=3.0, case_timeout_s=120,
-                  quality_sparse_rows=5_000, broker_warmup_rows=0, tune_trials=16, tune_first_rung_divisor=27),
+                  quality_sparse_rows=5_000, broker_warmup_rows=0, tune_trials=16, tune_first_rung_divisor=27,
+                  live_runs=1),
     # the sizes where feasible on this machine (see benchmarks/README.md)
     "full": dict(dense_rows=1_000_000, dense_d=100, median_rows=10_000_000, sparse_rows=200_000,
                  sparse_features=2 ** 20, river_rows=50_000, kmeans_rows=500_000, kmeans_d=10, kmeans_k=20,
                  pca_rows=200_000, pca_d=50, redis_value_mb=4, redis_total_mb=256, state_floats=10_000_000,
                  push_sizes=[1_000, 10_000, 100_000, 1_000_000, 10_000_000], scaling_workers=[1, 2, 4],
                  partitions=4, message_rows=1_000, group_settle_s=3.0, case_timeout_s=900,
-                 quality_sparse_rows=1_000_000, broker_warmup_rows=800_000, tune_trials=16, tune_first_rung_divisor=27),
+                 quality_sparse_rows=1_000_000, broker_warmup_rows=800_000, tune_trials=16, tune_first_rung_divisor=27,
+                 live_runs=3),
 }
 
 
