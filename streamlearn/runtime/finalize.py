@@ -151,6 +151,7 @@ def _store(settings: Settings, client: redis.Redis, spec: JobSpec, snapshot, fin
     for ``--from-snapshot`` only."""
     encoded = encode_detached(snapshot)
     data = encoded.model
+    warm_producer(settings.kafka_client_conf(), spec.snapshot_topic, data)  # its codec's, while it is stored
     metadata = snapshot.metadata
     version = metadata["version"]
     status = gate.status_of(metadata)

@@ -4,10 +4,12 @@ The snapshot topic (``streamlearn.snapshots``; another with ``STREAMLEARN_SNAPSH
 or per job with ``job create --snapshot-topic``, so that Kafka ACLs can give each tenant its
 own) is keyed by job, so one job's snapshots stay in order within a partition; it is
 log-compacted (a subscriber that starts late still finds every job's newest snapshot) and
-carries 64 MiB messages (``max.message.bytes``) as the producer compressed them: lz4. A
-model's float arrays hardly compress (zstd took 16 % off a factorization machine's 38 MB for
-0.1 s more per publish than lz4's 9 %), and a topic that names its own codec makes the
-broker recompress every other one. Those settings are applied
+carries 64 MiB messages (``max.message.bytes``) as the producer compressed them: lz4 when a
+sample of the snapshot compresses (a sparse model's zeros), uncompressed otherwise. A model's
+float arrays hardly compress (lz4 took 9 % off a factorization machine's 38 MB, zstd 16 % for
+0.1 s more), and the codec costs a pass on both ends (the broker decompresses a batch to check
+a compacted topic's keys): its 38 MB published 0.04-0.08 s faster uncompressed. A topic that
+names its own codec makes the broker recompress every other one. Those settings are applied
 when the topic is created (by the first publisher when missing) or by the admin command
 ``streamlearn snapshot-topic setup``; publishers never describe or alter a shared topic's
 configuration.
@@ -41,7 +43,7 @@ from streamlearn.streams.topics import TopicError, ensure_topic, set_topic_confi
 
 __all__ = ["SNAPSHOT_TOPIC", "TOPIC_ENV", "MAX_MESSAGE_BYTES", "TOPIC_CONFIG", "SnapshotPublishError", "snapshot_topic",
            "ensure_snapshot_topic", "setup_snapshot_topic", "publish_snapshot", "produce_snapshot", "part_key",
-           "warm_producer"]
+           "warm_producer", "snapshot_codec", "COMPRESSIBLE"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ TOPIC_CONFIG = {
 }
 PRODUCER_DEFAULTS = {
     "message.max.bytes": MAX_MESSAGE_BYTES,
-    "compression.type": "lz4",
     "acks": "all",
     # one message per short-lived producer: an idempotent producer first fetches a producer
     # id (~0.5 s per snapshot here), and a duplicate from a retry is harmless anyway
@@ -151,44 +152,71 @@ def publish_snapshot(
     produce_snapshot(producer_conf, job, data, entry, timeout=timeout, topic=topic, in_parts=store.spreads(len(data)))
 
 
-#: the snapshot producer of the configuration used last (its key, the producer), kept for the
-#: process: a new producer's first message waited ~0.1 s for its connection and the topic's
-#: metadata, on every snapshot. One only: a process that talks to several clusters (tests,
-#: tools) must not keep a producer reconnecting to each cluster it stopped using
-_PRODUCER: tuple[tuple, Producer] | None = None
+#: a snapshot is sent lz4-compressed when samples of it compress to at most this share with
+#: zlib, whose entropy coding takes 10-20 % off float parameters that lz4 hardly shrinks (9 % of
+#: a factorization machine): worth lz4's pass are snapshots of many repeats (a sparse model's zeros)
+COMPRESSIBLE = 0.5
+_SAMPLES, _SAMPLE_BYTES = 8, 8 << 10
+
+#: the snapshot producers of the configuration used last (its key without the codec, and a
+#: producer per codec), kept for the process: a new producer's first message waited ~0.1 s for
+#: its connection and the topic's metadata, on every snapshot. One configuration only: a
+#: process that talks to several clusters (tests, tools) must not keep a producer reconnecting
+#: to each cluster it stopped using
+_PRODUCERS: tuple[tuple, dict[str, Producer]] | None = None
 _PRODUCER_LOCK = threading.Lock()
 
 
-def _producer_conf(producer_conf: dict[str, Any]) -> dict[str, Any]:
-    conf = {**PRODUCER_DEFAULTS, **producer_conf}
+def snapshot_codec(data: bytes) -> str:
+    """The snapshot producer's codec for ``data``: "lz4" when a few samples of it compress
+    (zlib's fastest level, ~0.2 ms) to at most :data:`COMPRESSIBLE`, else "none"."""
+    view = memoryview(data)
+    if len(view) <= _SAMPLES * _SAMPLE_BYTES:
+        samples = [view]
+    else:
+        step = (len(view) - _SAMPLE_BYTES) // (_SAMPLES - 1)
+        samples = [view[i * step:i * step + _SAMPLE_BYTES] for i in range(_SAMPLES)]
+    raw = sum(len(sample) for sample in samples)
+    packed = sum(len(zlib.compress(sample, 1)) for sample in samples)
+    return "lz4" if packed <= COMPRESSIBLE * raw else "none"
+
+
+def _producer_conf(producer_conf: dict[str, Any], codec: str) -> dict[str, Any]:
+    """The snapshot producer's configuration: ``producer_conf`` over the defaults and ``codec``
+    (a ``compression.type`` in ``producer_conf`` wins)."""
+    conf = {**PRODUCER_DEFAULTS, "compression.type": codec, **producer_conf}
     conf["message.max.bytes"] = max(int(conf.get("message.max.bytes", 0)), MAX_MESSAGE_BYTES + (1 << 20))
     return conf
 
 
 def _conf_key(conf: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in conf.items()))
+    """The key of ``conf`` but its codec."""
+    return tuple(sorted((k, repr(v)) for k, v in conf.items() if k != "compression.type"))
 
 
 def _producer(conf: dict[str, Any]) -> Producer:
-    global _PRODUCER
-    key = _conf_key(conf)
+    global _PRODUCERS
+    key, codec = _conf_key(conf), str(conf.get("compression.type"))
     with _PRODUCER_LOCK:
-        if _PRODUCER is None or _PRODUCER[0] != key:
-            _PRODUCER = (key, Producer(conf))
-        return _PRODUCER[1]
+        if _PRODUCERS is None or _PRODUCERS[0] != key:
+            _PRODUCERS = (key, {})
+        if codec not in _PRODUCERS[1]:
+            _PRODUCERS[1][codec] = Producer(conf)
+        return _PRODUCERS[1][codec]
 
 
 def _forget_producer(conf: dict[str, Any]) -> None:
-    global _PRODUCER
     with _PRODUCER_LOCK:
-        if _PRODUCER is not None and _PRODUCER[0] == _conf_key(conf):
-            _PRODUCER = None
+        if _PRODUCERS is not None and _PRODUCERS[0] == _conf_key(conf):
+            _PRODUCERS[1].pop(str(conf.get("compression.type")), None)
 
 
-def warm_producer(producer_conf: dict[str, Any], topic: str | None = None) -> None:
-    """Have the snapshot producer connect and fetch ``topic``'s metadata in the background (a
-    finalize calls this before it reads the state), so that the snapshot is sent at once."""
-    conf = _producer_conf(producer_conf)
+def warm_producer(producer_conf: dict[str, Any], topic: str | None = None, data: bytes | None = None) -> None:
+    """Have the producer for snapshot ``data`` (its codec: :func:`snapshot_codec`; without
+    ``data``, the uncompressed one: float parameters') connect and fetch ``topic``'s metadata
+    in the background, so that the snapshot is sent at once. A finalize calls this before it
+    reads the state, and again with the snapshot's bytes before it stores them."""
+    conf = _producer_conf(producer_conf, "none" if data is None else snapshot_codec(data))
     producer = _producer(conf)
 
     def fetch() -> None:
@@ -218,7 +246,7 @@ def produce_snapshot(
     snapshot exceeds one message."""
     topic = snapshot_topic(topic)
     version = metadata.get("version")
-    conf = _producer_conf(producer_conf)
+    conf = _producer_conf(producer_conf, snapshot_codec(data))
     ensure_snapshot_topic(conf, topic)
     producer = _producer(conf)
     headers = [("version", str(version).encode())]
@@ -267,7 +295,7 @@ def _deliver(producer: Producer, conf: dict[str, Any], topic: str, job: str, ver
         for key, value, headers in messages:
             producer.produce(topic, key=key, value=value, headers=headers, partition=partition,
                              on_delivery=lambda err, msg: outcomes.append((err, msg)))
-        # the producer is the process's (see _PRODUCER): what is still queued may be another
+        # the producer is the process's (see _PRODUCERS): what is still queued may be another
         # thread's, and another thread's flush may serve these reports, so count the reports
         producer.flush(timeout)
         while len(outcomes) < len(messages) and time.monotonic() < deadline:
