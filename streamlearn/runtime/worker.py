@@ -10,6 +10,7 @@ group offsets are committed too, but only as a lag indicator for operators.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import redis
@@ -411,13 +413,27 @@ class Worker:
         instead of one for each window; nothing waits for records that have not arrived."""
         limit, rebalances = self._window_limit(), self.rebalances
         pending: list[_Applied] = []
+        windows: list = []  # the messages of each window in ``pending``
+        failing = copy.copy(self.failing)
         taken = 0
         while msgs:
+            discards = self.state.discards
             applied = self._apply(msgs)
             if applied is False:
                 return  # the job failed; the state was discarded
+            if pending and self.state.discards != discards:
+                # isolating a record whose update raised dropped every pending push, the earlier
+                # windows' too: apply the windows again, each with its own commit (nothing was
+                # counted or dead-lettered yet)
+                self.state.discard()
+                self.failing = failing
+                for window in [*windows, msgs]:
+                    if not self._process_batch(window):
+                        return
+                return
             if applied is not None:
                 pending.append(applied)
+                windows.append(msgs)
             taken += len(msgs)
             msgs = self._consumer.consume(num_messages=limit - taken, timeout=0) if pending and taken < limit else []
             if self.rebalances != rebalances:
@@ -517,9 +533,13 @@ class Worker:
             self.state.discard()
             self._fail(str(exc))
             return False
-        dead = self._dead_letter(good, result.rejected) + self._dead_letter_records(good, result.row_messages(), failures)
+        def send_dead() -> None:
+            self._dead_letter(good, result.rejected)
+            self._dead_letter_records(good, result.row_messages(), failures)
+
         return _Applied(next_offsets=next_offsets, steps=steps, failures=failures,
-                        applied=result.n_records - len(failures), dead=dead,
+                        applied=result.n_records - len(failures),
+                        dead=sum(r.n_records for r in result.rejected) + len(failures), send_dead=send_dead,
                         reasons=[r.reason for r in result.rejected] + [f.reason for f in failures],
                         event_times=event_times(good, {r.index for r in result.rejected}),
                         seconds=time.perf_counter() - started)
@@ -527,6 +547,8 @@ class Worker:
     def _commit(self, batches: "list[_Applied]", expect: dict[str, int] | None = None) -> bool:
         """Commit what ``batches`` applied, with their offsets and counts, in one transaction;
         False when it was dropped (the state discarded or recovered from the stored offsets)."""
+        for b in batches:  # delivered before the commit that counts them
+            b.send_dead()
         next_offsets: dict[int, int] = {}
         for b in batches:
             next_offsets.update(b.next_offsets)
@@ -620,28 +642,27 @@ class Worker:
             self.done_partitions.add(partition)
             self._consumer.pause([TopicPartition(self.spec.topic, partition)])
 
-    def _dead_letter(self, msgs, rejected) -> int:
+    def _dead_letter(self, msgs, rejected) -> None:
         """Send rejected messages to ``<topic>.dlq`` with the reason; wait for delivery so
         the commit that counts them never precedes them. A bounded job's later passes count
         them again (every pass reads the range) but do not send them again: decoding is
         deterministic, so the first pass's dead letter stands for every pass."""
         if not rejected:
-            return 0
+            return
         errors: list[str] = []
         for r in rejected:
             m = msgs[r.index]
             if self.passes.get(m.partition(), 0) == 0:
                 self._send_dead(m, m.value(), rejection_headers(r), errors)
         self._flush_dead(errors)
-        return sum(r.n_records for r in rejected)
 
-    def _dead_letter_records(self, msgs, row_messages: np.ndarray, failures: list[Failure]) -> int:
+    def _dead_letter_records(self, msgs, row_messages: np.ndarray, failures: list[Failure]) -> None:
         """Send the records that made ``update`` raise to ``<topic>.dlq``, one message each
         with the exception as the reason: a message's own bytes when it held just that
         record, else the record re-encoded alone (``streamlearn.row`` says which row of the
         source message it was)."""
         if not failures:
-            return 0
+            return
         errors: list[str] = []
         for f in failures:
             index = int(row_messages[f.row])
@@ -652,7 +673,6 @@ class Worker:
                        ("streamlearn.row", str(f.row - first).encode())]
             self._send_dead(m, m.value() if alone else f.encoded(), headers, errors)
         self._flush_dead(errors)
-        return len(failures)
 
     def _send_dead(self, m, value: bytes, headers: list, errors: list[str]) -> None:
         headers = headers + [("streamlearn.job", self.spec.name.encode()),
@@ -674,6 +694,9 @@ class _Applied:
     failures: list[Failure]  # records that failed their update (dead-lettered), rows across ``steps``
     applied: int
     dead: int  # records dead-lettered (rejected at decoding, or failed)
+    # sends them to the dead-letter topic: called by the commit, so that a group dropped before
+    # its commit (a rebalance) sent nothing, and its records are dead-lettered once, when read again
+    send_dead: Callable[[], None]
     reasons: list[str]
     event_times: dict[int, tuple[int, int]]
     seconds: float  # decoding and updating

@@ -288,6 +288,7 @@ class BufferedState:
         self.backend = backend
         self._specs: dict[str, KeySpec] | None = None
         self._views: dict[str, _KeyView] = {}
+        self.discards = 0  # times the pending pushes were dropped: a holder of uncommitted work learns it is gone
 
     # -- declaration --------------------------------------------------------------------
     def keys(self) -> dict[str, KeySpec]:
@@ -521,6 +522,7 @@ class BufferedState:
     def discard(self) -> None:
         """Drop pending pushes (a fenced batch) and everything read."""
         self._views = {}
+        self.discards += 1
 
     def checkpoint(self) -> "Checkpoint":
         """What is pending now, to :meth:`rollback` to if the next update raises (its

@@ -44,15 +44,34 @@ class _GatedCounterModel(CounterModel):
     algorithm = "_test_gated_counter"
 
 
+class _GatedPoisonedCounter(_GatedCounter):
+    """The gated counter, whose update raises on a record of value -1 (a poison pill)."""
+
+    name = "_test_gated_poisoned_counter"
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def update(self, state, batch) -> None:
+        if (np.asarray(batch.X) < 0).any():
+            raise ValueError("poisoned record")
+        super().update(state, batch)
+
+
+class _GatedPoisonedCounterModel(CounterModel):
+    algorithm = "_test_gated_poisoned_counter"
+
+
 register(_GatedCounter, _GatedCounterModel)
+register(_GatedPoisonedCounter, _GatedPoisonedCounterModel)
 
 
-@pytest.fixture
-def gated():
-    _GatedCounter.entered.clear()
-    _GatedCounter.gate.clear()
-    yield _GatedCounter
-    _GatedCounter.gate.set()  # a failed test leaves no worker blocked
+@pytest.fixture(params=[_GatedCounter])
+def gated(request):
+    cls = request.param
+    cls.entered.clear()
+    cls.gate.clear()
+    yield cls
+    cls.gate.set()  # a failed test leaves no worker blocked
 
 
 def _produce(stack, topic: str, values: np.ndarray) -> None:
@@ -137,5 +156,34 @@ def test_a_rebalance_during_a_group_drops_what_it_applied(stack, gated):
         assert float(state.pull("n")) == len(values) and float(state.pull("sum")[0]) == float(values.sum())
     finally:
         stop_polling.set()
+        worker.stop()
+        thread.join(60)
+
+
+@pytest.mark.parametrize("gated", [_GatedPoisonedCounter], indirect=True)
+def test_a_record_that_fails_in_a_later_window_loses_none_of_the_earlier_windows(stack, gated):
+    """Isolating a record whose update raises drops the pending pushes, which in a group are
+    the earlier windows' too: the worker applies the windows again, each with its own commit,
+    so every good record is in the state once and the bad one is dead-lettered once."""
+    client, conf = stack.redis_client(), stack.kafka_client_conf()
+    topic, job = f"group-{uuid.uuid4().hex[:8]}", f"group-{uuid.uuid4().hex[:8]}"
+    ensure_topic(conf, topic, partitions=1)
+    values = np.arange(1.0, 32.0)
+    values[20] = -1.0
+    _produce(stack, topic, values[:1])
+    create_job(client, conf, job, gated.name, topic, {"dim": 1}, until="never")
+    worker, thread = _running(stack, job)
+    try:
+        assert gated.entered.wait(120), "the worker never took its first window"
+        _produce(stack, topic, values[1:])  # 30 more, one record a message, the 20th poisoned
+        _fetched(stack, topic, len(values))
+        gated.gate.set()
+        status = wait_status(client, job, lambda s: s["records_applied"] + s["records_dead_lettered"] == len(values),
+                             60, "every record applied or dead-lettered")
+        assert status["records_applied"] == len(values) - 1 and status["records_dead_lettered"] == 1
+        good = values[values > 0]
+        state = RedisState(client, job)
+        assert float(state.pull("n")) == len(good) and float(state.pull("sum")[0]) == float(good.sum())
+    finally:
         worker.stop()
         thread.join(60)
