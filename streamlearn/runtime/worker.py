@@ -496,9 +496,9 @@ class Worker:
         return applied is not False and self._commit([applied], expect)
 
     def _apply(self, msgs, decoded: DecodeResult | None = None) -> "_Applied | None | bool":
-        """Decode ``msgs`` (unless ``decoded``), send their rejected records to the dead-letter
-        topic and apply the rest to the state, uncommitted. None: nothing to apply; False: the
-        algorithm failed (the job is failed, the state discarded)."""
+        """Decode ``msgs`` (unless ``decoded``) and apply their records to the state, uncommitted;
+        the rejected and failed ones go to the dead-letter topic with the commit (``send_dead``).
+        None: nothing to apply; False: the algorithm failed (the job is failed, the state discarded)."""
         good, next_offsets = [], {}
         for m in msgs:
             err = m.error()
